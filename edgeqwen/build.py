@@ -1,0 +1,110 @@
+"""`edgeqwen build`: recipe + checkpoint → verified artifact folder, published atomically."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import resolve_checkpoint
+from .errors import EdgeQwenError
+from .export.builder import plan_export, run_export
+from .log import stage_log
+from .package import copy_runner, finalize_genai_config, write_chat_template, write_inference_model, write_manifest
+from .recipe import load_recipe
+
+STAGES = 5
+
+
+@dataclass
+class BuildOptions:
+    recipe: str
+    output: Path
+    model: str | None = None
+    force: bool = False
+    evaluate: bool = True
+    eval_text: Path | None = None
+    keep_failed: bool = False
+
+
+def _check_output(output: Path, force: bool) -> None:
+    if output.exists() and not force:
+        raise EdgeQwenError(f"output folder already exists: {output}", where=str(output),
+                            hint="pass --force to replace it, or choose another -o folder")
+    if output.exists() and not output.is_dir():
+        raise EdgeQwenError(f"output path exists and is not a folder: {output}", where=str(output))
+    parent = output.parent if str(output.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeQwenError(f"cannot create the output's parent folder: {exc.strerror}", where=str(parent)) from None
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Swap the finished folder into place; the old artifact is removed only after the rename."""
+    old = None
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{int(time.time() * 1000)}")
+        output.rename(old)
+    staging.rename(output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build(opts: BuildOptions) -> Path:
+    output = Path(opts.output).expanduser().absolute()
+    stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
+    resolved = load_recipe(opts.recipe)
+    _check_output(output, opts.force)
+    ckpt = resolve_checkpoint(opts.model or resolved.recipe.model)
+    stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
+              f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
+    if not opts.evaluate:
+        stage_log("        accuracy stage skipped (--no-eval): the artifact is not gated")
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.building-", dir=output.parent))
+    staging = work / "artifact"
+    try:
+        plan = plan_export(resolved, ckpt, staging, work / "cache")
+        for decision in plan.decisions:
+            stage_log(f"        plan: {decision}")
+        stage_log(f"[2/{STAGES}] export + quantize (onnxruntime-genai builder, {plan.execution_provider}, "
+                  f"{resolved.recipe.precision.value}, block {plan.block_size})")
+        result = run_export(plan, work / "builder.log")
+        stage_log(f"        exported in {result.wall_s:.1f}s, builder peak RSS {result.peak_rss_mb:.0f} MB")
+        stage_log(f"[3/{STAGES}] package: genai_config, chat template, inference_model.json, runner")
+        finalize_genai_config(staging, resolved, ckpt)
+        template = write_chat_template(staging, ckpt)
+        write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template)
+        copy_runner(staging)
+        extra = {}
+        if opts.evaluate:
+            stage_log(f"[4/{STAGES}] evaluate against the PyTorch fp32 reference")
+            from .evaluate.stage import evaluate_stage
+
+            extra["accuracy"] = evaluate_stage(staging, ckpt, resolved, opts.eval_text)
+        else:
+            extra["accuracy"] = {"status": "not evaluated"}
+        export_info = {
+            "exporter": resolved.recipe.exporter.value,
+            "builder_extra_options": plan.extra_options,
+            "matmul_bits": plan.matmul_bits,
+            "block_size": plan.block_size,
+            "quantize_untied_embeddings": plan.quantize_gather,
+            "decisions": plan.decisions,
+            "wall_s": round(result.wall_s, 2),
+            "peak_rss_mb": round(result.peak_rss_mb, 1),
+        }
+        manifest = write_manifest(staging, resolved=resolved, ckpt=ckpt, export=export_info, extra=extra)
+        stage_log(f"[5/{STAGES}] publish → {output} ({manifest['size_bytes'] / 1e6:.2f} MB, {len(manifest['files'])} files)")
+        _publish(staging, output)
+    except OSError as exc:
+        raise EdgeQwenError(f"could not write the artifact: {exc.strerror or exc}", where=str(exc.filename or work),
+                            hint="check free disk space and write permission; nothing was published") from None
+    finally:
+        if opts.keep_failed and work.exists():
+            stage_log(f"        kept the work folder: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return output

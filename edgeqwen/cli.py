@@ -1,0 +1,174 @@
+"""`edgeqwen` command line: each verb is a plain function plus a small parser."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import EdgeQwenError
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+
+DEFAULT_RECIPE = "tiny-qwen2/cpu-x86_64-int4"
+
+
+def cmd_recipes(args) -> int:
+    from .recipe import known_recipes, load_recipe
+    from .schema import to_dict
+
+    if args.action == "show":
+        if not args.name:
+            raise EdgeQwenError("`edgeqwen recipes show` needs a recipe name", hint="`edgeqwen recipes` lists them")
+        import yaml
+
+        print(yaml.safe_dump(load_recipe(args.name).as_dict(), sort_keys=False), end="")
+        return 0
+    rows = []
+    for name in known_recipes():
+        r = load_recipe(name)
+        q = r.recipe.quantization
+        rows.append((name, r.recipe.model, r.recipe.precision.value, f"{q.algorithm.value}/b{r.block_size}", r.recipe.context_length))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'recipe':<{width}}  {'precision':<9}  {'quant':<12}  {'context':>7}  model")
+    for name, model, prec, quant, ctx in rows:
+        print(f"{name:<{width}}  {prec:<9}  {quant:<12}  {ctx:>7}  {model}")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .build import BuildOptions, build
+
+    out = build(BuildOptions(recipe=args.recipe, output=Path(args.output), model=args.model, force=args.force,
+                             evaluate=not args.no_eval, eval_text=Path(args.eval_text) if args.eval_text else None,
+                             keep_failed=args.keep_failed))
+    print(out)
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .package import verify_artifact
+
+    problems = verify_artifact(Path(args.artifact))
+    bad = {k: v for k, v in problems.items() if v}
+    if not bad:
+        print(f"OK: {args.artifact}: every file matches manifest.json")
+        return 0
+    for kind, files in bad.items():
+        for f in files:
+            print(f"{kind.upper()}: {f}")
+    print(f"FAILED: {args.artifact} does not match its manifest", file=sys.stderr)
+    return 1
+
+
+def cmd_run(args) -> int:
+    from .runtime.runner import main as runner_main
+
+    argv = [args.artifact, "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature)]
+    if args.prompt is not None:
+        argv += ["--prompt", args.prompt]
+    if args.chat:
+        argv.append("--chat")
+    if args.raw:
+        argv.append("--raw")
+    if args.no_think:
+        argv.append("--no-think")
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    return runner_main(argv)
+
+
+def cmd_tiny(args) -> int:
+    from .tiny import TinySpec, create_tiny_qwen
+
+    spec = TinySpec(family=args.family, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+                    num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads)
+    print(create_tiny_qwen(args.output, spec))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edgeqwen", description="Small Qwen models → accuracy-checked ONNX artifacts for edge devices.")
+    sub = ap.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("recipes", help="list recipes, or `recipes show NAME`")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(fn=cmd_recipes)
+
+    p = sub.add_parser("build", help="build an artifact from a recipe")
+    p.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"recipe name or .yaml path (default {DEFAULT_RECIPE})")
+    p.add_argument("--model", help="local checkpoint folder or hub id (default: the recipe's model)")
+    p.add_argument("-o", "--output", required=True, help="artifact folder to create")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-eval", action="store_true", help="skip the accuracy stage (artifact is marked not evaluated)")
+    p.add_argument("--eval-text", help="text file for the accuracy stage (default: the packaged eval text)")
+    p.add_argument("--keep-failed", action="store_true", help="keep the work folder of a failed build for inspection")
+    p.set_defaults(fn=cmd_build)
+
+    p = sub.add_parser("verify", help="re-hash an artifact against its manifest")
+    p.add_argument("artifact")
+    p.set_defaults(fn=cmd_verify)
+
+    p = sub.add_parser("run", help="generate text with the minimal onnxruntime runner")
+    p.add_argument("artifact")
+    p.add_argument("-p", "--prompt")
+    p.add_argument("--chat", action="store_true")
+    p.add_argument("--raw", action="store_true")
+    p.add_argument("--no-think", action="store_true")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("tiny", help="create a small random-weight Qwen checkpoint (tests, shapes)")
+    p.add_argument("output")
+    p.add_argument("--family", choices=["qwen2", "qwen3"], default="qwen2")
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--intermediate-size", type=int, default=352)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.set_defaults(fn=cmd_tiny)
+
+    for extra in _extra_verbs():
+        extra(sub)
+    return ap
+
+
+def _extra_verbs():
+    from .evaluate.cli import add_eval_parser
+
+    verbs = [add_eval_parser]
+    try:
+        from .bench import add_bench_parser
+
+        verbs.append(add_bench_parser)
+    except ImportError:
+        pass
+    try:
+        from .serve.cli import add_serve_parser
+
+        verbs.append(add_serve_parser)
+    except ImportError:
+        pass
+    return verbs
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except EdgeQwenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

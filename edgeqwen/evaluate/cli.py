@@ -1,0 +1,40 @@
+"""`edgeqwen eval ARTIFACT --reference MODEL`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def cmd_eval(args) -> int:
+    from ..checkpoint import resolve_checkpoint
+    from ..package import read_manifest
+    from .core import EvalConfig, evaluate, format_table, write_report
+    from .stage import check_gate
+    from ..recipe import Accuracy
+
+    artifact = Path(args.artifact)
+    manifest = read_manifest(artifact)
+    ref = resolve_checkpoint(args.reference or manifest["source"]["model"])
+    summary = evaluate(artifact, ref.path, EvalConfig(window=args.window, max_windows=args.max_windows,
+                                                      eval_text=Path(args.eval_text) if args.eval_text else None))
+    gate = manifest["recipe"].get("accuracy", {})
+    missed = check_gate(summary, Accuracy(**gate))
+    summary["status"], summary["missed"] = ("pass" if not missed else "fail"), missed
+    out = Path(args.output) if args.output else Path(".")
+    jpath, ppath = write_report(summary, out, manifest.get("name", artifact.name))
+    print(f"accuracy of {artifact} vs {ref.source}:")
+    print(format_table(summary))
+    print(f"gate: {summary['status']}" + ("".join(f"\n  missed {m}" for m in missed)))
+    print(f"wrote {jpath} and {ppath}")
+    return 0 if not missed else 1
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy of an artifact vs the PyTorch fp32 reference")
+    p.add_argument("artifact")
+    p.add_argument("--reference", help="reference checkpoint (default: the artifact's source model)")
+    p.add_argument("--eval-text", help="UTF-8 text file (default: the packaged eval text)")
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--max-windows", type=int, default=8)
+    p.add_argument("-o", "--output", help="folder for accuracy.json / accuracy.png (default: .)")
+    p.set_defaults(fn=cmd_eval)

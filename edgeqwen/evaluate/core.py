@@ -1,0 +1,173 @@
+"""Run reference (PyTorch fp32) and candidate (artifact via onnxruntime) on the same token windows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeQwenError
+from ..log import stage_log
+from . import metrics
+
+DEFAULT_EVAL_TEXT = Path(__file__).resolve().parent.parent / "data" / "eval.txt"
+GREEDY_PROMPTS = 4
+GREEDY_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    window: int = 512
+    max_windows: int = 8
+    eval_text: Path | None = None
+
+
+def load_eval_text(path: Path | None) -> str:
+    path = Path(path) if path else DEFAULT_EVAL_TEXT
+    if not path.exists():
+        raise EdgeQwenError(f"eval text not found: {path}", where="--eval-text", hint="pass an existing UTF-8 text file")
+    text = path.read_text(encoding="utf-8", errors="strict")
+    if not text.strip():
+        raise EdgeQwenError(f"eval text is empty: {path}", where="--eval-text", hint="pass a file with a few thousand words of text")
+    return text
+
+
+def _check_reference(model, runner) -> None:
+    cfg = model.config
+    if cfg.vocab_size != runner.vocab_size:
+        raise EdgeQwenError(
+            f"reference vocabulary ({cfg.vocab_size}) does not match the artifact's ({runner.vocab_size})",
+            where="--reference", hint="pass the checkpoint the artifact was built from",
+        )
+    if cfg.num_hidden_layers != runner.num_layers or cfg.num_key_value_heads != runner.kv_heads:
+        raise EdgeQwenError(
+            f"reference architecture ({cfg.num_hidden_layers} layers, {cfg.num_key_value_heads} KV heads) does not match "
+            f"the artifact ({runner.num_layers} layers, {runner.kv_heads} KV heads)",
+            where="--reference", hint="pass the checkpoint the artifact was built from",
+        )
+
+
+def load_reference(path: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+    model.eval()
+    return model
+
+
+def reference_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        out = model(torch.tensor([ids], dtype=torch.long), use_cache=False)
+    return out.logits[0].float().numpy()
+
+
+def reference_greedy(model, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    tokens: list[int] = []
+    with torch.inference_mode():
+        out = model(torch.tensor([ids]), use_cache=True)
+        for _ in range(n):
+            tokens.append(int(out.logits[0, -1].argmax()))
+            out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
+    return tokens
+
+
+def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
+    from ..runtime.runner import Runner, Sampling
+
+    text = load_eval_text(cfg.eval_text)
+    runner = Runner(artifact, verify=False)
+    ids = runner.encode(text)
+    window = min(cfg.window, runner.context_length)
+    if len(ids) < window:
+        raise EdgeQwenError(
+            f"eval text has {len(ids)} tokens, shorter than one window of {window}",
+            where=str(cfg.eval_text or DEFAULT_EVAL_TEXT), hint="use a longer text or a smaller accuracy.window",
+        )
+    model = load_reference(reference)
+    _check_reference(model, runner)
+    n_windows = min(cfg.max_windows, len(ids) // window)
+    ref_all, cand_all, tgt_all, per_window = [], [], [], []
+    half = window // 2  # score the second half of each window, with the first half as context (llama.cpp)
+    for w in range(n_windows):
+        chunk = ids[w * window:(w + 1) * window]
+        ref = reference_logits(model, chunk)[half - 1:-1]
+        cand = runner.score(chunk)[half - 1:-1]
+        tgt = np.asarray(chunk[half:])
+        ref_all.append(ref), cand_all.append(cand), tgt_all.append(tgt)
+        per_window.append(float(metrics.token_kld(ref, cand).mean()))
+        stage_log(f"        window {w + 1}/{n_windows}: mean KLD {per_window[-1]:.5f}")
+    ref_all, cand_all, tgt_all = (np.concatenate(x) for x in (ref_all, cand_all, tgt_all))
+    summary = metrics.summarize(ref_all, cand_all, tgt_all)
+    matches = []
+    for p in range(GREEDY_PROMPTS):
+        start = p * (len(ids) // GREEDY_PROMPTS)
+        prompt = ids[start:start + 32]
+        want = reference_greedy(model, prompt, GREEDY_TOKENS)
+        got = runner.generate(prompt, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids
+        matches.append(metrics.greedy_match(want, got))
+    summary.update(
+        greedy_match=float(np.mean(matches) / GREEDY_TOKENS),
+        greedy_match_tokens=matches,
+        windows=n_windows,
+        window=window,
+        per_window_kld=per_window,
+        kld_histogram=np.histogram(np.log10(metrics.token_kld(ref_all, cand_all) + 1e-12), bins=30, range=(-9, 1))[0].tolist(),
+        eval_text=str(cfg.eval_text or "edgeqwen/data/eval.txt"),
+    )
+    return summary
+
+
+def write_report(summary: dict, out_dir: Path, title: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath = out_dir / "accuracy.json"
+    jpath.write_text(json.dumps(summary, indent=2) + "\n")
+    ppath = out_dir / "accuracy.png"
+    plot_report(summary, ppath, title)
+    return jpath, ppath
+
+
+def plot_report(summary: dict, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    kl = summary["per_window_kld"]
+    a.bar(range(1, len(kl) + 1), kl, color="#4c72b0")
+    a.set_xlabel(f"window ({summary['window']} tokens)")
+    a.set_ylabel("mean KLD (nats)")
+    a.set_title("KLD per eval window")
+    edges = np.linspace(-9, 1, 31)
+    b.bar(edges[:-1], summary["kld_histogram"], width=edges[1] - edges[0], align="edge", color="#dd8452")
+    b.set_xlabel("log10 token KLD")
+    b.set_ylabel("tokens")
+    b.set_title("distribution of per-token KLD")
+    fig.suptitle(f"{title}: PPL ratio {summary['ppl_ratio']:.4f}, mean KLD {summary['kld_mean']:.4f}, "
+                 f"top-1 {summary['top1'] * 100:.1f} %, greedy {summary['greedy_match'] * 100:.0f} %", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+
+def format_table(summary: dict) -> str:
+    rows = [
+        ("PPL reference (fp32 PyTorch)", f"{summary['ppl_reference']:.4f}"),
+        ("PPL candidate (artifact)", f"{summary['ppl_candidate']:.4f}"),
+        ("PPL ratio", f"{summary['ppl_ratio']:.4f}"),
+        ("mean KLD", f"{summary['kld_mean']:.6f}"),
+        ("p99 KLD", f"{summary['kld_p99']:.6f}"),
+        ("top-1 agreement", f"{summary['top1'] * 100:.2f} %"),
+        ("greedy match", f"{summary['greedy_match'] * 100:.1f} % ({summary['greedy_match_tokens']} of {GREEDY_TOKENS})"),
+        ("scored tokens", f"{summary['tokens']} ({summary['windows']} windows × {summary['window'] // 2})"),
+    ]
+    w = max(len(r[0]) for r in rows)
+    return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)

@@ -1,0 +1,1 @@
+"""Exporters: checkpoint → ONNX graph with KV cache (+ weight quantization done in the same pass)."""

@@ -1,0 +1,162 @@
+"""Export + weight quantization with onnxruntime-genai's model builder (run in a child process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checkpoint import Checkpoint
+from ..errors import EdgeQwenError
+from ..log import stage_log
+from ..recipe import Algorithm, EmbeddingMode, HeadMode, Resolved
+from ..targets import Precision
+
+BLOCK_SIZES = (256, 128, 64, 32, 16)
+
+
+@dataclass
+class ExportPlan:
+    """Everything the builder worker needs, plus the decisions to record in the manifest."""
+
+    input: str
+    output: str
+    cache_dir: str
+    precision: str
+    builder_precision: str
+    execution_provider: str
+    matmul_bits: int
+    block_size: int
+    symmetric: bool
+    accuracy_level: int
+    quantize_gather: bool
+    extra_options: dict
+    node_overrides: dict = field(default_factory=dict)
+    decisions: list = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _k_dims(config: dict) -> dict[str, int]:
+    """Input (K) dimension of every quantized MatMul family, keyed by what it feeds."""
+    hidden = config["hidden_size"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    return {"hidden_size (q/k/v, gate/up, lm_head)": hidden, "intermediate_size (down_proj)": config["intermediate_size"],
+            "num_heads*head_dim (o_proj)": heads * head_dim}
+
+
+def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: Path) -> ExportPlan:
+    recipe, target = resolved.recipe, resolved.target
+    q = recipe.quantization
+    precision = recipe.precision
+    decisions: list[str] = []
+    extra: dict = {"hf_token": "false", "hf_remote": False}
+    block = resolved.block_size
+    quantized = precision in (Precision.INT4, Precision.INT8)
+    quantize_embeddings = quantized and q.embeddings == EmbeddingMode.QUANTIZED
+    quantize_gather = False
+
+    if quantized:
+        dims = _k_dims(ckpt.config)
+        hidden = ckpt.config["hidden_size"]
+        # MatMulNBits pads K to a whole block, so any K works for MatMuls. A quantized embedding
+        # table (GatherBlockQuantized, quantize_axis=1) needs hidden_size to be a whole number of
+        # blocks: pick the largest block size that divides it, not larger than the recipe's.
+        if quantize_embeddings and hidden % block:
+            fits = [b for b in BLOCK_SIZES if b <= block and hidden % b == 0]
+            if fits:
+                decisions.append(f"block_size {block} -> {fits[0]}: hidden_size {hidden} is not a multiple of {block} "
+                                 "(needed by the quantized embedding table)")
+                block = fits[0]
+            else:
+                decisions.append(f"embeddings kept in float: hidden_size {hidden} is not a multiple of any int4 block size "
+                                 f"({', '.join(map(str, BLOCK_SIZES))})")
+                quantize_embeddings = False
+        for what, k in dims.items():
+            if k % block:
+                decisions.append(f"{what}={k} is not a multiple of block {block}: MatMulNBits pads the last block")
+        tied = ckpt.tied_embeddings
+        lm_head_int8 = precision == Precision.INT8 or q.lm_head == HeadMode.INT8
+        algo = q.algorithm.value + ("_last" if lm_head_int8 else "")
+        extra.update(
+            int4_block_size=block,
+            int4_is_symmetric=q.symmetric,
+            int4_accuracy_level=resolved.accuracy_level,
+            int4_algo_config=algo,
+        )
+        if q.lm_head == HeadMode.FLOAT:
+            extra["int4_nodes_to_exclude"] = ["/lm_head/MatMul"]
+        # Tied embeddings: share the quantized lm_head table with the embedding Gather
+        # (GatherBlockQuantized) — one copy of the largest tensor instead of two.
+        share = tied and quantize_embeddings and q.lm_head != HeadMode.FLOAT
+        extra["shared_embeddings"] = share
+        if share:
+            decisions.append(f"embeddings tied to lm_head: one shared int{8 if lm_head_int8 else 4} table (GatherBlockQuantized)")
+        elif quantize_embeddings:
+            if precision == Precision.INT8:
+                decisions.append("embeddings kept in float: onnxruntime quantizes untied Gather tables to int4 only")
+            else:
+                quantize_gather = True
+                decisions.append("embeddings quantized separately to int4 (GatherBlockQuantized)")
+        elif tied:
+            decisions.append("embeddings in float")
+    builder_precision = {"int4": "int4", "int8": "int4", "fp16": "fp16", "fp32": "fp32"}[precision.value]
+    return ExportPlan(
+        input=str(ckpt.path),
+        output=str(output),
+        cache_dir=str(cache_dir),
+        precision=precision.value if precision != Precision.INT8 else "int4",
+        builder_precision=builder_precision,
+        execution_provider=target.execution_provider.value,
+        matmul_bits=8 if precision == Precision.INT8 else 4,
+        block_size=block,
+        symmetric=q.symmetric,
+        accuracy_level=resolved.accuracy_level,
+        quantize_gather=quantize_gather,
+        extra_options=extra,
+        decisions=decisions,
+    )
+
+
+@dataclass
+class ExportResult:
+    wall_s: float
+    peak_rss_mb: float
+    log_path: Path
+
+
+def run_export(plan: ExportPlan, log_path: Path) -> ExportResult:
+    plan_path = Path(plan.cache_dir) / "plan.json"
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text(json.dumps(plan.as_json(), indent=2))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgeqwen.export.builder_worker", str(plan_path)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            text = line.strip()
+            if text.startswith(("Reading", "Saving ONNX", "Saving GenAI", "Saving processing")):
+                stage_log(f"  builder: {text}")
+        rc = proc.wait()
+    wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if rc != 0:
+        tail = "".join(Path(log_path).read_text().splitlines(keepends=True)[-15:])
+        raise EdgeQwenError(
+            f"the model builder failed (exit code {rc}); last lines of its log:\n{tail}",
+            where=str(log_path),
+            hint="see the full builder log above; an unusual layer shape or an option the builder lacks is the usual cause",
+        )
+    return ExportResult(wall_s=wall, peak_rss_mb=peak_mb, log_path=log_path)

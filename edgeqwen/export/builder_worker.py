@@ -1,0 +1,89 @@
+"""Runs onnxruntime-genai's model builder in its own process, with edgeqwen's quantization plan.
+
+The builder quantizes every MatMul with one setting. edgeqwen's plan needs more: INT8 weights
+(MatMulNBits bits=8), per-node overrides (mixed precision), and untied embeddings quantized to
+GatherBlockQuantized. The builder's single hook for that, ``Model.to_int4``, is wrapped here, so the
+graph construction (GQA, rotary, SkipSimplifiedLayerNorm, tied-embedding sharing) stays the
+builder's own. Verified against onnxruntime-genai 0.14.1 (pinned in pyproject.toml).
+
+Usage: python -m edgeqwen.export.builder_worker PLAN.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def _install_quant_hook(plan: dict) -> None:
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+        QuantFormat,
+    )
+    # builder.py puts its own folder on sys.path and imports `builders` as a top-level package,
+    # so the class it instantiates lives in sys.modules["builders.base"], not in
+    # onnxruntime_genai.models.builders.base: patch that one.
+    import onnxruntime_genai.models.builder  # noqa: F401
+
+    base = sys.modules["builders.base"]
+    original = base.Model.to_int4
+    default_bits = plan["matmul_bits"]
+    overrides = plan.get("node_overrides", {})
+
+    def to_int4(self):
+        cfg = self.quant_attrs["int4"]["algo_config"]
+        if cfg is not None:
+            custom = dict(cfg.customized_weight_config or {})
+            for node in self.model.graph:
+                if node.op_type != "MatMul" or node.name in custom and not overrides.get(node.name):
+                    continue
+                entry = {"bits": default_bits}
+                entry.update(overrides.get(node.name, {}))
+                custom[node.name] = entry
+            cfg.customized_weight_config = custom
+        model = original(self)
+        if plan.get("quantize_gather"):
+            import onnx_ir as ir
+
+            quant = MatMulNBitsQuantizer(
+                model=ir.to_proto(model),
+                algo_config=DefaultWeightOnlyQuantConfig(
+                    block_size=plan["block_size"],
+                    is_symmetric=plan["symmetric"],
+                    accuracy_level=plan["accuracy_level"],
+                    quant_format=QuantFormat.QOperator,
+                    op_types_to_quantize=("Gather",),
+                    quant_axes=(("Gather", 1),),
+                    bits=4,
+                ),
+            )
+            quant.process()
+            model = ir.from_proto(quant.model.model)
+        return model
+
+    base.Model.to_int4 = to_int4
+
+
+def main(argv: list[str]) -> int:
+    plan = json.loads(open(argv[0]).read())
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if plan["precision"] == "int4":
+        _install_quant_hook(plan)
+    from onnxruntime_genai.models.builder import create_model
+
+    create_model(
+        model_name=None,
+        input_path=plan["input"],
+        output_dir=plan["output"],
+        precision=plan["builder_precision"],
+        execution_provider=plan["execution_provider"],
+        cache_dir=plan["cache_dir"],
+        **plan["extra_options"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,186 @@
+"""Artifact packaging: genai_config fix-ups, Foundry Local metadata, runner, manifest, verify."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+from .checkpoint import Checkpoint
+from .errors import EdgeQwenError
+from .recipe import Resolved
+from .schema import to_dict
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+RUNNER_SOURCE = Path(__file__).resolve().parent / "runtime" / "runner.py"
+VERSIONED_PACKAGES = ("edgeqwen", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "tokenizers", "numpy")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _token_ids(artifact: Path, ckpt: Checkpoint) -> dict:
+    """eos/pad/bos ids from the checkpoint's generation config, config and tokenizer (never null)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+    gen = {}
+    if (ckpt.path / "generation_config.json").exists():
+        gen = json.loads((ckpt.path / "generation_config.json").read_text())
+    tcfg = json.loads((artifact / "tokenizer_config.json").read_text()) if (artifact / "tokenizer_config.json").exists() else {}
+
+    def tok_id(name):
+        value = tcfg.get(name)
+        if isinstance(value, dict):
+            value = value.get("content")
+        return tok.token_to_id(value) if value else None
+
+    eos = gen.get("eos_token_id", ckpt.config.get("eos_token_id"))
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    for extra in (tok_id("eos_token"), tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")):
+        if extra is not None and extra not in eos:
+            eos.append(extra)
+    if not eos:
+        raise EdgeQwenError("cannot find an end-of-sequence token id in the checkpoint or its tokenizer",
+                            where=str(ckpt.path), hint="set eos_token_id in generation_config.json")
+    pad = gen.get("pad_token_id", ckpt.config.get("pad_token_id"))
+    if pad is None:
+        pad = tok_id("pad_token") if tok_id("pad_token") is not None else eos[0]
+    bos = gen.get("bos_token_id", ckpt.config.get("bos_token_id"))
+    return {"eos_token_id": eos, "pad_token_id": pad, "bos_token_id": bos if bos is not None else pad}
+
+
+def finalize_genai_config(artifact: Path, resolved: Resolved, ckpt: Checkpoint) -> dict:
+    path = artifact / "genai_config.json"
+    cfg = json.loads(path.read_text())
+    recipe = resolved.recipe
+    ctx = min(recipe.context_length, int(cfg["model"].get("context_length") or recipe.context_length))
+    cfg["model"]["context_length"] = ctx
+    cfg["model"].update(_token_ids(artifact, ckpt))
+    g = recipe.generation
+    cfg["search"].update(
+        max_length=ctx,  # never the 32k default: onnxruntime-genai pre-allocates KV for max_length
+        past_present_share_buffer=True,
+        do_sample=False,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        repetition_penalty=g.repetition_penalty,
+    )
+    threads = resolved.target.intra_op_threads
+    if threads:
+        cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+    path.write_text(json.dumps(cfg, indent=4) + "\n")
+    return cfg
+
+
+def write_chat_template(artifact: Path, ckpt: Checkpoint) -> str:
+    template_path = artifact / "chat_template.jinja"
+    if not template_path.exists():
+        tcfg = json.loads((artifact / "tokenizer_config.json").read_text())
+        tmpl = tcfg.get("chat_template")
+        if not tmpl:
+            raise EdgeQwenError("the checkpoint has no chat template", where=str(ckpt.path / "tokenizer_config.json"),
+                                hint="add chat_template (Qwen's ChatML template) to tokenizer_config.json")
+        template_path.write_text(tmpl)
+    return template_path.read_text()
+
+
+def write_inference_model(artifact: Path, name: str, template: str) -> None:
+    """Foundry Local's inference_model.json: {"Name", "PromptTemplate"} with a {Content} slot."""
+    import jinja2
+
+    env = jinja2.Environment(trim_blocks=False, lstrip_blocks=False)
+    prompt = env.from_string(template).render(
+        messages=[{"role": "user", "content": "{Content}"}], add_generation_prompt=True,
+    )
+    data = {
+        "Name": name,
+        "PromptTemplate": {
+            "system": "<|im_start|>system\n{Content}<|im_end|>\n",
+            "user": "<|im_start|>user\n{Content}<|im_end|>\n",
+            "assistant": "{Content}",
+            "prompt": prompt,
+        },
+    }
+    (artifact / "inference_model.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def copy_runner(artifact: Path) -> None:
+    shutil.copyfile(RUNNER_SOURCE, artifact / "runner.py")
+
+
+def write_manifest(artifact: Path, *, resolved: Resolved, ckpt: Checkpoint, export: dict, extra: dict | None = None) -> dict:
+    files = {}
+    for p in sorted(artifact.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = p.relative_to(artifact).as_posix()
+            files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": resolved.recipe.name,
+        "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "model": ckpt.source,
+            "path": str(ckpt.path),
+            "architecture": ckpt.architecture,
+            "config_sha256": ckpt.config_sha256,
+        },
+        **resolved.as_dict(),
+        "export": export,
+        "versions": package_versions(),
+        "files": files,
+        "size_bytes": sum(f["size"] for f in files.values()),
+    }
+    if extra:
+        manifest.update(extra)
+    (artifact / MANIFEST).write_text(json.dumps(manifest, indent=2, default=to_dict) + "\n")
+    return manifest
+
+
+def read_manifest(artifact: Path) -> dict:
+    path = Path(artifact) / MANIFEST
+    if not path.exists():
+        raise EdgeQwenError(f"no {MANIFEST} in {artifact}", where=str(artifact), hint="pass a folder made by `edgeqwen build`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgeQwenError(f"{MANIFEST} is not valid JSON: {exc.msg}", where=f"{path}, line {exc.lineno}") from None
+
+
+def verify_artifact(artifact: Path) -> dict[str, list[str]]:
+    """Re-hash every file. Returns {'missing': [...], 'modified': [...], 'extra': [...]}."""
+    artifact = Path(artifact)
+    manifest = read_manifest(artifact)
+    problems: dict[str, list[str]] = {"missing": [], "modified": [], "extra": []}
+    listed = manifest["files"]
+    for rel, info in listed.items():
+        p = artifact / rel
+        if not p.is_file():
+            problems["missing"].append(rel)
+        elif p.stat().st_size != info["size"] or sha256_file(p) != info["sha256"]:
+            problems["modified"].append(rel)
+    for p in sorted(artifact.rglob("*")):
+        rel = p.relative_to(artifact).as_posix()
+        if p.is_file() and rel != MANIFEST and rel not in listed and "__pycache__" not in rel:
+            problems["extra"].append(rel)
+    return problems

@@ -1,0 +1,157 @@
+"""Recipes (recipes/<model>/<target>-<precision>.yaml): how to build one model for one target."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import EdgeQwenError
+from .schema import from_dict, read_yaml, to_dict
+from .targets import Precision, Target, load_target, project_root
+
+SCHEMA_VERSION = 1
+
+
+class Exporter(str, enum.Enum):
+    BUILDER = "builder"  # onnxruntime-genai model builder: GQA, MatMulNBits, SkipSimplifiedLayerNorm, rotary
+
+
+class Algorithm(str, enum.Enum):
+    RTN = "rtn"
+    K_QUANT = "k_quant"
+
+
+class EmbeddingMode(str, enum.Enum):
+    QUANTIZED = "quantized"  # GatherBlockQuantized (shared with lm_head where the model ties them)
+    FLOAT = "float"
+
+
+class HeadMode(str, enum.Enum):
+    SAME = "same"  # lm_head at the recipe's precision
+    INT8 = "int8"
+    FLOAT = "float"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    algorithm: Algorithm = Algorithm.RTN
+    block_size: int | None = None  # None: the target's int4_block_size
+    symmetric: bool = True
+    accuracy_level: int | None = None  # None: the target's
+    embeddings: EmbeddingMode = EmbeddingMode.QUANTIZED
+    lm_head: HeadMode = HeadMode.SAME
+
+    def __post_init__(self):
+        if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"block_size {self.block_size} must be one of 16, 32, 64, 128, 256")
+
+
+@dataclass(frozen=True)
+class Generation:
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 20
+    repetition_penalty: float = 1.05
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Gate: the build fails when a set threshold is missed (None = not gated)."""
+
+    max_ppl_ratio: float | None = None
+    max_kld: float | None = None
+    max_kld_p99: float | None = None
+    min_top1: float | None = None
+    window: int = 512
+    max_windows: int = 8
+
+
+@dataclass(frozen=True)
+class Recipe:
+    version: int
+    model: str  # hub id, local folder, or embedded:NAME
+    target: str
+    precision: Precision
+    description: str = ""
+    exporter: Exporter = Exporter.BUILDER
+    context_length: int = 4096
+    quantization: Quantization = field(default_factory=Quantization)
+    generation: Generation = field(default_factory=Generation)
+    accuracy: Accuracy = field(default_factory=Accuracy)
+    name: str = ""  # filled from the file path
+
+    def __post_init__(self):
+        if self.version != SCHEMA_VERSION:
+            raise ValueError(f"recipe schema version {self.version} is not supported (this edgeqwen reads {SCHEMA_VERSION})")
+        if self.context_length < 16:
+            raise ValueError(f"context_length {self.context_length} is too small")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A recipe with its target loaded and target defaults filled in."""
+
+    recipe: Recipe
+    target: Target
+    block_size: int
+    accuracy_level: int
+
+    def as_dict(self) -> dict:
+        return {
+            "recipe": to_dict(self.recipe),
+            "target": to_dict(self.target),
+            "resolved": {"block_size": self.block_size, "accuracy_level": self.accuracy_level},
+        }
+
+
+def recipes_dir() -> Path:
+    return project_root() / "recipes"
+
+
+def known_recipes() -> list[str]:
+    root = recipes_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = recipes_dir() / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    raise EdgeQwenError(
+        f"unknown recipe {name_or_path!r}", where=str(recipes_dir()),
+        hint="`edgeqwen recipes` lists them; or pass a path to a .yaml file",
+    )
+
+
+def load_recipe(name_or_path: str) -> Resolved:
+    path = recipe_path(name_or_path)
+    data = read_yaml(path)
+    recipe = from_dict(Recipe, data, where=str(path))
+    try:
+        name = str(path.resolve().relative_to(recipes_dir().resolve()).with_suffix(""))
+    except ValueError:
+        name = path.stem
+    recipe = dataclasses.replace(recipe, name=name)
+    try:
+        target = load_target(recipe.target)
+    except EdgeQwenError as exc:
+        raise EdgeQwenError(exc.what, where=f"{path}.target", hint=exc.hint) from None
+    if recipe.precision not in target.precisions:
+        raise EdgeQwenError(
+            f"precision {recipe.precision.value!r} is not supported by target {target.name!r}",
+            where=f"{path}.precision",
+            hint=f"{target.name} supports: {', '.join(p.value for p in target.precisions)}",
+        )
+    q = recipe.quantization
+    return Resolved(
+        recipe=recipe,
+        target=target,
+        block_size=q.block_size or target.int4_block_size,
+        accuracy_level=target.int4_accuracy_level if q.accuracy_level is None else q.accuracy_level,
+    )

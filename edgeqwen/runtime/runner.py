@@ -1,0 +1,380 @@
+"""Minimal onnxruntime runner for edgeqwen artifacts: one file, no torch/transformers/genai.
+
+Needs only onnxruntime, numpy, tokenizers and jinja2. Copied into every artifact as runner.py:
+
+    python runner.py --prompt "Why is the sky blue?"
+    python runner.py --chat
+
+Layers: Runner.step() (one forward pass, KV cache kept in place) → Runner.stream() (yields a
+Record per emitted piece: text, token ids, timings, finish_reason) → Runner.generate().
+The KV cache is preallocated once at the artifact's max length and bound as both past and present
+(GroupQueryAttention writes in place), so no token step copies the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+__all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main"]
+
+
+class RunnerError(Exception):
+    """Bad artifact or bad request: the message says what and what to do."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_artifact(path: Path, full_hash: bool = True) -> dict:
+    """Check the manifest: every listed file present, same size (and same sha256 when full_hash)."""
+    mpath = path / "manifest.json"
+    if not mpath.exists():
+        raise RunnerError(f"{path}: no manifest.json; this is not an edgeqwen artifact (build one with `edgeqwen build`)")
+    manifest = json.loads(mpath.read_text())
+    for rel, info in manifest.get("files", {}).items():
+        p = path / rel
+        if not p.is_file():
+            raise RunnerError(f"{path}: artifact file {rel} is missing; rebuild or re-copy the artifact")
+        if p.stat().st_size != info["size"] or (full_hash and rel != "runner.py" and _sha256(p) != info["sha256"]):
+            raise RunnerError(f"{path}: artifact file {rel} was modified (sha256 differs from manifest.json); "
+                              "rebuild or re-copy the artifact")
+    return manifest
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False  # benchmarks and greedy-match checks generate exactly max_new_tokens
+
+    def validate(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise RunnerError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not 0.0 <= self.temperature <= 5.0:
+            raise RunnerError(f"temperature must be in [0, 5], got {self.temperature!r}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise RunnerError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.top_k < 0:
+            raise RunnerError(f"top_k must be >= 0, got {self.top_k!r}")
+        if self.repetition_penalty <= 0:
+            raise RunnerError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
+
+
+@dataclass
+class Record:
+    """One streamed piece. `text` is answer text, `reasoning` text inside <think>…</think>."""
+
+    text: str = ""
+    reasoning: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None  # None while streaming, then "stop" or "length"
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_s: float = 0.0
+    prefill_tps: float = 0.0
+    decode_tps: float = 0.0
+
+
+@dataclass
+class Result:
+    text: str
+    reasoning: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    ttft_s: float
+    prefill_tps: float
+    decode_tps: float
+
+
+class _Detokenizer:
+    """Incremental decoding that never emits half a UTF-8 character."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prev = self.tok.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        cur = self.tok.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(cur) > len(prev) and not cur.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return cur[len(prev):]
+        return ""
+
+
+class Runner:
+    def __init__(self, path: str | Path, threads: int | None = None, verify: bool = True, providers=None):
+        from tokenizers import Tokenizer
+
+        self.path = Path(path)
+        if not (self.path / "genai_config.json").exists():
+            raise RunnerError(f"{self.path}: no genai_config.json; pass an artifact folder made by `edgeqwen build`")
+        self.manifest = check_artifact(self.path, full_hash=verify) if (self.path / "manifest.json").exists() or verify else {}
+        cfg = json.loads((self.path / "genai_config.json").read_text())
+        model = cfg["model"]
+        dec = model["decoder"]
+        self.context_length = int(cfg["search"].get("max_length") or model["context_length"])
+        eos = model["eos_token_id"]
+        self.eos_ids = set([eos] if isinstance(eos, int) else eos)
+        self.num_layers = dec["num_hidden_layers"]
+        self.kv_heads = dec["num_key_value_heads"]
+        self.head_size = dec["head_size"]
+        self.vocab_size = model["vocab_size"]
+        self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        tpl = self.path / "chat_template.jinja"
+        self.chat_template = tpl.read_text() if tpl.exists() else None
+        self.think_ids = (self.tokenizer.token_to_id("<think>"), self.tokenizer.token_to_id("</think>"))
+        so = ort.SessionOptions()
+        threads = threads or dec.get("session_options", {}).get("intra_op_num_threads") or 0
+        so.intra_op_num_threads = int(threads)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.path / dec["filename"]), so, providers=providers or ["CPUExecutionProvider"])
+        self.input_names = {i.name: i for i in self.session.get_inputs()}
+        kv_type = self.input_names["past_key_values.0.key"].type
+        self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
+        self._kv = None
+        self.pos = 0
+        self.ids: list[int] = []
+
+    # ---- layer 1: one forward pass -------------------------------------------------------
+    def reset(self) -> None:
+        self.pos = 0
+        self.ids = []
+        if self._kv is None:
+            shape = (1, self.kv_heads, self.context_length, self.head_size)
+            self._kv = [(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype)),
+                         ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype))) for _ in range(self.num_layers)]
+
+    def step(self, token_ids, all_logits: bool = False) -> np.ndarray:
+        """Feed tokens after the current position; return logits of the last one ([V]) or all ([S, V])."""
+        if self._kv is None:
+            self.reset()
+        n = len(token_ids)
+        if n == 0:
+            raise RunnerError("step() needs at least one token")
+        if self.pos + n > self.context_length:
+            raise RunnerError(f"sequence of {self.pos + n} tokens exceeds the artifact's context of {self.context_length}")
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
+        io.bind_cpu_input("attention_mask", np.ones((1, self.pos + n), dtype=np.int64))
+        if "position_ids" in self.input_names:
+            io.bind_cpu_input("position_ids", np.arange(self.pos, self.pos + n, dtype=np.int64)[None])
+        io.bind_output("logits", "cpu")  # first, so get_outputs()[0] is the logits
+        for i, (k, v) in enumerate(self._kv):
+            io.bind_ortvalue_input(f"past_key_values.{i}.key", k)
+            io.bind_ortvalue_input(f"past_key_values.{i}.value", v)
+            io.bind_ortvalue_output(f"present.{i}.key", k)
+            io.bind_ortvalue_output(f"present.{i}.value", v)
+        self.session.run_with_iobinding(io)
+        logits = io.get_outputs()[0].numpy()[0]
+        self.pos += n
+        self.ids.extend(int(t) for t in token_ids)
+        return logits if all_logits else logits[-1]
+
+    def score(self, token_ids, chunk: int = 512) -> np.ndarray:
+        """Logits [S, V] for a fresh sequence (fed in chunks): used by accuracy evaluation."""
+        self.reset()
+        out = [self.step(list(token_ids[i:i + chunk]), all_logits=True) for i in range(0, len(token_ids), chunk)]
+        return np.concatenate(out, axis=0).astype(np.float32)
+
+    # ---- text helpers ----------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: list[dict], enable_thinking: bool | None = None) -> str:
+        if not self.chat_template:
+            raise RunnerError(f"{self.path}: the artifact has no chat_template.jinja")
+        import jinja2
+
+        env = jinja2.Environment()
+        kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True, **kwargs)
+
+    # ---- layer 2: streaming ---------------------------------------------------------------
+    def _sample(self, logits: np.ndarray, s: Sampling, rng: np.random.Generator, history: list[int]) -> int:
+        logits = logits.astype(np.float64)
+        if s.repetition_penalty != 1.0 and history:
+            idx = np.unique(np.asarray(history))
+            vals = logits[idx]
+            logits[idx] = np.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
+        if s.temperature == 0.0:
+            return int(np.argmax(logits))
+        logits = logits / s.temperature
+        if s.top_k > 0 and s.top_k < logits.size:
+            kth = np.partition(logits, -s.top_k)[-s.top_k]
+            logits = np.where(logits < kth, -np.inf, logits)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        if s.top_p < 1.0:
+            order = np.argsort(-probs)
+            cum = np.cumsum(probs[order])
+            keep = order[: int(np.searchsorted(cum, s.top_p)) + 1]
+            mask = np.zeros_like(probs)
+            mask[keep] = probs[keep]
+            probs = mask / mask.sum()
+        return int(rng.choice(probs.size, p=probs))
+
+    def stream(self, prompt_ids: list[int], sampling: Sampling | None = None, thinking_open: bool = False):
+        s = sampling or Sampling()
+        s.validate()
+        if not prompt_ids:
+            raise RunnerError("the prompt is empty: give at least one token of text")
+        if len(prompt_ids) >= self.context_length:
+            raise RunnerError(f"the prompt has {len(prompt_ids)} tokens; this artifact's context is {self.context_length} "
+                              "(prompt + new tokens must fit): shorten the prompt")
+        budget = min(s.max_new_tokens, self.context_length - len(prompt_ids))
+        rng = np.random.default_rng(s.seed)
+        stops = set(s.stop_token_ids) | (set() if s.ignore_eos else self.eos_ids)
+        detok = _Detokenizer(self.tokenizer)
+        in_think = thinking_open
+        hold = max((len(x) for x in s.stop), default=1) - 1
+        pending = ""  # answer text held back while it could still be the start of a stop string
+        t0 = time.perf_counter()
+        self.reset()
+        logits = self.step(list(prompt_ids))
+        ttft = time.perf_counter() - t0
+        prefill_tps = len(prompt_ids) / ttft if ttft > 0 else 0.0
+        history = list(prompt_ids)
+        generated: list[int] = []
+        t_dec = time.perf_counter()
+        finish = None
+        while finish is None:
+            tok = self._sample(logits, s, rng, history)
+            generated.append(tok)
+            history.append(tok)
+            rec = Record(token_ids=[tok], prompt_tokens=len(prompt_ids), generated_tokens=len(generated),
+                         ttft_s=ttft, prefill_tps=prefill_tps)
+            if tok in stops:
+                finish = "stop"
+            elif tok == self.think_ids[0]:
+                in_think = True
+            elif tok == self.think_ids[1]:
+                in_think = False
+            else:
+                piece = detok.add(tok)
+                if in_think:
+                    rec.reasoning = piece
+                else:
+                    pending += piece
+                    hit = min((pending.find(x) for x in s.stop if x in pending), default=-1)
+                    if hit >= 0:
+                        pending, finish = pending[:hit], "stop"
+                        rec.text, pending = pending, ""
+                    elif len(pending) > hold:
+                        cut = len(pending) - hold
+                        rec.text, pending = pending[:cut], pending[cut:]
+            if finish is None and len(generated) >= budget:
+                finish = "length"
+            if finish is not None:
+                rec.text += pending
+                rec.finish_reason = finish
+            elapsed = time.perf_counter() - t_dec
+            rec.decode_tps = (len(generated) - 1) / elapsed if len(generated) > 1 and elapsed > 0 else 0.0
+            yield rec
+            if finish is None:
+                logits = self.step([tok])
+
+    # ---- layer 3: convenience ---------------------------------------------------------------
+    def generate(self, prompt: str | list[int], sampling: Sampling | None = None, chat: bool = False,
+                 enable_thinking: bool | None = None) -> Result:
+        thinking_open = False
+        if isinstance(prompt, str):
+            if chat:
+                prompt = self.apply_chat_template([{"role": "user", "content": prompt}], enable_thinking)
+                thinking_open = prompt.rstrip().endswith("<think>")
+            prompt = self.encode(prompt)
+        text, reasoning, ids, last = [], [], [], None
+        for rec in self.stream(prompt, sampling, thinking_open=thinking_open):
+            text.append(rec.text)
+            reasoning.append(rec.reasoning)
+            ids.extend(rec.token_ids)
+            last = rec
+        return Result("".join(text), "".join(reasoning).strip(), ids, last.finish_reason, last.prompt_tokens,
+                      last.ttft_s, last.prefill_tps, last.decode_tps)
+
+
+def main(argv=None) -> int:
+    here = Path(__file__).resolve().parent
+    ap = argparse.ArgumentParser(description="Run an edgeqwen artifact with onnxruntime only.")
+    ap.add_argument("artifact", nargs="?", default=str(here), help="artifact folder (default: this file's folder)")
+    ap.add_argument("-p", "--prompt", help="prompt text (chat-formatted unless --raw)")
+    ap.add_argument("--chat", action="store_true", help="interactive chat loop")
+    ap.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--no-think", action="store_true", help="Qwen3: switch thinking off")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    try:
+        runner = Runner(args.artifact, threads=args.threads)
+        s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
+        think = False if args.no_think else None
+        if args.chat:
+            history: list[dict] = []
+            while True:
+                try:
+                    user = input("> ")
+                except EOFError:
+                    return 0
+                history.append({"role": "user", "content": user})
+                prompt = runner.apply_chat_template(history, think)
+                answer = []
+                for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>")):
+                    sys.stdout.write(rec.text)
+                    sys.stdout.flush()
+                    answer.append(rec.text)
+                print()
+                history.append({"role": "assistant", "content": "".join(answer)})
+        if args.prompt is None:
+            ap.error("give --prompt TEXT or --chat")
+        prompt = args.prompt if args.raw else runner.apply_chat_template([{"role": "user", "content": args.prompt}], think)
+        last = None
+        for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>")):
+            if rec.reasoning:
+                sys.stderr.write(rec.reasoning)
+            sys.stdout.write(rec.text)
+            sys.stdout.flush()
+            last = rec
+        print()
+        print(f"[{last.prompt_tokens} prompt tokens, {last.generated_tokens} generated, finish={last.finish_reason}, "
+              f"ttft {last.ttft_s * 1000:.0f} ms, prefill {last.prefill_tps:.1f} tok/s, decode {last.decode_tps:.1f} tok/s]",
+              file=sys.stderr)
+        return 0
+    except RunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Strict YAML → frozen dataclass loading shared by recipes and targets.
+
+Unknown keys, wrong types and bad enum values are errors that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import EdgeQwenError
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise EdgeQwenError(f"file not found: {path}", hint="check the path or name") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise EdgeQwenError(f"malformed YAML: {problem}", where=where, hint="fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise EdgeQwenError("expected a mapping at the top level", where=str(path))
+    return data
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp, where: str) -> Any:
+    """Check/convert one YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, where)
+            except EdgeQwenError as exc:
+                errors.append(exc.what)
+        raise EdgeQwenError(errors[0] if errors else f"bad value {value!r}", where=where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise EdgeQwenError(f"expected a list, got {type(value).__name__} {value!r}", where=where)
+        (arg,) = typing.get_args(tp)[:1]
+        return tuple(coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise EdgeQwenError(f"expected a mapping, got {value!r}", where=where)
+        _, vt = typing.get_args(tp)
+        return {str(k): coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            known = ", ".join(m.value for m in tp)
+            raise EdgeQwenError(f"unknown value {value!r}; known: {known}", where=where) from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise EdgeQwenError(f"expected a number, got {value!r}", where=where)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EdgeQwenError(f"expected an integer, got {value!r}", where=where)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise EdgeQwenError(f"expected true/false, got {value!r}", where=where)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise EdgeQwenError(f"expected a string, got {value!r}", where=where)
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported schema type {_type_name(tp)} at {where}")
+
+
+def from_dict(cls, data: Any, where: str):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and missing required ones."""
+    if not isinstance(data, dict):
+        raise EdgeQwenError(f"expected a mapping, got {data!r}", where=where)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise EdgeQwenError(
+            f"unknown key {unknown[0]!r}",
+            where=f"{where}.{unknown[0]}",
+            hint=f"known keys here: {', '.join(sorted(fields))}",
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = coerce(data[name], hints[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise EdgeQwenError(f"missing required key {name!r}", where=f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise EdgeQwenError(str(exc), where=where) from None
+
+
+def to_dict(obj) -> Any:
+    """Dataclass → plain JSON/YAML-able data (enums as values)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj

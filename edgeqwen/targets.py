@@ -1,0 +1,78 @@
+"""Device profiles (targets/*.yaml): execution provider, precisions, int4 defaults, memory budget."""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EdgeQwenError
+from .schema import from_dict, read_yaml
+
+SCHEMA_VERSION = 1
+
+
+class Precision(str, enum.Enum):
+    INT4 = "int4"
+    INT8 = "int8"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class ExecutionProvider(str, enum.Enum):
+    CPU = "cpu"
+    CUDA = "cuda"
+    WEBGPU = "webgpu"
+    DML = "dml"
+
+
+@dataclass(frozen=True)
+class Target:
+    version: int
+    name: str
+    description: str
+    execution_provider: ExecutionProvider
+    isa: str
+    precisions: tuple[Precision, ...]
+    int4_block_size: int = 32
+    int4_accuracy_level: int = 4
+    memory_budget_mb: int = 8192
+    intra_op_threads: int = 0
+
+    def __post_init__(self):
+        if self.version != SCHEMA_VERSION:
+            raise ValueError(f"target schema version {self.version} is not supported (this edgeqwen reads {SCHEMA_VERSION})")
+        if self.int4_block_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"int4_block_size {self.int4_block_size} must be one of 16, 32, 64, 128, 256")
+        if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"int4_accuracy_level {self.int4_accuracy_level} must be 0-4")
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("EDGEQWEN_HOME", Path(__file__).resolve().parent.parent))
+
+
+def targets_dir() -> Path:
+    return project_root() / "targets"
+
+
+def known_targets() -> list[str]:
+    return sorted(p.stem for p in targets_dir().glob("*.yaml"))
+
+
+def load_target_file(path: Path) -> Target:
+    target = from_dict(Target, read_yaml(path), where=str(path))
+    if target.name != path.stem:
+        raise EdgeQwenError(f"target name {target.name!r} does not match its file name", where=f"{path}.name")
+    return target
+
+
+def load_target(name: str) -> Target:
+    path = targets_dir() / f"{name}.yaml"
+    if not path.exists():
+        raise EdgeQwenError(
+            f"unknown target {name!r}", where=str(targets_dir()),
+            hint=f"known targets: {', '.join(known_targets())}",
+        )
+    return load_target_file(path)

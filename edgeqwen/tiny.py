@@ -1,0 +1,184 @@
+"""Small Qwen-architecture checkpoints made locally (no hub): tokenizer, config, weights.
+
+Qwen2 flavour: QKV bias, tied embeddings (like Qwen2.5-0.5B). Qwen3 flavour: q/k RMSNorm, no QKV
+bias, untied embeddings (like Qwen3-4B). The tokenizer is a byte-level BPE trained on text that
+ships with Python (``pydoc_data.topics``), with Qwen's special tokens and chat templates, saved
+in the same files a real Qwen checkpoint has, so every downstream tool reads it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+QWEN2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message['role'] == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# Qwen3's template, less tool calling: history answers lose their <think> part; the generation
+# prompt gets an empty think block when enable_thinking is false.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- set content = message['content'] %}"
+    "{%- if message['role'] == 'assistant' and '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+QWEN_PRETOKENIZE_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of a tiny checkpoint. Defaults give a ~1 M-parameter model that trains in minutes."""
+
+    family: str = "qwen2"  # qwen2 | qwen3
+    vocab_size: int = 1024
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int | None = None
+    max_position_embeddings: int = 2048
+    seed: int = 0
+
+
+def corpus_text(split: str = "train") -> str:
+    """English technical prose that ships with CPython (the `help()` topics, ~460 kB).
+
+    ``train`` is every topic but each tenth one; ``eval`` is the held-out tenth (~45 kB).
+    """
+    import pydoc_data.topics as topics
+
+    keys = sorted(topics.topics)
+    if split == "train":
+        keys = [k for i, k in enumerate(keys) if i % 10 != 9]
+    elif split == "eval":
+        keys = [k for i, k in enumerate(keys) if i % 10 == 9]
+    elif split != "all":
+        raise ValueError(f"unknown split {split!r}")
+    return "\n\n".join(topics.topics[k] for k in keys)
+
+
+def train_tokenizer(vocab_size: int):
+    """Byte-level BPE with Qwen's pre-tokenizer regex and special tokens (deterministic)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    text = corpus_text()
+    tok.train_from_iterator([text[i : i + 4096] for i in range(0, len(text), 4096)], trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return tok
+
+
+def save_tokenizer(out: Path, family: str, vocab_size: int) -> dict[str, int]:
+    from transformers import PreTrainedTokenizerFast
+
+    raw = train_tokenizer(vocab_size)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        chat_template=QWEN3_CHAT_TEMPLATE if family == "qwen3" else QWEN2_CHAT_TEMPLATE,
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
+    cfg["split_special_tokens"] = False
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS}
+    if len(raw.get_vocab()) > vocab_size:
+        raise RuntimeError(f"tokenizer has {len(raw.get_vocab())} tokens, more than vocab_size={vocab_size}")
+    return ids
+
+
+def make_config(spec: TinySpec, ids: dict[str, int]):
+    from transformers import Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        torch_dtype="float32",
+    )
+    if spec.family == "qwen2":
+        return Qwen2Config(tie_word_embeddings=True, architectures=["Qwen2ForCausalLM"], **common)
+    if spec.family == "qwen3":
+        head_dim = spec.head_dim or spec.hidden_size // spec.num_attention_heads
+        return Qwen3Config(
+            tie_word_embeddings=False, head_dim=head_dim, attention_bias=False,
+            architectures=["Qwen3ForCausalLM"], **common,
+        )
+    raise ValueError(f"unknown tiny family {spec.family!r}; known: qwen2, qwen3")
+
+
+def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=None) -> Path:
+    """Write a complete HF checkpoint folder (config, safetensors, tokenizer, generation config)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ids = save_tokenizer(out, spec.family, spec.vocab_size)
+    config = make_config(spec, ids)
+    torch.manual_seed(spec.seed)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    GenerationConfig(
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+        pad_token_id=ids["<|endoftext|>"],
+        do_sample=False,
+    ).save_pretrained(out)
+    return out

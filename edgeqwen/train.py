@@ -1,0 +1,114 @@
+"""Train tiny Qwen2/Qwen3 checkpoints on text that ships with Python, so accuracy numbers mean something.
+
+    python -m edgeqwen.train --family qwen2 --out DIR        # ~3-4 min on 2 CPU cores
+    python -m edgeqwen.train --embed                         # refresh edgeqwen/data/models/*
+
+Deterministic for a given torch build (fixed seeds, single-threaded data order). Results are
+cached under ~/.cache/edgeqwen/trained keyed by the spec and step count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .log import stage_log
+from .tiny import TinySpec, corpus_text, create_tiny_qwen
+
+SPECS = {
+    "tiny-qwen2": TinySpec(family="qwen2", hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, seed=0),
+    "tiny-qwen3": TinySpec(family="qwen3", hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, seed=1),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGEQWEN_CACHE", Path.home() / ".cache" / "edgeqwen")) / "trained"
+
+
+def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch: int = 16, lr: float = 3e-3) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(spec.seed)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    create_tiny_qwen(tmp, spec)
+    tok = AutoTokenizer.from_pretrained(tmp)
+    ids = torch.tensor(tok(corpus_text("train"))["input_ids"], dtype=torch.long)
+    model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(spec.seed)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        cur_lr = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for g in opt.param_groups:
+            g["lr"] = cur_lr
+        starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=gen)
+        x = torch.stack([ids[s:s + seq_len] for s in starts])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            stage_log(f"train {spec.family}: step {step + 1}/{steps} loss {loss.item():.3f} "
+                      f"({time.perf_counter() - t0:.0f}s)")
+    model.eval()
+    model.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "edgeqwen_train.json").write_text(json.dumps(
+        {"spec": asdict(spec), "steps": steps, "seq_len": seq_len, "batch": batch, "lr": lr,
+         "final_loss": float(loss.item()), "corpus": "pydoc_data.topics (train split)"}, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def trained(name: str, steps: int = 800) -> Path:
+    """Path of a cached trained tiny model, training it on first use."""
+    spec = SPECS[name]
+    key = hashlib.sha256(json.dumps([asdict(spec), steps]).encode()).hexdigest()[:12]
+    out = cache_root() / f"{name}-{key}"
+    if not (out / "model.safetensors").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        train(spec, out, steps=steps)
+    return out
+
+
+def write_eval_text(path: Path) -> None:
+    path.write_text(corpus_text("eval"), encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", choices=sorted(SPECS), default="tiny-qwen2")
+    ap.add_argument("--out", help="output folder (default: the cache)")
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--embed", action="store_true", help="train both and copy into edgeqwen/data/models")
+    args = ap.parse_args(argv)
+    if args.embed:
+        data = Path(__file__).resolve().parent / "data"
+        write_eval_text(data / "eval.txt")
+        for name in SPECS:
+            src = trained(name, args.steps)
+            dst = data / "models" / name
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+            print(dst)
+        return 0
+    out = train(SPECS[args.family], Path(args.out), args.steps) if args.out else trained(args.family, args.steps)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
