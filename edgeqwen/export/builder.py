@@ -63,6 +63,15 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
     quantize_embeddings = quantized and q.embeddings == EmbeddingMode.QUANTIZED
     quantize_gather = False
 
+    cfg = ckpt.config
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    if head_dim % 8:
+        raise EdgeQwenError(
+            f"head_dim {head_dim} of every attention layer (model.layers.*.self_attn) is not a multiple of 8: "
+            "onnxruntime's GroupQueryAttention kernel, which the builder's graph uses, refuses it at run time",
+            where=f"{ckpt.path / 'config.json'}: hidden_size {cfg['hidden_size']} / num_attention_heads {cfg['num_attention_heads']}",
+            hint="this checkpoint cannot be built with the builder exporter; prune or fine-tune to a head_dim divisible by 8",
+        )
     if quantized:
         dims = _k_dims(ckpt.config)
         hidden = ckpt.config["hidden_size"]

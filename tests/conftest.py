@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny Qwen checkpoints made locally, built artifacts cached per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("EDGEQWEN_QUIET", "1")
+
+from edgeqwen.build import BuildOptions, build  # noqa: E402
+from edgeqwen.checkpoint import embedded_dir  # noqa: E402
+from edgeqwen.tiny import TinySpec, create_tiny_qwen  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny")
+
+
+@pytest.fixture(scope="session")
+def random_qwen2(tiny_dir) -> Path:
+    return create_tiny_qwen(tiny_dir / "qwen2", TinySpec(family="qwen2"))
+
+
+@pytest.fixture(scope="session")
+def random_qwen3(tiny_dir) -> Path:
+    return create_tiny_qwen(tiny_dir / "qwen3", TinySpec(family="qwen3", head_dim=32))
+
+
+@pytest.fixture(scope="session")
+def trained_qwen2() -> Path:
+    return embedded_dir() / "tiny-qwen2"
+
+
+@pytest.fixture(scope="session")
+def trained_qwen3() -> Path:
+    return embedded_dir() / "tiny-qwen3"
+
+
+class ArtifactCache:
+    """Build each (recipe, model, eval) once per test session."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.built: dict[tuple, Path] = {}
+
+    def get(self, recipe: str, model: Path | str | None = None, evaluate: bool = False) -> Path:
+        key = (recipe, str(model), evaluate)
+        if key not in self.built:
+            out = self.root / f"a{len(self.built)}"
+            build(BuildOptions(recipe=recipe, output=out, model=str(model) if model else None, evaluate=evaluate))
+            self.built[key] = out
+        return self.built[key]
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> ArtifactCache:
+    return ArtifactCache(tmp_path_factory.mktemp("artifacts"))

@@ -1,0 +1,211 @@
+"""`edgeqwen build`: every recipe builds, verifies and generates; atomic, reproducible, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from edgeqwen.build import BuildOptions, build
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.package import verify_artifact
+from edgeqwen.recipe import known_recipes, load_recipe
+from edgeqwen.runtime import Runner, Sampling
+from edgeqwen.targets import known_targets
+from edgeqwen.tiny import TinySpec, create_tiny_qwen
+
+from .conftest import REPO
+
+
+def family_fixture(recipe_name: str) -> str:
+    return "random_qwen3" if "qwen3" in load_recipe(recipe_name).recipe.model.lower() else "random_qwen2"
+
+
+def op_counts(path):
+    m = onnx.load(str(path / "model.onnx"), load_external_data=False)
+    counts = {}
+    for n in m.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return m, counts
+
+
+def genai_generate(path, ids, n=8):
+    import onnxruntime_genai as og
+
+    model = og.Model(str(path))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + n, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    while not gen.is_done():
+        gen.generate_next_token()
+    return [int(t) for t in gen.get_sequence(0)][len(ids):]
+
+
+@pytest.mark.parametrize("recipe", known_recipes())
+def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts):
+    """Coverage: a recipe file without this test passing is a recipe users cannot trust."""
+    ckpt = request.getfixturevalue(family_fixture(recipe))
+    path = artifacts.get(recipe, ckpt)
+    assert verify_artifact(path) == {"missing": [], "modified": [], "extra": []}
+    manifest = json.loads((path / "manifest.json").read_text())
+    resolved = load_recipe(recipe)
+    assert manifest["recipe"]["precision"] == resolved.recipe.precision.value
+    cfg = json.loads((path / "genai_config.json").read_text())
+    model_max = json.loads((ckpt / "config.json").read_text())["max_position_embeddings"]
+    assert cfg["search"]["max_length"] == min(resolved.recipe.context_length, model_max)
+    assert cfg["model"]["eos_token_id"] and None not in cfg["model"]["eos_token_id"]
+    assert json.loads((path / "inference_model.json").read_text())["PromptTemplate"]["prompt"].count("{Content}") == 1
+    model, ops = op_counts(path)
+    assert ops.get("GroupQueryAttention") == 4 and ops.get("SkipSimplifiedLayerNormalization")
+    prec = resolved.recipe.precision.value
+    bits = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    if prec == "int4":
+        assert bits == {4}
+    elif prec == "int8":
+        assert bits == {8}
+    else:
+        assert "MatMulNBits" not in ops
+    runner = Runner(path)
+    ids = runner.encode("The assert statement")
+    ours = runner.generate(ids, Sampling(max_new_tokens=8, ignore_eos=True)).token_ids
+    assert ours == genai_generate(path, ids)  # onnxruntime-genai loads every artifact and agrees
+
+
+def test_every_target_has_recipes():
+    used = {load_recipe(r).target.name for r in known_recipes()}
+    assert used == set(known_targets())
+
+
+def test_default_build_cli_verify_and_tamper(tmp_path):
+    """The README's main job, through the console script, then verify; a flipped byte is caught."""
+    out = tmp_path / "art"
+    env = dict(os.environ, EDGEQWEN_QUIET="0")
+    proc = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", "-o", str(out)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "[4/5] evaluate" in proc.stderr and "PPL ratio" in proc.stderr
+    acc = json.loads((out / "accuracy.json").read_text())
+    assert acc["status"] == "pass" and (out / "accuracy.png").stat().st_size > 1000
+    ok = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "verify", str(out)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    data = out / "model.onnx.data"
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    data.write_bytes(bytes(blob))
+    bad = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "verify", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "MODIFIED: model.onnx.data" in bad.stdout
+    (out / "stray.txt").write_text("x")
+    (out / "vocab.json").unlink()
+    problems = verify_artifact(out)
+    assert problems["extra"] == ["stray.txt"] and problems["missing"] == ["vocab.json"]
+
+
+def test_reproducible_build(random_qwen3, tmp_path):
+    a = build(BuildOptions("tiny-qwen3/cpu-x86_64-int4", tmp_path / "a", model=str(random_qwen3), evaluate=False))
+    b = build(BuildOptions("tiny-qwen3/cpu-x86_64-int4", tmp_path / "b", model=str(random_qwen3), evaluate=False))
+    ma = json.loads((a / "manifest.json").read_text())["files"]
+    mb = json.loads((b / "manifest.json").read_text())["files"]
+    assert ma == mb  # every file byte-identical (sha256), model.onnx.data included
+
+
+def test_existing_output_refused_then_forced(random_qwen2, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(EdgeQwenError, match="already exists"):
+        build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", out, model=str(random_qwen2), evaluate=False))
+    assert (out / "keep.txt").read_text() == "precious"
+    build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", out, model=str(random_qwen2), evaluate=False, force=True))
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+
+
+def test_failed_build_leaves_nothing_and_keeps_old_artifact(random_qwen2, tmp_path, monkeypatch):
+    out = tmp_path / "o"
+    build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", out, model=str(random_qwen2), evaluate=False))
+    before = (out / "manifest.json").read_text()
+    import edgeqwen.build as b
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device", str(out))
+
+    monkeypatch.setattr(b, "write_manifest", boom)
+    with pytest.raises(EdgeQwenError, match="could not write the artifact: No space left on device"):
+        build(BuildOptions("tiny-qwen2/cpu-x86_64-int8", out, model=str(random_qwen2), evaluate=False, force=True))
+    assert (out / "manifest.json").read_text() == before  # the good artifact is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no half-written work folder left
+
+
+def test_unwritable_output_location(random_qwen2, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(EdgeQwenError, match="cannot create the output's parent folder"):
+        build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", blocker / "sub" / "art", model=str(random_qwen2), evaluate=False))
+
+
+def test_missing_model_path(tmp_path):
+    with pytest.raises(EdgeQwenError, match="model path does not exist"):
+        build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", tmp_path / "o", model=str(tmp_path / "nope"), evaluate=False))
+
+
+def test_non_qwen_architecture_is_refused(random_qwen2, tmp_path):
+    import shutil
+
+    other = tmp_path / "llama"
+    shutil.copytree(random_qwen2, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["architectures"], cfg["model_type"] = ["LlamaForCausalLM"], "llama"
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(EdgeQwenError) as info:
+        build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", tmp_path / "o", model=str(other), evaluate=False))
+    assert "unsupported architecture ['LlamaForCausalLM']" in str(info.value)
+    assert "Qwen2ForCausalLM, Qwen3ForCausalLM" in str(info.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_hub_id_offline_says_how_to_use_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EdgeQwenError) as info:
+        build(BuildOptions("qwen2.5-0.5b-instruct/cpu-x86_64-int4", tmp_path / "o", evaluate=False))
+    msg = str(info.value)
+    assert "'Qwen/Qwen2.5-0.5B-Instruct'" in msg and "hub is unreachable" in msg and "--model PATH" in msg
+
+
+@pytest.mark.parametrize("family, hidden, heads, kv, inter, head_dim",
+                         [("qwen2", 96, 3, 1, 200, None), ("qwen3", 100, 4, 2, 250, 16)])
+def test_odd_shapes_build_run_and_record_fallbacks(family, hidden, heads, kv, inter, head_dim, tmp_path):
+    spec = TinySpec(family=family, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv,
+                    intermediate_size=inter, num_hidden_layers=2, head_dim=head_dim)
+    ckpt = create_tiny_qwen(tmp_path / "odd", spec)
+    out = build(BuildOptions(f"tiny-{family}/cpu-x86_64-int4", tmp_path / "o", model=str(ckpt), evaluate=False))
+    decisions = json.loads((out / "manifest.json").read_text())["export"]["decisions"]
+    assert any("pads the last block" in d for d in decisions)
+    _, ops = op_counts(out)
+    if hidden == 96:  # a whole number of 32-blocks: the tied table is shared and quantized
+        assert ops.get("GatherBlockQuantized") == 1
+    else:  # 100 is not a multiple of any block size: embeddings stay float, and the manifest says so
+        assert any("embeddings kept in float" in d for d in decisions) and "GatherBlockQuantized" not in ops
+    runner = Runner(out)
+    ids = runner.encode("odd shapes")
+    assert runner.generate(ids, Sampling(max_new_tokens=4, ignore_eos=True)).token_ids == genai_generate(out, ids, 4)
+
+
+def test_head_dim_the_kernel_cannot_run_fails_before_export(tmp_path):
+    ckpt = create_tiny_qwen(tmp_path / "odd", TinySpec(family="qwen2", hidden_size=100, num_attention_heads=5,
+                                                        num_key_value_heads=1, intermediate_size=128, num_hidden_layers=2))
+    with pytest.raises(EdgeQwenError) as info:
+        build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", tmp_path / "o", model=str(ckpt), evaluate=False))
+    msg = str(info.value)
+    assert "head_dim 20" in msg and "multiple of 8" in msg and "self_attn" in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_recipes_cli_lists_and_shows():
+    out = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "recipes"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and "qwen3-4b/cpu-arm64-int4" in out.stdout
+    show = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "recipes", "show", "qwen3-0.6b/cpu-x86_64-int4"],
+                          capture_output=True, text=True)
+    assert show.returncode == 0 and "Qwen/Qwen3-0.6B" in show.stdout and "block_size: 32" in show.stdout
