@@ -53,6 +53,19 @@ def _publish(staging: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def smoke_test(artifact: Path) -> None:
+    """The packaged graph must load in onnxruntime and run one step before anything else is trusted."""
+    from .runtime.runner import Runner
+
+    try:
+        runner = Runner(artifact, verify=False)
+        runner.step([0])
+    except Exception as exc:  # noqa: BLE001 - any load/run failure means the build is broken
+        raise EdgeQwenError(f"the built model does not run in onnxruntime: {exc}", where=str(artifact / "model.onnx"),
+                            hint="this recipe/model combination hits an exporter limitation; try another quantization.algorithm "
+                            "or embeddings: float, and report it") from None
+
+
 def build(opts: BuildOptions) -> Path:
     output = Path(opts.output).expanduser().absolute()
     stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
@@ -78,6 +91,7 @@ def build(opts: BuildOptions) -> Path:
         template = write_chat_template(staging, ckpt)
         write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template)
         copy_runner(staging)
+        smoke_test(staging)
         extra = {}
         if opts.evaluate:
             stage_log(f"[4/{STAGES}] evaluate against the PyTorch fp32 reference")

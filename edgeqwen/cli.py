@@ -141,21 +141,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _extra_verbs():
     from .evaluate.cli import add_eval_parser
+    from .serve.cli import add_serve_parser
 
-    verbs = [add_eval_parser]
-    try:
-        from .bench import add_bench_parser
-
-        verbs.append(add_bench_parser)
-    except ImportError:
-        pass
-    try:
-        from .serve.cli import add_serve_parser
-
-        verbs.append(add_serve_parser)
-    except ImportError:
-        pass
-    return verbs
+    return [add_eval_parser, add_serve_parser]
 
 
 def main(argv=None) -> int:

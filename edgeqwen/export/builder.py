@@ -93,10 +93,21 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
                 decisions.append(f"{what}={k} is not a multiple of block {block}: MatMulNBits pads the last block")
         tied = ckpt.tied_embeddings
         lm_head_int8 = precision == Precision.INT8 or q.lm_head == HeadMode.INT8
+        if q.algorithm == Algorithm.K_QUANT and q.lm_head == HeadMode.SAME and not lm_head_int8:
+            # onnxruntime-genai 0.14.1 quantizes lm_head to 8 bits for every k_quant variant; say so, and
+            # name it int8 so the shared embedding table points at the tensor that really exists.
+            lm_head_int8 = True
+            decisions.append("lm_head in int8: the builder's k_quant always quantizes lm_head to 8 bits")
         algo = q.algorithm.value + ("_last" if lm_head_int8 else "")
+        symmetric = q.symmetric
+        if q.algorithm == Algorithm.K_QUANT and symmetric:
+            # k-quant always writes zero points; the builder wires them into the shared embedding
+            # table only when told the scheme is asymmetric (otherwise the embeddings decode wrong).
+            symmetric = False
+            decisions.append("symmetric -> false: k_quant stores zero points (asymmetric) for every block")
         extra.update(
             int4_block_size=block,
-            int4_is_symmetric=q.symmetric,
+            int4_is_symmetric=symmetric,
             int4_accuracy_level=resolved.accuracy_level,
             int4_algo_config=algo,
         )
@@ -126,7 +137,7 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         execution_provider=target.execution_provider.value,
         matmul_bits=8 if precision == Precision.INT8 else 4,
         block_size=block,
-        symmetric=q.symmetric,
+        symmetric=extra.get("int4_is_symmetric", q.symmetric),
         accuracy_level=resolved.accuracy_level,
         quantize_gather=quantize_gather,
         extra_options=extra,

@@ -1,0 +1,1 @@
+"""Foundry Local-style OpenAI-compatible local server."""

@@ -1,0 +1,83 @@
+"""Model cache for the server: discover artifacts, load lazily, serialize requests per model."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import EdgeQwenError
+from ..runtime.runner import Runner
+
+
+@dataclass
+class ServedModel:
+    name: str
+    path: Path
+    runner: Runner | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time per model
+    loaded_at: float | None = None
+
+    @property
+    def created(self) -> int:
+        return int((self.path / "genai_config.json").stat().st_mtime)
+
+
+def _is_artifact(p: Path) -> bool:
+    return (p / "genai_config.json").exists() and (p / "inference_model.json").exists()
+
+
+def _model_name(p: Path) -> str:
+    try:
+        return json.loads((p / "inference_model.json").read_text())["Name"]
+    except (KeyError, json.JSONDecodeError):
+        return p.name
+
+
+class ModelCache:
+    """One artifact folder, or a Foundry Local-style cache folder holding many."""
+
+    def __init__(self, root: Path, threads: int | None = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise EdgeQwenError(f"model folder not found: {root}", where="edgeqwen serve", hint="pass an artifact or a folder of artifacts")
+        folders = [root] if _is_artifact(root) else sorted(p for p in root.rglob("*") if p.is_dir() and _is_artifact(p))
+        if not folders:
+            raise EdgeQwenError(f"no artifacts under {root}", where=str(root),
+                                hint="each artifact folder needs genai_config.json and inference_model.json (`edgeqwen build` writes both)")
+        self.models: dict[str, ServedModel] = {}
+        for f in folders:
+            name = _model_name(f)
+            if name in self.models:
+                raise EdgeQwenError(f"two artifacts are named {name!r}", where=f"{self.models[name].path} and {f}",
+                                    hint="rename one (inference_model.json Name)")
+            self.models[name] = ServedModel(name, f)
+        self.threads = threads
+        self._load_lock = threading.Lock()
+
+    def get(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise KeyError(name)
+        return model
+
+    def load(self, name: str) -> ServedModel:
+        model = self.get(name)
+        with self._load_lock:
+            if model.runner is None:
+                model.runner = Runner(model.path, threads=self.threads)
+                model.loaded_at = time.time()
+        return model
+
+    def unload(self, name: str) -> bool:
+        model = self.get(name)
+        with model.lock:  # wait for a running generation to finish
+            was = model.runner is not None
+            model.runner = None
+            model.loaded_at = None
+        return was
+
+    def loaded(self) -> list[str]:
+        return [n for n, m in self.models.items() if m.runner is not None]

@@ -1,0 +1,102 @@
+"""OpenAI request parsing and error shape: wrong types become 400s that name the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+
+    def payload(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Request:
+    model: str
+    prompt: str = ""
+    messages: list = field(default_factory=list)
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list = field(default_factory=list)
+    stream: bool = False
+    include_usage: bool = False
+    enable_thinking: bool | None = None
+
+
+def _get(body: dict, key: str, types, default=None, check=None):
+    value = body.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ApiError(400, f"'{key}' must be {getattr(types, '__name__', types)}, got a boolean", "invalid_request_error", param=key)
+    if not isinstance(value, types):
+        raise ApiError(400, f"'{key}' has the wrong type: got {type(value).__name__}", "invalid_request_error", param=key)
+    if check and not check(value):
+        raise ApiError(400, f"'{key}' is out of range: {value!r}", "invalid_request_error", param=key)
+    return value
+
+
+def _common(body: dict) -> dict:
+    n = _get(body, "n", int, 1)
+    if n != 1:
+        raise ApiError(400, "only n=1 is supported", "invalid_request_error", param="n")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)):
+        raise ApiError(400, "'stop' must be a string or a list of non-empty strings", "invalid_request_error", param="stop")
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise ApiError(400, "'stream_options' must be an object", "invalid_request_error", param="stream_options")
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    return dict(
+        model=_get(body, "model", str, ""),
+        max_tokens=_get({"max_tokens": max_tokens}, "max_tokens", int, 256, lambda v: v >= 1),
+        temperature=float(_get(body, "temperature", (int, float), 0.0, lambda v: 0 <= v <= 2)),
+        top_p=float(_get(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1)),
+        seed=_get(body, "seed", int, None),
+        stop=stop or [],
+        stream=_get(body, "stream", bool, False),
+        include_usage=bool(opts.get("include_usage", False)),
+    )
+
+
+def parse_chat(body: dict) -> Request:
+    msgs = body.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ApiError(400, "'messages' must be a non-empty list", "invalid_request_error", param="messages")
+    clean = []
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), (str, list)):
+            raise ApiError(400, f"messages[{i}] needs a role (system/user/assistant) and string content",
+                           "invalid_request_error", param=f"messages[{i}]")
+        content = m["content"]
+        if isinstance(content, list):  # [{"type": "text", "text": ...}]
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        clean.append({"role": m["role"], "content": content})
+    kwargs = body.get("chat_template_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "'chat_template_kwargs' must be an object", "invalid_request_error", param="chat_template_kwargs")
+    think = kwargs.get("enable_thinking")
+    if think is not None and not isinstance(think, bool):
+        raise ApiError(400, "'chat_template_kwargs.enable_thinking' must be true or false", "invalid_request_error")
+    return Request(messages=clean, enable_thinking=think, **_common(body))
+
+
+def parse_completion(body: dict) -> Request:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ApiError(400, "'prompt' must be a string", "invalid_request_error", param="prompt")
+    return Request(prompt=prompt, **_common(body))
+
+
+def chat_prompt(runner, req: Request) -> str:
+    return runner.apply_chat_template(req.messages, req.enable_thinking)

@@ -1,0 +1,113 @@
+"""Accuracy stage: metric math, fp32/int8/int4 on the trained tiny models, gate, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from edgeqwen.build import BuildOptions, build
+from edgeqwen.errors import AccuracyGateError, EdgeQwenError
+from edgeqwen.evaluate import metrics
+from edgeqwen.evaluate.core import EvalConfig, evaluate
+from edgeqwen.tiny import TinySpec, create_tiny_qwen
+
+
+def test_metrics_match_hand_computation():
+    ref = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]])
+    cand = np.array([[1.0, 2.0, 0.0], [0.0, 0.5, 3.0]])
+    targets = np.array([0, 2])
+
+    def softmax(row):
+        e = [math.exp(x) for x in row]
+        return [x / sum(e) for x in e]
+
+    p = [softmax(r) for r in ref]
+    q = [softmax(r) for r in cand]
+    kl = [sum(pi * math.log(pi / qi) for pi, qi in zip(p[i], q[i])) for i in range(2)]
+    assert np.allclose(metrics.token_kld(ref, cand), kl)
+    nll_ref = [-math.log(p[0][0]), -math.log(p[1][2])]
+    assert math.isclose(metrics.perplexity(ref, targets), math.exp(sum(nll_ref) / 2))
+    assert metrics.top1_agreement(ref, cand) == 0.5
+    assert metrics.greedy_match([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+    s = metrics.summarize(ref, cand, targets)
+    assert math.isclose(s["ppl_ratio"], s["ppl_candidate"] / s["ppl_reference"])
+    assert metrics.token_kld(ref, ref).max() == 0.0
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_fp32_artifact_matches_reference(family, request, artifacts):
+    ckpt = request.getfixturevalue(f"trained_{family}")
+    path = artifacts.get(f"tiny-{family}/cpu-x86_64-fp32", ckpt, evaluate=True)
+    acc = json.loads((path / "accuracy.json").read_text())
+    assert acc["kld_mean"] < 1e-4 and acc["top1"] > 0.995 and abs(acc["ppl_ratio"] - 1) < 1e-3
+    assert acc["greedy_match"] == 1.0
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["accuracy"]["status"] == "pass"
+    assert manifest["files"]["accuracy.json"]["sha256"]  # the report is hashed with the artifact
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("precision", ["int8", "int4"])
+def test_quantized_default_recipes_pass_their_gates(family, precision, request, artifacts):
+    ckpt = request.getfixturevalue(f"trained_{family}")
+    path = artifacts.get(f"tiny-{family}/cpu-x86_64-{precision}", ckpt, evaluate=True)
+    acc = json.loads((path / "accuracy.json").read_text())
+    assert acc["status"] == "pass" and acc["missed"] == []
+    assert 0 < acc["kld_mean"] and acc["top1"] < 1.0  # really quantized, really measured
+    if precision == "int8":
+        assert acc["kld_mean"] < 0.002
+
+
+def test_bad_quantization_is_caught_by_the_gate(trained_qwen2, tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("version: 1\nmodel: embedded:tiny-qwen2\ntarget: cpu-x86_64\nprecision: int4\n"
+                      "context_length: 1024\nquantization: {block_size: 256, symmetric: true}\n"
+                      "accuracy: {max_ppl_ratio: 1.08, max_kld: 0.09, min_top1: 0.80}\n")
+    out = tmp_path / "out"
+    with pytest.raises(AccuracyGateError) as info:
+        build(BuildOptions(str(recipe), out, model=str(trained_qwen2)))
+    msg = str(info.value)
+    assert "mean KLD: measured" in msg and "allowed <= 0.09" in msg and "nothing was published" in msg
+    assert "block_size" in msg
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]
+
+
+def test_reference_that_does_not_match_is_refused(trained_qwen2, artifacts, tmp_path):
+    path = artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2)
+    other_vocab = create_tiny_qwen(tmp_path / "v", TinySpec(family="qwen2", vocab_size=2048, num_hidden_layers=1))
+    with pytest.raises(EdgeQwenError, match=r"reference vocabulary \(2048\) does not match the artifact's \(1024\)"):
+        evaluate(path, other_vocab, EvalConfig())
+    other_arch = create_tiny_qwen(tmp_path / "a", TinySpec(family="qwen2", num_hidden_layers=2))
+    with pytest.raises(EdgeQwenError, match=r"reference architecture \(2 layers"):
+        evaluate(path, other_arch, EvalConfig())
+
+
+def test_empty_and_short_eval_text(trained_qwen2, artifacts, tmp_path):
+    path = artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(EdgeQwenError, match="eval text is empty"):
+        evaluate(path, trained_qwen2, EvalConfig(eval_text=empty))
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.")
+    with pytest.raises(EdgeQwenError, match=r"eval text has \d+ tokens, shorter than one window of 512"):
+        evaluate(path, trained_qwen2, EvalConfig(eval_text=short))
+    with pytest.raises(EdgeQwenError, match="eval text not found"):
+        evaluate(path, trained_qwen2, EvalConfig(eval_text=tmp_path / "nope.txt"))
+
+
+def test_eval_cli_writes_report(trained_qwen2, artifacts, tmp_path):
+    from edgeqwen.cli import main
+
+    path = artifacts.get("tiny-qwen2/cpu-x86_64-int8", trained_qwen2)
+    art = tmp_path / "art"
+    shutil.copytree(path, art)
+    rc = main(["eval", str(art), "--reference", str(trained_qwen2), "--max-windows", "2", "-o", str(tmp_path / "rep")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "rep" / "accuracy.json").read_text())
+    assert rep["windows"] == 2 and rep["status"] == "pass"
+    assert (tmp_path / "rep" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,148 @@
+"""The torch-free runner: parity with PyTorch and onnxruntime-genai, streaming, errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeqwen.runtime import Runner, RunnerError, Sampling
+from edgeqwen.runtime.runner import _Detokenizer
+
+from .test_build import genai_generate
+
+PROMPTS = ["The assert statement", "Class definitions", "A for loop iterates over", "Exceptions are raised when"]
+
+
+def test_runtime_imports_without_torch_transformers_or_genai():
+    code = ("import sys, edgeqwen.runtime; bad = [m for m in ('torch', 'transformers', 'onnxruntime_genai') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+def test_greedy_matches_pytorch_on_fp32(family, request, artifacts):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ckpt = request.getfixturevalue(f"trained_{family}")
+    path = artifacts.get(f"tiny-{family}/cpu-x86_64-fp32", ckpt)
+    runner = Runner(path)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    for prompt in PROMPTS:
+        ids = runner.encode(prompt)
+        ours = runner.generate(ids, Sampling(max_new_tokens=16, ignore_eos=True)).token_ids
+        with torch.inference_mode():
+            ref = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, min_new_tokens=16,
+                                 eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
+        assert ours == ref, prompt
+
+
+def test_greedy_matches_genai_on_int4(trained_qwen3, artifacts):
+    path = artifacts.get("tiny-qwen3/cpu-x86_64-int4", trained_qwen3)
+    runner = Runner(path)
+    for prompt in PROMPTS:
+        ids = runner.encode(prompt)
+        assert runner.generate(ids, Sampling(max_new_tokens=24, ignore_eos=True)).token_ids == genai_generate(path, ids, 24)
+
+
+def test_streaming_detokenizer_never_splits_utf8(trained_qwen2, artifacts):
+    runner = Runner(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2))
+    text = "你好，世界 😀🚀 naïve café — 日本語のテキスト 👩‍👩‍👧"
+    ids = runner.encode(text)
+    assert len(ids) > len(text) // 2  # byte-level pieces: many characters span several tokens
+    detok = _Detokenizer(runner.tokenizer)
+    pieces = [detok.add(t) for t in ids]
+    assert all("\ufffd" not in p for p in pieces)
+    assert "".join(pieces) == text
+
+
+def test_stream_records_and_stop_strings(trained_qwen2, artifacts):
+    runner = Runner(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2))
+    ids = runner.encode("The assert statement")
+    full = runner.generate(ids, Sampling(max_new_tokens=24, ignore_eos=True))
+    assert full.finish_reason == "length" and len(full.token_ids) == 24
+    recs = list(runner.stream(ids, Sampling(max_new_tokens=24, ignore_eos=True)))
+    assert [r.finish_reason for r in recs[:-1]] == [None] * 23 and recs[-1].finish_reason == "length"
+    assert recs[-1].ttft_s > 0 and recs[-1].decode_tps > 0
+    stop = full.text.strip()[6:10]
+    assert stop
+    cut = runner.generate(ids, Sampling(max_new_tokens=24, stop=(stop,), ignore_eos=True))
+    assert cut.finish_reason == "stop" and stop not in cut.text and full.text.startswith(cut.text)
+
+
+def test_sampling_is_seeded_and_varies(trained_qwen2, artifacts):
+    runner = Runner(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2))
+    ids = runner.encode("The assert statement")
+    s = dict(max_new_tokens=16, temperature=1.0, top_k=50, top_p=0.95, repetition_penalty=1.1, ignore_eos=True)
+    a = runner.generate(ids, Sampling(seed=1, **s)).token_ids
+    assert a == runner.generate(ids, Sampling(seed=1, **s)).token_ids
+    assert any(runner.generate(ids, Sampling(seed=k, **s)).token_ids != a for k in range(2, 6))
+
+
+def test_thinking_is_reported_separately(trained_qwen3, artifacts):
+    runner = Runner(artifacts.get("tiny-qwen3/cpu-x86_64-fp32", trained_qwen3))
+    off = runner.apply_chat_template([{"role": "user", "content": "hi"}], enable_thinking=False)
+    assert off.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    on = runner.apply_chat_template([{"role": "user", "content": "hi"}], enable_thinking=True)
+    assert on.endswith("<|im_start|>assistant\n")
+    ids = runner.encode(on + "<think>\n")
+    think = runner.generate(ids, Sampling(max_new_tokens=8, ignore_eos=True), enable_thinking=None)
+    assert think.text and not think.reasoning  # a plain prompt string is not treated as open thinking
+    recs = list(runner.stream(ids, Sampling(max_new_tokens=8, ignore_eos=True), thinking_open=True))
+    assert "".join(r.reasoning for r in recs) and not "".join(r.text for r in recs)
+    close = runner.tokenizer.token_to_id("</think>")
+    recs = list(runner.stream(ids + [close], Sampling(max_new_tokens=8, ignore_eos=True), thinking_open=False))
+    assert "".join(r.text for r in recs) and not "".join(r.reasoning for r in recs)
+
+
+def test_runner_py_ships_in_artifact_and_runs_alone(trained_qwen2, artifacts, tmp_path):
+    art = tmp_path / "device"
+    shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2), art)
+    proc = subprocess.run([sys.executable, "runner.py", "--prompt", "What is a class?", "--max-new-tokens", "12"],
+                          cwd=art, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "finish=" in proc.stderr and proc.stdout.strip()
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(temperature=-1.0), "temperature must be in"),
+    (dict(top_p=0.0), "top_p must be in"),
+    (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+    (dict(top_k=-3), "top_k must be >= 0"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be > 0"),
+])
+def test_invalid_sampling_values(bad, match, trained_qwen2, artifacts):
+    runner = Runner(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2))
+    with pytest.raises(RunnerError, match=match):
+        runner.generate("hello", Sampling(**bad))
+
+
+def test_empty_and_too_long_prompts(trained_qwen2, artifacts):
+    runner = Runner(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2))
+    with pytest.raises(RunnerError, match="the prompt is empty"):
+        runner.generate("")
+    with pytest.raises(RunnerError, match=r"context is 1024"):
+        runner.generate(list(np.arange(1100) % 500))
+
+
+def test_tampered_and_missing_files_are_refused(trained_qwen2, artifacts, tmp_path):
+    art = tmp_path / "a"
+    shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2), art)
+    data = art / "model.onnx.data"
+    good = data.read_bytes()
+    blob = bytearray(good)
+    blob[100] ^= 1
+    data.write_bytes(bytes(blob))
+    with pytest.raises(RunnerError, match="model.onnx.data was modified"):
+        Runner(art)
+    data.write_bytes(good)
+    (art / "tokenizer.json").unlink()
+    with pytest.raises(RunnerError, match="tokenizer.json is missing"):
+        Runner(art, verify=False)
+    proc = subprocess.run([sys.executable, str(art / "runner.py"), str(art), "-p", "hi"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "tokenizer.json is missing" in proc.stderr

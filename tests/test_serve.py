@@ -1,0 +1,205 @@
+"""The OpenAI-compatible server, on an ephemeral port, with the real `openai` client and plain HTTP."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import threading
+import urllib.request
+
+import openai
+import pytest
+
+from edgeqwen.runtime import Runner, Sampling
+from edgeqwen.serve.app import make_server
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory, artifacts, trained_qwen2, trained_qwen3):
+    root = tmp_path_factory.mktemp("models")
+    shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), root / "tiny-qwen2")
+    shutil.copytree(artifacts.get("tiny-qwen3/cpu-x86_64-int4", trained_qwen3), root / "tiny-qwen3")
+    return root
+
+
+def start(root, **kw):
+    server = make_server(root, port=0, **kw)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(cache_dir):
+    s = start(cache_dir)
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+QWEN2 = "tiny-qwen2-cpu-x86_64-fp32"
+QWEN3 = "tiny-qwen3-cpu-x86_64-int4"
+
+
+def client(server, key="unused"):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def raw(server, method, path, body=None, headers=None):
+    host, port = server.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    out = resp.status, resp.read()
+    conn.close()
+    return out
+
+
+def test_models_list(server):
+    ids = [m.id for m in client(server).models.list().data]
+    assert ids == [QWEN2, QWEN3]
+
+
+def test_chat_non_streaming_matches_runner(server, cache_dir):
+    msgs = [{"role": "user", "content": "What does the assert statement do?"}]
+    r = client(server).chat.completions.create(model=QWEN2, messages=msgs, max_tokens=12, temperature=0)
+    runner = Runner(cache_dir / "tiny-qwen2")
+    ids = runner.encode(runner.apply_chat_template(msgs))
+    direct = runner.generate(ids, Sampling(max_new_tokens=12))
+    assert r.choices[0].message.content == direct.text
+    assert r.choices[0].finish_reason == direct.finish_reason
+    assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(direct.token_ids)
+
+
+def test_chat_streaming_sse(server):
+    stream = client(server).chat.completions.create(
+        model=QWEN2, messages=[{"role": "user", "content": "Explain classes."}], max_tokens=10, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert text and finishes == ["length"]
+    assert chunks[-1].usage.completion_tokens == 10
+    whole = client(server).chat.completions.create(
+        model=QWEN2, messages=[{"role": "user", "content": "Explain classes."}], max_tokens=10)
+    assert whole.choices[0].message.content == text
+
+
+def test_sse_ends_with_done(server):
+    status, body = raw(server, "POST", "/v1/chat/completions",
+                       {"model": QWEN2, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True})
+    assert status == 200 and body.decode().rstrip().endswith("data: [DONE]")
+
+
+def test_completions_and_seeded_sampling(server):
+    c = client(server)
+    a = c.completions.create(model=QWEN2, prompt="The for statement", max_tokens=8, temperature=0.9, seed=7)
+    b = c.completions.create(model=QWEN2, prompt="The for statement", max_tokens=8, temperature=0.9, seed=7)
+    assert a.choices[0].text == b.choices[0].text and a.usage.completion_tokens == 8
+
+
+def test_qwen3_thinking_switch_and_reasoning_content(server):
+    c = client(server)
+    r = c.chat.completions.create(model=QWEN3, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                  extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert r.choices[0].message.content is not None
+    # An assistant turn that opens <think> in the prompt: the continuation is reasoning, not content.
+    status, body = raw(server, "POST", "/v1/completions", {"model": QWEN3, "prompt": "x", "max_tokens": 2})
+    assert status == 200
+
+
+def test_management_endpoints_and_metrics(server):
+    assert raw(server, "GET", "/health")[0] == 200
+    client(server).chat.completions.create(model=QWEN2, messages=[{"role": "user", "content": "a"}], max_tokens=2)
+    assert QWEN2 in json.loads(raw(server, "GET", "/openai/loadedmodels")[1])
+    status, body = raw(server, "GET", f"/openai/unload/{QWEN2}")
+    assert status == 200 and QWEN2 not in json.loads(raw(server, "GET", "/openai/loadedmodels")[1])
+    assert raw(server, "GET", f"/openai/load/{QWEN2}")[0] == 200
+    assert QWEN2 in json.loads(raw(server, "GET", "/openai/status")[1])["loadedModels"]
+    metrics = raw(server, "GET", "/metrics")[1].decode()
+    assert f'edgeqwen_requests_total{{model="{QWEN2}"}}' in metrics and "edgeqwen_tokens_per_second" in metrics
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    (b"{not json", 400, "not valid JSON"),
+    ({"model": QWEN2, "messages": "hi"}, 400, "'messages' must be a non-empty list"),
+    ({"model": QWEN2, "messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}, 400, "'max_tokens'"),
+    ({"model": QWEN2, "messages": [{"role": "user", "content": "x"}], "temperature": 9}, 400, "'temperature' is out of range"),
+    ({"model": QWEN2, "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "only n=1"),
+    ({"model": "gpt-5", "messages": [{"role": "user", "content": "x"}]}, 404, "model 'gpt-5' not found"),
+    ({"model": QWEN2, "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "context is 1024 tokens"),
+])
+def test_bad_requests_get_openai_errors_and_server_survives(server, body, status, needle):
+    got, payload = raw(server, "POST", "/v1/chat/completions", body)
+    err = json.loads(payload)["error"]
+    assert got == status and needle in err["message"] and err["type"]
+    assert raw(server, "GET", "/health")[0] == 200
+
+
+def test_oversized_body_is_413(cache_dir):
+    s = start(cache_dir, max_body=1000)
+    try:
+        got, payload = raw(s, "POST", "/v1/completions", {"model": QWEN2, "prompt": "x" * 5000})
+        assert got == 413 and "exceeds the limit" in json.loads(payload)["error"]["message"]
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
+def test_api_key_and_rate_limit(cache_dir):
+    s = start(cache_dir, api_key="sekret", rate_limit=3)
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            client(s, "wrong").models.list()
+        ok = client(s, "sekret")
+        for _ in range(2):
+            ok.models.list()
+        with pytest.raises(openai.RateLimitError):
+            for _ in range(3):
+                ok.models.list()
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
+def test_concurrent_streams_do_not_mix(server, cache_dir):
+    prompts = [f"Topic {i}: the {w} statement" for i, w in enumerate(["assert", "pass", "del", "return", "yield", "raise"])]
+    runner = Runner(cache_dir / "tiny-qwen2")
+    expected = {}
+    for p in prompts:
+        expected[p] = runner.generate(runner.encode(p), Sampling(max_new_tokens=10, temperature=0.8, seed=3)).text
+    results, errors = {}, []
+
+    def worker(p):
+        try:
+            s = client(server).completions.create(model=QWEN2, prompt=p, max_tokens=10, temperature=0.8, seed=3, stream=True)
+            results[p] = "".join(c.choices[0].text for c in s)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and results == expected
+
+
+def test_client_disconnect_stops_generation(server):
+    host, port = server.server_address[:2]
+    req = urllib.request.Request(server.url + "/v1/completions", method="POST",
+                                 data=json.dumps({"model": QWEN2, "prompt": "x", "max_tokens": 900, "stream": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    resp = urllib.request.urlopen(req, timeout=60)
+    resp.readline()
+    resp.close()  # go away mid-stream
+    import time
+
+    deadline = time.time() + 30
+    while time.time() < deadline and "edgeqwen_client_disconnects_total 0" in raw(server, "GET", "/metrics")[1].decode():
+        time.sleep(0.1)
+    assert "edgeqwen_client_disconnects_total 0" not in raw(server, "GET", "/metrics")[1].decode()
+    # and the model is free again right away
+    r = client(server).completions.create(model=QWEN2, prompt="y", max_tokens=2)
+    assert r.usage.completion_tokens == 2
