@@ -179,4 +179,7 @@ def run_export(plan: ExportPlan, log_path: Path) -> ExportResult:
             where=str(log_path),
             hint="see the full builder log above; an unusual layer shape or an option the builder lacks is the usual cause",
         )
+    worker_notes = Path(plan.cache_dir) / "worker_decisions.json"
+    if worker_notes.exists():
+        plan.decisions.extend(json.loads(worker_notes.read_text()))
     return ExportResult(wall_s=wall, peak_rss_mb=peak_mb, log_path=log_path)

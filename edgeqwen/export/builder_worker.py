@@ -16,7 +16,7 @@ import os
 import sys
 
 
-def _install_quant_hook(plan: dict) -> None:
+def _install_quant_hook(plan: dict) -> list[str]:
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
@@ -32,15 +32,26 @@ def _install_quant_hook(plan: dict) -> None:
     default_bits = plan["matmul_bits"]
     overrides = plan.get("node_overrides", {})
 
+    block = plan["block_size"]
+    fallbacks: list[str] = []
+
     def to_int4(self):
         cfg = self.quant_attrs["int4"]["algo_config"]
         if cfg is not None:
             custom = dict(cfg.customized_weight_config or {})
             for node in self.model.graph:
-                if node.op_type != "MatMul" or node.name in custom and not overrides.get(node.name):
+                if node.op_type != "MatMul":
                     continue
-                entry = {"bits": default_bits}
-                entry.update(overrides.get(node.name, {}))
+                entry = {"bits": default_bits, **custom.get(node.name, {}), **overrides.get(node.name, {})}
+                shape = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1] is not None else None
+                k = shape[0] if shape is not None and len(shape) == 2 and isinstance(shape[0], int) else None
+                blocks = -(-k // block) if k else 0
+                if not plan["symmetric"] and entry["bits"] == 4 and blocks % 2 == 1:
+                    # onnxruntime's RTN packs 4-bit zero points two per byte across rows: an odd
+                    # block count per column breaks its reshape. Symmetric needs no zero points.
+                    entry["scheme"] = "sym"
+                    fallbacks.append(f"{node.name}: K={k} is {blocks} blocks of {block} (odd) -> symmetric "
+                                     "(onnxruntime's asymmetric 4-bit packing needs an even block count)")
                 custom[node.name] = entry
             cfg.customized_weight_config = custom
         model = original(self)
@@ -64,13 +75,13 @@ def _install_quant_hook(plan: dict) -> None:
         return model
 
     base.Model.to_int4 = to_int4
+    return fallbacks
 
 
 def main(argv: list[str]) -> int:
     plan = json.loads(open(argv[0]).read())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if plan["precision"] == "int4":
-        _install_quant_hook(plan)
+    fallbacks = _install_quant_hook(plan) if plan["precision"] == "int4" else []
     from onnxruntime_genai.models.builder import create_model
 
     create_model(
@@ -82,6 +93,8 @@ def main(argv: list[str]) -> int:
         cache_dir=plan["cache_dir"],
         **plan["extra_options"],
     )
+    with open(os.path.join(plan["cache_dir"], "worker_decisions.json"), "w") as f:
+        json.dump(fallbacks, f)
     return 0
 
 
