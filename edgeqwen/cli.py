@@ -140,10 +140,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _extra_verbs():
+    from .bench import add_bench_parser
     from .evaluate.cli import add_eval_parser
     from .serve.cli import add_serve_parser
 
-    return [add_eval_parser, add_serve_parser]
+    return [add_eval_parser, add_bench_parser, add_serve_parser]
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,81 @@
+"""Build wall time, peak RSS and artifact size: edgeqwen recipes vs the builder's default int4.
+
+    python benchmarks/build_bench.py [--shape qwen2.5-0.5b] [--out benchmarks/results]
+
+Anchor (same machine, same run): `python -m onnxruntime_genai.models.builder -p int4 -e cpu` with its
+defaults (block 32, fp32 embeddings, untied lm_head). Peak RSS comes from wait4() on each build
+process, which includes the builder child process it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import ensure_shape  # noqa: E402
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", EDGEQWEN_QUIET="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen2.5-0.5b")
+    ap.add_argument("--recipes", default="cpu-x86_64-int4,cpu-x86_64-int8")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+    ckpt = ensure_shape(args.shape)
+    model_dir = {"qwen2.5-0.5b": "qwen2.5-0.5b-instruct", "qwen2.5-1.5b": "qwen2.5-1.5b-instruct",
+                 "qwen2.5-3b": "qwen2.5-3b-instruct", "qwen3-0.6b": "qwen3-0.6b"}[args.shape]
+    work = Path(tempfile.mkdtemp(prefix="edgeqwen-bench-"))
+    rows = []
+    try:
+        anchor = work / "builder-default"
+        wall, rss = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt), "-o", str(anchor),
+                           "-p", "int4", "-e", "cpu", "-c", str(work / "cache")])
+        rows.append(("builder default int4 (anchor)", size_mb(anchor), wall, rss))
+        shutil.rmtree(anchor)
+        for r in args.recipes.split(","):
+            out = work / r
+            wall, rss = timed([sys.executable, "-m", "edgeqwen.cli", "build", f"{model_dir}/{r}", "--model", str(ckpt),
+                               "-o", str(out), "--no-eval"])
+            rows.append((f"edgeqwen {model_dir}/{r}", size_mb(out), wall, rss))
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    a_size = rows[0][1]
+    lines = [f"Build benchmark: {args.shape} shape, random weights, {os.cpu_count()} cores",
+             "| artifact | size MB | size vs anchor | build wall s | peak RSS MB |", "|---|---|---|---|---|"]
+    for name, size, wall, rss in rows:
+        lines.append(f"| {name} | {size:.0f} | {size / a_size:.2f}x | {wall:.1f} | {rss:.0f} |")
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"build-{args.shape}.md").write_text(text + "\n")
+    (Path(args.out) / f"build-{args.shape}.json").write_text(json.dumps(
+        [dict(zip(("name", "size_mb", "wall_s", "peak_rss_mb"), r)) for r in rows], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

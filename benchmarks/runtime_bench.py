@@ -1,0 +1,77 @@
+"""Decode/prefill speed of an INT4 artifact: this runner vs onnxruntime-genai vs PyTorch eager, plus the
+memory-bandwidth ceiling.
+
+    python benchmarks/runtime_bench.py [--shape qwen2.5-0.5b] [--threads 2] [--prompt-len 128] [--gen-len 128]
+
+Builds `qwen2.5-0.5b-instruct/cpu-x86_64-int4` on a random-weight checkpoint of that shape (cached),
+runs `edgeqwen bench` (each engine in its own process, same token ids), and measures single-thread
+memory-read bandwidth with numpy. Decode ceiling = bandwidth / bytes read per token, where bytes per
+token = quantized weights (model.onnx.data) + the KV cache at mid-generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import ensure_shape, shape_dir  # noqa: E402
+
+from edgeqwen.bench import bench, format_bench  # noqa: E402
+
+
+def read_bandwidth_gbs(mb: int = 1024, repeats: int = 5) -> float:
+    a = np.ones(mb * 1024 * 1024 // 8)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.sum()
+        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen2.5-0.5b")
+    ap.add_argument("--recipe", default="qwen2.5-0.5b-instruct/cpu-x86_64-int4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--gen-len", type=int, default=128)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = ap.parse_args()
+    ckpt = ensure_shape(args.shape)
+    art = shape_dir(args.shape).with_name(f"{args.shape}-{args.recipe.replace('/', '-')}")
+    if not (art / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", args.recipe, "--model", str(ckpt), "-o", str(art),
+                        "--no-eval", "--force"], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    report = bench(art, args.prompt_len, args.gen_len, args.threads, reference=str(ckpt))
+    cfg = json.loads((art / "genai_config.json").read_text())["model"]["decoder"]
+    kv_bytes = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_size"] * 4 * (args.prompt_len + args.gen_len // 2)
+    per_token = (art / "model.onnx.data").stat().st_size + kv_bytes
+    bw = read_bandwidth_gbs()
+    ceiling = bw * 1e9 / per_token
+    lines = [format_bench(report), "",
+             f"memory-read bandwidth (numpy, 1 thread): {bw:.1f} GB/s; bytes read per decoded token: {per_token / 1e6:.0f} MB "
+             f"(weights {(art / 'model.onnx.data').stat().st_size / 1e6:.0f} MB + KV {kv_bytes / 1e6:.1f} MB)",
+             f"decode ceiling ≈ {ceiling:.1f} tok/s"]
+    for engine, r in report["results"].items():
+        if "decode_tps" in r:
+            lines.append(f"  {engine}: {r['decode_tps']:.1f} tok/s = {r['decode_tps'] / ceiling * 100:.0f} % of the ceiling")
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"runtime-{args.shape}.txt").write_text(text + "\n")
+    (Path(args.out) / f"runtime-{args.shape}.json").write_text(json.dumps(
+        {**report, "bandwidth_gbs": bw, "bytes_per_token": per_token, "ceiling_tps": ceiling}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""Random-weight checkpoints with the real Qwen shapes (speed/memory benchmarks only; values are noise).
+
+    python benchmarks/shapes.py qwen2.5-0.5b [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from edgeqwen.tiny import TinySpec, create_tiny_qwen
+
+SHAPES = {
+    # hidden, intermediate, layers, heads, kv heads, head_dim  (published config.json values)
+    "qwen2.5-0.5b": TinySpec("qwen2", 151936, 896, 4864, 24, 14, 2, None, 32768),
+    "qwen2.5-1.5b": TinySpec("qwen2", 151936, 1536, 8960, 28, 12, 2, None, 32768),
+    "qwen2.5-3b": TinySpec("qwen2", 151936, 2048, 11008, 36, 16, 2, None, 32768),
+    "qwen3-0.6b": TinySpec("qwen3", 151936, 1024, 3072, 28, 16, 8, 128, 40960),
+}
+
+
+def shape_dir(name: str) -> Path:
+    return Path(os.environ.get("EDGEQWEN_CACHE", Path.home() / ".cache" / "edgeqwen")) / "shapes" / name
+
+
+def ensure_shape(name: str, out: Path | None = None) -> Path:
+    out = out or shape_dir(name)
+    if not (out / "model.safetensors").exists() and not list(out.glob("model-*.safetensors")):
+        print(f"creating random-weight {name} checkpoint in {out} ...", flush=True)
+        create_tiny_qwen(out, SHAPES[name])
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("shape", choices=sorted(SHAPES))
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    print(ensure_shape(a.shape, Path(a.out) if a.out else None))

@@ -1,0 +1,159 @@
+"""`edgeqwen bench ARTIFACT`: prefill/decode tok/s, TTFT and peak RSS, side by side.
+
+Each engine runs in its own process (so peak RSS is its own) on the same token ids:
+this runner, onnxruntime-genai on the same artifact, and with --reference the PyTorch eager model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ENGINES = ("edgeqwen", "onnxruntime-genai", "pytorch")
+
+
+def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(10, min(vocab, 1000), size=n).tolist()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int) -> dict:
+    from .runtime.runner import Runner, Sampling
+
+    runner = Runner(artifact, threads=threads, verify=False)
+    runner.generate(ids[:8], Sampling(max_new_tokens=4, ignore_eos=True))  # warm-up: kernels, prepacking
+    last = None
+    for last in runner.stream(ids, Sampling(max_new_tokens=gen, ignore_eos=True)):
+        pass
+    return {"ttft_s": last.ttft_s, "prefill_tps": last.prefill_tps, "decode_tps": last.decode_tps,
+            "generated": last.generated_tokens}
+
+
+def run_genai(artifact: str, ids: list[int], gen: int, threads: int) -> dict:
+    import onnxruntime_genai as og
+
+    cfg = og.Config(artifact)
+    if threads:
+        cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    model = og.Model(cfg)
+
+    def once(p, n):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(p) + n, do_sample=False, min_length=len(p) + n)
+        g = og.Generator(model, params)
+        t0 = time.perf_counter()
+        g.append_tokens(p)
+        g.generate_next_token()
+        t1 = time.perf_counter()
+        k = 1
+        while not g.is_done():
+            g.generate_next_token()
+            k += 1
+        return t1 - t0, time.perf_counter() - t1, k
+
+    once(ids[:8], 4)
+    ttft, dec, k = once(ids, gen)
+    return {"ttft_s": ttft, "prefill_tps": len(ids) / ttft, "decode_tps": (k - 1) / dec if dec > 0 else 0.0, "generated": k}
+
+
+def run_pytorch(reference: str, ids: list[int], gen: int, threads: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        def once(p, n):
+            t0 = time.perf_counter()
+            out = model(torch.tensor([p]), use_cache=True)
+            tok = int(out.logits[0, -1].argmax())
+            t1 = time.perf_counter()
+            for _ in range(n - 1):
+                out = model(torch.tensor([[tok]]), past_key_values=out.past_key_values, use_cache=True)
+                tok = int(out.logits[0, -1].argmax())
+            return t1 - t0, time.perf_counter() - t1
+
+        once(ids[:8], 4)
+        ttft, dec = once(ids, gen)
+    return {"ttft_s": ttft, "prefill_tps": len(ids) / ttft, "decode_tps": (gen - 1) / dec, "generated": gen}
+
+
+def worker(argv: list[str]) -> int:
+    engine, target, n_prompt, gen, threads, vocab = argv[0], argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5])
+    ids = prompt_ids(n_prompt, vocab)
+    fn = {"edgeqwen": run_edgeqwen, "onnxruntime-genai": run_genai, "pytorch": run_pytorch}[engine]
+    result = fn(target, ids, gen, threads)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    print("RESULT " + json.dumps(result))
+    return 0
+
+
+def bench(artifact: Path, prompt_len: int, gen_len: int, threads: int, reference: str | None = None) -> dict:
+    cfg = json.loads((Path(artifact) / "genai_config.json").read_text())
+    vocab = cfg["model"]["vocab_size"]
+    jobs = [("edgeqwen", str(artifact)), ("onnxruntime-genai", str(artifact))]
+    if reference:
+        jobs.append(("pytorch", reference))
+    results = {}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads or ""), HF_HUB_OFFLINE="1") if threads else dict(os.environ)
+    for engine, target in jobs:
+        proc = subprocess.run([sys.executable, "-m", "edgeqwen.bench", "--worker", engine, target, str(prompt_len),
+                               str(gen_len), str(threads), str(vocab)], capture_output=True, text=True, env=env)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            results[engine] = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
+        else:
+            results[engine] = json.loads(line[7:])
+    data = Path(artifact) / "model.onnx.data"
+    return {"artifact": str(artifact), "size_mb": sum(p.stat().st_size for p in Path(artifact).iterdir() if p.is_file()) / 1e6,
+            "weights_mb": data.stat().st_size / 1e6 if data.exists() else None,
+            "prompt_len": prompt_len, "gen_len": gen_len, "threads": threads, "results": results}
+
+
+def format_bench(report: dict) -> str:
+    res = report["results"]
+    anchor = res.get("onnxruntime-genai", {})
+    lines = [f"{report['artifact']}  ({report['size_mb']:.1f} MB, prompt {report['prompt_len']}, "
+             f"generate {report['gen_len']}, threads {report['threads'] or 'default'})",
+             f"{'engine':<18} {'prefill tok/s':>13} {'decode tok/s':>12} {'TTFT ms':>8} {'peak RSS MB':>11} {'decode vs genai':>16}"]
+    for engine, r in res.items():
+        if "error" in r:
+            lines.append(f"{engine:<18} error: {r['error']}")
+            continue
+        ratio = r["decode_tps"] / anchor["decode_tps"] if anchor.get("decode_tps") else float("nan")
+        lines.append(f"{engine:<18} {r['prefill_tps']:>13.1f} {r['decode_tps']:>12.1f} {r['ttft_s'] * 1000:>8.0f} "
+                     f"{r['peak_rss_mb']:>11.0f} {ratio:>15.2f}x")
+    return "\n".join(lines)
+
+
+def cmd_bench(args) -> int:
+    report = bench(Path(args.artifact), args.prompt_len, args.gen_len, args.threads, args.reference)
+    print(json.dumps(report, indent=2) if args.json else format_bench(report))
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="tokens/s, TTFT and peak RSS: this runner vs onnxruntime-genai (vs PyTorch)")
+    p.add_argument("artifact")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--gen-len", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = library default)")
+    p.add_argument("--reference", help="source checkpoint for a PyTorch eager row")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_bench)
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
+    sys.exit(worker(sys.argv[2:]))

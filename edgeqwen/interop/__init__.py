@@ -1,0 +1,1 @@
+"""Checks of edgeqwen artifacts in other runtimes (run in their own environments)."""
