@@ -42,10 +42,6 @@ def embedded_models() -> list[str]:
     return sorted(p.name for p in embedded_dir().iterdir() if (p / "config.json").exists()) if embedded_dir().exists() else []
 
 
-def _looks_like_path(s: str) -> bool:
-    return s.startswith((".", "/", "~")) or os.sep in s and not _looks_like_hub_id(s) or Path(s).exists()
-
-
 def _looks_like_hub_id(s: str) -> bool:
     parts = s.split("/")
     return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))

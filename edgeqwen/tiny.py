@@ -147,7 +147,6 @@ def make_config(spec: TinySpec, ids: dict[str, int]):
         bos_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
-        torch_dtype="float32",
     )
     if spec.family == "qwen2":
         return Qwen2Config(tie_word_embeddings=True, architectures=["Qwen2ForCausalLM"], **common)
@@ -170,7 +169,7 @@ def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=No
     ids = save_tokenizer(out, spec.family, spec.vocab_size)
     config = make_config(spec, ids)
     torch.manual_seed(spec.seed)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     model.eval()

@@ -1,0 +1,110 @@
+"""Load test of `edgeqwen serve`: N concurrent streaming clients (real `openai` client) against one model.
+
+    python benchmarks/serve_load.py ARTIFACT [--clients 8] [--max-tokens 64] [--foundry-python PATH]
+
+Checks that every client completes and that each output equals what the runner produces alone for the
+same prompt and seed; reports streaming tokens/s through HTTP for a single client against the direct
+runner (the anchor, same process, same prompt) as a ratio, and the aggregate under load. With
+--foundry-python (a venv holding foundry-local-sdk) it also times Foundry Local's runtime on the artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import openai
+
+from edgeqwen.runtime import Runner, Sampling
+from edgeqwen.serve.app import make_server
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def stream_once(url, model, prompt, max_tokens, seed):
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
+    t0 = time.perf_counter()
+    first = None
+    pieces = []
+    n = 0
+    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.8,
+                                           seed=seed, stream=True, stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].text:
+            first = first or time.perf_counter()
+            pieces.append(chunk.choices[0].text)
+        if chunk.usage:
+            n = chunk.usage.completion_tokens
+    end = time.perf_counter()
+    return "".join(pieces), n, (n - 1) / (end - first) if first and n > 1 else 0.0, end - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("artifact")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--foundry-python", default=os.environ.get("EDGEQWEN_FOUNDRY_PYTHON"))
+    args = ap.parse_args()
+    art = Path(args.artifact)
+    runner = Runner(art, threads=args.threads)
+    prompts = [f"Request {i}: the statement" for i in range(args.clients)]
+    expected = {}
+    direct_tps = []
+    for i, p in enumerate(prompts):
+        res = runner.generate(p, Sampling(max_new_tokens=args.max_tokens, temperature=0.8, seed=i, ignore_eos=False))
+        expected[p] = res.text
+        direct_tps.append(res.decode_tps)
+    del runner
+    server = make_server(art, port=0, threads=args.threads)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    model = next(iter(server.cache.models))
+    stream_once(server.url, model, "warm up", 4, 0)
+    single = [stream_once(server.url, model, p, args.max_tokens, i) for i, p in enumerate(prompts[:3])]
+    http_tps = sum(s[2] for s in single) / len(single)
+    anchor = sum(direct_tps[:3]) / 3
+    results, errors = {}, []
+
+    def worker(i, p):
+        try:
+            results[p] = stream_once(server.url, model, p, args.max_tokens, i)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i, p)) for i, p in enumerate(prompts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    server.shutdown()
+    same = sum(results[p][0] == expected[p] for p in results)
+    total = sum(r[1] for r in results.values())
+    lines = [
+        f"serve load test: {art.name}, {args.clients} concurrent streaming clients, {args.max_tokens} max tokens, "
+        f"{args.threads} threads",
+        f"  completed {len(results)}/{args.clients}, errors {len(errors)}, outputs identical to the runner alone: {same}/{len(results)}",
+        f"  single-client streaming decode through HTTP: {http_tps:.1f} tok/s; direct runner (anchor): {anchor:.1f} tok/s; "
+        f"ratio {http_tps / anchor:.3f}",
+        f"  under load: {total} tokens in {wall:.2f}s = {total / wall:.1f} tok/s aggregate (requests to one model queue)",
+    ]
+    if args.foundry_python:
+        proc = subprocess.run([args.foundry_python, "-m", "edgeqwen.interop.foundry_check", str(art),
+                               "--max-tokens", str(args.max_tokens)], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+        fl = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {"error": proc.stderr[-300:]}
+        lines.append(f"  Foundry Local runtime on the same artifact (request wall, incl. prompt): "
+                     f"{fl.get('tokens_per_s') or 0:.1f} tok/s {fl.get('error', '')}")
+    print("\n".join(lines))
+    return 0 if not errors and same == len(results) == args.clients else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
