@@ -55,6 +55,7 @@ def main() -> int:
     art = Path(args.artifact)
     runner = Runner(art, threads=args.threads)
     prompts = [f"Request {i}: the statement" for i in range(args.clients)]
+    runner.generate(prompts[0], Sampling(max_new_tokens=args.max_tokens))  # warm-up, as the server gets one
     expected = {}
     direct_tps = []
     for i, p in enumerate(prompts):

@@ -24,7 +24,16 @@ def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
     return rng.integers(10, min(vocab, 1000), size=n).tolist()
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's own RSS high-water mark (VmHWM). ru_maxrss is not used: after fork+exec it still
+    carries the parent's resident size at fork time, which inflates a small worker forked from a big parent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -95,7 +104,7 @@ def worker(argv: list[str]) -> int:
     ids = prompt_ids(n_prompt, vocab)
     fn = {"edgeqwen": run_edgeqwen, "onnxruntime-genai": run_genai, "pytorch": run_pytorch}[engine]
     result = fn(target, ids, gen, threads)
-    result["peak_rss_mb"] = _peak_rss_mb()
+    result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
     return 0
 

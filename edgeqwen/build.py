@@ -12,7 +12,16 @@ from .checkpoint import resolve_checkpoint
 from .errors import EdgeQwenError
 from .export.builder import plan_export, run_export
 from .log import stage_log
-from .package import copy_runner, finalize_genai_config, write_chat_template, write_inference_model, write_manifest
+from .memory import check_fits
+from .package import (
+    convert_to_ort,
+    copy_runner,
+    finalize_genai_config,
+    write_chat_template,
+    write_inference_model,
+    write_manifest,
+)
+from .targets import ArtifactFormat
 from .recipe import load_recipe
 
 STAGES = 5
@@ -74,6 +83,8 @@ def build(opts: BuildOptions) -> Path:
     ckpt = resolve_checkpoint(opts.model or resolved.recipe.model)
     stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
               f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
+    mem = check_fits(resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
+    stage_log(f"        memory estimate {mem.total_mb:.0f} MB at {mem.context} tokens (budget {mem.budget_mb} MB)")
     if not opts.evaluate:
         stage_log("        accuracy stage skipped (--no-eval): the artifact is not gated")
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.building-", dir=output.parent))
@@ -91,8 +102,15 @@ def build(opts: BuildOptions) -> Path:
         template = write_chat_template(staging, ckpt)
         write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template)
         copy_runner(staging)
+        extra = {"memory_estimate_mb": {"weights": round(mem.weights_mb, 1), "kv_cache": round(mem.kv_cache_mb, 1),
+                                        "activations": round(mem.activations_mb, 1), "baseline": mem.baseline_mb,
+                                        "total": round(mem.total_mb, 1), "context": mem.context,
+                                        "budget": mem.budget_mb}}
+        if resolved.target.artifact_format == ArtifactFormat.ORT:
+            extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)
+            stage_log(f"        ORT format: model.ort {extra['ort_format']['ort_bytes'] / 1e6:.2f} MB "
+                      f"(from {extra['ort_format']['onnx_bytes'] / 1e6:.2f} MB ONNX), required_operators.config")
         smoke_test(staging)
-        extra = {}
         if opts.evaluate:
             stage_log(f"[4/{STAGES}] evaluate against the PyTorch fp32 reference")
             from .evaluate.stage import evaluate_stage

@@ -81,6 +81,23 @@ def cmd_run(args) -> int:
     return runner_main(argv)
 
 
+def cmd_plan(args) -> int:
+    from .checkpoint import resolve_checkpoint
+    from .export.builder import plan_export
+    from .memory import estimate
+    from .recipe import load_recipe
+
+    resolved = load_recipe(args.recipe)
+    ckpt = resolve_checkpoint(args.model or resolved.recipe.model)
+    est = estimate(resolved, ckpt.config)
+    plan = plan_export(resolved, ckpt, Path("<out>"), Path("<cache>"))
+    print(f"{resolved.recipe.name} on {ckpt.source} ({ckpt.architecture}) for target {resolved.target.name}:")
+    print(est.table())
+    for d in plan.decisions:
+        print(f"  plan: {d}")
+    return 0 if est.total_mb <= est.budget_mb else 1
+
+
 def cmd_tiny(args) -> int:
     from .tiny import TinySpec, create_tiny_qwen
 
@@ -123,6 +140,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--seed", type=int)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("plan", help="memory estimate and quantization plan of a recipe on a model, before building")
+    p.add_argument("recipe")
+    p.add_argument("--model", help="local checkpoint folder or hub id (default: the recipe's model)")
+    p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("tiny", help="create a small random-weight Qwen checkpoint (tests, shapes)")
     p.add_argument("output")

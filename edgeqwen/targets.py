@@ -27,6 +27,11 @@ class ExecutionProvider(str, enum.Enum):
     DML = "dml"
 
 
+class ArtifactFormat(str, enum.Enum):
+    ONNX = "onnx"  # model.onnx + model.onnx.data (onnxruntime, onnxruntime-genai, Foundry Local)
+    ORT = "ort"  # model.ort flatbuffer + required_operators.config for a minimal onnxruntime build
+
+
 @dataclass(frozen=True)
 class Target:
     version: int
@@ -39,6 +44,8 @@ class Target:
     int4_accuracy_level: int = 4
     memory_budget_mb: int = 8192
     intra_op_threads: int = 0
+    artifact_format: ArtifactFormat = ArtifactFormat.ONNX
+    ort_target_platform: str = "arm"  # ORT-format conversion: graph optimizations for arm or amd64
 
     def __post_init__(self):
         if self.version != SCHEMA_VERSION:
@@ -47,6 +54,10 @@ class Target:
             raise ValueError(f"int4_block_size {self.int4_block_size} must be one of 16, 32, 64, 128, 256")
         if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"int4_accuracy_level {self.int4_accuracy_level} must be 0-4")
+        if self.ort_target_platform not in ("arm", "amd64"):
+            raise ValueError(f"ort_target_platform {self.ort_target_platform!r} must be arm or amd64")
+        if self.artifact_format == ArtifactFormat.ORT and self.execution_provider != ExecutionProvider.CPU:
+            raise ValueError("artifact_format ort is for the CPU execution provider of a minimal onnxruntime build")
 
 
 def project_root() -> Path:

@@ -15,7 +15,7 @@ from ..checkpoint import Checkpoint
 from ..errors import EdgeQwenError
 from ..log import stage_log
 from ..recipe import Algorithm, EmbeddingMode, HeadMode, Resolved
-from ..targets import Precision
+from ..targets import ArtifactFormat, Precision
 
 BLOCK_SIZES = (256, 128, 64, 32, 16)
 
@@ -122,6 +122,9 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         elif quantize_embeddings:
             if precision == Precision.INT8:
                 decisions.append("embeddings kept in float: onnxruntime quantizes untied Gather tables to int4 only")
+            elif target.artifact_format == ArtifactFormat.ORT:
+                decisions.append("embeddings kept in float: the ORT format cannot store the int4-typed tensors of a "
+                                 "separately quantized (untied) embedding table")
             else:
                 quantize_gather = True
                 decisions.append("embeddings quantized separately to int4 (GatherBlockQuantized)")

@@ -1,0 +1,66 @@
+"""Device targets beyond the x86 CPU: graph/config inspection and CPU-provider logits checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.recipe import load_recipe
+from edgeqwen.runtime import Runner
+
+
+def inputs_dtype(path):
+    m = onnx.load(str(path / "model.onnx"), load_external_data=False)
+    return {i.name: i.type.tensor_type.elem_type for i in m.graph.input}, m
+
+
+@pytest.mark.parametrize("recipe, provider", [("tiny-qwen2/cuda-int4", "cuda"), ("tiny-qwen3/cuda-fp16", "cuda"),
+                                              ("tiny-qwen3/webgpu-int4", "webgpu")])
+def test_gpu_targets_are_fp16_graphs_for_their_provider(recipe, provider, request, artifacts):
+    family = "qwen3" if "qwen3" in recipe else "qwen2"
+    path = artifacts.get(recipe, request.getfixturevalue(f"trained_{family}"))
+    dtypes, model = inputs_dtype(path)
+    assert dtypes["past_key_values.0.key"] == onnx.TensorProto.FLOAT16
+    cfg = json.loads((path / "genai_config.json").read_text())
+    assert provider in cfg["model"]["decoder"]["session_options"]["provider_options"][0]
+    resolved = load_recipe(recipe)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = {a.name: a.i for a in node.attribute}
+            assert attrs["block_size"] == resolved.block_size and attrs.get("accuracy_level", 0) == resolved.accuracy_level
+
+
+def test_ort_format_matches_onnx_logits(trained_qwen2, artifacts):
+    """ort-mobile (model.ort, optimized ahead of time) against the same quantization as plain ONNX (cpu-arm64)."""
+    assert load_recipe("tiny-qwen2/ort-mobile-int4").recipe.quantization == load_recipe("tiny-qwen2/cpu-arm64-int4").recipe.quantization
+    ort_art = artifacts.get("tiny-qwen2/ort-mobile-int4", trained_qwen2)
+    onnx_art = artifacts.get("tiny-qwen2/cpu-arm64-int4", trained_qwen2)
+    a, b = Runner(ort_art), Runner(onnx_art)
+    ids = a.encode("The assert statement is a convenient way to insert debugging assertions into a program")
+    la, lb = a.score(ids), b.score(ids)
+    assert np.abs(la - lb).max() < 1e-2 and (la.argmax(-1) == lb.argmax(-1)).mean() == 1.0
+    manifest = json.loads((ort_art / "manifest.json").read_text())
+    assert manifest["ort_format"]["required_operators"] and "model.ort" in manifest["files"]
+    assert "# - model.ort" in (ort_art / "required_operators.config").read_text()  # no temp paths: reproducible
+
+
+def test_precision_the_target_lacks_fails_before_work(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: embedded:tiny-qwen2\ntarget: webgpu\nprecision: int8\n")
+    with pytest.raises(EdgeQwenError, match="precision 'int8' is not supported by target 'webgpu'.*webgpu supports: int4"):
+        load_recipe(str(recipe))
+
+
+def test_ort_format_target_must_use_cpu_provider(tmp_path, monkeypatch):
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "bad.yaml").write_text(
+        "version: 1\nname: bad\ndescription: x\nexecution_provider: cuda\nisa: x\nprecisions: [int4]\nartifact_format: ort\n")
+    monkeypatch.setenv("EDGEQWEN_HOME", str(tmp_path))
+    from edgeqwen.targets import load_target
+
+    with pytest.raises(EdgeQwenError, match="artifact_format ort is for the CPU execution provider"):
+        load_target("bad")
