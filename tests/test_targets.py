@@ -51,7 +51,7 @@ def test_ort_format_matches_onnx_logits(trained_qwen2, artifacts):
 def test_precision_the_target_lacks_fails_before_work(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("version: 1\nmodel: embedded:tiny-qwen2\ntarget: webgpu\nprecision: int8\n")
-    with pytest.raises(EdgeQwenError, match="precision 'int8' is not supported by target 'webgpu'.*webgpu supports: int4"):
+    with pytest.raises(EdgeQwenError, match="(?s)precision 'int8' is not supported by target 'webgpu'.*webgpu supports: int4"):
         load_recipe(str(recipe))
 
 
