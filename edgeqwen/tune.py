@@ -1,0 +1,190 @@
+"""`edgeqwen tune`: build quantization variants of a recipe, measure each, package the best within budget.
+
+Each candidate is the recipe with other quantization settings (or precision), built and evaluated by
+the normal build (its gate replaced by the budget), then benchmarked briefly with the runner. The
+smallest candidate (or the fastest, --objective speed) that meets every budget is published; the
+frontier is printed as a table and drawn as PNG (size vs KLD, decode tok/s vs KLD).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .build import BuildOptions, build
+from .errors import EdgeQwenError
+from .log import stage_log
+from .recipe import Accuracy, load_recipe
+from .schema import to_dict
+
+# (label, overrides of recipe.quantization, precision or None for the recipe's)
+DEFAULT_GRID = [
+    ("rtn-sym-b32-int4head", {"algorithm": "rtn", "symmetric": True, "block_size": 32, "lm_head": "same"}, None),
+    ("rtn-asym-b32-int8head", {"algorithm": "rtn", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
+    ("rtn-asym-b16-int8head", {"algorithm": "rtn", "symmetric": False, "block_size": 16, "lm_head": "int8"}, None),
+    ("rtn-asym-b64-int8head", {"algorithm": "rtn", "symmetric": False, "block_size": 64, "lm_head": "int8"}, None),
+    ("rtn-asym-b32-int4head", {"algorithm": "rtn", "symmetric": False, "block_size": 32, "lm_head": "same"}, None),
+    ("kquant-b32", {"algorithm": "k_quant", "block_size": 32, "lm_head": "int8"}, None),
+    ("int8", {"algorithm": "rtn", "symmetric": True, "block_size": 32, "lm_head": "same"}, "int8"),
+]
+BUDGET_KEYS = {"kld": "max_kld", "ppl_ratio": "max_ppl_ratio", "top1": "min_top1", "kld_p99": "max_kld_p99"}
+
+
+def parse_budget(text: str) -> Accuracy:
+    values = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if key not in BUDGET_KEYS:
+            raise EdgeQwenError(f"unknown budget metric {key!r}", where="--budget", hint=f"known: {', '.join(BUDGET_KEYS)}")
+        try:
+            values[BUDGET_KEYS[key]] = float(value)
+        except ValueError:
+            raise EdgeQwenError(f"budget {key} needs a number, got {value!r}", where="--budget") from None
+    if not values:
+        raise EdgeQwenError("empty budget", where="--budget", hint="e.g. --budget kld=0.02,top1=0.9")
+    return Accuracy(**values)
+
+
+@dataclass
+class Candidate:
+    label: str
+    path: Path
+    size_mb: float
+    accuracy: dict
+    decode_tps: float
+    meets: bool
+
+
+def _decode_tps(path: Path) -> float:
+    from .runtime.runner import Runner, Sampling
+
+    runner = Runner(path, verify=False)
+    ids = runner.encode("The assert statement is a convenient way to insert debugging assertions")
+    runner.generate(ids, Sampling(max_new_tokens=8, ignore_eos=True))
+    return runner.generate(ids, Sampling(max_new_tokens=48, ignore_eos=True)).decode_tps
+
+
+def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objective: str = "size",
+         force: bool = False, grid=None) -> tuple[Candidate, list[Candidate]]:
+    base = load_recipe(recipe)
+    if output.exists() and not force:
+        raise EdgeQwenError(f"output folder already exists: {output}", where=str(output), hint="pass --force")
+    grid = grid or DEFAULT_GRID
+    work = Path(tempfile.mkdtemp(prefix=".tune-", dir=output.parent if output.parent.exists() else None))
+    gate_keys = {k: v for k, v in vars(budget).items() if k.startswith(("max_", "min_")) and v is not None}
+    candidates: list[Candidate] = []
+    try:
+        for i, (label, quant, precision) in enumerate(grid, 1):
+            prec = precision or base.recipe.precision.value
+            if prec not in [p.value for p in base.target.precisions]:
+                continue
+            data = to_dict(base.recipe)
+            data.pop("name")
+            data["precision"] = prec
+            data["quantization"] = {**data["quantization"], **quant}
+            data["accuracy"] = {**data["accuracy"], **{k: None for k in BUDGET_KEYS.values()}}  # measure, don't gate
+            variant = work / f"{label}.yaml"
+            variant.write_text(yaml.safe_dump(data, sort_keys=False))
+            stage_log(f"tune [{i}/{len(grid)}] {label}")
+            out = build(BuildOptions(str(variant), work / label, model=model))
+            acc = json.loads((out / "accuracy.json").read_text())
+            from .evaluate.stage import check_gate
+
+            meets = not check_gate(acc, budget)
+            size = json.loads((out / "manifest.json").read_text())["size_bytes"] / 1e6
+            candidates.append(Candidate(label, out, size, acc, _decode_tps(out), meets))
+        passing = [c for c in candidates if c.meets]
+        write_frontier(candidates, work / "frontier.png", base.recipe.name, gate_keys)
+        if not passing:
+            best = min(candidates, key=lambda c: c.accuracy["kld_mean"])
+            raise EdgeQwenError(
+                f"no candidate meets the budget {gate_keys}; best found: {best.label} "
+                f"(KLD {best.accuracy['kld_mean']:.4f}, PPL ratio {best.accuracy['ppl_ratio']:.4f}, "
+                f"top-1 {best.accuracy['top1']:.3f}, {best.size_mb:.2f} MB)\n{format_frontier(candidates)}",
+                where="--budget", hint="loosen the budget, or try precision int8 / another model",
+            )
+        key = (lambda c: c.size_mb) if objective == "size" else (lambda c: -c.decode_tps)
+        chosen = min(passing, key=key)
+        shutil.copy(work / "frontier.png", chosen.path / "tune_frontier.png")
+        (chosen.path / "tune.json").write_text(json.dumps(
+            {"budget": gate_keys, "objective": objective, "chosen": chosen.label,
+             "candidates": [{"label": c.label, "size_mb": c.size_mb, "decode_tps": c.decode_tps, "meets": c.meets,
+                             **{k: c.accuracy[k] for k in ("ppl_ratio", "kld_mean", "kld_p99", "top1")}} for c in candidates]},
+            indent=2))
+        _refresh_manifest(chosen.path)
+        if output.exists():
+            shutil.rmtree(output)
+        shutil.move(str(chosen.path), output)
+        chosen = dataclasses.replace(chosen, path=output)
+        return chosen, candidates
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _refresh_manifest(path: Path) -> None:
+    """tune.json and the frontier picture join the artifact: re-hash so `verify` stays clean."""
+    from .package import MANIFEST, sha256_file
+
+    manifest = json.loads((path / MANIFEST).read_text())
+    for name in ("tune.json", "tune_frontier.png"):
+        p = path / name
+        manifest["files"][name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+    manifest["size_bytes"] = sum(f["size"] for f in manifest["files"].values())
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def format_frontier(cands: list[Candidate]) -> str:
+    lines = ["| candidate | size MB | PPL ratio | mean KLD | top-1 | decode tok/s | meets budget |", "|---|---|---|---|---|---|---|"]
+    for c in sorted(cands, key=lambda c: c.size_mb):
+        a = c.accuracy
+        lines.append(f"| {c.label} | {c.size_mb:.2f} | {a['ppl_ratio']:.4f} | {a['kld_mean']:.4f} | {a['top1'] * 100:.1f} % | "
+                     f"{c.decode_tps:.1f} | {'yes' if c.meets else 'no'} |")
+    return "\n".join(lines)
+
+
+def write_frontier(cands: list[Candidate], path: Path, title: str, budget: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (xlabel, xs) in zip(axes, [("artifact size (MB)", [c.size_mb for c in cands]),
+                                       ("decode tok/s (runner)", [c.decode_tps for c in cands])]):
+        for c, x in zip(cands, xs):
+            ax.scatter(x, c.accuracy["kld_mean"], color="#2a9d8f" if c.meets else "#e76f51")
+            ax.annotate(c.label, (x, c.accuracy["kld_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if "max_kld" in budget:
+            ax.axhline(budget["max_kld"], color="gray", linestyle="--", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean KLD vs fp32 reference")
+        ax.set_yscale("log")
+    fig.suptitle(f"tune {title}: green meets the budget {budget}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+
+
+def cmd_tune(args) -> int:
+    chosen, cands = tune(args.recipe, args.model, parse_budget(args.budget), Path(args.output).absolute(),
+                         objective=args.objective, force=args.force)
+    print(format_frontier(cands))
+    print(f"chose {chosen.label} ({args.objective}): {chosen.size_mb:.2f} MB, KLD {chosen.accuracy['kld_mean']:.4f} → {chosen.path}")
+    return 0
+
+
+def add_tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="build quantization variants, keep the smallest/fastest within an accuracy budget")
+    p.add_argument("recipe")
+    p.add_argument("--model")
+    p.add_argument("--budget", required=True, help="e.g. kld=0.02,top1=0.9,ppl_ratio=1.03")
+    p.add_argument("--objective", choices=["size", "speed"], default="size")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=cmd_tune)

@@ -1,0 +1,38 @@
+"""`edgeqwen tune`: candidates measured, smallest within budget published, impossible budgets explained."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.package import verify_artifact
+from edgeqwen.tune import DEFAULT_GRID, parse_budget, tune
+
+GRID = [DEFAULT_GRID[0], DEFAULT_GRID[1], DEFAULT_GRID[-1]]  # builder-like int4, default int4, int8
+
+
+def test_tune_picks_smallest_candidate_within_budget(trained_qwen2, tmp_path):
+    chosen, cands = tune("tiny-qwen2/cpu-x86_64-int4", str(trained_qwen2), parse_budget("kld=0.08"), tmp_path / "out", grid=GRID)
+    by = {c.label: c for c in cands}
+    assert not by["rtn-sym-b32-int4head"].meets  # the builder-style default misses this budget on this model
+    assert by["int8"].meets and by["rtn-asym-b32-int8head"].meets
+    assert chosen.label == "rtn-asym-b32-int8head" and chosen.size_mb < by["int8"].size_mb
+    assert verify_artifact(tmp_path / "out") == {"missing": [], "modified": [], "extra": []}
+    report = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert report["chosen"] == chosen.label and len(report["candidates"]) == 3
+    assert (tmp_path / "out" / "tune_frontier.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_budget_no_candidate_meets_reports_best(trained_qwen2, tmp_path):
+    with pytest.raises(EdgeQwenError) as info:
+        tune("tiny-qwen2/cpu-x86_64-int4", str(trained_qwen2), parse_budget("kld=1e-9"), tmp_path / "out", grid=GRID[1:])
+    assert "no candidate meets the budget" in str(info.value) and "best found: int8" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, match", [("kld", "needs a number"), ("speed=3", "unknown budget metric 'speed'"), ("", "empty budget")])
+def test_bad_budget(text, match):
+    with pytest.raises(EdgeQwenError, match=match):
+        parse_budget(text)
