@@ -68,6 +68,11 @@ class Accuracy:
     window: int = 512
     max_windows: int = 8
 
+    def thresholds(self) -> dict[str, float]:
+        """The gate's set thresholds (evaluation settings such as window sizes are not thresholds)."""
+        names = ("max_ppl_ratio", "max_kld", "max_kld_p99", "min_top1")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
 
 @dataclass(frozen=True)
 class Recipe:

@@ -77,7 +77,7 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
         raise EdgeQwenError(f"output folder already exists: {output}", where=str(output), hint="pass --force")
     grid = grid or DEFAULT_GRID
     work = Path(tempfile.mkdtemp(prefix=".tune-", dir=output.parent if output.parent.exists() else None))
-    gate_keys = {k: v for k, v in vars(budget).items() if k.startswith(("max_", "min_")) and v is not None}
+    gate_keys = budget.thresholds()
     candidates: list[Candidate] = []
     try:
         for i, (label, quant, precision) in enumerate(grid, 1):

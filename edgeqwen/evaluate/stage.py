@@ -36,7 +36,7 @@ def evaluate_stage(artifact: Path, ckpt: Checkpoint, resolved: Resolved, eval_te
     gate = resolved.recipe.accuracy
     summary = evaluate(artifact, ckpt.path, EvalConfig(window=gate.window, max_windows=gate.max_windows, eval_text=eval_text))
     missed = check_gate(summary, gate)
-    summary["gate"] = {k: v for k, v in vars(gate).items() if k.startswith(("max_", "min_")) and v is not None}
+    summary["gate"] = gate.thresholds()
     summary["status"] = "pass" if not missed else "fail"
     summary["missed"] = missed
     write_report(summary, artifact, resolved.recipe.name)
