@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes import ensure_shape, shape_dir  # noqa: E402
+from shapes import add_speed_args, ensure_artifact, shape_dir  # noqa: E402
 
 from edgeqwen.bench import bench  # noqa: E402
 
@@ -69,14 +68,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-python", required=True)
     ap.add_argument("--llama-src", required=True, help="folder holding convert_hf_to_gguf.py and gguf-py")
-    ap.add_argument("--shape", default="qwen2.5-0.5b")
-    ap.add_argument("--recipe", default="qwen2.5-0.5b-instruct/cpu-x86_64-int4")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--gen-len", type=int, default=128)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    add_speed_args(ap)
     args = ap.parse_args()
-    ckpt = ensure_shape(args.shape)
+    ckpt, art = ensure_artifact(args.shape, args.recipe)
     gguf_dir = shape_dir(args.shape).with_name(f"{args.shape}-gguf")
     gguf_dir.mkdir(parents=True, exist_ok=True)
     f16 = gguf_dir / "model-f16.gguf"
@@ -90,10 +84,6 @@ def main() -> int:
         proc = subprocess.run([args.llama_python, "-c", LLAMA, "bench", str(q), str(args.prompt_len), str(args.gen_len),
                                str(args.threads)], capture_output=True, text=True, check=True)
         rows[f"llama.cpp {name}"] = {**json.loads(proc.stdout.split("RESULT ", 1)[1]), "size_mb": q.stat().st_size / 1e6}
-    art = shape_dir(args.shape).with_name(f"{args.shape}-{args.recipe.replace('/', '-')}")
-    if not (art / "manifest.json").exists():
-        subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", args.recipe, "--model", str(ckpt), "-o", str(art),
-                        "--no-eval", "--force"], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     rep = bench(art, args.prompt_len, args.gen_len, args.threads)
     size = sum(p.stat().st_size for p in art.iterdir() if p.is_file()) / 1e6
     for engine, r in rep["results"].items():

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes import ensure_shape, shape_dir  # noqa: E402
+from shapes import add_speed_args, ensure_artifact  # noqa: E402
 
 from edgeqwen.bench import bench, format_bench  # noqa: E402
 
@@ -43,18 +41,9 @@ def read_bandwidth_gbs(threads: int, mb: int = 512, repeats: int = 5) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shape", default="qwen2.5-0.5b")
-    ap.add_argument("--recipe", default="qwen2.5-0.5b-instruct/cpu-x86_64-int4")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prompt-len", type=int, default=128)
-    ap.add_argument("--gen-len", type=int, default=128)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    add_speed_args(ap)
     args = ap.parse_args()
-    ckpt = ensure_shape(args.shape)
-    art = shape_dir(args.shape).with_name(f"{args.shape}-{args.recipe.replace('/', '-')}")
-    if not (art / "manifest.json").exists():
-        subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", args.recipe, "--model", str(ckpt), "-o", str(art),
-                        "--no-eval", "--force"], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    ckpt, art = ensure_artifact(args.shape, args.recipe)
     report = bench(art, args.prompt_len, args.gen_len, args.threads, reference=str(ckpt))
     cfg = json.loads((art / "genai_config.json").read_text())["model"]["decoder"]
     kv_bytes = 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * cfg["head_size"] * 4 * (args.prompt_len + args.gen_len // 2)

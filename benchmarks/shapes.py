@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from edgeqwen.tiny import TinySpec, create_tiny_qwen
@@ -30,6 +32,26 @@ def ensure_shape(name: str, out: Path | None = None) -> Path:
         print(f"creating random-weight {name} checkpoint in {out} ...", flush=True)
         create_tiny_qwen(out, SHAPES[name])
     return out
+
+
+def add_speed_args(ap: argparse.ArgumentParser) -> None:
+    """The options every speed benchmark shares (same defaults as the issue tracker's tables)."""
+    ap.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(SHAPES))
+    ap.add_argument("--recipe", default="qwen2.5-0.5b-instruct/cpu-x86_64-int4")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--gen-len", type=int, default=128)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+
+
+def ensure_artifact(shape: str, recipe: str) -> tuple[Path, Path]:
+    """(checkpoint, artifact) for a shape built with a recipe, both cached next to each other."""
+    ckpt = ensure_shape(shape)
+    art = shape_dir(shape).with_name(f"{shape}-{recipe.replace('/', '-')}")
+    if not (art / "manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", recipe, "--model", str(ckpt), "-o", str(art),
+                        "--no-eval", "--force"], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return ckpt, art
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,7 +17,6 @@ DEFAULT_RECIPE = "tiny-qwen2/cpu-x86_64-int4"
 
 def cmd_recipes(args) -> int:
     from .recipe import known_recipes, load_recipe
-    from .schema import to_dict
 
     if args.action == "show":
         if not args.name:

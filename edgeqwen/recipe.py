@@ -35,6 +35,21 @@ class HeadMode(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class LayerOverride:
+    """Per-MatMul settings for nodes whose name matches a glob, e.g. "/model/layers.0/*" or "*/down_proj/*"."""
+
+    bits: int | None = None  # 4 or 8
+    block_size: int | None = None
+    symmetric: bool | None = None
+
+    def __post_init__(self):
+        if self.bits not in (None, 4, 8):
+            raise ValueError(f"override bits {self.bits} must be 4 or 8")
+        if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
+            raise ValueError(f"override block_size {self.block_size} must be one of 16, 32, 64, 128, 256")
+
+
+@dataclass(frozen=True)
 class Quantization:
     algorithm: Algorithm = Algorithm.RTN
     block_size: int | None = None  # None: the target's int4_block_size
@@ -42,6 +57,7 @@ class Quantization:
     accuracy_level: int | None = None  # None: the target's
     embeddings: EmbeddingMode = EmbeddingMode.QUANTIZED
     lm_head: HeadMode = HeadMode.SAME
+    overrides: dict[str, LayerOverride] = field(default_factory=dict)  # mixed precision by node-name glob
 
     def __post_init__(self):
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):

@@ -219,3 +219,24 @@ def test_recipes_cli_lists_and_shows():
     show = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "recipes", "show", "qwen3-0.6b/cpu-x86_64-int4"],
                           capture_output=True, text=True)
     assert show.returncode == 0 and "Qwen/Qwen3-0.6B" in show.stdout and "block_size: 32" in show.stdout
+
+
+def test_mixed_precision_overrides_by_node_glob(random_qwen3, tmp_path):
+    recipe = tmp_path / "mixed.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: embedded:tiny-qwen3\ntarget: cpu-x86_64\nprecision: int4\ncontext_length: 256\n"
+        "quantization:\n  block_size: 32\n  overrides:\n"
+        "    '/model/layers.0/*': {bits: 8}\n    '*/mlp/down_proj/MatMul': {block_size: 16, symmetric: false}\n")
+    out = build(BuildOptions(str(recipe), tmp_path / "o", model=str(random_qwen3), evaluate=False))
+    model, _ = op_counts(out)
+    attrs = {n.name: {a.name: a.i for a in n.attribute} for n in model.graph.node if n.op_type == "MatMulNBits"}
+    layer0 = [v for k, v in attrs.items() if k.startswith("/model/layers.0/")]
+    assert layer0 and all(v["bits"] == 8 for v in layer0)
+    assert all(v.get("bits", 4) == 4 for k, v in attrs.items() if k.startswith("/model/layers.1/"))
+    assert attrs["/model/layers.2/mlp/down_proj/MatMul_Q4"]["block_size"] == 16
+    decisions = json.loads((out / "manifest.json").read_text())["export"]["decisions"]
+    assert any("/model/layers.0/attn/o_proj/MatMul: override '/model/layers.0/*'" in d for d in decisions)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("{bits: 8}", "{bits: 3}"))
+    with pytest.raises(EdgeQwenError, match="override bits 3 must be 4 or 8"):
+        load_recipe(str(bad))

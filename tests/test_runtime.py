@@ -146,3 +146,13 @@ def test_tampered_and_missing_files_are_refused(trained_qwen2, artifacts, tmp_pa
         Runner(art, verify=False)
     proc = subprocess.run([sys.executable, str(art / "runner.py"), str(art), "-p", "hi"], capture_output=True, text=True)
     assert proc.returncode == 2 and "tokenizer.json is missing" in proc.stderr
+
+
+def test_run_cli_prompt_and_chat_loop(trained_qwen3, artifacts):
+    path = artifacts.get("tiny-qwen3/cpu-x86_64-int4", trained_qwen3)
+    one = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(path), "-p", "What is a class?", "--no-think",
+                          "--max-new-tokens", "8"], capture_output=True, text=True)
+    assert one.returncode == 0 and one.stdout.strip() and "8 generated" in one.stderr
+    chat = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(path), "--chat", "--max-new-tokens", "6"],
+                          input="What is a class?\nAnd a module?\n", capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0 and chat.stdout.count("> ") == 3  # two answered turns, then end of input

@@ -64,3 +64,12 @@ def test_ort_format_target_must_use_cpu_provider(tmp_path, monkeypatch):
 
     with pytest.raises(EdgeQwenError, match="artifact_format ort is for the CPU execution provider"):
         load_target("bad")
+
+
+@pytest.mark.parametrize("recipe", ["tiny-qwen2/cpu-arm64-int4", "tiny-qwen2/ort-mobile-int4", "tiny-qwen2/cuda-int4",
+                                    "tiny-qwen2/cuda-fp16", "tiny-qwen2/webgpu-int4", "tiny-qwen3/ort-mobile-int4"])
+def test_every_target_default_recipe_passes_its_accuracy_gate(recipe, request, artifacts):
+    family = "qwen3" if "qwen3" in recipe else "qwen2"
+    path = artifacts.get(recipe, request.getfixturevalue(f"trained_{family}"), evaluate=True)
+    acc = json.loads((path / "accuracy.json").read_text())
+    assert acc["status"] == "pass" and acc["gate"] == load_recipe(recipe).recipe.accuracy.thresholds()

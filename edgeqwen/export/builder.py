@@ -62,6 +62,7 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
     quantized = precision in (Precision.INT4, Precision.INT8)
     quantize_embeddings = quantized and q.embeddings == EmbeddingMode.QUANTIZED
     quantize_gather = False
+    node_overrides: dict[str, dict] = {}
 
     cfg = ckpt.config
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
@@ -113,6 +114,15 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         )
         if q.lm_head == HeadMode.FLOAT:
             extra["int4_nodes_to_exclude"] = ["/lm_head/MatMul"]
+        for pattern, o in q.overrides.items():
+            entry = {}
+            if o.bits is not None:
+                entry["bits"] = o.bits
+            if o.block_size is not None:
+                entry["group_size"] = o.block_size
+            if o.symmetric is not None:
+                entry["scheme"] = "sym" if o.symmetric else "asym"
+            node_overrides[pattern] = entry
         # Tied embeddings: share the quantized lm_head table with the embedding Gather
         # (GatherBlockQuantized) — one copy of the largest tensor instead of two.
         share = tied and quantize_embeddings and q.lm_head != HeadMode.FLOAT
@@ -144,6 +154,7 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         accuracy_level=resolved.accuracy_level,
         quantize_gather=quantize_gather,
         extra_options=extra,
+        node_overrides=node_overrides,
         decisions=decisions,
     )
 

@@ -11,6 +11,7 @@ Usage: python -m edgeqwen.export.builder_worker PLAN.json
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import sys
@@ -30,10 +31,9 @@ def _install_quant_hook(plan: dict) -> list[str]:
     base = sys.modules["builders.base"]
     original = base.Model.to_int4
     default_bits = plan["matmul_bits"]
-    overrides = plan.get("node_overrides", {})
+    patterns = plan.get("node_overrides", {})  # glob → {bits, group_size, scheme}
 
-    block = plan["block_size"]
-    fallbacks: list[str] = []
+    notes: list[str] = []  # what was decided per node, for the manifest
 
     def to_int4(self):
         cfg = self.quant_attrs["int4"]["algo_config"]
@@ -42,15 +42,21 @@ def _install_quant_hook(plan: dict) -> list[str]:
             for node in self.model.graph:
                 if node.op_type != "MatMul":
                     continue
-                entry = {"bits": default_bits, **custom.get(node.name, {}), **overrides.get(node.name, {})}
+                entry = {"bits": default_bits, **custom.get(node.name, {})}
+                for pattern, override in patterns.items():
+                    if fnmatch.fnmatchcase(node.name, pattern):
+                        entry.update(override)
+                        notes.append(f"{node.name}: override {pattern!r} -> {override}")
                 shape = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1] is not None else None
                 k = shape[0] if shape is not None and len(shape) == 2 and isinstance(shape[0], int) else None
+                block = entry.get("group_size", plan["block_size"])
                 blocks = -(-k // block) if k else 0
-                if not plan["symmetric"] and entry["bits"] == 4 and blocks % 2 == 1:
+                asym = entry.get("scheme", "sym" if plan["symmetric"] else "asym") == "asym"
+                if asym and entry["bits"] == 4 and blocks % 2 == 1:
                     # onnxruntime's RTN packs 4-bit zero points two per byte across rows: an odd
                     # block count per column breaks its reshape. Symmetric needs no zero points.
                     entry["scheme"] = "sym"
-                    fallbacks.append(f"{node.name}: K={k} is {blocks} blocks of {block} (odd) -> symmetric "
+                    notes.append(f"{node.name}: K={k} is {blocks} blocks of {block} (odd) -> symmetric "
                                      "(onnxruntime's asymmetric 4-bit packing needs an even block count)")
                 custom[node.name] = entry
             cfg.customized_weight_config = custom
@@ -75,13 +81,13 @@ def _install_quant_hook(plan: dict) -> list[str]:
         return model
 
     base.Model.to_int4 = to_int4
-    return fallbacks
+    return notes
 
 
 def main(argv: list[str]) -> int:
     plan = json.loads(open(argv[0]).read())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    fallbacks = _install_quant_hook(plan) if plan["precision"] == "int4" else []
+    notes = _install_quant_hook(plan) if plan["precision"] == "int4" else []
     from onnxruntime_genai.models.builder import create_model
 
     create_model(
@@ -94,7 +100,7 @@ def main(argv: list[str]) -> int:
         **plan["extra_options"],
     )
     with open(os.path.join(plan["cache_dir"], "worker_decisions.json"), "w") as f:
-        json.dump(fallbacks, f)
+        json.dump(notes, f)
     return 0
 
 

@@ -73,11 +73,14 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     # ---- plumbing -------------------------------------------------------------------------
-    def _send_json(self, status: int, payload: dict) -> None:
+    def _send_json(self, status: int, payload: dict, close: bool = False) -> None:
         body = json.dumps(payload, ensure_ascii=False).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
@@ -90,8 +93,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _error(self, err: ApiError) -> None:
+        # The request body may be unread (auth, size and routing errors come first): close the
+        # connection rather than let a keep-alive client's next request parse its leftovers.
         self.server.metrics.count_error(err.status)
-        self._send_json(err.status, err.payload())
+        self._send_json(err.status, err.payload(), close=True)
 
     def _auth(self) -> None:
         key = self.server.api_key
