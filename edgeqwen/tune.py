@@ -70,12 +70,23 @@ def _decode_tps(path: Path) -> float:
     return runner.generate(ids, Sampling(max_new_tokens=48, ignore_eos=True)).decode_tps
 
 
+def ends_in_int8(num_layers: int) -> tuple:
+    """llama.cpp-style mixed precision: first and last decoder layer in int8, the rest int4."""
+    return ("rtn-asym-b32-int8head-int8ends",
+            {"algorithm": "rtn", "symmetric": False, "block_size": 32, "lm_head": "int8",
+             "overrides": {"/model/layers.0/*": {"bits": 8}, f"/model/layers.{num_layers - 1}/*": {"bits": 8}}}, None)
+
+
 def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objective: str = "size",
          force: bool = False, grid=None) -> tuple[Candidate, list[Candidate]]:
+    from .checkpoint import resolve_checkpoint
+
     base = load_recipe(recipe)
     if output.exists() and not force:
         raise EdgeQwenError(f"output folder already exists: {output}", where=str(output), hint="pass --force")
-    grid = grid or DEFAULT_GRID
+    if grid is None:
+        layers = resolve_checkpoint(model or base.recipe.model).config["num_hidden_layers"]
+        grid = [*DEFAULT_GRID[:-1], ends_in_int8(layers), DEFAULT_GRID[-1]]
     work = Path(tempfile.mkdtemp(prefix=".tune-", dir=output.parent if output.parent.exists() else None))
     gate_keys = budget.thresholds()
     candidates: list[Candidate] = []
@@ -87,7 +98,7 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
             data = to_dict(base.recipe)
             data.pop("name")
             data["precision"] = prec
-            data["quantization"] = {**data["quantization"], **quant}
+            data["quantization"] = {**data["quantization"], "overrides": {}, **quant}  # each candidate self-contained
             data["accuracy"] = {**data["accuracy"], **{k: None for k in BUDGET_KEYS.values()}}  # measure, don't gate
             variant = work / f"{label}.yaml"
             variant.write_text(yaml.safe_dump(data, sort_keys=False))
