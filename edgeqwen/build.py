@@ -95,17 +95,18 @@ def build(opts: BuildOptions) -> Path:
             stage_log(f"        plan: {decision}")
         stage_log(f"[2/{STAGES}] export + quantize (onnxruntime-genai builder, {plan.execution_provider}, "
                   f"{resolved.recipe.precision.value}, block {plan.block_size})")
+        planned = len(plan.decisions)
         result = run_export(plan, work / "builder.log")
         stage_log(f"        exported in {result.wall_s:.1f}s, builder peak RSS {result.peak_rss_mb:.0f} MB")
+        per_node = plan.decisions[planned:]
+        if per_node:
+            stage_log(f"        {len(per_node)} per-node quantization decisions (overrides, fallbacks) recorded in the manifest")
         stage_log(f"[3/{STAGES}] package: genai_config, chat template, inference_model.json, runner")
         finalize_genai_config(staging, resolved, ckpt)
         template = write_chat_template(staging, ckpt)
         write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template)
         copy_runner(staging)
-        extra = {"memory_estimate_mb": {"weights": round(mem.weights_mb, 1), "kv_cache": round(mem.kv_cache_mb, 1),
-                                        "activations": round(mem.activations_mb, 1), "baseline": mem.baseline_mb,
-                                        "total": round(mem.total_mb, 1), "context": mem.context,
-                                        "budget": mem.budget_mb}}
+        extra = {"memory_estimate_mb": mem.as_dict()}
         if resolved.target.artifact_format == ArtifactFormat.ORT:
             extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)
             stage_log(f"        ORT format: model.ort {extra['ort_format']['ort_bytes'] / 1e6:.2f} MB "

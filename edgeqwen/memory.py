@@ -34,6 +34,11 @@ class MemoryEstimate:
     def total_mb(self) -> float:
         return self.weights_mb + self.kv_cache_mb + self.activations_mb + self.baseline_mb
 
+    def as_dict(self) -> dict:
+        return {"weights": round(self.weights_mb, 1), "kv_cache": round(self.kv_cache_mb, 1),
+                "activations": round(self.activations_mb, 1), "baseline": self.baseline_mb,
+                "total": round(self.total_mb, 1), "context": self.context, "budget": self.budget_mb}
+
     def table(self) -> str:
         rows = [("weights (resident, with prepacked copies)", self.weights_mb), (f"KV cache at {self.context} tokens", self.kv_cache_mb),
                 (f"activations + logits ({PREFILL_TOKENS}-token prefill)", self.activations_mb),
