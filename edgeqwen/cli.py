@@ -162,10 +162,11 @@ def _parser() -> argparse.ArgumentParser:
 def _extra_verbs():
     from .bench import add_bench_parser
     from .evaluate.cli import add_eval_parser
+    from .matrix import add_build_all_parser
     from .serve.cli import add_serve_parser
     from .tune import add_tune_parser
 
-    return [add_eval_parser, add_bench_parser, add_tune_parser, add_serve_parser]
+    return [add_build_all_parser, add_eval_parser, add_bench_parser, add_tune_parser, add_serve_parser]
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,38 @@
+"""`edgeqwen build-all`: a small build matrix on the local pool and on a local Ray instance, same artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.matrix import Job, run_jobs
+
+RECIPES = ["tiny-qwen2/cpu-x86_64-int4", "tiny-qwen3/cpu-x86_64-int8"]
+
+
+def files(path):
+    return json.loads((path / "manifest.json").read_text())["files"]
+
+
+def test_ray_and_local_executors_build_identical_artifacts(tmp_path, random_qwen2, random_qwen3):
+    models = {"tiny-qwen2": str(random_qwen2), "tiny-qwen3": str(random_qwen3)}
+    def jobs(root):
+        return [Job(r, str(root / r.replace("/", "-")), models[r.split("/")[0]], evaluate=False) for r in RECIPES] + \
+            [Job("tiny-qwen2/cpu-x86_64-int4", str(root / "broken"), str(tmp_path / "missing"), evaluate=False)]
+
+    local = run_jobs(jobs(tmp_path / "local"), "local", workers=2)
+    ray_results = run_jobs(jobs(tmp_path / "ray"), "ray", workers=2)
+    for a, b in zip(local[:2], ray_results[:2]):
+        assert a.ok and b.ok, (a.error, b.error)
+        from pathlib import Path
+
+        assert files(Path(a.output)) == files(Path(b.output))  # byte-identical on both executors
+    assert not local[2].ok and "model path does not exist" in local[2].error  # one failure does not stop the rest
+    assert not ray_results[2].ok and "model path does not exist" in ray_results[2].error
+
+
+def test_unknown_executor():
+    with pytest.raises(EdgeQwenError, match="unknown executor 'spark'"):
+        run_jobs([], "spark")
