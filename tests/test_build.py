@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -68,10 +69,14 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts):
     else:
         model, ops = op_counts(path)
         assert ops.get("GroupQueryAttention") == 4 and ops.get("SkipSimplifiedLayerNormalization")
-        bits = {n.name: next((a.i for a in n.attribute if a.name == "bits"), 4) for n in model.graph.node if n.op_type == "MatMulNBits"}
-        head = bits.pop("/lm_head/MatMul_Q8", bits.pop("/lm_head/MatMul_Q4", None))
+        bits = {n.name.rsplit("_Q", 1)[0]: next((a.i for a in n.attribute if a.name == "bits"), 4)
+                for n in model.graph.node if n.op_type == "MatMulNBits"}
+        head = bits.pop("/lm_head/MatMul", None)
         if prec == "int4":
-            assert set(bits.values()) == {4}
+            overrides = resolved.recipe.quantization.overrides
+            for name, b in bits.items():  # 4-bit unless a recipe override says otherwise
+                want = next((o.bits for pat, o in overrides.items() if fnmatch.fnmatchcase(name, pat) and o.bits), 4)
+                assert b == want, name
             assert head == (8 if resolved.recipe.quantization.lm_head.value == "int8" else 4)
         elif prec == "int8":
             assert set(bits.values()) == {8} and head == 8
