@@ -99,14 +99,41 @@ def test_completions_and_seeded_sampling(server):
     assert a.choices[0].text == b.choices[0].text and a.usage.completion_tokens == 8
 
 
-def test_qwen3_thinking_switch_and_reasoning_content(server):
-    c = client(server)
-    r = c.chat.completions.create(model=QWEN3, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
-                                  extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-    assert r.choices[0].message.content is not None
-    # An assistant turn that opens <think> in the prompt: the continuation is reasoning, not content.
-    status, body = raw(server, "POST", "/v1/completions", {"model": QWEN3, "prompt": "x", "max_tokens": 2})
-    assert status == 200
+def test_qwen3_thinking_switch(server, cache_dir):
+    r = client(server).chat.completions.create(model=QWEN3, messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+                                               extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    runner = Runner(cache_dir / "tiny-qwen3")
+    prompt = runner.apply_chat_template([{"role": "user", "content": "hi"}], enable_thinking=False)
+    assert prompt.endswith("<think>\n\n</think>\n\n")  # the switch reached the template
+    assert r.choices[0].message.content == runner.generate(runner.encode(prompt), Sampling(max_new_tokens=6)).text
+
+
+def test_reasoning_content_is_returned_apart(cache_dir, tmp_path):
+    """A template that opens <think> in the generation prompt (forced-thinking Qwen3 variants): what the model
+    writes before </think> is reasoning_content, never content."""
+    from edgeqwen.package import sha256_file
+
+    art = tmp_path / "thinker"
+    shutil.copytree(cache_dir / "tiny-qwen3", art)
+    tpl = art / "chat_template.jinja"
+    tpl.write_text(tpl.read_text().replace("{{- '<|im_start|>assistant\\n' }}", "{{- '<|im_start|>assistant\\n<think>\\n' }}"))
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"]["chat_template.jinja"] = {"sha256": sha256_file(tpl), "size": tpl.stat().st_size}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    s = start(art)
+    try:
+        c = client(s)
+        r = c.chat.completions.create(model=QWEN3, messages=[{"role": "user", "content": "hi"}], max_tokens=8)
+        msg = r.choices[0].message
+        assert msg.reasoning_content and not msg.content
+        chunks = list(c.chat.completions.create(model=QWEN3, messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+                                                stream=True))
+        deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+        assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas).strip() == msg.reasoning_content
+        assert not "".join(d.content or "" for d in deltas)
+    finally:
+        s.shutdown()
+        s.server_close()
 
 
 def test_management_endpoints_and_metrics(server):

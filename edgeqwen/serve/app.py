@@ -204,7 +204,7 @@ class Handler(BaseHTTPRequestHandler):
             sampling.validate()
         except RunnerError as exc:
             raise ApiError(400, str(exc), "invalid_request_error") from None
-        thinking_open = prompt.rstrip().endswith("<think>")
+        thinking_open = chat and prompt.rstrip().endswith("<think>")  # raw completions return raw text
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         t0 = time.perf_counter()
