@@ -45,6 +45,8 @@ def main() -> int:
     ap.add_argument("--shape", default="qwen2.5-0.5b")
     ap.add_argument("--recipes", default="cpu-x86_64-int4,cpu-x86_64-int8")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--low-memory", action="store_true", help="also build each recipe with --low-memory")
+    ap.add_argument("--skip-anchor", action="store_true")
     args = ap.parse_args()
     ckpt = ensure_shape(args.shape)
     model_dir = {"qwen2.5-0.5b": "qwen2.5-0.5b-instruct", "qwen2.5-1.5b": "qwen2.5-1.5b-instruct",
@@ -52,20 +54,22 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="edgeqwen-bench-"))
     rows = []
     try:
-        anchor = work / "builder-default"
-        wall, rss = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt), "-o", str(anchor),
-                           "-p", "int4", "-e", "cpu", "-c", str(work / "cache")])
-        rows.append(("builder default int4 (anchor)", size_mb(anchor), wall, rss))
-        shutil.rmtree(anchor)
+        if not args.skip_anchor:
+            anchor = work / "builder-default"
+            wall, rss = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt), "-o", str(anchor),
+                               "-p", "int4", "-e", "cpu", "-c", str(work / "cache")])
+            rows.append(("builder default int4 (anchor)", size_mb(anchor), wall, rss))
+            shutil.rmtree(anchor)
         for r in args.recipes.split(","):
-            out = work / r
-            wall, rss = timed([sys.executable, "-m", "edgeqwen.cli", "build", f"{model_dir}/{r}", "--model", str(ckpt),
-                               "-o", str(out), "--no-eval"])
-            rows.append((f"edgeqwen {model_dir}/{r}", size_mb(out), wall, rss))
-            shutil.rmtree(out)
+            for flags in ([], ["--low-memory"]) if args.low_memory else ([],):
+                out = work / r
+                wall, rss = timed([sys.executable, "-m", "edgeqwen.cli", "build", f"{model_dir}/{r}", "--model", str(ckpt),
+                                   "-o", str(out), "--no-eval", *flags])
+                rows.append((f"edgeqwen {model_dir}/{r} {' '.join(flags)}".rstrip(), size_mb(out), wall, rss))
+                shutil.rmtree(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    a_size = rows[0][1]
+    a_size = rows[0][1]  # the anchor's size (or the first row's with --skip-anchor)
     lines = [f"Build benchmark: {args.shape} shape, random weights, {os.cpu_count()} cores",
              "| artifact | size MB | size vs anchor | build wall s | peak RSS MB |", "|---|---|---|---|---|"]
     for name, size, wall, rss in rows:

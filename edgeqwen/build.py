@@ -36,6 +36,7 @@ class BuildOptions:
     evaluate: bool = True
     eval_text: Path | None = None
     keep_failed: bool = False
+    low_memory: bool = False
 
 
 def _check_output(output: Path, force: bool) -> None:
@@ -90,7 +91,7 @@ def build(opts: BuildOptions) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.building-", dir=output.parent))
     staging = work / "artifact"
     try:
-        plan = plan_export(resolved, ckpt, staging, work / "cache")
+        plan = plan_export(resolved, ckpt, staging, work / "cache", low_memory=opts.low_memory)
         for decision in plan.decisions:
             stage_log(f"        plan: {decision}")
         stage_log(f"[2/{STAGES}] export + quantize (onnxruntime-genai builder, {plan.execution_provider}, "

@@ -42,7 +42,7 @@ def cmd_build(args) -> int:
 
     out = build(BuildOptions(recipe=args.recipe, output=Path(args.output), model=args.model, force=args.force,
                              evaluate=not args.no_eval, eval_text=Path(args.eval_text) if args.eval_text else None,
-                             keep_failed=args.keep_failed))
+                             keep_failed=args.keep_failed, low_memory=args.low_memory))
     print(out)
     return 0
 
@@ -122,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy stage (artifact is marked not evaluated)")
     p.add_argument("--eval-text", help="text file for the accuracy stage (default: the packaged eval text)")
     p.add_argument("--keep-failed", action="store_true", help="keep the work folder of a failed build for inspection")
+    p.add_argument("--low-memory", action="store_true",
+                   help="quantize MatMul by MatMul inside the exporter (peak ≈ the loaded model, not ~3×)")
     p.set_defaults(fn=cmd_build)
 
     p = sub.add_parser("verify", help="re-hash an artifact against its manifest")

@@ -38,6 +38,7 @@ class ExportPlan:
     extra_options: dict
     node_overrides: dict = field(default_factory=dict)
     decisions: list = field(default_factory=list)
+    low_memory: bool = False
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
@@ -52,7 +53,7 @@ def _k_dims(config: dict) -> dict[str, int]:
             "num_heads*head_dim (o_proj)": heads * head_dim}
 
 
-def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: Path) -> ExportPlan:
+def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: Path, low_memory: bool = False) -> ExportPlan:
     recipe, target = resolved.recipe, resolved.target
     q = recipe.quantization
     precision = recipe.precision
@@ -140,6 +141,14 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
                 decisions.append("embeddings quantized separately to int4 (GatherBlockQuantized)")
         elif tied:
             decisions.append("embeddings in float")
+    if low_memory and quantized:
+        decisions.append("low-memory export: each MatMul is block-quantized in place with onnxruntime's C++ "
+                         "quantizer (min/max RTN) and its float weight dropped")
+        if q.algorithm != Algorithm.RTN:
+            decisions.append(f"algorithm {q.algorithm.value} -> rtn: the low-memory path quantizes with RTN only")
+        if quantize_gather:
+            quantize_gather = False
+            decisions.append("untied embeddings kept in float in the low-memory path")
     builder_precision = {"int4": "int4", "int8": "int4", "fp16": "fp16", "fp32": "fp32"}[precision.value]
     return ExportPlan(
         input=str(ckpt.path),
@@ -156,6 +165,7 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         extra_options=extra,
         node_overrides=node_overrides,
         decisions=decisions,
+        low_memory=low_memory and quantized,
     )
 
 

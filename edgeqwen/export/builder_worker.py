@@ -35,6 +35,18 @@ def _install_quant_hook(plan: dict) -> list[str]:
 
     notes: list[str] = []  # what was decided per node, for the manifest
 
+    def to_int4_streaming(self):
+        from edgeqwen.export.streaming_quant import quantize_in_place
+
+        attrs = self.quant_attrs["int4"]
+        notes.extend(quantize_in_place(
+            self.model, default_bits=default_bits, block=plan["block_size"], symmetric=plan["symmetric"],
+            accuracy_level=plan["accuracy_level"], lm_head_bits=8 if self.int8_lm_head else None,
+            exclude=set(attrs["nodes_to_exclude"]), patterns=patterns,
+            shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
+        ))
+        return self.model
+
     def to_int4(self):
         cfg = self.quant_attrs["int4"]["algo_config"]
         if cfg is not None:
@@ -80,7 +92,7 @@ def _install_quant_hook(plan: dict) -> list[str]:
             model = ir.from_proto(quant.model.model)
         return model
 
-    base.Model.to_int4 = to_int4
+    base.Model.to_int4 = to_int4_streaming if plan.get("low_memory") else to_int4
     return notes
 
 

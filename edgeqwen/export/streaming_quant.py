@@ -1,0 +1,98 @@
+"""Low-memory weight quantization inside the builder's IR, one MatMul at a time.
+
+The builder's own `to_int4` serializes the whole model to a protobuf (a second full-precision copy of
+every weight) before quantizing, so a build peaks at ~3× the fp32 checkpoint. Here each MatMul weight
+is read, block-quantized with onnxruntime's C++ kernels (the ones its default MatMulNBits quantizer
+uses), replaced by a MatMulNBits node, and its float initializer dropped, so the peak is the loaded
+PyTorch model plus the quantized result. Names of the lm_head tensors follow the builder's RTN naming
+so a tied embedding table can share them (GatherBlockQuantized).
+
+Runs inside the builder worker process (no edgeqwen imports needed there).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import numpy as np
+
+
+def _block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    rows, cols = w.shape
+    kpack = 8 // bits
+    k_blocks = -(-rows // block)
+    pad = k_blocks * block - rows
+    if pad:
+        w = np.pad(w, ((0, pad), (0, 0)))
+    packed = np.zeros((cols, k_blocks, -(-block // kpack)), dtype=np.uint8)
+    zero_points = np.zeros((cols, -(-k_blocks // kpack)), dtype=np.uint8)
+    scales = np.zeros((cols, k_blocks), dtype=np.float32)
+    fn = quantize_matmul_8bits if bits == 8 else quantize_matmul_4bits
+    fn(packed, np.ascontiguousarray(w, dtype=np.float32), scales, zero_points, block, cols, rows, symmetric)
+    return packed, scales, zero_points
+
+
+def quantize_in_place(model, *, default_bits: int, block: int, symmetric: bool, accuracy_level: int,
+                      lm_head_bits: int | None, exclude: set[str], patterns: dict[str, dict],
+                      shared_lm_head: bool) -> list[str]:
+    """Replace every constant-weight MatMul in `model` (onnx_ir.Model) with MatMulNBits. Returns notes."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    notes: list[str] = []
+    for node in list(graph):
+        if node.op_type != "MatMul" or node.name in exclude:
+            continue
+        weight = node.inputs[1]
+        if weight is None or weight.const_value is None or len(weight.shape or ()) != 2:
+            continue
+        entry = {"bits": default_bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
+        if node.name == "/lm_head/MatMul" and lm_head_bits:
+            entry["bits"] = lm_head_bits
+        for pattern, override in patterns.items():
+            if fnmatch.fnmatchcase(node.name, pattern):
+                entry.update(override)
+                notes.append(f"{node.name}: override {pattern!r} -> {override}")
+        bits, bsize, sym = entry["bits"], entry["group_size"], entry["scheme"] == "sym"
+        tensor = weight.const_value
+        dtype = tensor.dtype
+        w = tensor.numpy()
+        if w.dtype != np.float32:
+            w = w.astype(np.float32)
+        k, n = w.shape
+        packed, scales, zero_points = _block_quant(w, bits, bsize, sym)
+        del w
+        if dtype == ir.DataType.FLOAT16:
+            scales = scales.astype(np.float16)
+        if node.name == "/lm_head/MatMul" and shared_lm_head:
+            base = "lm_head.MatMul.weight"  # the names the builder's GatherBlockQuantized embedding points at
+            names = (f"{base}_Q{bits}G{bsize}", f"{base}_scale", f"{base}_zp")
+        else:
+            names = (f"{weight.name}_Q{bits}", f"{weight.name}_scales", f"{weight.name}_zero_points")
+        values = []
+        for name, array in zip(names, (packed, scales, zero_points)):
+            v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                         const_value=ir.Tensor(array, name=name))
+            graph.register_initializer(v)
+            values.append(v)
+        inputs = [node.inputs[0], values[0], values[1]] + ([] if sym else [values[2]])
+        attrs = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", bits), ir.AttrInt64("block_size", bsize)]
+        if accuracy_level:
+            attrs.append(ir.AttrInt64("accuracy_level", accuracy_level))
+        new = ir.Node("com.microsoft", "MatMulNBits", inputs, attributes=attrs, name=f"{node.name}_Q{bits}", num_outputs=1)
+        old_out, new_out = node.outputs[0], new.outputs[0]
+        new_out.shape, new_out.type = old_out.shape, old_out.type
+        graph.insert_before(node, new)
+        ir.convenience.replace_all_uses_with(old_out, new_out, replace_graph_outputs=True)
+        name, old_out.name = old_out.name, None
+        new_out.name = name
+        graph.remove(node, safe=True)
+        if not weight.uses():
+            graph.initializers.pop(weight.name, None)
+            weight.const_value = None  # drop the float tensor (and, with it, the PyTorch parameter reference)
+        if sym and (node.name != "/lm_head/MatMul" or not shared_lm_head):
+            graph.initializers.pop(values[2].name, None)
+    model.opset_imports.setdefault("com.microsoft", 1)
+    return notes
