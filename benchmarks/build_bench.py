@@ -1,6 +1,7 @@
 """Build wall time, peak RSS and artifact size: edgeqwen recipes vs the builder's default int4.
 
-    python benchmarks/build_bench.py [--shape qwen2.5-0.5b] [--out benchmarks/results]
+    python benchmarks/build_bench.py [--shape qwen2.5-0.5b] [--modes normal,low-memory] [--skip-anchor]
+    python benchmarks/build_bench.py --shape qwen2.5-3b-bf16 --modes low-memory --skip-anchor   # 3B in < 16 GB
 
 Anchor (same machine, same run): `python -m onnxruntime_genai.models.builder -p int4 -e cpu` with its
 defaults (block 32, fp32 embeddings, untied lm_head). Peak RSS comes from wait4() on each build
@@ -45,12 +46,13 @@ def main() -> int:
     ap.add_argument("--shape", default="qwen2.5-0.5b")
     ap.add_argument("--recipes", default="cpu-x86_64-int4,cpu-x86_64-int8")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
-    ap.add_argument("--low-memory", action="store_true", help="also build each recipe with --low-memory")
+    ap.add_argument("--modes", default="normal,low-memory",
+                    help="edgeqwen build modes to time: normal, low-memory (comma-separated)")
     ap.add_argument("--skip-anchor", action="store_true")
     args = ap.parse_args()
     ckpt = ensure_shape(args.shape)
     model_dir = {"qwen2.5-0.5b": "qwen2.5-0.5b-instruct", "qwen2.5-1.5b": "qwen2.5-1.5b-instruct",
-                 "qwen2.5-3b": "qwen2.5-3b-instruct", "qwen3-0.6b": "qwen3-0.6b"}[args.shape]
+                 "qwen2.5-3b": "qwen2.5-3b-instruct", "qwen3-0.6b": "qwen3-0.6b"}[args.shape.removesuffix("-bf16")]
     work = Path(tempfile.mkdtemp(prefix="edgeqwen-bench-"))
     rows = []
     try:
@@ -61,7 +63,7 @@ def main() -> int:
             rows.append(("builder default int4 (anchor)", size_mb(anchor), wall, rss))
             shutil.rmtree(anchor)
         for r in args.recipes.split(","):
-            for flags in ([], ["--low-memory"]) if args.low_memory else ([],):
+            for flags in [[] if m == "normal" else ["--low-memory"] for m in args.modes.split(",")]:
                 out = work / r
                 wall, rss = timed([sys.executable, "-m", "edgeqwen.cli", "build", f"{model_dir}/{r}", "--model", str(ckpt),
                                    "-o", str(out), "--no-eval", *flags])

@@ -27,16 +27,18 @@ def shape_dir(name: str) -> Path:
 
 
 def ensure_shape(name: str, out: Path | None = None) -> Path:
+    """`qwen2.5-3b` (fp32) or `qwen2.5-3b-bf16` (bf16, as Qwen publishes its checkpoints)."""
+    base, bf16 = (name[:-5], True) if name.endswith("-bf16") else (name, False)
     out = out or shape_dir(name)
     if not (out / "model.safetensors").exists() and not list(out.glob("model-*.safetensors")):
         print(f"creating random-weight {name} checkpoint in {out} ...", flush=True)
-        create_tiny_qwen(out, SHAPES[name])
+        create_tiny_qwen(out, SHAPES[base], dtype="bfloat16" if bf16 else "float32")
     return out
 
 
 def add_speed_args(ap: argparse.ArgumentParser) -> None:
     """The options every speed benchmark shares (same defaults as the issue tracker's tables)."""
-    ap.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(SHAPES))
+    ap.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(SHAPES) + [f"{k}-bf16" for k in sorted(SHAPES)])
     ap.add_argument("--recipe", default="qwen2.5-0.5b-instruct/cpu-x86_64-int4")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-len", type=int, default=128)
@@ -56,7 +58,7 @@ def ensure_artifact(shape: str, recipe: str) -> tuple[Path, Path]:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("shape", choices=sorted(SHAPES))
+    ap.add_argument("shape", choices=sorted(SHAPES) + [f"{k}-bf16" for k in sorted(SHAPES)])
     ap.add_argument("--out")
     a = ap.parse_args()
     print(ensure_shape(a.shape, Path(a.out) if a.out else None))

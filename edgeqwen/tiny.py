@@ -159,8 +159,11 @@ def make_config(spec: TinySpec, ids: dict[str, int]):
     raise ValueError(f"unknown tiny family {spec.family!r}; known: qwen2, qwen3")
 
 
-def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=None) -> Path:
-    """Write a complete HF checkpoint folder (config, safetensors, tokenizer, generation config)."""
+def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=None, dtype: str = "float32") -> Path:
+    """Write a complete HF checkpoint folder (config, safetensors, tokenizer, generation config).
+
+    dtype "bfloat16" mirrors how Qwen checkpoints are published (weights initialised directly in bf16).
+    """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -169,7 +172,7 @@ def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=No
     ids = save_tokenizer(out, spec.family, spec.vocab_size)
     config = make_config(spec, ids)
     torch.manual_seed(spec.seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     if state_dict is not None:
         model.load_state_dict(state_dict)
     model.eval()

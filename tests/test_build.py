@@ -245,3 +245,27 @@ def test_mixed_precision_overrides_by_node_glob(random_qwen3, tmp_path):
     bad.write_text(recipe.read_text().replace("{bits: 8}", "{bits: 3}"))
     with pytest.raises(EdgeQwenError, match="override bits 3 must be 4 or 8"):
         load_recipe(str(bad))
+
+
+def test_low_memory_export_matches_the_normal_path(trained_qwen2, artifacts, tmp_path):
+    normal = artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2, evaluate=True)
+    low = build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", tmp_path / "low", model=str(trained_qwen2), low_memory=True))
+    a = json.loads((normal / "accuracy.json").read_text())
+    b = json.loads((low / "accuracy.json").read_text())
+    assert b["status"] == "pass" and abs(b["kld_mean"] - a["kld_mean"]) < 0.2 * a["kld_mean"]
+    manifest = json.loads((low / "manifest.json").read_text())
+    assert any("low-memory export" in d for d in manifest["export"]["decisions"])
+    _, ops = op_counts(low)
+    assert ops.get("GatherBlockQuantized") == 1 and "MatMul" not in ops  # tied table shared, every MatMul quantized
+    runner = Runner(low)
+    ids = runner.encode("The assert statement")
+    assert runner.generate(ids, Sampling(max_new_tokens=8, ignore_eos=True)).token_ids == genai_generate(low, ids)
+
+
+def test_low_memory_export_of_a_bf16_checkpoint(tmp_path):
+    ckpt = create_tiny_qwen(tmp_path / "bf16", TinySpec(family="qwen3", num_hidden_layers=2, head_dim=32), dtype="bfloat16")
+    assert json.loads((ckpt / "config.json").read_text()).get("dtype") == "bfloat16"
+    out = build(BuildOptions("tiny-qwen3/cpu-x86_64-int8", tmp_path / "o", model=str(ckpt), evaluate=False, low_memory=True))
+    runner = Runner(out)
+    ids = runner.encode("bf16 weights")
+    assert runner.generate(ids, Sampling(max_new_tokens=6, ignore_eos=True)).token_ids == genai_generate(out, ids, 6)

@@ -96,10 +96,26 @@ def _install_quant_hook(plan: dict) -> list[str]:
     return notes
 
 
+def _load_in_checkpoint_dtype() -> None:
+    """The builder loads PyTorch weights as fp32; keep a bf16/fp16 checkpoint in its own dtype instead
+    (half the memory). Each weight is widened to fp32 one at a time when it is quantized."""
+    import transformers
+
+    original = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        kwargs.setdefault("dtype", "auto")
+        return original(cls, *args, **kwargs)
+
+    transformers.AutoModelForCausalLM.from_pretrained = classmethod(from_pretrained)
+
+
 def main(argv: list[str]) -> int:
     plan = json.loads(open(argv[0]).read())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     notes = _install_quant_hook(plan) if plan["precision"] == "int4" else []
+    if plan.get("low_memory"):
+        _load_in_checkpoint_dtype()
     from onnxruntime_genai.models.builder import create_model
 
     create_model(
