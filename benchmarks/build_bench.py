@@ -11,7 +11,6 @@ process, which includes the builder child process it runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes import ensure_shape  # noqa: E402
+from shapes import ensure_shape, write_results  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -76,12 +75,8 @@ def main() -> int:
              "| artifact | size MB | size vs anchor | build wall s | peak RSS MB |", "|---|---|---|---|---|"]
     for name, size, wall, rss in rows:
         lines.append(f"| {name} | {size:.0f} | {size / a_size:.2f}x | {wall:.1f} | {rss:.0f} |")
-    text = "\n".join(lines)
-    print(text)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"build-{args.shape}.md").write_text(text + "\n")
-    (Path(args.out) / f"build-{args.shape}.json").write_text(json.dumps(
-        [dict(zip(("name", "size_mb", "wall_s", "peak_rss_mb"), r)) for r in rows], indent=2))
+    write_results(args.out, f"build-{args.shape}", "\n".join(lines),
+                  [dict(zip(("name", "size_mb", "wall_s", "peak_rss_mb"), r)) for r in rows])
     return 0
 
 

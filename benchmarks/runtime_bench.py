@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes import add_speed_args, ensure_artifact  # noqa: E402
+from shapes import add_speed_args, ensure_artifact, write_results  # noqa: E402
 
 from edgeqwen.bench import bench, format_bench  # noqa: E402
 
@@ -57,12 +57,8 @@ def main() -> int:
     for engine, r in report["results"].items():
         if "decode_tps" in r:
             lines.append(f"  {engine}: {r['decode_tps']:.1f} tok/s = {r['decode_tps'] / ceiling * 100:.0f} % of the ceiling")
-    text = "\n".join(lines)
-    print(text)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"runtime-{args.shape}.txt").write_text(text + "\n")
-    (Path(args.out) / f"runtime-{args.shape}.json").write_text(json.dumps(
-        {**report, "bandwidth_gbs": bw, "bytes_per_token": per_token, "ceiling_tps": ceiling}, indent=2))
+    write_results(args.out, f"runtime-{args.shape}", "\n".join(lines),
+                  {**report, "bandwidth_gbs": bw, "bytes_per_token": per_token, "ceiling_tps": ceiling})
     return 0
 
 

@@ -36,6 +36,17 @@ def ensure_shape(name: str, out: Path | None = None) -> Path:
     return out
 
 
+def write_results(out_dir: str | Path, name: str, text: str, data) -> None:
+    """Print a benchmark's table and keep it (text + JSON) under benchmarks/results/."""
+    import json
+
+    print(text)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text + "\n")
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2))
+
+
 def add_speed_args(ap: argparse.ArgumentParser) -> None:
     """The options every speed benchmark shares (same defaults as the issue tracker's tables)."""
     ap.add_argument("--shape", default="qwen2.5-0.5b", choices=sorted(SHAPES) + [f"{k}-bf16" for k in sorted(SHAPES)])
