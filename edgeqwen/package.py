@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import shutil
 from importlib import metadata
@@ -12,20 +11,13 @@ from pathlib import Path
 from .checkpoint import Checkpoint
 from .errors import EdgeQwenError
 from .recipe import Resolved
+from .runtime.runner import sha256_file  # one hashing routine for build, verify and the shipped runner
 from .schema import to_dict
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 RUNNER_SOURCE = Path(__file__).resolve().parent / "runtime" / "runner.py"
 VERSIONED_PACKAGES = ("edgeqwen", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "tokenizers", "numpy")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

@@ -11,7 +11,6 @@ Usage: python -m edgeqwen.export.builder_worker PLAN.json
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import sys
@@ -28,6 +27,8 @@ def _install_quant_hook(plan: dict) -> list[str]:
     # onnxruntime_genai.models.builders.base: patch that one.
     import onnxruntime_genai.models.builder  # noqa: F401
 
+    from edgeqwen.export.streaming_quant import apply_overrides, quantize_in_place
+
     base = sys.modules["builders.base"]
     original = base.Model.to_int4
     default_bits = plan["matmul_bits"]
@@ -36,8 +37,6 @@ def _install_quant_hook(plan: dict) -> list[str]:
     notes: list[str] = []  # what was decided per node, for the manifest
 
     def to_int4_streaming(self):
-        from edgeqwen.export.streaming_quant import quantize_in_place
-
         attrs = self.quant_attrs["int4"]
         notes.extend(quantize_in_place(
             self.model, default_bits=default_bits, block=plan["block_size"], symmetric=plan["symmetric"],
@@ -54,11 +53,7 @@ def _install_quant_hook(plan: dict) -> list[str]:
             for node in self.model.graph:
                 if node.op_type != "MatMul":
                     continue
-                entry = {"bits": default_bits, **custom.get(node.name, {})}
-                for pattern, override in patterns.items():
-                    if fnmatch.fnmatchcase(node.name, pattern):
-                        entry.update(override)
-                        notes.append(f"{node.name}: override {pattern!r} -> {override}")
+                entry = apply_overrides(node.name, {"bits": default_bits, **custom.get(node.name, {})}, patterns, notes)
                 shape = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1] is not None else None
                 k = shape[0] if shape is not None and len(shape) == 2 and isinstance(shape[0], int) else None
                 block = entry.get("group_size", plan["block_size"])

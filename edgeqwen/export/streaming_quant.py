@@ -17,6 +17,17 @@ import fnmatch
 import numpy as np
 
 
+def apply_overrides(name: str, entry: dict, patterns: dict[str, dict], notes: list[str]) -> dict:
+    """Recipe `quantization.overrides` (node-name glob → {bits, group_size, scheme}) onto one node's settings.
+
+    Shared by both quantization paths of the builder worker, so a recipe means the same in each."""
+    for pattern, override in patterns.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            entry.update(override)
+            notes.append(f"{name}: override {pattern!r} -> {override}")
+    return entry
+
+
 def _block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
@@ -51,10 +62,7 @@ def quantize_in_place(model, *, default_bits: int, block: int, symmetric: bool, 
         entry = {"bits": default_bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
         if node.name == "/lm_head/MatMul" and lm_head_bits:
             entry["bits"] = lm_head_bits
-        for pattern, override in patterns.items():
-            if fnmatch.fnmatchcase(node.name, pattern):
-                entry.update(override)
-                notes.append(f"{node.name}: override {pattern!r} -> {override}")
+        apply_overrides(node.name, entry, patterns, notes)
         bits, bsize, sym = entry["bits"], entry["group_size"], entry["scheme"] == "sym"
         tensor = weight.const_value
         dtype = tensor.dtype

@@ -31,7 +31,7 @@ class RunnerError(Exception):
     """Bad artifact or bad request: the message says what and what to do."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -49,7 +49,7 @@ def check_artifact(path: Path, full_hash: bool = True) -> dict:
         p = path / rel
         if not p.is_file():
             raise RunnerError(f"{path}: artifact file {rel} is missing; rebuild or re-copy the artifact")
-        if p.stat().st_size != info["size"] or (full_hash and rel != "runner.py" and _sha256(p) != info["sha256"]):
+        if p.stat().st_size != info["size"] or (full_hash and rel != "runner.py" and sha256_file(p) != info["sha256"]):
             raise RunnerError(f"{path}: artifact file {rel} was modified (sha256 differs from manifest.json); "
                               "rebuild or re-copy the artifact")
     return manifest
