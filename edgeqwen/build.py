@@ -22,7 +22,7 @@ from .package import (
     write_manifest,
 )
 from .targets import ArtifactFormat
-from .recipe import load_recipe
+from .recipe import Algorithm, load_recipe
 
 STAGES = 5
 
@@ -37,6 +37,7 @@ class BuildOptions:
     eval_text: Path | None = None
     keep_failed: bool = False
     low_memory: bool = False
+    calib: Path | None = None  # calibration text for gptq (default: the packaged one)
 
 
 def _check_output(output: Path, force: bool) -> None:
@@ -81,6 +82,10 @@ def build(opts: BuildOptions) -> Path:
     stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
     resolved = load_recipe(opts.recipe)
     _check_output(output, opts.force)
+    if opts.calib is not None and resolved.recipe.quantization.algorithm != Algorithm.GPTQ:
+        raise EdgeQwenError(f"--calib was given but recipe {resolved.recipe.name} uses quantization.algorithm "
+                            f"{resolved.recipe.quantization.algorithm.value}, which takes no calibration data",
+                            where="--calib", hint="use a recipe with algorithm: gptq, or drop --calib")
     ckpt = resolve_checkpoint(opts.model or resolved.recipe.model)
     stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
               f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
@@ -94,6 +99,15 @@ def build(opts: BuildOptions) -> Path:
         plan = plan_export(resolved, ckpt, staging, work / "cache", low_memory=opts.low_memory)
         for decision in plan.decisions:
             stage_log(f"        plan: {decision}")
+        extra = {"memory_estimate_mb": mem.as_dict()}
+        if resolved.recipe.quantization.algorithm == Algorithm.GPTQ:
+            from .quantize.olive_gptq import quantize_checkpoint
+
+            stage_log(f"[2/{STAGES}] calibrate + GPTQ (Olive Gptq pass, int4, block {plan.block_size}, "
+                      f"{'sym' if plan.symmetric else 'asym'})")
+            qdir, extra["gptq"] = quantize_checkpoint(resolved, ckpt, plan.block_size, plan.symmetric, work, opts.calib,
+                                                      plan.decisions)
+            plan.input = str(qdir)
         stage_log(f"[2/{STAGES}] export + quantize (onnxruntime-genai builder, {plan.execution_provider}, "
                   f"{resolved.recipe.precision.value}, block {plan.block_size})")
         planned = len(plan.decisions)
@@ -107,7 +121,6 @@ def build(opts: BuildOptions) -> Path:
         template = write_chat_template(staging, ckpt)
         write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template)
         copy_runner(staging)
-        extra = {"memory_estimate_mb": mem.as_dict()}
         if resolved.target.artifact_format == ArtifactFormat.ORT:
             extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)
             stage_log(f"        ORT format: model.ort {extra['ort_format']['ort_bytes'] / 1e6:.2f} MB "

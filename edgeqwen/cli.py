@@ -42,7 +42,8 @@ def cmd_build(args) -> int:
 
     out = build(BuildOptions(recipe=args.recipe, output=Path(args.output), model=args.model, force=args.force,
                              evaluate=not args.no_eval, eval_text=Path(args.eval_text) if args.eval_text else None,
-                             keep_failed=args.keep_failed, low_memory=args.low_memory))
+                             keep_failed=args.keep_failed, low_memory=args.low_memory,
+                             calib=Path(args.calib) if args.calib else None))
     print(out)
     return 0
 
@@ -122,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy stage (artifact is marked not evaluated)")
     p.add_argument("--eval-text", help="text file for the accuracy stage (default: the packaged eval text)")
     p.add_argument("--keep-failed", action="store_true", help="keep the work folder of a failed build for inspection")
+    p.add_argument("--calib", metavar="FILE", help="UTF-8 calibration text for gptq recipes (default: the packaged text)")
     p.add_argument("--low-memory", action="store_true",
                    help="quantize MatMul by MatMul inside the exporter (peak ≈ the loaded model, not ~3×)")
     p.set_defaults(fn=cmd_build)
@@ -164,11 +166,13 @@ def _parser() -> argparse.ArgumentParser:
 def _extra_verbs():
     from .bench import add_bench_parser
     from .evaluate.cli import add_eval_parser
+    from .interop.olive_config import add_olive_config_parser
     from .matrix import add_build_all_parser
     from .serve.cli import add_serve_parser
     from .tune import add_tune_parser
 
-    return [add_build_all_parser, add_eval_parser, add_bench_parser, add_tune_parser, add_serve_parser]
+    return [add_build_all_parser, add_eval_parser, add_bench_parser, add_tune_parser, add_serve_parser,
+            add_olive_config_parser]
 
 
 def main(argv=None) -> int:

@@ -88,11 +88,13 @@ def estimate(resolved: Resolved, config: dict) -> MemoryEstimate:
     if quantized and q.lm_head == HeadMode.FLOAT:
         head_bits = float_bits
     lm_head = mat(h, vocab, head_bits)
-    shared = tied and quantized and q.embeddings == EmbeddingMode.QUANTIZED and q.lm_head != HeadMode.FLOAT
+    if quantized and tied and q.embeddings == EmbeddingMode.INT8 and q.lm_head == HeadMode.SAME:
+        lm_head = mat(h, vocab, 8)  # the shared table is int8
+    shared = tied and quantized and q.embeddings != EmbeddingMode.FLOAT and q.lm_head != HeadMode.FLOAT
     if shared or (tied and not quantized):
         embed = 0.0  # one table serves both
-    elif quantized and q.embeddings == EmbeddingMode.QUANTIZED and recipe.precision == Precision.INT4:
-        embed = mat(h, vocab, 4)
+    elif quantized and q.embeddings != EmbeddingMode.FLOAT:
+        embed = mat(h, vocab, 8 if q.embeddings == EmbeddingMode.INT8 or recipe.precision == Precision.INT8 else 4)
     else:
         embed = vocab * h * io_bytes
     weights = layers * per_layer + lm_head + embed

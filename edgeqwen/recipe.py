@@ -19,12 +19,29 @@ class Exporter(str, enum.Enum):
 
 
 class Algorithm(str, enum.Enum):
-    RTN = "rtn"
-    K_QUANT = "k_quant"
+    RTN = "rtn"  # round-to-nearest, min/max per block (onnxruntime, inside the builder)
+    K_QUANT = "k_quant"  # llama.cpp-style k-quant search (onnxruntime, inside the builder)
+    GPTQ = "gptq"  # calibrated, on the PyTorch model through Olive's Gptq pass, then the builder
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Data for calibrated algorithms (gptq): the packaged text unless `edgeqwen build --calib FILE`."""
+
+    samples: int = 64  # sequences of seq_len tokens
+    seq_len: int = 256
+    damp_percent: float = 0.01  # GPTQ Hessian dampening
+
+    def __post_init__(self):
+        if self.samples < 1 or self.seq_len < 16:
+            raise ValueError(f"calibration needs samples >= 1 and seq_len >= 16 (got {self.samples}, {self.seq_len})")
+        if not 0 < self.damp_percent < 1:
+            raise ValueError(f"damp_percent {self.damp_percent} must be in (0, 1)")
 
 
 class EmbeddingMode(str, enum.Enum):
-    QUANTIZED = "quantized"  # GatherBlockQuantized (shared with lm_head where the model ties them)
+    QUANTIZED = "quantized"  # at the recipe's bits; GatherBlockQuantized (shared with lm_head where the model ties them)
+    INT8 = "int8"  # an 8-bit table even in int4 recipes (tied models: lm_head becomes int8 to share it)
     FLOAT = "float"
 
 
@@ -48,6 +65,17 @@ class LayerOverride:
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"override block_size {self.block_size} must be one of 16, 32, 64, 128, 256")
 
+    def as_entry(self) -> dict:
+        """The quantizers' per-node vocabulary: {bits, group_size, scheme} with only the set fields."""
+        entry = {}
+        if self.bits is not None:
+            entry["bits"] = self.bits
+        if self.block_size is not None:
+            entry["group_size"] = self.block_size
+        if self.symmetric is not None:
+            entry["scheme"] = "sym" if self.symmetric else "asym"
+        return entry
+
 
 @dataclass(frozen=True)
 class Quantization:
@@ -58,6 +86,7 @@ class Quantization:
     embeddings: EmbeddingMode = EmbeddingMode.QUANTIZED
     lm_head: HeadMode = HeadMode.SAME
     overrides: dict[str, LayerOverride] = field(default_factory=dict)  # mixed precision by node-name glob
+    calibration: Calibration = field(default_factory=Calibration)
 
     def __post_init__(self):
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
@@ -109,6 +138,9 @@ class Recipe:
             raise ValueError(f"recipe schema version {self.version} is not supported (this edgeqwen reads {SCHEMA_VERSION})")
         if self.context_length < 16:
             raise ValueError(f"context_length {self.context_length} is too small")
+        if self.quantization.algorithm == Algorithm.GPTQ and self.precision != Precision.INT4:
+            raise ValueError(f"quantization.algorithm gptq is for int4 recipes (this one is {self.precision.value}); "
+                             "use rtn for int8 (its error is already ~20x smaller)")
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,20 @@ def write_eval_text(path: Path) -> None:
     path.write_text(corpus_text("eval"), encoding="utf-8")
 
 
+def write_calib_text(path: Path, max_chars: int = 100_000) -> None:
+    """GPTQ's default calibration text: every third training topic until ~100 kB (never the eval split)."""
+    import pydoc_data.topics as topics
+
+    keys = [k for i, k in enumerate(sorted(topics.topics)) if i % 10 != 9][::3]
+    parts, n = [], 0
+    for k in keys:
+        parts.append(topics.topics[k])
+        n += len(topics.topics[k])
+        if n > max_chars:
+            break
+    path.write_text("\n\n".join(parts), encoding="utf-8")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=sorted(SPECS), default="tiny-qwen2")
@@ -98,6 +112,7 @@ def main(argv=None) -> int:
     if args.embed:
         data = Path(__file__).resolve().parent / "data"
         write_eval_text(data / "eval.txt")
+        write_calib_text(data / "calib.txt")
         for name in SPECS:
             src = trained(name, args.steps)
             dst = data / "models" / name

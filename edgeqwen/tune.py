@@ -31,6 +31,8 @@ DEFAULT_GRID = [
     ("rtn-asym-b64-int8head", {"algorithm": "rtn", "symmetric": False, "block_size": 64, "lm_head": "int8"}, None),
     ("rtn-asym-b32-int4head", {"algorithm": "rtn", "symmetric": False, "block_size": 32, "lm_head": "same"}, None),
     ("kquant-b32", {"algorithm": "k_quant", "block_size": 32, "lm_head": "int8"}, None),
+    ("gptq-asym-b32-int8head", {"algorithm": "gptq", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
+    ("gptq-asym-b64-int8head", {"algorithm": "gptq", "symmetric": False, "block_size": 64, "lm_head": "int8"}, None),
     ("int8", {"algorithm": "rtn", "symmetric": True, "block_size": 32, "lm_head": "same"}, "int8"),
 ]
 BUDGET_KEYS = {"kld": "max_kld", "ppl_ratio": "max_ppl_ratio", "top1": "min_top1", "kld_p99": "max_kld_p99"}
@@ -70,10 +72,10 @@ def _decode_tps(path: Path) -> float:
     return runner.generate(ids, Sampling(max_new_tokens=48, ignore_eos=True)).decode_tps
 
 
-def ends_in_int8(num_layers: int) -> tuple:
+def ends_in_int8(num_layers: int, algorithm: str = "rtn") -> tuple:
     """llama.cpp-style mixed precision: first and last decoder layer in int8, the rest int4."""
-    return ("rtn-asym-b32-int8head-int8ends",
-            {"algorithm": "rtn", "symmetric": False, "block_size": 32, "lm_head": "int8",
+    return (f"{algorithm}-asym-b32-int8head-int8ends",
+            {"algorithm": algorithm, "symmetric": False, "block_size": 32, "lm_head": "int8",
              "overrides": {"/model/layers.0/*": {"bits": 8}, f"/model/layers.{num_layers - 1}/*": {"bits": 8}}}, None)
 
 
@@ -86,7 +88,7 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
         raise EdgeQwenError(f"output folder already exists: {output}", where=str(output), hint="pass --force")
     if grid is None:
         layers = resolve_checkpoint(model or base.recipe.model).config["num_hidden_layers"]
-        grid = [*DEFAULT_GRID[:-1], ends_in_int8(layers), DEFAULT_GRID[-1]]
+        grid = [*DEFAULT_GRID[:-1], ends_in_int8(layers), ends_in_int8(layers, "gptq"), DEFAULT_GRID[-1]]
     work = Path(tempfile.mkdtemp(prefix=".tune-", dir=output.parent if output.parent.exists() else None))
     gate_keys = budget.thresholds()
     candidates: list[Candidate] = []

@@ -15,7 +15,7 @@ from ..checkpoint import Checkpoint
 from ..errors import EdgeQwenError
 from ..log import stage_log
 from ..recipe import Algorithm, EmbeddingMode, HeadMode, Resolved
-from ..targets import ArtifactFormat, Precision
+from ..targets import Precision
 
 BLOCK_SIZES = (256, 128, 64, 32, 16)
 
@@ -36,6 +36,7 @@ class ExportPlan:
     accuracy_level: int
     quantize_gather: bool
     extra_options: dict
+    gather_bits: int = 4
     node_overrides: dict = field(default_factory=dict)
     decisions: list = field(default_factory=list)
     low_memory: bool = False
@@ -61,8 +62,9 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
     extra: dict = {"hf_token": "false", "hf_remote": False}
     block = resolved.block_size
     quantized = precision in (Precision.INT4, Precision.INT8)
-    quantize_embeddings = quantized and q.embeddings == EmbeddingMode.QUANTIZED
+    quantize_embeddings = quantized and q.embeddings != EmbeddingMode.FLOAT
     quantize_gather = False
+    gather_bits = 8 if precision == Precision.INT8 or q.embeddings == EmbeddingMode.INT8 else 4
     node_overrides: dict[str, dict] = {}
 
     cfg = ckpt.config
@@ -95,18 +97,39 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
                 decisions.append(f"{what}={k} is not a multiple of block {block}: MatMulNBits pads the last block")
         tied = ckpt.tied_embeddings
         lm_head_int8 = precision == Precision.INT8 or q.lm_head == HeadMode.INT8
+        if tied and quantize_embeddings and q.embeddings == EmbeddingMode.INT8 and not lm_head_int8:
+            if q.lm_head == HeadMode.FLOAT:
+                raise EdgeQwenError("embeddings: int8 with lm_head: float cannot share the tied table",
+                                    where=f"recipe {recipe.name}: quantization", hint="use lm_head: int8, or embeddings: float")
+            lm_head_int8 = True
+            decisions.append("lm_head in int8: the tied embedding table it shares is asked to be int8")
         if q.algorithm == Algorithm.K_QUANT and q.lm_head == HeadMode.SAME and not lm_head_int8:
             # onnxruntime-genai 0.14.1 quantizes lm_head to 8 bits for every k_quant variant; say so, and
             # name it int8 so the shared embedding table points at the tensor that really exists.
             lm_head_int8 = True
             decisions.append("lm_head in int8: the builder's k_quant always quantizes lm_head to 8 bits")
-        algo = q.algorithm.value + ("_last" if lm_head_int8 else "")
+        # GPTQ runs before the builder (Olive); the builder's RTN quantizes what GPTQ leaves: lm_head.
+        algo = (Algorithm.RTN if q.algorithm == Algorithm.GPTQ else q.algorithm).value + ("_last" if lm_head_int8 else "")
         symmetric = q.symmetric
         if q.algorithm == Algorithm.K_QUANT and symmetric:
             # k-quant always writes zero points; the builder wires them into the shared embedding
             # table only when told the scheme is asymmetric (otherwise the embeddings decode wrong).
             symmetric = False
             decisions.append("symmetric -> false: k_quant stores zero points (asymmetric) for every block")
+        if q.algorithm == Algorithm.GPTQ and symmetric:
+            # onnxruntime-genai 0.14.1 packs q/k/v of a pre-quantized model by concatenating their
+            # zero points; symmetric Olive weights have none and the builder crashes (TypeError).
+            symmetric = False
+            decisions.append("symmetric -> false: onnxruntime-genai 0.14.1 cannot import symmetric GPTQ weights "
+                             "(its q/k/v packer needs zero points)")
+        if q.algorithm == Algorithm.GPTQ:
+            for pattern, o in q.overrides.items():
+                if o.symmetric:
+                    raise EdgeQwenError(
+                        f"override {pattern!r} asks for symmetric weights, which GPTQ artifacts cannot hold here",
+                        where=f"recipe {recipe.name}: quantization.overrides",
+                        hint="drop `symmetric: true` from the override (onnxruntime-genai 0.14.1 needs zero points "
+                        "for pre-quantized q/k/v), or use algorithm: rtn")
         extra.update(
             int4_block_size=block,
             int4_is_symmetric=symmetric,
@@ -116,14 +139,7 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         if q.lm_head == HeadMode.FLOAT:
             extra["int4_nodes_to_exclude"] = ["/lm_head/MatMul"]
         for pattern, o in q.overrides.items():
-            entry = {}
-            if o.bits is not None:
-                entry["bits"] = o.bits
-            if o.block_size is not None:
-                entry["group_size"] = o.block_size
-            if o.symmetric is not None:
-                entry["scheme"] = "sym" if o.symmetric else "asym"
-            node_overrides[pattern] = entry
+            node_overrides[pattern] = o.as_entry()
         # Tied embeddings: share the quantized lm_head table with the embedding Gather
         # (GatherBlockQuantized) — one copy of the largest tensor instead of two.
         share = tied and quantize_embeddings and q.lm_head != HeadMode.FLOAT
@@ -131,24 +147,15 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         if share:
             decisions.append(f"embeddings tied to lm_head: one shared int{8 if lm_head_int8 else 4} table (GatherBlockQuantized)")
         elif quantize_embeddings:
-            if precision == Precision.INT8:
-                decisions.append("embeddings kept in float: onnxruntime quantizes untied Gather tables to int4 only")
-            elif target.artifact_format == ArtifactFormat.ORT:
-                decisions.append("embeddings kept in float: the ORT format cannot store the int4-typed tensors of a "
-                                 "separately quantized (untied) embedding table")
-            else:
-                quantize_gather = True
-                decisions.append("embeddings quantized separately to int4 (GatherBlockQuantized)")
+            quantize_gather = True
+            decisions.append(f"embeddings quantized separately to int{gather_bits} (GatherBlockQuantized, uint8 storage)")
         elif tied:
             decisions.append("embeddings in float")
     if low_memory and quantized:
         decisions.append("low-memory export: each MatMul is block-quantized in place with onnxruntime's C++ "
                          "quantizer (min/max RTN) and its float weight dropped")
-        if q.algorithm != Algorithm.RTN:
+        if q.algorithm == Algorithm.K_QUANT:
             decisions.append(f"algorithm {q.algorithm.value} -> rtn: the low-memory path quantizes with RTN only")
-        if quantize_gather:
-            quantize_gather = False
-            decisions.append("untied embeddings kept in float in the low-memory path")
     builder_precision = {"int4": "int4", "int8": "int4", "fp16": "fp16", "fp32": "fp32"}[precision.value]
     return ExportPlan(
         input=str(ckpt.path),
@@ -162,6 +169,7 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         symmetric=extra.get("int4_is_symmetric", q.symmetric),
         accuracy_level=resolved.accuracy_level,
         quantize_gather=quantize_gather,
+        gather_bits=gather_bits,
         extra_options=extra,
         node_overrides=node_overrides,
         decisions=decisions,

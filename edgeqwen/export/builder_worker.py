@@ -17,17 +17,12 @@ import sys
 
 
 def _install_quant_hook(plan: dict) -> list[str]:
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        MatMulNBitsQuantizer,
-        QuantFormat,
-    )
     # builder.py puts its own folder on sys.path and imports `builders` as a top-level package,
     # so the class it instantiates lives in sys.modules["builders.base"], not in
     # onnxruntime_genai.models.builders.base: patch that one.
     import onnxruntime_genai.models.builder  # noqa: F401
 
-    from edgeqwen.export.streaming_quant import apply_overrides, quantize_in_place
+    from edgeqwen.export.streaming_quant import apply_overrides, quantize_embedding_table, quantize_in_place
 
     base = sys.modules["builders.base"]
     original = base.Model.to_int4
@@ -44,6 +39,9 @@ def _install_quant_hook(plan: dict) -> list[str]:
             exclude=set(attrs["nodes_to_exclude"]), patterns=patterns,
             shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
         ))
+        if plan.get("quantize_gather"):
+            notes.extend(quantize_embedding_table(self.model, bits=plan["gather_bits"], block=plan["block_size"],
+                                                  symmetric=plan["symmetric"]))
         return self.model
 
     def to_int4(self):
@@ -69,22 +67,8 @@ def _install_quant_hook(plan: dict) -> list[str]:
             cfg.customized_weight_config = custom
         model = original(self)
         if plan.get("quantize_gather"):
-            import onnx_ir as ir
-
-            quant = MatMulNBitsQuantizer(
-                model=ir.to_proto(model),
-                algo_config=DefaultWeightOnlyQuantConfig(
-                    block_size=plan["block_size"],
-                    is_symmetric=plan["symmetric"],
-                    accuracy_level=plan["accuracy_level"],
-                    quant_format=QuantFormat.QOperator,
-                    op_types_to_quantize=("Gather",),
-                    quant_axes=(("Gather", 1),),
-                    bits=4,
-                ),
-            )
-            quant.process()
-            model = ir.from_proto(quant.model.model)
+            notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
+                                                  symmetric=plan["symmetric"]))
         return model
 
     base.Model.to_int4 = to_int4_streaming if plan.get("low_memory") else to_int4

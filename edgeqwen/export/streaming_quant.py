@@ -104,3 +104,52 @@ def quantize_in_place(model, *, default_bits: int, block: int, symmetric: bool, 
             graph.initializers.pop(values[2].name, None)
     model.opset_imports.setdefault("com.microsoft", 1)
     return notes
+
+
+def quantize_embedding_table(model, *, bits: int, block: int, symmetric: bool) -> list[str]:
+    """Untied embeddings: Gather(model.embed_tokens.weight) → GatherBlockQuantized (blocks along hidden).
+
+    onnxruntime's MatMulNBits quantizer handles Gather only at 4 bits; this one also writes 8-bit tables
+    (uint8 data, bits=8), the same layout the builder uses for a shared int8 lm_head/embedding table."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    node = next((n for n in graph if n.op_type == "Gather" and n.inputs[0] is not None
+                 and n.inputs[0].name == "model.embed_tokens.weight" and n.inputs[0].const_value is not None), None)
+    if node is None:
+        return ["embedding table: no float Gather of model.embed_tokens.weight found; left as is"]
+    table = node.inputs[0]
+    e = table.const_value.numpy().astype(np.float32)
+    vocab, hidden = e.shape
+    if hidden % block:
+        return [f"embedding table kept in float: hidden {hidden} is not a multiple of block {block}"]
+    packed, scales, zero_points = _block_quant(np.ascontiguousarray(e.T), bits, block, symmetric)
+    data = packed.reshape(vocab, hidden * bits // 8)
+    if bits == 4:
+        zero_points = zero_points.reshape(vocab, -1)
+    names = ("model.embed_tokens.weight_Q", "model.embed_tokens.weight_scales", "model.embed_tokens.weight_zp")
+    values = []
+    for name, array in zip(names, (data, scales, zero_points)):
+        v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.Tensor(array, name=name))
+        values.append(v)
+    inputs = [values[0], node.inputs[1], values[1]] + ([] if symmetric else [values[2]])
+    for v in inputs:
+        if v is not node.inputs[1]:
+            graph.register_initializer(v)
+    new = ir.Node("com.microsoft", "GatherBlockQuantized", inputs, name="/model/embed_tokens/GatherBlockQuantized",
+                  attributes=[ir.AttrInt64("bits", bits), ir.AttrInt64("block_size", block),
+                              ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 1)], num_outputs=1)
+    old_out, new_out = node.outputs[0], new.outputs[0]
+    new_out.shape, new_out.type = old_out.shape, old_out.type
+    graph.insert_before(node, new)
+    ir.convenience.replace_all_uses_with(old_out, new_out, replace_graph_outputs=True)
+    name, old_out.name = old_out.name, None
+    new_out.name = name
+    graph.remove(node, safe=True)
+    if not table.uses():
+        graph.initializers.pop(table.name, None)
+        table.const_value = None
+    model.opset_imports.setdefault("com.microsoft", 1)
+    return [f"embeddings quantized separately to int{bits} (GatherBlockQuantized, block {block}, "
+            f"{'sym' if symmetric else 'asym'}): {vocab}x{hidden}"]

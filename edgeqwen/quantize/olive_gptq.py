@@ -1,0 +1,141 @@
+"""GPTQ through Olive's engine (its `Gptq` pass) on the PyTorch checkpoint, before the model builder.
+
+Olive writes the quantized model in its own format (`quantization_config.quant_method = "olive"`:
+packed uint8 weights, per-group scales and zero points), which onnxruntime-genai's builder reads
+directly into MatMulNBits. The calibration text is local (a JSON-lines file); nothing is fetched.
+Verified with olive-ai 0.13.0 + onnxruntime-genai 0.14.1.
+
+Usage (what `edgeqwen build` runs in a child process): python -m edgeqwen.quantize.olive_gptq CONFIG.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import EdgeQwenError
+from ..log import stage_log
+from ..export.streaming_quant import apply_overrides
+
+# PyTorch module → the builder's ONNX MatMul it becomes (q/k/v are fused into one MatMul there).
+_MODULE_TO_NODE = {
+    "self_attn.q_proj": "attn/qkv_proj", "self_attn.k_proj": "attn/qkv_proj", "self_attn.v_proj": "attn/qkv_proj",
+    "self_attn.o_proj": "attn/o_proj", "mlp.gate_proj": "mlp/gate_proj", "mlp.up_proj": "mlp/up_proj",
+    "mlp.down_proj": "mlp/down_proj",
+}
+
+
+def module_overrides(num_layers: int, patterns: dict[str, dict], default_bits: int, block: int, symmetric: bool,
+                     notes: list[str]) -> dict[str, dict]:
+    """Recipe overrides (globs on the builder's node names) → Olive's per-module overrides, so a recipe's
+    mixed precision means the same under GPTQ as under RTN."""
+    out: dict[str, dict] = {}
+    for i in range(num_layers):
+        for module, node in _MODULE_TO_NODE.items():
+            name = f"/model/layers.{i}/{node}/MatMul"
+            entry = apply_overrides(name, {}, patterns, [])
+            olive = {}
+            if entry.get("bits", default_bits) != default_bits:
+                olive["bits"] = entry["bits"]
+            if entry.get("group_size", block) != block:
+                olive["group_size"] = entry["group_size"]
+            if "scheme" in entry and (entry["scheme"] == "sym") != symmetric:
+                olive["symmetric"] = entry["scheme"] == "sym"
+            if olive:
+                out[f"model.layers.{i}.{module}"] = olive
+    for name, o in out.items():
+        if name.endswith(("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")):
+            notes.append(f"gptq {name}: override {o}")
+    return out
+
+
+def workflow_config(model_path: str, calib_jsonl: str, *, bits: int, group_size: int, symmetric: bool,
+                    samples: int, seq_len: int, damp_percent: float, overrides: dict, output_dir: str,
+                    cache_dir: str, extra_passes: dict | None = None) -> dict:
+    """The Olive workflow: local HF model → Gptq (local JSON-lines calibration) [→ extra passes]."""
+    passes = {
+        "gptq": {
+            "type": "Gptq", "bits": bits, "group_size": group_size, "sym": symmetric, "lm_head": False,
+            "damp_percent": damp_percent, "overrides": overrides or None, "data_config": "calibration",
+        },
+        **(extra_passes or {}),
+    }
+    return {
+        "input_model": {"type": "HfModel", "model_path": model_path},
+        "systems": {"local_system": {"type": "LocalSystem",
+                                     "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
+        "data_configs": [{
+            "name": "calibration", "type": "HuggingfaceContainer",
+            "load_dataset_config": {"data_name": "json", "data_files": calib_jsonl, "split": "train"},
+            "pre_process_data_config": {"strategy": "join", "max_seq_len": seq_len, "max_samples": samples,
+                                        "add_special_tokens": False},
+        }],
+        "passes": passes,
+        "host": "local_system", "target": "local_system",
+        "cache_dir": cache_dir, "output_dir": output_dir, "log_severity_level": 1,
+    }
+
+
+def run_gptq(config: dict, work: Path, log_path: Path) -> tuple[Path, float]:
+    """Run the workflow in a child process (Olive and its torch state stay out of the build process)."""
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_path = work / "olive_gptq.json"
+    cfg_path.write_text(json.dumps(config, indent=2))
+    env = dict(os.environ, OLIVE_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edgeqwen.quantize.olive_gptq", str(cfg_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            if "Running pass" in line or "finished in" in line:
+                stage_log("  olive: " + line.strip().split("] ")[-1])
+        rc = proc.wait()
+    wall = time.perf_counter() - t0
+    model_dir = Path(config["output_dir"]) / "model"
+    if rc != 0 or not (model_dir / "config.json").exists():
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
+        raise EdgeQwenError(f"Olive's Gptq pass failed (exit code {rc}); last lines of its log:\n{tail}",
+                            where=str(log_path), hint="try quantization.algorithm: rtn, or another calibration file")
+    return model_dir, wall
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+    from olive.workflows import run
+
+    run(json.loads(Path(argv[0]).read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+
+
+def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path, calib_path: Path | None,
+                        notes: list[str]) -> tuple[Path, dict]:
+    """The build's GPTQ step: check calibration text, run Olive's Gptq, return the quantized checkpoint folder."""
+    from .calibration import prepare_calibration
+
+    q = resolved.recipe.quantization
+    calib = prepare_calibration(calib_path, ckpt.path, work / "calibration.jsonl", q.calibration.samples,
+                                q.calibration.seq_len)
+    stage_log(f"        calibration: {calib.samples} × {calib.seq_len} tokens from {calib.source} ({calib.tokens} tokens)")
+    overrides = module_overrides(ckpt.config["num_hidden_layers"], {k: v.as_entry() for k, v in q.overrides.items()},
+                                 4, block, symmetric, notes)
+    config = workflow_config(str(ckpt.path), str(calib.jsonl), bits=4, group_size=block, symmetric=symmetric,
+                             samples=calib.samples, seq_len=calib.seq_len, damp_percent=q.calibration.damp_percent,
+                             overrides=overrides, output_dir=str(work / "gptq"), cache_dir=str(work / "olive-cache"))
+    model_dir, wall = run_gptq(config, work, work / "olive.log")
+    stage_log(f"        GPTQ done in {wall:.1f}s")
+    notes.append(f"gptq (Olive Gptq pass, damp {q.calibration.damp_percent}) on every decoder-layer linear: "
+                 f"{calib.samples} calibration sequences × {calib.seq_len} tokens from {Path(calib.source).name}; "
+                 "lm_head and embeddings quantized by RTN in the builder")
+    return model_dir, {**calib.as_dict(), "wall_s": round(wall, 2), "olive_overrides": overrides}
+
