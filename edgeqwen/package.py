@@ -17,7 +17,8 @@ from .schema import to_dict
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 RUNNER_SOURCE = Path(__file__).resolve().parent / "runtime" / "runner.py"
-VERSIONED_PACKAGES = ("edgeqwen", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "tokenizers", "numpy")
+VERSIONED_PACKAGES = ("edgeqwen", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "tokenizers", "numpy",
+                      "olive-ai")
 
 
 def package_versions() -> dict[str, str]:

@@ -28,7 +28,7 @@ class Algorithm(str, enum.Enum):
 class Calibration:
     """Data for calibrated algorithms (gptq): the packaged text unless `edgeqwen build --calib FILE`."""
 
-    samples: int = 64  # sequences of seq_len tokens
+    samples: int = 128  # sequences of seq_len tokens (fewer if the text is shorter)
     seq_len: int = 256
     damp_percent: float = 0.01  # GPTQ Hessian dampening
 

@@ -53,7 +53,7 @@ def prepare_calibration(path: Path | None, tokenizer_dir: Path, out: Path, sampl
 
     text, source = read_calibration_text(path)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    n_tokens = len(tok(text, add_special_tokens=False)["input_ids"])
+    n_tokens = len(tok(text, add_special_tokens=False, verbose=False)["input_ids"])
     available = n_tokens // seq_len
     if available < MIN_SEQUENCES:
         raise EdgeQwenError(
