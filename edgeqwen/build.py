@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -100,7 +101,7 @@ def build(opts: BuildOptions) -> Path:
         for decision in plan.decisions:
             stage_log(f"        plan: {decision}")
         extra = {"memory_estimate_mb": mem.as_dict()}
-        if resolved.recipe.quantization.algorithm == Algorithm.GPTQ:
+        if plan.algorithm == Algorithm.GPTQ.value:
             from .quantize.olive_gptq import quantize_checkpoint
 
             stage_log(f"[2/{STAGES}] calibrate + GPTQ (Olive Gptq pass, int4, block {plan.block_size}, "
@@ -108,11 +109,12 @@ def build(opts: BuildOptions) -> Path:
             qdir, extra["gptq"] = quantize_checkpoint(resolved, ckpt, plan.block_size, plan.symmetric, work, opts.calib,
                                                       plan.decisions)
             plan.input = str(qdir)
-        stage_log(f"[2/{STAGES}] export + quantize (onnxruntime-genai builder, {plan.execution_provider}, "
+        exporter_name = {"builder": "onnxruntime-genai builder", "portable": "optimum-onnx + ORT fusions"}[plan.exporter]
+        stage_log(f"[2/{STAGES}] export + quantize ({exporter_name}, {plan.execution_provider}, "
                   f"{resolved.recipe.precision.value}, block {plan.block_size})")
         planned = len(plan.decisions)
         result = run_export(plan, work / "builder.log")
-        stage_log(f"        exported in {result.wall_s:.1f}s, builder peak RSS {result.peak_rss_mb:.0f} MB")
+        stage_log(f"        exported in {result.wall_s:.1f}s, exporter peak RSS {result.peak_rss_mb:.0f} MB")
         per_node = plan.decisions[planned:]
         if per_node:
             stage_log(f"        {len(per_node)} per-node quantization decisions (overrides, fallbacks) recorded in the manifest")
@@ -133,6 +135,9 @@ def build(opts: BuildOptions) -> Path:
             extra["accuracy"] = evaluate_stage(staging, ckpt, resolved, opts.eval_text)
         else:
             extra["accuracy"] = {"status": "not evaluated"}
+        report = work / "cache" / "portable_report.json"
+        if report.exists():
+            extra["portable"] = json.loads(report.read_text())
         export_info = {
             "exporter": resolved.recipe.exporter.value,
             "builder_extra_options": plan.extra_options,

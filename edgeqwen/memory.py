@@ -90,7 +90,8 @@ def estimate(resolved: Resolved, config: dict) -> MemoryEstimate:
     lm_head = mat(h, vocab, head_bits)
     if quantized and tied and q.embeddings == EmbeddingMode.INT8 and q.lm_head == HeadMode.SAME:
         lm_head = mat(h, vocab, 8)  # the shared table is int8
-    shared = tied and quantized and q.embeddings != EmbeddingMode.FLOAT and q.lm_head != HeadMode.FLOAT
+    shared = (tied and quantized and q.embeddings != EmbeddingMode.FLOAT and q.lm_head != HeadMode.FLOAT
+              and recipe.exporter.value == "builder")  # the portable graph keeps lm_head and the table apart
     if shared or (tied and not quantized):
         embed = 0.0  # one table serves both
     elif quantized and q.embeddings != EmbeddingMode.FLOAT:

@@ -72,7 +72,8 @@ def finalize_genai_config(artifact: Path, resolved: Resolved, ckpt: Checkpoint) 
     g = recipe.generation
     cfg["search"].update(
         max_length=ctx,  # never the 32k default: onnxruntime-genai pre-allocates KV for max_length
-        past_present_share_buffer=True,
+        # builder graphs (GroupQueryAttention) write KV in place; portable graphs return a longer present
+        past_present_share_buffer=recipe.exporter.value == "builder",
         do_sample=False,
         temperature=g.temperature,
         top_p=g.top_p,

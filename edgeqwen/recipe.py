@@ -16,6 +16,7 @@ SCHEMA_VERSION = 1
 
 class Exporter(str, enum.Enum):
     BUILDER = "builder"  # onnxruntime-genai model builder: GQA, MatMulNBits, SkipSimplifiedLayerNorm, rotary
+    PORTABLE = "portable"  # optimum-onnx export (standard ops, growing KV) + onnxruntime transformer-optimizer fusions
 
 
 class Algorithm(str, enum.Enum):

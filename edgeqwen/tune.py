@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .build import BuildOptions, build
+from .matrix import EXECUTORS, Job, run_jobs
 from .errors import EdgeQwenError
 from .log import stage_log
 from .recipe import Accuracy, load_recipe
@@ -80,7 +80,10 @@ def ends_in_int8(num_layers: int, algorithm: str = "rtn") -> tuple:
 
 
 def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objective: str = "size",
-         force: bool = False, grid=None) -> tuple[Candidate, list[Candidate]]:
+         force: bool = False, grid=None, executor: str = "local", workers: int = 1,
+         ray_address: str | None = None) -> tuple[Candidate, list[Candidate]]:
+    """Candidates build on `executor` (a local process pool, or Ray: see matrix.run_jobs); their decode
+    speed is measured afterwards, one at a time, so parallel builds do not skew it."""
     from .checkpoint import resolve_checkpoint
 
     base = load_recipe(recipe)
@@ -93,7 +96,8 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
     gate_keys = budget.thresholds()
     candidates: list[Candidate] = []
     try:
-        for i, (label, quant, precision) in enumerate(grid, 1):
+        jobs, labels = [], []
+        for label, quant, precision in grid:
             prec = precision or base.recipe.precision.value
             if prec not in [p.value for p in base.target.precisions]:
                 continue
@@ -101,17 +105,27 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
             data.pop("name")
             data["precision"] = prec
             data["quantization"] = {**data["quantization"], "overrides": {}, **quant}  # each candidate self-contained
+            if data["quantization"]["algorithm"] == "gptq" and prec != "int4":
+                data["quantization"]["algorithm"] = "rtn"
             data["accuracy"] = {**data["accuracy"], **{k: None for k in BUDGET_KEYS.values()}}  # measure, don't gate
             variant = work / f"{label}.yaml"
             variant.write_text(yaml.safe_dump(data, sort_keys=False))
-            stage_log(f"tune [{i}/{len(grid)}] {label}")
-            out = build(BuildOptions(str(variant), work / label, model=model))
-            acc = json.loads((out / "accuracy.json").read_text())
-            from .evaluate.stage import check_gate
+            jobs.append(Job(str(variant), str(work / label), model, True))
+            labels.append(label)
+        stage_log(f"tune: building {len(jobs)} candidates on the {executor} executor ({', '.join(labels)})")
+        from .evaluate.stage import check_gate
 
-            meets = not check_gate(acc, budget)
+        for label, res in zip(labels, run_jobs(jobs, executor, workers, ray_address)):
+            if not res.ok:
+                stage_log(f"tune: candidate {label} failed to build, skipped: {res.error.splitlines()[0]}")
+                continue
+            out = Path(res.output)
+            acc = json.loads((out / "accuracy.json").read_text())
             size = json.loads((out / "manifest.json").read_text())["size_bytes"] / 1e6
-            candidates.append(Candidate(label, out, size, acc, _decode_tps(out), meets))
+            candidates.append(Candidate(label, out, size, acc, _decode_tps(out), not check_gate(acc, budget)))
+            stage_log(f"tune: {label}: {size:.2f} MB, KLD {acc['kld_mean']:.4f}, {candidates[-1].decode_tps:.1f} tok/s")
+        if not candidates:
+            raise EdgeQwenError("no tune candidate could be built", where=recipe, hint="see the errors above")
         passing = [c for c in candidates if c.meets]
         write_frontier(candidates, work / "frontier.png", base.recipe.name, gate_keys)
         if not passing:
@@ -186,7 +200,8 @@ def write_frontier(cands: list[Candidate], path: Path, title: str, budget: dict)
 
 def cmd_tune(args) -> int:
     chosen, cands = tune(args.recipe, args.model, parse_budget(args.budget), Path(args.output).absolute(),
-                         objective=args.objective, force=args.force)
+                         objective=args.objective, force=args.force, executor=args.executor, workers=args.workers,
+                         ray_address=args.ray_address)
     print(format_frontier(cands))
     print(f"chose {chosen.label} ({args.objective}): {chosen.size_mb:.2f} MB, KLD {chosen.accuracy['kld_mean']:.4f} → {chosen.path}")
     return 0
@@ -200,4 +215,7 @@ def add_tune_parser(sub) -> None:
     p.add_argument("--objective", choices=["size", "speed"], default="size")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--force", action="store_true")
+    p.add_argument("--executor", choices=EXECUTORS, default="local", help="where candidates build (default: local)")
+    p.add_argument("--workers", type=int, default=1, help="parallel builds (local pool size / Ray CPUs)")
+    p.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one)")
     p.set_defaults(fn=cmd_tune)

@@ -36,3 +36,13 @@ def test_budget_no_candidate_meets_reports_best(trained_qwen2, tmp_path):
 def test_bad_budget(text, match):
     with pytest.raises(EdgeQwenError, match=match):
         parse_budget(text)
+
+
+def test_tune_candidates_build_on_ray_like_on_the_local_pool(trained_qwen2, tmp_path):
+    """`tune --executor ray`: the same candidates, the same measurements, the same choice as the local pool."""
+    runs = {}
+    for executor in ("local", "ray"):
+        chosen, cands = tune("tiny-qwen2/cpu-x86_64-int4", str(trained_qwen2), parse_budget("kld=0.08"),
+                             tmp_path / executor, grid=GRID[:2], executor=executor, workers=2)
+        runs[executor] = (chosen.label, {c.label: (c.size_mb, c.accuracy["kld_mean"]) for c in cands})
+    assert runs["local"] == runs["ray"] and runs["ray"][0] == "rtn-asym-b32-int8head"

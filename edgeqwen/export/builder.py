@@ -14,7 +14,7 @@ from pathlib import Path
 from ..checkpoint import Checkpoint
 from ..errors import EdgeQwenError
 from ..log import stage_log
-from ..recipe import Algorithm, EmbeddingMode, HeadMode, Resolved
+from ..recipe import Algorithm, EmbeddingMode, Exporter, HeadMode, Resolved
 from ..targets import Precision
 
 BLOCK_SIZES = (256, 128, 64, 32, 16)
@@ -40,6 +40,9 @@ class ExportPlan:
     node_overrides: dict = field(default_factory=dict)
     decisions: list = field(default_factory=list)
     low_memory: bool = False
+    exporter: str = "builder"
+    algorithm: str = "rtn"  # what really runs (a recipe's gptq can fall back to rtn, recorded in decisions)
+    context_length: int = 4096
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
@@ -64,12 +67,16 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
     quantized = precision in (Precision.INT4, Precision.INT8)
     quantize_embeddings = quantized and q.embeddings != EmbeddingMode.FLOAT
     quantize_gather = False
+    algorithm = q.algorithm
     gather_bits = 8 if precision == Precision.INT8 or q.embeddings == EmbeddingMode.INT8 else 4
     node_overrides: dict[str, dict] = {}
 
     cfg = ckpt.config
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    if head_dim % 8:
+    portable = recipe.exporter == Exporter.PORTABLE
+    if portable:
+        _check_portable(resolved, low_memory)
+    elif head_dim % 8:
         raise EdgeQwenError(
             f"head_dim {head_dim} of every attention layer (model.layers.*.self_attn) is not a multiple of 8: "
             "onnxruntime's GroupQueryAttention kernel, which the builder's graph uses, refuses it at run time",
@@ -95,6 +102,13 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         for what, k in dims.items():
             if k % block:
                 decisions.append(f"{what}={k} is not a multiple of block {block}: MatMulNBits pads the last block")
+        uneven = {what: k for what, k in dims.items() if k % block}
+        if q.algorithm == Algorithm.GPTQ and uneven:
+            # Olive's GPTQ quantizes whole groups only (it asserts in_features % group_size == 0).
+            algorithm = Algorithm.RTN
+            what, k = next(iter(uneven.items()))
+            decisions.append(f"algorithm gptq -> rtn: {what}={k} is not a multiple of block {block} "
+                             "(Olive's GPTQ needs whole groups)")
         tied = ckpt.tied_embeddings
         lm_head_int8 = precision == Precision.INT8 or q.lm_head == HeadMode.INT8
         if tied and quantize_embeddings and q.embeddings == EmbeddingMode.INT8 and not lm_head_int8:
@@ -103,26 +117,26 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
                                     where=f"recipe {recipe.name}: quantization", hint="use lm_head: int8, or embeddings: float")
             lm_head_int8 = True
             decisions.append("lm_head in int8: the tied embedding table it shares is asked to be int8")
-        if q.algorithm == Algorithm.K_QUANT and q.lm_head == HeadMode.SAME and not lm_head_int8:
+        if algorithm == Algorithm.K_QUANT and q.lm_head == HeadMode.SAME and not lm_head_int8:
             # onnxruntime-genai 0.14.1 quantizes lm_head to 8 bits for every k_quant variant; say so, and
             # name it int8 so the shared embedding table points at the tensor that really exists.
             lm_head_int8 = True
             decisions.append("lm_head in int8: the builder's k_quant always quantizes lm_head to 8 bits")
         # GPTQ runs before the builder (Olive); the builder's RTN quantizes what GPTQ leaves: lm_head.
-        algo = (Algorithm.RTN if q.algorithm == Algorithm.GPTQ else q.algorithm).value + ("_last" if lm_head_int8 else "")
+        algo = (Algorithm.RTN if algorithm == Algorithm.GPTQ else algorithm).value + ("_last" if lm_head_int8 else "")
         symmetric = q.symmetric
-        if q.algorithm == Algorithm.K_QUANT and symmetric:
+        if algorithm == Algorithm.K_QUANT and symmetric:
             # k-quant always writes zero points; the builder wires them into the shared embedding
             # table only when told the scheme is asymmetric (otherwise the embeddings decode wrong).
             symmetric = False
             decisions.append("symmetric -> false: k_quant stores zero points (asymmetric) for every block")
-        if q.algorithm == Algorithm.GPTQ and symmetric:
+        if algorithm == Algorithm.GPTQ and symmetric:
             # onnxruntime-genai 0.14.1 packs q/k/v of a pre-quantized model by concatenating their
             # zero points; symmetric Olive weights have none and the builder crashes (TypeError).
             symmetric = False
             decisions.append("symmetric -> false: onnxruntime-genai 0.14.1 cannot import symmetric GPTQ weights "
                              "(its q/k/v packer needs zero points)")
-        if q.algorithm == Algorithm.GPTQ:
+        if algorithm == Algorithm.GPTQ:
             for pattern, o in q.overrides.items():
                 if o.symmetric:
                     raise EdgeQwenError(
@@ -142,12 +156,15 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
             node_overrides[pattern] = o.as_entry()
         # Tied embeddings: share the quantized lm_head table with the embedding Gather
         # (GatherBlockQuantized) — one copy of the largest tensor instead of two.
-        share = tied and quantize_embeddings and q.lm_head != HeadMode.FLOAT
+        share = tied and quantize_embeddings and q.lm_head != HeadMode.FLOAT and not portable
         extra["shared_embeddings"] = share
         if share:
             decisions.append(f"embeddings tied to lm_head: one shared int{8 if lm_head_int8 else 4} table (GatherBlockQuantized)")
         elif quantize_embeddings:
             quantize_gather = True
+            if tied:
+                decisions.append("tied embeddings stored twice (portable exporter): a quantized lm_head and a "
+                                 "separately quantized embedding table")
             decisions.append(f"embeddings quantized separately to int{gather_bits} (GatherBlockQuantized, uint8 storage)")
         elif tied:
             decisions.append("embeddings in float")
@@ -174,7 +191,28 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         node_overrides=node_overrides,
         decisions=decisions,
         low_memory=low_memory and quantized,
+        exporter=recipe.exporter.value,
+        algorithm=algorithm.value if quantized else "none",
+        context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)),
     )
+
+
+def _check_portable(resolved: Resolved, low_memory: bool) -> None:
+    """The portable path covers CPU fp32/int4/int8 with RTN weights; say so before any work."""
+    recipe, q = resolved.recipe, resolved.recipe.quantization
+    where = f"recipe {recipe.name}: exporter portable"
+    if resolved.target.execution_provider.value != "cpu" or recipe.precision.value == "fp16":
+        raise EdgeQwenError(f"the portable exporter builds CPU fp32/int4/int8 artifacts; this recipe asks for "
+                            f"{recipe.precision.value} on {resolved.target.name}", where=where,
+                            hint="use exporter: builder for GPU/WebGPU targets")
+    if q.algorithm != Algorithm.RTN:
+        raise EdgeQwenError(f"the portable exporter quantizes with rtn only (recipe asks for {q.algorithm.value})",
+                            where=where, hint="set quantization.algorithm: rtn, or use exporter: builder")
+    if low_memory:
+        raise EdgeQwenError("--low-memory is a builder-exporter option", where=where, hint="drop --low-memory")
+    if resolved.target.artifact_format.value != "onnx":
+        raise EdgeQwenError("the portable exporter writes .onnx artifacts only", where=where,
+                            hint="use exporter: builder for ort-mobile")
 
 
 @dataclass
@@ -192,22 +230,24 @@ def run_export(plan: ExportPlan, log_path: Path) -> ExportResult:
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeqwen.export.builder_worker", str(plan_path)],
+            [sys.executable, "-m", f"edgeqwen.export.{plan.exporter}_worker", str(plan_path)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1,
         )
         assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
             text = line.strip()
-            if text.startswith(("Reading", "Saving ONNX", "Saving GenAI", "Saving processing")):
-                stage_log(f"  builder: {text}")
+            if text.startswith(("Reading", "Saving ONNX", "Saving GenAI", "Saving processing", "Exporting", "Fusing",
+                                "Fusion:")):
+                stage_log(f"  {plan.exporter}: {text}")
         rc = proc.wait()
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     if rc != 0:
         tail = "".join(Path(log_path).read_text().splitlines(keepends=True)[-15:])
         raise EdgeQwenError(
-            f"the model builder failed (exit code {rc}); last lines of its log:\n{tail}",
+            f"the {'model builder' if plan.exporter == 'builder' else plan.exporter + ' exporter'} failed (exit code {rc}); "
+            f"last lines of its log:\n{tail}",
             where=str(log_path),
             hint="see the full builder log above; an unusual layer shape or an option the builder lacks is the usual cause",
         )

@@ -119,12 +119,15 @@ def quantize_embedding_table(model, *, bits: int, block: int, symmetric: bool) -
     if node is None:
         return ["embedding table: no float Gather of model.embed_tokens.weight found; left as is"]
     table = node.inputs[0]
+    dtype = table.const_value.dtype
     e = table.const_value.numpy().astype(np.float32)
     vocab, hidden = e.shape
     if hidden % block:
         return [f"embedding table kept in float: hidden {hidden} is not a multiple of block {block}"]
     packed, scales, zero_points = _block_quant(np.ascontiguousarray(e.T), bits, block, symmetric)
     data = packed.reshape(vocab, hidden * bits // 8)
+    if dtype == ir.DataType.FLOAT16:
+        scales = scales.astype(np.float16)  # GatherBlockQuantized outputs the scales' type
     if bits == 4:
         zero_points = zero_points.reshape(vocab, -1)
     names = ("model.embed_tokens.weight_Q", "model.embed_tokens.weight_scales", "model.embed_tokens.weight_zp")

@@ -49,7 +49,7 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     pre: dict = {}
     patterns = {k: v.as_entry() for k, v in q.overrides.items()}
     layers = ckpt.config["num_hidden_layers"]
-    if quantized and q.algorithm == Algorithm.GPTQ:
+    if quantized and plan.algorithm == Algorithm.GPTQ.value:
         cal = q.calibration
         calib_out = calib_out or Path(output_dir) / "calibration.jsonl"
         cset = prepare_calibration(calib, ckpt.path, calib_out, cal.samples, cal.seq_len)

@@ -7,8 +7,9 @@ Needs only onnxruntime, numpy, tokenizers and jinja2. Copied into every artifact
 
 Layers: Runner.step() (one forward pass, KV cache kept in place) → Runner.stream() (yields a
 Record per emitted piece: text, token ids, timings, finish_reason) → Runner.generate().
-The KV cache is preallocated once at the artifact's max length and bound as both past and present
-(GroupQueryAttention writes in place), so no token step copies the cache.
+For builder artifacts the KV cache is preallocated once at the artifact's max length and bound as both
+past and present (GroupQueryAttention writes in place), so no token step copies the cache. Portable
+artifacts (standard ONNX attention) return a present cache one step longer, fed back as the next past.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ class Runner:
         self.input_names = {i.name: i for i in self.session.get_inputs()}
         kv_type = self.input_names["past_key_values.0.key"].type
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
+        # genai_config's own switch: false for portable-exporter graphs, which concatenate past and new KV.
+        self.growing_kv = not cfg["search"].get("past_present_share_buffer", True)
         self._kv = None
         self.pos = 0
         self.ids: list[int] = []
@@ -164,7 +167,10 @@ class Runner:
     def reset(self) -> None:
         self.pos = 0
         self.ids = []
-        if self._kv is None:
+        if self.growing_kv:
+            empty = np.zeros((1, self.kv_heads, 0, self.head_size), self.kv_dtype)
+            self._kv = [(empty, empty) for _ in range(self.num_layers)]
+        elif self._kv is None:
             shape = (1, self.kv_heads, self.context_length, self.head_size)
             self._kv = [(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype)),
                          ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype))) for _ in range(self.num_layers)]
@@ -185,12 +191,21 @@ class Runner:
             io.bind_cpu_input("position_ids", np.arange(self.pos, self.pos + n, dtype=np.int64)[None])
         io.bind_output("logits", "cpu")  # first, so get_outputs()[0] is the logits
         for i, (k, v) in enumerate(self._kv):
-            io.bind_ortvalue_input(f"past_key_values.{i}.key", k)
-            io.bind_ortvalue_input(f"past_key_values.{i}.value", v)
-            io.bind_ortvalue_output(f"present.{i}.key", k)
-            io.bind_ortvalue_output(f"present.{i}.value", v)
+            if self.growing_kv:
+                io.bind_cpu_input(f"past_key_values.{i}.key", k)
+                io.bind_cpu_input(f"past_key_values.{i}.value", v)
+                io.bind_output(f"present.{i}.key", "cpu")
+                io.bind_output(f"present.{i}.value", "cpu")
+            else:
+                io.bind_ortvalue_input(f"past_key_values.{i}.key", k)
+                io.bind_ortvalue_input(f"past_key_values.{i}.value", v)
+                io.bind_ortvalue_output(f"present.{i}.key", k)
+                io.bind_ortvalue_output(f"present.{i}.value", v)
         self.session.run_with_iobinding(io)
-        logits = io.get_outputs()[0].numpy()[0]
+        outs = io.get_outputs()
+        logits = outs[0].numpy()[0]
+        if self.growing_kv:
+            self._kv = [(outs[1 + 2 * i].numpy(), outs[2 + 2 * i].numpy()) for i in range(self.num_layers)]
         self.pos += n
         self.ids.extend(int(t) for t in token_ids)
         return logits if all_logits else logits[-1]

@@ -1,0 +1,157 @@
+"""The portable exporter, in its own process: optimum-onnx export (standard ONNX ops, past KV) →
+onnxruntime's transformer optimizer (fusions) → the same block quantizer as the builder path.
+
+Writes model.onnx(+.data), genai_config.json and tokenizer files (from the builder's config-only
+mode), and portable_report.json: operator histograms before/after fusion, the fusions that fired,
+and the fused-vs-unfused logits difference on a fixed input.
+
+Usage: python -m edgeqwen.export.portable_worker PLAN.json
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def op_histogram(model) -> dict[str, int]:
+    counts = collections.Counter(n.op_type for n in model.graph.node)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _logits(path: Path, cfg: dict, ids: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # compare graphs, not ORT's own fusions
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(ids.shape[1])[None]}
+    empty = np.zeros((1, cfg["num_key_value_heads"], 0, head_dim), np.float32)
+    for i in range(cfg["num_hidden_layers"]):
+        feed[f"past_key_values.{i}.key"] = empty
+        feed[f"past_key_values.{i}.value"] = empty
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(["logits"], {k: v for k, v in feed.items() if k in names})[0]
+
+
+def fold_constant_transposes(model) -> list[str]:
+    """optimum ties lm_head to the embedding table through Transpose(table): make it a constant weight so the
+    quantizer sees lm_head as an ordinary MatMul (the float table is dropped once both are quantized)."""
+    import onnx_ir as ir
+
+    notes = []
+    for node in list(model.graph):
+        if node.op_type != "Transpose" or node.inputs[0] is None or node.inputs[0].const_value is None:
+            continue
+        perm = node.attributes.get("perm")
+        arr = node.inputs[0].const_value.numpy()
+        arr = np.ascontiguousarray(np.transpose(arr, perm.as_ints() if perm is not None else None))
+        name = node.outputs[0].name
+        value = ir.Value(name=name + "_folded", shape=ir.Shape(arr.shape),
+                         type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)), const_value=ir.Tensor(arr, name=name))
+        model.graph.register_initializer(value)
+        ir.convenience.replace_all_uses_with(node.outputs[0], value)
+        source = node.inputs[0]
+        model.graph.remove(node, safe=True)
+        if not source.uses():
+            model.graph.initializers.pop(source.name, None)
+        notes.append(f"folded Transpose({source.name}) into a constant ({name}) so it can be quantized")
+    return notes
+
+
+def trim_rotary_caches(model, context: int) -> list[str]:
+    """The RotaryEmbedding fusion writes cos/sin caches for 131072 positions (16 MB for head_dim 32 alone);
+    keep the artifact's context."""
+    import onnx_ir as ir
+
+    notes = []
+    for name in ("cos_cache", "sin_cache"):
+        v = model.graph.initializers.get(name)
+        if v is None or v.const_value is None or v.shape[0] <= context:
+            continue
+        arr = np.ascontiguousarray(v.const_value.numpy()[:context])
+        notes.append(f"{name}: {v.shape[0]} -> {context} positions (the artifact's context)")
+        v.const_value = ir.Tensor(arr, name=name)
+        v.shape = ir.Shape(arr.shape)
+    return notes
+
+
+def main(argv: list[str]) -> int:
+    import onnx
+    import onnx_ir as ir
+    from onnxruntime.transformers.optimizer import optimize_model
+    from optimum.exporters.onnx import main_export
+
+    plan = json.loads(Path(argv[0]).read_text())
+    out, work = Path(plan["output"]), Path(plan["cache_dir"]) / "portable"
+    cfg = json.loads((Path(plan["input"]) / "config.json").read_text())
+    print("Exporting with optimum-onnx (text-generation-with-past)", flush=True)
+    main_export(plan["input"], output=str(work / "exported"), task="text-generation-with-past", device="cpu",
+                do_validation=False)
+    exported = work / "exported" / "model.onnx"
+    before = op_histogram(onnx.load(str(exported), load_external_data=False))
+
+    print("Fusing with onnxruntime.transformers.optimizer", flush=True)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    opt = optimize_model(str(exported), model_type="gpt2", num_heads=cfg["num_attention_heads"],
+                         hidden_size=cfg["num_attention_heads"] * head_dim, opt_level=0)
+    fused_stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    fused_path = work / "fused" / "model.onnx"
+    fused_path.parent.mkdir(parents=True, exist_ok=True)
+    opt.save_model_to_file(str(fused_path), use_external_data_format=True)
+    after = op_histogram(onnx.load(str(fused_path), load_external_data=False))
+
+    ids = (np.arange(1, 17, dtype=np.int64) * 37 % cfg["vocab_size"])[None]
+    diff = float(np.abs(_logits(exported, cfg, ids) - _logits(fused_path, cfg, ids)).max())
+    print(f"Fusion: {sum(before.values())} -> {sum(after.values())} nodes, {fused_stats}, max |logits diff| {diff:.2e}",
+          flush=True)
+
+    model = ir.load(str(fused_path))
+    notes = trim_rotary_caches(model, plan["context_length"])
+    notes.extend(fold_constant_transposes(model))
+    if plan["precision"] == "int4":  # int4 and int8 recipes (the plan's matmul_bits says which)
+        from edgeqwen.export.streaming_quant import quantize_embedding_table, quantize_in_place
+
+        lm_head_bits = 8 if plan["extra_options"].get("int4_algo_config", "").endswith("_last") else None
+        notes.extend(quantize_in_place(
+            model, default_bits=plan["matmul_bits"], block=plan["block_size"], symmetric=plan["symmetric"],
+            accuracy_level=plan["accuracy_level"], lm_head_bits=lm_head_bits,
+            exclude=set(plan["extra_options"].get("int4_nodes_to_exclude", [])), patterns=plan["node_overrides"],
+            shared_lm_head=False))
+        if plan.get("quantize_gather"):
+            notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
+                                                  symmetric=plan["symmetric"]))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"Saving ONNX model in {out}", flush=True)
+    ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
+    final = op_histogram(onnx.load(str(out / "model.onnx"), load_external_data=False))
+
+    print("Saving GenAI config", flush=True)
+    from onnxruntime_genai.models.builder import create_model
+
+    create_model(model_name=None, input_path=plan["input"], output_dir=str(out), precision="fp32",
+                 execution_provider="cpu", cache_dir=str(work / "builder"), config_only=True, hf_token="false",
+                 hf_remote=False)
+    gpath = out / "genai_config.json"
+    genai = json.loads(gpath.read_text())
+    genai["model"]["decoder"]["inputs"]["position_ids"] = "position_ids"
+    genai["search"]["past_present_share_buffer"] = False
+    gpath.write_text(json.dumps(genai, indent=4))
+    report = {"exporter": "optimum-onnx + onnxruntime.transformers.optimizer (model_type gpt2, opt_level 0)",
+              "ops_exported": before, "ops_fused": after, "ops_final": final, "fusions": fused_stats,
+              "nodes": {"exported": sum(before.values()), "fused": sum(after.values()), "final": sum(final.values())},
+              "fused_vs_unfused_max_abs_logit_diff": diff}
+    (Path(plan["cache_dir"]) / "portable_report.json").write_text(json.dumps(report, indent=2))
+    with open(os.path.join(plan["cache_dir"], "worker_decisions.json"), "w") as f:
+        json.dump(notes, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
