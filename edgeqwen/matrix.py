@@ -7,6 +7,7 @@ the others.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -56,7 +57,8 @@ def run_jobs(jobs: list[Job], executor: str = "local", workers: int = 2, ray_add
     if executor not in EXECUTORS:
         raise EdgeQwenError(f"unknown executor {executor!r}", where="--executor", hint=f"known: {', '.join(EXECUTORS)}")
     if executor == "local":
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # spawn, not fork: a parent that already ran torch/onnxruntime threads can deadlock a forked child
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             return list(pool.map(run_job, jobs))
     try:
         import ray

@@ -85,8 +85,12 @@ def run_gptq(config: dict, work: Path, log_path: Path) -> tuple[Path, float]:
     work.mkdir(parents=True, exist_ok=True)
     cfg_path = work / "olive_gptq.json"
     cfg_path.write_text(json.dumps(config, indent=2))
+    # Float sums depend on the thread count: one thread by default, so a build is byte-identical on a
+    # laptop, a process pool or a Ray worker. EDGEQWEN_GPTQ_THREADS=N trades that for speed.
+    threads = os.environ.get("EDGEQWEN_GPTQ_THREADS", "1")
     env = dict(os.environ, OLIVE_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+               EDGEQWEN_GPTQ_THREADS=threads)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "edgeqwen.quantize.olive_gptq", str(cfg_path)],
@@ -108,6 +112,9 @@ def run_gptq(config: dict, work: Path, log_path: Path) -> tuple[Path, float]:
 
 def main(argv: list[str]) -> int:
     os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("EDGEQWEN_GPTQ_THREADS", "1")))
     from olive.workflows import run
 
     run(json.loads(Path(argv[0]).read_text()))
