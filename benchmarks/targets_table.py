@@ -33,7 +33,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", default="tiny-qwen2")
     args = ap.parse_args()
-    rows = ["| target | precision | size MB | mean KLD (CPU EP) | operators | ran here |", "|---|---|---|---|---|---|"]
+    rows = ["| recipe | exporter / algorithm | size MB | mean KLD (CPU EP) | operators | ran here |", "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in known_recipes():
             if not name.startswith(args.family + "/"):
@@ -44,7 +44,8 @@ def main() -> int:
             size = json.loads((out / "manifest.json").read_text())["size_bytes"] / 1e6
             ep = r.target.execution_provider.value
             ran = "runner + onnxruntime-genai (CPU)" if ep == "cpu" else f"runner on the CPU provider ({ep} kernels not run)"
-            rows.append(f"| {r.target.name} | {r.recipe.precision.value} | {size:.2f} | {acc['kld_mean']:.4f} | {ops_of(out)} | {ran} |")
+            how = f"{r.recipe.exporter.value} / {r.recipe.quantization.algorithm.value if r.recipe.precision.value in ('int4', 'int8') else '-'}"
+            rows.append(f"| {name.split('/')[1]} | {how} | {size:.2f} | {acc['kld_mean']:.4f} | {ops_of(out)} | {ran} |")
     print("\n".join(rows))
     return 0
 

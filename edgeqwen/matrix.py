@@ -67,7 +67,9 @@ def run_jobs(jobs: list[Job], executor: str = "local", workers: int = 2, ray_add
     started = not ray.is_initialized()
     if started:
         ray.init(address=ray_address, num_cpus=None if ray_address else workers, include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": {"EDGEQWEN_QUIET": "1", "HF_HUB_OFFLINE": "1"}})
+                 log_to_driver=False, runtime_env={"env_vars": {
+                     "EDGEQWEN_QUIET": "1", "HF_HUB_OFFLINE": "1",
+                     **{k: v for k, v in os.environ.items() if k.startswith("EDGEQWEN_")}}})
     try:
         remote = ray.remote(num_cpus=1)(run_job)
         return ray.get([remote.remote(job) for job in jobs])

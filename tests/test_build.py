@@ -124,7 +124,8 @@ def test_default_build_cli_verify_and_tamper(tmp_path):
     assert problems["extra"] == ["stray.txt"] and problems["missing"] == ["vocab.json"]
 
 
-def test_reproducible_build(random_qwen3, tmp_path):
+def test_reproducible_build(random_qwen3, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEQWEN_GPTQ_CACHE", "off")  # GPTQ itself must be reproducible, not just cached
     a = build(BuildOptions("tiny-qwen3/cpu-x86_64-int4", tmp_path / "a", model=str(random_qwen3), evaluate=False))
     b = build(BuildOptions("tiny-qwen3/cpu-x86_64-int4", tmp_path / "b", model=str(random_qwen3), evaluate=False))
     ma = json.loads((a / "manifest.json").read_text())["files"]

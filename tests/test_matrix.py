@@ -16,7 +16,8 @@ def files(path):
     return json.loads((path / "manifest.json").read_text())["files"]
 
 
-def test_ray_and_local_executors_build_identical_artifacts(tmp_path, random_qwen2, random_qwen3):
+def test_ray_and_local_executors_build_identical_artifacts(tmp_path, random_qwen2, random_qwen3, monkeypatch):
+    monkeypatch.setenv("EDGEQWEN_GPTQ_CACHE", "off")  # each executor runs GPTQ itself (passed on to Ray workers)
     models = {"tiny-qwen2": str(random_qwen2), "tiny-qwen3": str(random_qwen3)}
     def jobs(root):
         return [Job(r, str(root / r.replace("/", "-")), models[r.split("/")[0]], evaluate=False) for r in RECIPES] + \

@@ -53,6 +53,19 @@ def test_gptq_beats_rtn_at_equal_size(tmp_path):
     assert manifest["versions"]["olive-ai"] == "0.13.0"
 
 
+def test_gptq_result_is_cached_per_weights_calibration_and_settings(random_qwen2, tmp_path, monkeypatch):
+    """Other targets and tune candidates with the same quantization reuse one GPTQ run; any change re-runs it."""
+    monkeypatch.setenv("EDGEQWEN_CACHE", str(tmp_path / "cache"))
+    opts = dict(model=str(random_qwen2), evaluate=False)
+    a = build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", tmp_path / "a", **opts))
+    b = build(BuildOptions("tiny-qwen2/cpu-arm64-int4", tmp_path / "b", **opts))
+    ga, gb = (json.loads((p / "manifest.json").read_text())["gptq"] for p in (a, b))
+    assert ga["cache_key"] == gb["cache_key"] and ga["wall_s"] > 0 and gb["wall_s"] == 0.0
+    assert (a / "model.onnx.data").read_bytes() == (b / "model.onnx.data").read_bytes()
+    c = build(BuildOptions(recipe(tmp_path, "other-block"), tmp_path / "c", **opts))  # different settings: a new run
+    assert json.loads((c / "manifest.json").read_text())["gptq"]["cache_key"] != ga["cache_key"]
+
+
 def test_custom_calibration_file_is_used(random_qwen2, tmp_path):
     calib = tmp_path / "my-calib.txt"
     calib.write_text(corpus_text("train")[:20_000])

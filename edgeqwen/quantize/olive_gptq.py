@@ -139,10 +139,61 @@ def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path,
     config = workflow_config(str(ckpt.path), str(calib.jsonl), bits=4, group_size=block, symmetric=symmetric,
                              samples=calib.samples, seq_len=calib.seq_len, damp_percent=q.calibration.damp_percent,
                              overrides=overrides, output_dir=str(work / "gptq"), cache_dir=str(work / "olive-cache"))
-    model_dir, wall = run_gptq(config, work, work / "olive.log")
-    stage_log(f"        GPTQ done in {wall:.1f}s")
+    key = _cache_key(ckpt.path, calib.jsonl, config)
+    cached = _cache_dir() / key if _cache_dir() else None
+    if cached is not None and (cached / "config.json").exists():
+        model_dir, wall = cached, 0.0
+        stage_log(f"        GPTQ result reused from the cache ({cached})")
+    else:
+        model_dir, wall = run_gptq(config, work, work / "olive.log")
+        stage_log(f"        GPTQ done in {wall:.1f}s")
+        if cached is not None:
+            model_dir = _store(model_dir, cached)
     notes.append(f"gptq (Olive Gptq pass, damp {q.calibration.damp_percent}) on every decoder-layer linear: "
                  f"{calib.samples} calibration sequences × {calib.seq_len} tokens from {Path(calib.source).name}; "
                  "lm_head and embeddings quantized by RTN in the builder")
-    return model_dir, {**calib.as_dict(), "wall_s": round(wall, 2), "olive_overrides": overrides}
+    return model_dir, {**calib.as_dict(), "wall_s": round(wall, 2), "olive_overrides": overrides, "cache_key": key}
+
+
+def _cache_dir() -> Path | None:
+    """GPTQ results are kept per (weights, calibration text, settings): other targets and tune candidates with
+    the same quantization reuse them. EDGEQWEN_GPTQ_CACHE=off disables it."""
+    if os.environ.get("EDGEQWEN_GPTQ_CACHE", "on").lower() in ("0", "off", "false", "no"):
+        return None
+    return Path(os.environ.get("EDGEQWEN_CACHE", Path.home() / ".cache" / "edgeqwen")) / "gptq"
+
+
+def _cache_key(model: Path, calib_jsonl: Path, config: dict) -> str:
+    import hashlib
+    from importlib import metadata
+
+    h = hashlib.sha256()
+    for f in sorted(model.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+    h.update(calib_jsonl.read_bytes())
+    h.update(json.dumps(config["passes"], sort_keys=True).encode())
+    h.update(json.dumps(config["data_configs"][0]["pre_process_data_config"], sort_keys=True).encode())
+    h.update(metadata.version("olive-ai").encode())
+    h.update(os.environ.get("EDGEQWEN_GPTQ_THREADS", "1").encode())
+    return h.hexdigest()[:20]
+
+
+def _store(model_dir: Path, cached: Path) -> Path:
+    """Copy into the cache atomically (parallel builds may race: the first rename wins)."""
+    import shutil
+    import tempfile
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}-", dir=cached.parent))
+    shutil.copytree(model_dir, tmp / "m")
+    try:
+        (tmp / "m").rename(cached)
+    except OSError:
+        pass  # another build stored it first
+    shutil.rmtree(tmp, ignore_errors=True)
+    return cached if (cached / "config.json").exists() else model_dir
 
