@@ -71,7 +71,8 @@ def estimate(resolved: Resolved, config: dict) -> MemoryEstimate:
     inter = config["intermediate_size"]
     vocab = config["vocab_size"]
     tied = bool(config.get("tie_word_embeddings", False))
-    io_bytes = 2 if target.execution_provider != ExecutionProvider.CPU or recipe.precision == Precision.FP16 else 4
+    fp32_io = target.execution_provider in (ExecutionProvider.CPU, ExecutionProvider.QNN)  # QNN graphs here: fp32 I/O
+    io_bytes = 2 if not fp32_io or recipe.precision == Precision.FP16 else 4
     bits = {Precision.INT4: 4, Precision.INT8: 8, Precision.FP16: 16, Precision.FP32: 32}[recipe.precision]
     quantized = bits <= 8
     asym = quantized and not q.symmetric

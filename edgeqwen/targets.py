@@ -25,6 +25,12 @@ class ExecutionProvider(str, enum.Enum):
     CUDA = "cuda"
     WEBGPU = "webgpu"
     DML = "dml"
+    QNN = "qnn"  # Qualcomm NPUs (Hexagon HTP) through onnxruntime's QNN execution provider
+
+
+class WeightEncoding(str, enum.Enum):
+    MATMULNBITS = "matmulnbits"  # com.microsoft MatMulNBits / GatherBlockQuantized (onnxruntime CPU/GPU kernels)
+    QDQ = "qdq"  # standard DequantizeLinear(int8 weight, per-channel scale) → MatMul/Gather, as NPU compilers take
 
 
 class ArtifactFormat(str, enum.Enum):
@@ -46,6 +52,8 @@ class Target:
     intra_op_threads: int = 0
     artifact_format: ArtifactFormat = ArtifactFormat.ONNX
     ort_target_platform: str = "arm"  # ORT-format conversion: graph optimizations for arm or amd64
+    weight_encoding: WeightEncoding = WeightEncoding.MATMULNBITS
+    static_shapes: bool = False  # every graph dim fixed: batch 1, one token per step, KV of context - 1 slots
 
     def __post_init__(self):
         if self.version != SCHEMA_VERSION:
@@ -56,6 +64,8 @@ class Target:
             raise ValueError(f"int4_accuracy_level {self.int4_accuracy_level} must be 0-4")
         if self.ort_target_platform not in ("arm", "amd64"):
             raise ValueError(f"ort_target_platform {self.ort_target_platform!r} must be arm or amd64")
+        if self.weight_encoding == WeightEncoding.QDQ and set(self.precisions) - {Precision.INT8, Precision.FP32}:
+            raise ValueError("weight_encoding qdq is written for int8 (per-channel) weights: precisions int8/fp32 only")
         if self.artifact_format == ArtifactFormat.ORT and self.execution_provider != ExecutionProvider.CPU:
             raise ValueError("artifact_format ort is for the CPU execution provider of a minimal onnxruntime build")
 

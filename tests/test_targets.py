@@ -8,9 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
+from edgeqwen.build import BuildOptions, build
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.recipe import load_recipe
-from edgeqwen.runtime import Runner
+from edgeqwen.runtime import Runner, Sampling
 
 
 def inputs_dtype(path):
@@ -67,9 +68,43 @@ def test_ort_format_target_must_use_cpu_provider(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("recipe", ["tiny-qwen2/cpu-arm64-int4", "tiny-qwen2/ort-mobile-int4", "tiny-qwen2/cuda-int4",
-                                    "tiny-qwen2/cuda-fp16", "tiny-qwen2/webgpu-int4", "tiny-qwen3/ort-mobile-int4"])
+                                    "tiny-qwen2/cuda-fp16", "tiny-qwen2/webgpu-int4", "tiny-qwen3/ort-mobile-int4",
+                                    "tiny-qwen2/qnn-npu-int8", "tiny-qwen3/qnn-npu-int8",
+                                    "tiny-qwen2/cpu-x86_64-portable-int4", "tiny-qwen3/cpu-x86_64-portable-int4"])
 def test_every_target_default_recipe_passes_its_accuracy_gate(recipe, request, artifacts):
     family = "qwen3" if "qwen3" in recipe else "qwen2"
     path = artifacts.get(recipe, request.getfixturevalue(f"trained_{family}"), evaluate=True)
     acc = json.loads((path / "accuracy.json").read_text())
     assert acc["status"] == "pass" and acc["gate"] == load_recipe(recipe).recipe.accuracy.thresholds()
+
+
+def test_qnn_npu_graph_is_static_standard_ops_and_qdq(trained_qwen2, artifacts):
+    """NPU compilers need static shapes, standard operators and QDQ-encoded weights: check all three."""
+    path = artifacts.get("tiny-qwen2/qnn-npu-int8", trained_qwen2)
+    model = onnx.load(str(path / "model.onnx"), load_external_data=False)
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}  # no com.microsoft contrib operators
+    for v in [*model.graph.input, *model.graph.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+        assert all(isinstance(d, int) and d > 0 for d in dims), (v.name, dims)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*model.graph.input, *model.graph.output]}
+    assert shapes["input_ids"] == [1, 1] and shapes["past_key_values.0.key"] == [1, 2, 511, 32]
+    assert shapes["present.0.key"] == [1, 2, 512, 32] and shapes["attention_mask"] == [1, 512]
+    inits = {i.name: i for i in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 4 * 7 + 2  # every decoder linear, lm_head and the embedding table
+    for n in dq:
+        assert inits[n.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[n.input[1]].dims) == 1
+    matmul_weights = [n.input[1] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert not matmul_weights  # no float weight left behind
+    runner = Runner(path)
+    assert runner.static_slots == 511 and runner.context_length == 512
+    out = runner.generate(runner.encode("The assert statement"), Sampling(max_new_tokens=8, ignore_eos=True))
+    assert len(out.token_ids) == 8
+
+
+def test_static_npu_target_refuses_the_builder_exporter(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: embedded:tiny-qwen2\ntarget: qnn-npu\nprecision: int8\n")
+    with pytest.raises(EdgeQwenError, match="(?s)needs static shapes / QDQ weights.*exporter: portable"):
+        build(BuildOptions(str(recipe), tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

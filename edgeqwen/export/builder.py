@@ -43,6 +43,8 @@ class ExportPlan:
     exporter: str = "builder"
     algorithm: str = "rtn"  # what really runs (a recipe's gptq can fall back to rtn, recorded in decisions)
     context_length: int = 4096
+    weight_encoding: str = "matmulnbits"
+    static_shapes: bool = False
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
@@ -76,6 +78,9 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
     portable = recipe.exporter == Exporter.PORTABLE
     if portable:
         _check_portable(resolved, low_memory)
+    elif target.static_shapes or target.weight_encoding.value != "matmulnbits":
+        raise EdgeQwenError(f"target {target.name} needs static shapes / QDQ weights, which the model builder does not write",
+                            where=f"recipe {recipe.name}: exporter builder", hint="use exporter: portable")
     elif head_dim % 8:
         raise EdgeQwenError(
             f"head_dim {head_dim} of every attention layer (model.layers.*.self_attn) is not a multiple of 8: "
@@ -192,6 +197,8 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         decisions=decisions,
         low_memory=low_memory and quantized,
         exporter=recipe.exporter.value,
+        weight_encoding=target.weight_encoding.value,
+        static_shapes=target.static_shapes,
         algorithm=algorithm.value if quantized else "none",
         context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)),
     )
@@ -201,8 +208,8 @@ def _check_portable(resolved: Resolved, low_memory: bool) -> None:
     """The portable path covers CPU fp32/int4/int8 with RTN weights; say so before any work."""
     recipe, q = resolved.recipe, resolved.recipe.quantization
     where = f"recipe {recipe.name}: exporter portable"
-    if resolved.target.execution_provider.value != "cpu" or recipe.precision.value == "fp16":
-        raise EdgeQwenError(f"the portable exporter builds CPU fp32/int4/int8 artifacts; this recipe asks for "
+    if resolved.target.execution_provider.value not in ("cpu", "qnn") or recipe.precision.value == "fp16":
+        raise EdgeQwenError(f"the portable exporter builds CPU/NPU fp32/int4/int8 artifacts; this recipe asks for "
                             f"{recipe.precision.value} on {resolved.target.name}", where=where,
                             hint="use exporter: builder for GPU/WebGPU targets")
     if q.algorithm != Algorithm.RTN:

@@ -97,36 +97,49 @@ def main(argv: list[str]) -> int:
     exported = work / "exported" / "model.onnx"
     before = op_histogram(onnx.load(str(exported), load_external_data=False))
 
-    print("Fusing with onnxruntime.transformers.optimizer", flush=True)
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    opt = optimize_model(str(exported), model_type="gpt2", num_heads=cfg["num_attention_heads"],
-                         hidden_size=cfg["num_attention_heads"] * head_dim, opt_level=0)
-    fused_stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-    fused_path = work / "fused" / "model.onnx"
-    fused_path.parent.mkdir(parents=True, exist_ok=True)
-    opt.save_model_to_file(str(fused_path), use_external_data_format=True)
-    after = op_histogram(onnx.load(str(fused_path), load_external_data=False))
-
-    ids = (np.arange(1, 17, dtype=np.int64) * 37 % cfg["vocab_size"])[None]
-    diff = float(np.abs(_logits(exported, cfg, ids) - _logits(fused_path, cfg, ids)).max())
-    print(f"Fusion: {sum(before.values())} -> {sum(after.values())} nodes, {fused_stats}, max |logits diff| {diff:.2e}",
-          flush=True)
+    if plan.get("static_shapes"):
+        # NPU graphs keep standard operators: onnxruntime's fusions produce com.microsoft contrib ops.
+        print("Fusion skipped: the target compiles standard ONNX operators only", flush=True)
+        fused_path, fused_stats, after, diff = exported, {}, before, 0.0
+    else:
+        print("Fusing with onnxruntime.transformers.optimizer", flush=True)
+        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+        opt = optimize_model(str(exported), model_type="gpt2", num_heads=cfg["num_attention_heads"],
+                             hidden_size=cfg["num_attention_heads"] * head_dim, opt_level=0)
+        fused_stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        fused_path = work / "fused" / "model.onnx"
+        fused_path.parent.mkdir(parents=True, exist_ok=True)
+        opt.save_model_to_file(str(fused_path), use_external_data_format=True)
+        after = op_histogram(onnx.load(str(fused_path), load_external_data=False))
+        ids = (np.arange(1, 17, dtype=np.int64) * 37 % cfg["vocab_size"])[None]
+        diff = float(np.abs(_logits(exported, cfg, ids) - _logits(fused_path, cfg, ids)).max())
+        print(f"Fusion: {sum(before.values())} -> {sum(after.values())} nodes, {fused_stats}, "
+              f"max |logits diff| {diff:.2e}", flush=True)
 
     model = ir.load(str(fused_path))
     notes = trim_rotary_caches(model, plan["context_length"])
     notes.extend(fold_constant_transposes(model))
-    if plan["precision"] == "int4":  # int4 and int8 recipes (the plan's matmul_bits says which)
+    exclude = set(plan["extra_options"].get("int4_nodes_to_exclude", []))
+    if plan["precision"] == "int4" and plan.get("weight_encoding") == "qdq":
+        from edgeqwen.export.qdq import qdq_weights_in_place
+
+        notes.extend(qdq_weights_in_place(model, exclude=exclude))
+    elif plan["precision"] == "int4":  # int4 and int8 recipes (the plan's matmul_bits says which)
         from edgeqwen.export.streaming_quant import quantize_embedding_table, quantize_in_place
 
         lm_head_bits = 8 if plan["extra_options"].get("int4_algo_config", "").endswith("_last") else None
         notes.extend(quantize_in_place(
             model, default_bits=plan["matmul_bits"], block=plan["block_size"], symmetric=plan["symmetric"],
             accuracy_level=plan["accuracy_level"], lm_head_bits=lm_head_bits,
-            exclude=set(plan["extra_options"].get("int4_nodes_to_exclude", [])), patterns=plan["node_overrides"],
+            exclude=exclude, patterns=plan["node_overrides"],
             shared_lm_head=False))
         if plan.get("quantize_gather"):
             notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
                                                   symmetric=plan["symmetric"]))
+    if plan.get("static_shapes"):
+        from edgeqwen.export.qdq import fix_static_shapes
+
+        notes.extend(fix_static_shapes(model, plan["context_length"]))
     out.mkdir(parents=True, exist_ok=True)
     print(f"Saving ONNX model in {out}", flush=True)
     ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
@@ -146,7 +159,8 @@ def main(argv: list[str]) -> int:
     report = {"exporter": "optimum-onnx + onnxruntime.transformers.optimizer (model_type gpt2, opt_level 0)",
               "ops_exported": before, "ops_fused": after, "ops_final": final, "fusions": fused_stats,
               "nodes": {"exported": sum(before.values()), "fused": sum(after.values()), "final": sum(final.values())},
-              "fused_vs_unfused_max_abs_logit_diff": diff}
+              "fused_vs_unfused_max_abs_logit_diff": diff, "fusion_skipped": bool(plan.get("static_shapes")),
+              "static_shapes": bool(plan.get("static_shapes")), "weight_encoding": plan.get("weight_encoding")}
     (Path(plan["cache_dir"]) / "portable_report.json").write_text(json.dumps(report, indent=2))
     with open(os.path.join(plan["cache_dir"], "worker_decisions.json"), "w") as f:
         json.dump(notes, f)

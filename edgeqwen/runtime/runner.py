@@ -159,6 +159,11 @@ class Runner:
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
         # genai_config's own switch: false for portable-exporter graphs, which concatenate past and new KV.
         self.growing_kv = not cfg["search"].get("past_present_share_buffer", True)
+        # NPU graphs have every dimension fixed: one token per step over a KV of (slots) masked positions.
+        past_len = self.input_names["past_key_values.0.key"].shape[2]
+        self.static_slots = past_len if isinstance(past_len, int) else None
+        if self.static_slots is not None:
+            self.context_length = min(self.context_length, self.static_slots + 1)
         self._kv = None
         self.pos = 0
         self.ids: list[int] = []
@@ -167,7 +172,10 @@ class Runner:
     def reset(self) -> None:
         self.pos = 0
         self.ids = []
-        if self.growing_kv:
+        if self.static_slots is not None:
+            shape = (1, self.kv_heads, self.static_slots, self.head_size)
+            self._kv = [(np.zeros(shape, self.kv_dtype), np.zeros(shape, self.kv_dtype)) for _ in range(self.num_layers)]
+        elif self.growing_kv:
             empty = np.zeros((1, self.kv_heads, 0, self.head_size), self.kv_dtype)
             self._kv = [(empty, empty) for _ in range(self.num_layers)]
         elif self._kv is None:
@@ -184,6 +192,9 @@ class Runner:
             raise RunnerError("step() needs at least one token")
         if self.pos + n > self.context_length:
             raise RunnerError(f"sequence of {self.pos + n} tokens exceeds the artifact's context of {self.context_length}")
+        if self.static_slots is not None:
+            rows = [self._static_step(int(t)) for t in token_ids]
+            return np.stack(rows) if all_logits else rows[-1]
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
         io.bind_cpu_input("attention_mask", np.ones((1, self.pos + n), dtype=np.int64))
@@ -209,6 +220,26 @@ class Runner:
         self.pos += n
         self.ids.extend(int(t) for t in token_ids)
         return logits if all_logits else logits[-1]
+
+    def _static_step(self, token: int) -> np.ndarray:
+        """One token through a fixed-shape graph: mask the unfilled KV slots, then store the new KV in slot pos."""
+        mask = np.zeros((1, self.static_slots + 1), dtype=np.int64)
+        mask[0, :self.pos] = 1
+        mask[0, -1] = 1
+        feed = {"input_ids": np.array([[token]], dtype=np.int64), "attention_mask": mask,
+                "position_ids": np.array([[self.pos]], dtype=np.int64)}
+        for i, (k, v) in enumerate(self._kv):
+            feed[f"past_key_values.{i}.key"] = k
+            feed[f"past_key_values.{i}.value"] = v
+        outs = self.session.run(None, feed)
+        names = [o.name for o in self.session.get_outputs()]
+        if self.pos < self.static_slots:  # the context's last token needs no slot: nothing comes after it
+            for i, (k, v) in enumerate(self._kv):
+                k[:, :, self.pos] = outs[names.index(f"present.{i}.key")][:, :, -1]
+                v[:, :, self.pos] = outs[names.index(f"present.{i}.value")][:, :, -1]
+        self.pos += 1
+        self.ids.append(token)
+        return outs[names.index("logits")][0, -1]
 
     def score(self, token_ids, chunk: int = 512) -> np.ndarray:
         """Logits [S, V] for a fresh sequence (fed in chunks): used by accuracy evaluation."""
