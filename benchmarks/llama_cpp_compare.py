@@ -69,6 +69,7 @@ def main() -> int:
     ap.add_argument("--llama-python", required=True)
     ap.add_argument("--llama-src", required=True, help="folder holding convert_hf_to_gguf.py and gguf-py")
     add_speed_args(ap)
+    ap.add_argument("--also", action="append", default=[], help="more edgeqwen recipes in the same run (repeatable)")
     args = ap.parse_args()
     ckpt, art = ensure_artifact(args.shape, args.recipe)
     gguf_dir = shape_dir(args.shape).with_name(f"{args.shape}-gguf")
@@ -84,10 +85,12 @@ def main() -> int:
         proc = subprocess.run([args.llama_python, "-c", LLAMA, "bench", str(q), str(args.prompt_len), str(args.gen_len),
                                str(args.threads)], capture_output=True, text=True, check=True)
         rows[f"llama.cpp {name}"] = {**json.loads(proc.stdout.split("RESULT ", 1)[1]), "size_mb": q.stat().st_size / 1e6}
-    rep = bench(art, args.prompt_len, args.gen_len, args.threads)
-    size = sum(p.stat().st_size for p in art.iterdir() if p.is_file()) / 1e6
-    for engine, r in rep["results"].items():
-        rows[f"{engine} ({args.recipe.split('/')[1]})"] = {**r, "size_mb": size}
+    for recipe in [args.recipe, *args.also]:
+        _, art = ensure_artifact(args.shape, recipe)
+        rep = bench(art, args.prompt_len, args.gen_len, args.threads)
+        size = sum(p.stat().st_size for p in art.iterdir() if p.is_file()) / 1e6
+        for engine, r in rep["results"].items():
+            rows[f"{engine} ({recipe.split('/')[1]})"] = {**r, "size_mb": size}
     q40, qkm = rows["llama.cpp Q4_0"], rows["llama.cpp Q4_K_M"]
     lines = [f"{args.shape} shape, random weights, prompt {args.prompt_len}, generate {args.gen_len}, {args.threads} threads",
              "| engine / artifact | size MB | prefill tok/s | decode tok/s | peak RSS MB | prefill vs Q4_K_M | decode vs Q4_0 |",
