@@ -10,6 +10,7 @@ Record per emitted piece: text, token ids, timings, finish_reason) → Runner.ge
 For builder artifacts the KV cache is preallocated once at the artifact's max length and bound as both
 past and present (GroupQueryAttention writes in place), so no token step copies the cache. Portable
 artifacts (standard ONNX attention) return a present cache one step longer, fed back as the next past.
+Static-shape NPU artifacts take one token per step over a fixed KV buffer whose unfilled slots are masked.
 """
 
 from __future__ import annotations
