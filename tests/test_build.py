@@ -129,10 +129,11 @@ def test_default_build_cli_verify_and_tamper(tmp_path):
     assert problems["extra"] == ["stray.txt"] and problems["missing"] == ["vocab.json"]
 
 
-def test_reproducible_build(random_qwen3, tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGEQWEN_GPTQ_CACHE", "off")  # GPTQ itself must be reproducible, not just cached
-    a = build(BuildOptions("tiny-qwen3/cpu-x86_64-int4", tmp_path / "a", model=str(random_qwen3), evaluate=False))
-    b = build(BuildOptions("tiny-qwen3/cpu-x86_64-int4", tmp_path / "b", model=str(random_qwen3), evaluate=False))
+@pytest.mark.parametrize("recipe", ["tiny-qwen3/cpu-x86_64-int8", "tiny-qwen3/cpu-x86_64-portable-int4"])
+def test_reproducible_build(recipe, random_qwen3, tmp_path):
+    """Both exporters; GPTQ's reproducibility (cache off, two executors) is checked in test_matrix."""
+    a = build(BuildOptions(recipe, tmp_path / "a", model=str(random_qwen3), evaluate=False))
+    b = build(BuildOptions(recipe, tmp_path / "b", model=str(random_qwen3), evaluate=False))
     ma = json.loads((a / "manifest.json").read_text())["files"]
     mb = json.loads((b / "manifest.json").read_text())["files"]
     assert ma == mb  # every file byte-identical (sha256), model.onnx.data included

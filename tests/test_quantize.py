@@ -62,8 +62,17 @@ def test_gptq_result_is_cached_per_weights_calibration_and_settings(random_qwen2
     ga, gb = (json.loads((p / "manifest.json").read_text())["gptq"] for p in (a, b))
     assert ga["cache_key"] == gb["cache_key"] and ga["wall_s"] > 0 and gb["wall_s"] == 0.0
     assert (a / "model.onnx.data").read_bytes() == (b / "model.onnx.data").read_bytes()
-    c = build(BuildOptions(recipe(tmp_path, "other-block"), tmp_path / "c", **opts))  # different settings: a new run
-    assert json.loads((c / "manifest.json").read_text())["gptq"]["cache_key"] != ga["cache_key"]
+    from edgeqwen.quantize.olive_gptq import _cache_key, workflow_config
+
+    calib = tmp_path / "c.jsonl"
+    calib.write_text('{"text": "x"}\n')
+    def key(**kw):
+        args = dict(bits=4, group_size=32, symmetric=False, samples=128, seq_len=256, damp_percent=0.01, overrides={},
+                    output_dir="o", cache_dir="c")
+        return _cache_key(random_qwen2, calib, workflow_config(str(random_qwen2), str(calib), **{**args, **kw}))
+    assert len({key(), key(group_size=64), key(damp_percent=0.1), key(samples=64),
+                key(overrides={"model.layers.0.mlp.up_proj": {"bits": 8}})}) == 5
+    assert key() == key(output_dir="elsewhere")  # paths do not matter, content does
 
 
 def test_custom_calibration_file_is_used(random_qwen2, tmp_path):

@@ -70,7 +70,7 @@ def test_ort_format_target_must_use_cpu_provider(tmp_path, monkeypatch):
 @pytest.mark.parametrize("recipe", ["tiny-qwen2/cpu-arm64-int4", "tiny-qwen2/ort-mobile-int4", "tiny-qwen2/cuda-int4",
                                     "tiny-qwen2/cuda-fp16", "tiny-qwen2/webgpu-int4", "tiny-qwen3/ort-mobile-int4",
                                     "tiny-qwen2/qnn-npu-int8", "tiny-qwen3/qnn-npu-int8",
-                                    "tiny-qwen2/cpu-x86_64-portable-int4", "tiny-qwen3/cpu-x86_64-portable-int4"])
+                                    "tiny-qwen3/cpu-x86_64-portable-int4"])
 def test_every_target_default_recipe_passes_its_accuracy_gate(recipe, request, artifacts):
     family = "qwen3" if "qwen3" in recipe else "qwen2"
     path = artifacts.get(recipe, request.getfixturevalue(f"trained_{family}"), evaluate=True)
