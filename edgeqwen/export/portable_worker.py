@@ -45,6 +45,8 @@ def fold_constant_transposes(model) -> list[str]:
     quantizer sees lm_head as an ordinary MatMul (the float table is dropped once both are quantized)."""
     import onnx_ir as ir
 
+    from edgeqwen.export.ir_edit import const, drop_if_unused
+
     notes = []
     for node in list(model.graph):
         if node.op_type != "Transpose" or node.inputs[0] is None or node.inputs[0].const_value is None:
@@ -53,14 +55,12 @@ def fold_constant_transposes(model) -> list[str]:
         arr = node.inputs[0].const_value.numpy()
         arr = np.ascontiguousarray(np.transpose(arr, perm.as_ints() if perm is not None else None))
         name = node.outputs[0].name
-        value = ir.Value(name=name + "_folded", shape=ir.Shape(arr.shape),
-                         type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)), const_value=ir.Tensor(arr, name=name))
+        value = const(name + "_folded", arr)
         model.graph.register_initializer(value)
         ir.convenience.replace_all_uses_with(node.outputs[0], value)
         source = node.inputs[0]
         model.graph.remove(node, safe=True)
-        if not source.uses():
-            model.graph.initializers.pop(source.name, None)
+        drop_if_unused(model.graph, source)
         notes.append(f"folded Transpose({source.name}) into a constant ({name}) so it can be quantized")
     return notes
 

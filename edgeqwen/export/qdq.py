@@ -3,16 +3,19 @@
 Each constant MatMul weight becomes int8 with one symmetric scale per output column, dequantized by a
 standard DequantizeLinear(axis=1) in front of the MatMul; the embedding table gets one scale per row
 (axis=0) in front of its Gather. NPU compilers (QNN HTP) fold these pairs into int8 kernels; onnxruntime's
-CPU provider runs them as written. Runs inside the portable worker process (no edgeqwen imports).
+CPU provider runs them as written. Runs inside the portable worker process.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .ir_edit import const, drop_if_unused
+
 
 def _int8_per_channel(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    amax = np.abs(w).max(axis=1 - axis if w.ndim == 2 else None)
+    """Symmetric int8 with one scale per index along `axis` of a 2-D weight."""
+    amax = np.abs(w).max(axis=1 - axis)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
     shaped = scale[None, :] if axis == 1 else scale[:, None]
     q = np.clip(np.rint(w / shaped), -127, 127).astype(np.int8)
@@ -37,10 +40,7 @@ def qdq_weights_in_place(model, *, exclude: set[str]) -> list[str]:
             continue
         axis = 1 if node.op_type == "MatMul" else 0
         q, scale = _int8_per_channel(w, axis)
-        qv = ir.Value(name=f"{weight.name}_qdq_int8", shape=ir.Shape(q.shape), type=ir.TensorType(ir.DataType.INT8),
-                      const_value=ir.Tensor(q, name=f"{weight.name}_qdq_int8"))
-        sv = ir.Value(name=f"{weight.name}_qdq_scale", shape=ir.Shape(scale.shape), type=ir.TensorType(ir.DataType.FLOAT),
-                      const_value=ir.Tensor(scale, name=f"{weight.name}_qdq_scale"))
+        qv, sv = const(f"{weight.name}_qdq_int8", q), const(f"{weight.name}_qdq_scale", scale)
         graph.register_initializer(qv)
         graph.register_initializer(sv)
         dq = ir.Node("", "DequantizeLinear", [qv, sv], attributes=[ir.AttrInt64("axis", axis)],
@@ -49,9 +49,7 @@ def qdq_weights_in_place(model, *, exclude: set[str]) -> list[str]:
         dq.outputs[0].shape, dq.outputs[0].type = ir.Shape(w.shape), ir.TensorType(ir.DataType.FLOAT)
         graph.insert_before(node, dq)
         node.replace_input_with(idx, dq.outputs[0])
-        if not weight.uses():
-            graph.initializers.pop(weight.name, None)
-            weight.const_value = None
+        drop_if_unused(graph, weight)
         count[node.op_type] += 1
     return [f"QDQ int8 weights: {count['MatMul']} MatMul (per output column) and {count['Gather']} Gather "
             "(per row) through standard DequantizeLinear"]

@@ -16,6 +16,8 @@ import fnmatch
 
 import numpy as np
 
+from .ir_edit import const, drop_if_unused, replace_node
+
 
 def apply_overrides(name: str, entry: dict, patterns: dict[str, dict], notes: list[str]) -> dict:
     """Recipe `quantization.overrides` (node-name glob → {bits, group_size, scheme}) onto one node's settings.
@@ -79,27 +81,16 @@ def quantize_in_place(model, *, default_bits: int, block: int, symmetric: bool, 
             names = (f"{base}_Q{bits}G{bsize}", f"{base}_scale", f"{base}_zp")
         else:
             names = (f"{weight.name}_Q{bits}", f"{weight.name}_scales", f"{weight.name}_zero_points")
-        values = []
-        for name, array in zip(names, (packed, scales, zero_points)):
-            v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                         const_value=ir.Tensor(array, name=name))
+        values = [const(name, array) for name, array in zip(names, (packed, scales, zero_points))]
+        for v in values:
             graph.register_initializer(v)
-            values.append(v)
         inputs = [node.inputs[0], values[0], values[1]] + ([] if sym else [values[2]])
         attrs = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", bits), ir.AttrInt64("block_size", bsize)]
         if accuracy_level:
             attrs.append(ir.AttrInt64("accuracy_level", accuracy_level))
         new = ir.Node("com.microsoft", "MatMulNBits", inputs, attributes=attrs, name=f"{node.name}_Q{bits}", num_outputs=1)
-        old_out, new_out = node.outputs[0], new.outputs[0]
-        new_out.shape, new_out.type = old_out.shape, old_out.type
-        graph.insert_before(node, new)
-        ir.convenience.replace_all_uses_with(old_out, new_out, replace_graph_outputs=True)
-        name, old_out.name = old_out.name, None
-        new_out.name = name
-        graph.remove(node, safe=True)
-        if not weight.uses():
-            graph.initializers.pop(weight.name, None)
-            weight.const_value = None  # drop the float tensor (and, with it, the PyTorch parameter reference)
+        replace_node(graph, node, new)
+        drop_if_unused(graph, weight)  # frees the float tensor (and, with it, the PyTorch parameter reference)
         if sym and (node.name != "/lm_head/MatMul" or not shared_lm_head):
             graph.initializers.pop(values[2].name, None)
     model.opset_imports.setdefault("com.microsoft", 1)
@@ -131,28 +122,15 @@ def quantize_embedding_table(model, *, bits: int, block: int, symmetric: bool) -
     if bits == 4:
         zero_points = zero_points.reshape(vocab, -1)
     names = ("model.embed_tokens.weight_Q", "model.embed_tokens.weight_scales", "model.embed_tokens.weight_zp")
-    values = []
-    for name, array in zip(names, (data, scales, zero_points)):
-        v = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.Tensor(array, name=name))
-        values.append(v)
+    values = [const(name, array) for name, array in zip(names, (data, scales, zero_points))]
+    for v in values[:2] + ([] if symmetric else values[2:]):
+        graph.register_initializer(v)
     inputs = [values[0], node.inputs[1], values[1]] + ([] if symmetric else [values[2]])
-    for v in inputs:
-        if v is not node.inputs[1]:
-            graph.register_initializer(v)
     new = ir.Node("com.microsoft", "GatherBlockQuantized", inputs, name="/model/embed_tokens/GatherBlockQuantized",
                   attributes=[ir.AttrInt64("bits", bits), ir.AttrInt64("block_size", block),
                               ir.AttrInt64("gather_axis", 0), ir.AttrInt64("quantize_axis", 1)], num_outputs=1)
-    old_out, new_out = node.outputs[0], new.outputs[0]
-    new_out.shape, new_out.type = old_out.shape, old_out.type
-    graph.insert_before(node, new)
-    ir.convenience.replace_all_uses_with(old_out, new_out, replace_graph_outputs=True)
-    name, old_out.name = old_out.name, None
-    new_out.name = name
-    graph.remove(node, safe=True)
-    if not table.uses():
-        graph.initializers.pop(table.name, None)
-        table.const_value = None
+    replace_node(graph, node, new)
+    drop_if_unused(graph, table)
     model.opset_imports.setdefault("com.microsoft", 1)
     return [f"embeddings quantized separately to int{bits} (GatherBlockQuantized, block {block}, "
             f"{'sym' if symmetric else 'asym'}): {vocab}x{hidden}"]

@@ -47,16 +47,28 @@ def module_overrides(num_layers: int, patterns: dict[str, dict], default_bits: i
                 olive["symmetric"] = entry["scheme"] == "sym"
             if olive:
                 out[f"model.layers.{i}.{module}"] = olive
-    for name, o in out.items():
-        if name.endswith(("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj")):
-            notes.append(f"gptq {name}: override {o}")
+    notes.extend(f"gptq {name}: override {o}" for name, o in out.items())
     return out
+
+
+def workflow(model_path: str, passes: dict, data_configs: list, output_dir: str, cache_dir: str,
+             device: str = "cpu", execution_provider: str = "CPUExecutionProvider") -> dict:
+    """An Olive workflow on a local HF model, run on this machine."""
+    return {
+        "input_model": {"type": "HfModel", "model_path": model_path},
+        "systems": {"local_system": {"type": "LocalSystem",
+                                     "accelerators": [{"device": device, "execution_providers": [execution_provider]}]}},
+        "data_configs": data_configs,
+        "passes": passes,
+        "host": "local_system", "target": "local_system",
+        "cache_dir": cache_dir, "output_dir": output_dir, "log_severity_level": 1,
+    }
 
 
 def workflow_config(model_path: str, calib_jsonl: str, *, bits: int, group_size: int, symmetric: bool,
                     samples: int, seq_len: int, damp_percent: float, overrides: dict, output_dir: str,
-                    cache_dir: str, extra_passes: dict | None = None) -> dict:
-    """The Olive workflow: local HF model → Gptq (local JSON-lines calibration) [→ extra passes]."""
+                    cache_dir: str, extra_passes: dict | None = None, **system) -> dict:
+    """Local HF model → Gptq (local JSON-lines calibration) [→ extra passes]."""
     passes = {
         "gptq": {
             "type": "Gptq", "bits": bits, "group_size": group_size, "sym": symmetric, "lm_head": False,
@@ -64,20 +76,13 @@ def workflow_config(model_path: str, calib_jsonl: str, *, bits: int, group_size:
         },
         **(extra_passes or {}),
     }
-    return {
-        "input_model": {"type": "HfModel", "model_path": model_path},
-        "systems": {"local_system": {"type": "LocalSystem",
-                                     "accelerators": [{"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
-        "data_configs": [{
-            "name": "calibration", "type": "HuggingfaceContainer",
-            "load_dataset_config": {"data_name": "json", "data_files": calib_jsonl, "split": "train"},
-            "pre_process_data_config": {"strategy": "join", "max_seq_len": seq_len, "max_samples": samples,
-                                        "add_special_tokens": False},
-        }],
-        "passes": passes,
-        "host": "local_system", "target": "local_system",
-        "cache_dir": cache_dir, "output_dir": output_dir, "log_severity_level": 1,
+    calibration = {
+        "name": "calibration", "type": "HuggingfaceContainer",
+        "load_dataset_config": {"data_name": "json", "data_files": calib_jsonl, "split": "train"},
+        "pre_process_data_config": {"strategy": "join", "max_seq_len": seq_len, "max_samples": samples,
+                                    "add_special_tokens": False},
     }
+    return workflow(model_path, passes, [calibration], output_dir, cache_dir, **system)
 
 
 def run_gptq(config: dict, work: Path, log_path: Path) -> tuple[Path, float]:

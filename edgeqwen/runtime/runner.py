@@ -165,6 +165,7 @@ class Runner:
         self.static_slots = past_len if isinstance(past_len, int) else None
         if self.static_slots is not None:
             self.context_length = min(self.context_length, self.static_slots + 1)
+        self._out_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
         self._kv = None
         self.pos = 0
         self.ids: list[int] = []
@@ -233,14 +234,14 @@ class Runner:
             feed[f"past_key_values.{i}.key"] = k
             feed[f"past_key_values.{i}.value"] = v
         outs = self.session.run(None, feed)
-        names = [o.name for o in self.session.get_outputs()]
+        at = self._out_index
         if self.pos < self.static_slots:  # the context's last token needs no slot: nothing comes after it
             for i, (k, v) in enumerate(self._kv):
-                k[:, :, self.pos] = outs[names.index(f"present.{i}.key")][:, :, -1]
-                v[:, :, self.pos] = outs[names.index(f"present.{i}.value")][:, :, -1]
+                k[:, :, self.pos] = outs[at[f"present.{i}.key"]][:, :, -1]
+                v[:, :, self.pos] = outs[at[f"present.{i}.value"]][:, :, -1]
         self.pos += 1
         self.ids.append(token)
-        return outs[names.index("logits")][0, -1]
+        return outs[at["logits"]][0, -1]
 
     def score(self, token_ids, chunk: int = 512) -> np.ndarray:
         """Logits [S, V] for a fresh sequence (fed in chunks): used by accuracy evaluation."""
