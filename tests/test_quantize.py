@@ -151,3 +151,30 @@ def test_int8_embedding_table_for_untied_embeddings(trained_qwen3, tmp_path):
     vocab, hidden = 1024, 128
     assert size["int8"] - size["quantized"] == pytest.approx(vocab * hidden // 2 + vocab * hidden // 32 // 2, rel=0.01)
     assert kld["int8"] < 0.9 * kld["quantized"], kld
+
+
+@pytest.mark.parametrize("low_memory", [False, True], ids=["builder", "low-memory"])
+def test_lm_head_block_override_keeps_shared_table(tmp_path, low_memory):
+    """An int8 lm_head with its own block size (fewer scale bytes per decoded token): the shared embedding
+    lookup must read those blocks, not the names/block size the builder wired for the global block."""
+    kld, size, blocks = {}, {}, {}
+    for head_block in (32, 128):
+        p = tmp_path / f"h{head_block}.yaml"
+        text = GPTQ_RECIPE.format(model="tiny-qwen2", precision="int4", algo="rtn")
+        if head_block != 32:
+            text += f"  overrides:\n    '/lm_head/MatMul': {{block_size: {head_block}}}\n"
+        p.write_text(text)
+        out = build(BuildOptions(str(p), tmp_path / f"h{head_block}", low_memory=low_memory))
+        model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+        attr = {n.name: {a.name: a.i for a in n.attribute} for n in model.graph.node
+                if n.op_type in ("MatMulNBits", "GatherBlockQuantized")}
+        gather = attr["/model/embed_tokens/GatherBlockQuantized"]
+        head = next(v for k, v in attr.items() if k.startswith("/lm_head/MatMul"))
+        assert gather["bits"] == head["bits"] == 8 and gather["block_size"] == head["block_size"] == head_block
+        blocks[head_block] = head["block_size"]
+        kld[head_block] = json.loads((out / "accuracy.json").read_text())["kld_mean"]
+        size[head_block] = model_bytes(out)
+    vocab, hidden = 1024, 128
+    # one fp32 scale + one uint8 zero point per block: 4 blocks per row -> 1
+    assert size[32] - size[128] == pytest.approx(vocab * (hidden // 32 - hidden // 128) * 5, rel=0.05)
+    assert abs(kld[128] - kld[32]) < 0.1 * kld[32], kld  # int8 is near-lossless at either block size

@@ -12,8 +12,19 @@ def cmd_eval(args) -> int:
     from .stage import check_gate
     from ..recipe import Accuracy
 
+    from ..errors import EdgeQwenError
+
     artifact = Path(args.artifact)
-    manifest = read_manifest(artifact)
+    if (artifact / "manifest.json").exists():
+        manifest = read_manifest(artifact)
+    elif (artifact / "genai_config.json").exists():
+        # any onnxruntime-genai folder (e.g. the model builder's own output): no recipe, so no gate
+        if not args.reference:
+            raise EdgeQwenError(f"{artifact} has no manifest.json naming its source model",
+                                where=str(artifact), hint="pass --reference CHECKPOINT_FOLDER")
+        manifest = {"recipe": {}, "name": artifact.name}
+    else:
+        manifest = read_manifest(artifact)  # the usual "not an artifact" error
     ref = resolve_checkpoint(args.reference or manifest["source"]["model"])
     summary = evaluate(artifact, ref.path, EvalConfig(window=args.window, max_windows=args.max_windows,
                                                       eval_text=Path(args.eval_text) if args.eval_text else None))
@@ -24,13 +35,15 @@ def cmd_eval(args) -> int:
     jpath, ppath = write_report(summary, out, manifest.get("name", artifact.name))
     print(f"accuracy of {artifact} vs {ref.source}:")
     print(format_table(summary))
+    if not gate:
+        summary["status"] = "no gate"
     print(f"gate: {summary['status']}" + ("".join(f"\n  missed {m}" for m in missed)))
     print(f"wrote {jpath} and {ppath}")
     return 0 if not missed else 1
 
 
 def add_eval_parser(sub) -> None:
-    p = sub.add_parser("eval", help="accuracy of an artifact vs the PyTorch fp32 reference")
+    p = sub.add_parser("eval", help="accuracy of an artifact (or any onnxruntime-genai folder) vs the PyTorch fp32 reference")
     p.add_argument("artifact")
     p.add_argument("--reference", help="reference checkpoint (default: the artifact's source model)")
     p.add_argument("--eval-text", help="UTF-8 text file (default: the packaged eval text)")

@@ -22,7 +22,8 @@ def _install_quant_hook(plan: dict) -> list[str]:
     # onnxruntime_genai.models.builders.base: patch that one.
     import onnxruntime_genai.models.builder  # noqa: F401
 
-    from edgeqwen.export.streaming_quant import apply_overrides, quantize_embedding_table, quantize_in_place
+    from edgeqwen.export.streaming_quant import (apply_overrides, quantize_embedding_table, quantize_in_place,
+                                                 sync_shared_table)
 
     base = sys.modules["builders.base"]
     original = base.Model.to_int4
@@ -39,6 +40,7 @@ def _install_quant_hook(plan: dict) -> list[str]:
             exclude=set(attrs["nodes_to_exclude"]), patterns=patterns,
             shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
         ))
+        notes.extend(sync_shared_table(self.model))
         if plan.get("quantize_gather"):
             notes.extend(quantize_embedding_table(self.model, bits=plan["gather_bits"], block=plan["block_size"],
                                                   symmetric=plan["symmetric"]))
@@ -66,6 +68,7 @@ def _install_quant_hook(plan: dict) -> list[str]:
                 custom[node.name] = entry
             cfg.customized_weight_config = custom
         model = original(self)
+        notes.extend(sync_shared_table(model))
         if plan.get("quantize_gather"):
             notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
                                                   symmetric=plan["symmetric"]))

@@ -134,3 +134,24 @@ def quantize_embedding_table(model, *, bits: int, block: int, symmetric: bool) -
     model.opset_imports.setdefault("com.microsoft", 1)
     return [f"embeddings quantized separately to int{bits} (GatherBlockQuantized, block {block}, "
             f"{'sym' if symmetric else 'asym'}): {vocab}x{hidden}"]
+
+
+def sync_shared_table(model) -> list[str]:
+    """Point the builder's shared embedding lookup (Reshape → GatherBlockQuantized) at the lm_head's quantized
+    weights as they were really written. The builder wires the lookup by name and with its global block size
+    (`lm_head.MatMul.weight_Q{bits}G{int4_block_size}`); an lm_head quantized with its own block size (a recipe
+    override) is stored under another name, which would leave the lookup dangling or reading wrong blocks."""
+    import onnx_ir as ir
+
+    graph = model.graph
+    gather = next((n for n in graph if n.op_type == "GatherBlockQuantized" and n.name.startswith("/model/embed_tokens")), None)
+    head = next((n for n in graph if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/MatMul")), None)
+    if gather is None or head is None or gather.inputs[0] is None or gather.inputs[0].producer() is None:
+        return []
+    reshape = gather.inputs[0].producer()
+    packed, head_block = head.inputs[1], head.attributes["block_size"].as_int()
+    if reshape.op_type != "Reshape" or reshape.inputs[0] is packed and gather.attributes["block_size"].as_int() == head_block:
+        return []
+    reshape.replace_input_with(0, packed)
+    gather.attributes["block_size"] = ir.AttrInt64("block_size", head_block)
+    return [f"shared embedding table: lookup reads the lm_head's own blocks ({packed.name}, block {head_block})"]
