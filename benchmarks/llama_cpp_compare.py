@@ -90,7 +90,7 @@ def main() -> int:
         rep = bench(art, args.prompt_len, args.gen_len, args.threads)
         size = sum(p.stat().st_size for p in art.iterdir() if p.is_file()) / 1e6
         for engine, r in rep["results"].items():
-            rows[f"{engine} ({recipe.split('/')[1]})"] = {**r, "size_mb": size}
+            rows[f"{engine} ({Path(recipe).stem if recipe.endswith('.yaml') else recipe.split('/')[-1]})"] = {**r, "size_mb": size}
     q40, qkm = rows["llama.cpp Q4_0"], rows["llama.cpp Q4_K_M"]
     lines = [f"{args.shape} shape, random weights, prompt {args.prompt_len}, generate {args.gen_len}, {args.threads} threads",
              "| engine / artifact | size MB | prefill tok/s | decode tok/s | peak RSS MB | prefill vs Q4_K_M | decode vs Q4_0 |",

@@ -59,8 +59,13 @@ def add_speed_args(ap: argparse.ArgumentParser) -> None:
 
 def ensure_artifact(shape: str, recipe: str) -> tuple[Path, Path]:
     """(checkpoint, artifact) for a shape built with a recipe, both cached next to each other."""
+    import hashlib
+
+    from edgeqwen.recipe import recipe_path
+
     ckpt = ensure_shape(shape)
-    art = shape_dir(shape).with_name(f"{shape}-{recipe.replace('/', '-')}")
+    digest = hashlib.sha256(recipe_path(recipe).read_bytes()).hexdigest()[:8]  # a changed recipe is rebuilt
+    art = shape_dir(shape).with_name(f"{shape}-{Path(recipe).stem if recipe.endswith('.yaml') else recipe.replace('/', '-')}-{digest}")
     if not (art / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", recipe, "--model", str(ckpt), "-o", str(art),
                         "--no-eval", "--force"], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))

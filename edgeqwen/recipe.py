@@ -23,6 +23,7 @@ class Algorithm(str, enum.Enum):
     RTN = "rtn"  # round-to-nearest, min/max per block (onnxruntime, inside the builder)
     K_QUANT = "k_quant"  # llama.cpp-style k-quant search (onnxruntime, inside the builder)
     GPTQ = "gptq"  # calibrated, on the PyTorch model through Olive's Gptq pass, then the builder
+    HQQ = "hqq"  # half-quadratic quantization, calibration-free (onnxruntime's HQQ quantizer, inside the builder)
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,9 @@ class Recipe:
             raise ValueError(f"recipe schema version {self.version} is not supported (this edgeqwen reads {SCHEMA_VERSION})")
         if self.context_length < 16:
             raise ValueError(f"context_length {self.context_length} is too small")
-        if self.quantization.algorithm == Algorithm.GPTQ and self.precision != Precision.INT4:
-            raise ValueError(f"quantization.algorithm gptq is for int4 recipes (this one is {self.precision.value}); "
-                             "use rtn for int8 (its error is already ~20x smaller)")
+        if self.quantization.algorithm in (Algorithm.GPTQ, Algorithm.HQQ) and self.precision != Precision.INT4:
+            raise ValueError(f"quantization.algorithm {self.quantization.algorithm.value} is for int4 recipes (this one "
+                             f"is {self.precision.value}); use rtn for int8 (its error is already ~20x smaller)")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ DEFAULT_GRID = [
     ("kquant-b32", {"algorithm": "k_quant", "block_size": 32, "lm_head": "int8"}, None),
     ("gptq-asym-b32-int8head", {"algorithm": "gptq", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
     ("gptq-asym-b64-int8head", {"algorithm": "gptq", "symmetric": False, "block_size": 64, "lm_head": "int8"}, None),
+    ("hqq-b32-int8head", {"algorithm": "hqq", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
     ("int8", {"algorithm": "rtn", "symmetric": True, "block_size": 32, "lm_head": "same"}, "int8"),
 ]
 BUDGET_KEYS = {"kld": "max_kld", "ppl_ratio": "max_ppl_ratio", "top1": "min_top1", "kld_p99": "max_kld_p99"}

@@ -40,13 +40,23 @@ def model_bytes(path):
     return sum((path / f).stat().st_size for f in ("model.onnx", "model.onnx.data"))
 
 
-def test_gptq_beats_rtn_at_equal_size(tmp_path):
-    """Olive's GPTQ on the trained tiny Qwen2 vs round-to-nearest with the same layout (asym, b32, int8 head)."""
+def test_gptq_and_hqq_beat_rtn(tmp_path):
+    """Olive's GPTQ and onnxruntime's HQQ on the trained tiny Qwen2 vs round-to-nearest with the same layout
+    (asym, b32, int8 head). GPTQ at equal size; HQQ stores float zero points, so it is larger."""
     rtn = build(BuildOptions(recipe(tmp_path, "rtn", algo="rtn"), tmp_path / "rtn"))
     gptq = build(BuildOptions(recipe(tmp_path, "gptq"), tmp_path / "gptq"))
+    hqq = build(BuildOptions(recipe(tmp_path, "hqq", algo="hqq"), tmp_path / "hqq"))
     assert abs(model_bytes(gptq) / model_bytes(rtn) - 1) < 0.01
-    kld = {p.name: json.loads((p / "accuracy.json").read_text())["kld_mean"] for p in (rtn, gptq)}
+    kld = {p.name: json.loads((p / "accuracy.json").read_text())["kld_mean"] for p in (rtn, gptq, hqq)}
     assert kld["gptq"] < 0.8 * kld["rtn"], kld  # measured: 0.042 vs 0.061
+    assert kld["hqq"] < 0.95 * kld["rtn"], kld  # measured: 0.054
+    model = onnx.load(str(hqq / "model.onnx"), load_external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    layer = [n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/model/layers.")]
+    assert len(layer) == 4 * 5 and all({a.name: a.i for a in n.attribute}["accuracy_level"] == 4 for n in layer)
+    assert all(inits[n.input[3]].data_type == onnx.TensorProto.FLOAT for n in layer)  # HQQ's float zero points
+    head = next(n for n in model.graph.node if n.name.startswith("/lm_head/MatMul"))
+    assert {a.name: a.i for a in head.attribute}["bits"] == 8  # the shared int8 table, written by the RTN path
     manifest = json.loads((gptq / "manifest.json").read_text())
     assert manifest["gptq"]["source"].endswith("calib.txt") and manifest["gptq"]["samples"] == 128
     assert any(d.startswith("gptq (Olive Gptq pass") for d in manifest["export"]["decisions"])
@@ -108,11 +118,18 @@ def test_calib_with_a_recipe_that_takes_none_is_refused(random_qwen2, tmp_path):
         build(BuildOptions(recipe(tmp_path, "r", algo="rtn"), tmp_path / "out", model=str(random_qwen2), calib=calib))
 
 
-def test_gptq_is_refused_for_int8_and_unknown_algorithms_list_known(tmp_path):
+def test_gptq_hqq_are_refused_for_int8_and_unknown_algorithms_list_known(tmp_path):
     with pytest.raises(EdgeQwenError, match="gptq is for int4 recipes"):
         load_recipe(recipe(tmp_path, "i8", precision="int8"))
-    with pytest.raises(EdgeQwenError, match="known: rtn, k_quant, gptq"):
+    with pytest.raises(EdgeQwenError, match="hqq is for int4 recipes"):
+        load_recipe(recipe(tmp_path, "h8", precision="int8", algo="hqq"))
+    with pytest.raises(EdgeQwenError, match="known: rtn, k_quant, gptq, hqq"):
         load_recipe(recipe(tmp_path, "awq", algo="awq"))
+    from edgeqwen.interop.olive_config import olive_workflow
+
+    with pytest.raises(EdgeQwenError, match="does not write HQQ workflows") as info:
+        olive_workflow(recipe(tmp_path, "hq", algo="hqq"), None, str(tmp_path / "o"))
+    assert "OnnxHqqQuantization" in info.value.hint
 
 
 def test_olive_config_reproduces_the_build_in_olive(trained_qwen2, tmp_path):
@@ -155,13 +172,13 @@ def test_int8_embedding_table_for_untied_embeddings(trained_qwen3, tmp_path):
 
 @pytest.mark.parametrize("low_memory", [False, True], ids=["builder", "low-memory"])
 def test_lm_head_block_override_keeps_shared_table(tmp_path, low_memory):
-    """An int8 lm_head with its own block size (fewer scale bytes per decoded token): the shared embedding
-    lookup must read those blocks, not the names/block size the builder wired for the global block."""
+    """An int8 lm_head with its own block size (fewer scale bytes per decoded token; 128 by default): the shared
+    embedding lookup must read those blocks, not the names/block size the builder wired for the global block."""
     kld, size, blocks = {}, {}, {}
     for head_block in (32, 128):
         p = tmp_path / f"h{head_block}.yaml"
         text = GPTQ_RECIPE.format(model="tiny-qwen2", precision="int4", algo="rtn")
-        if head_block != 32:
+        if head_block != 128:  # 128 is what an int8 head gets by default
             text += f"  overrides:\n    '/lm_head/MatMul': {{block_size: {head_block}}}\n"
         p.write_text(text)
         out = build(BuildOptions(str(p), tmp_path / f"h{head_block}", low_memory=low_memory))

@@ -46,6 +46,39 @@ def _install_quant_hook(plan: dict) -> list[str]:
                                                   symmetric=plan["symmetric"]))
         return self.model
 
+    def to_int4_hqq(self):
+        """onnxruntime's HQQ quantizer on every int4 MatMul of the default layout; what it cannot write goes
+        through the shared RTN path: lm_head (the shared embedding table needs integer zero points) and nodes
+        a recipe override gives other bits, block or symmetry."""
+        import onnx_ir as ir
+        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+        attrs = self.quant_attrs["int4"]
+        exclude = set(attrs["nodes_to_exclude"])
+        default = {"bits": 4, "group_size": plan["block_size"], "scheme": "asym"}
+        rtn_nodes = {n.name for n in self.model.graph if n.op_type == "MatMul" and (
+            n.name == "/lm_head/MatMul" or apply_overrides(n.name, dict(default), patterns, []) != default)}
+        quant = MatMulNBitsQuantizer(ir.to_proto(self.model), nodes_to_exclude=sorted(exclude | rtn_nodes),
+                                     algo_config=HQQWeightOnlyQuantConfig(block_size=plan["block_size"], bits=4))
+        quant.process()
+        model = ir.from_proto(quant.model.model)
+        hqq = [n for n in model.graph if n.op_type == "MatMulNBits"]
+        for n in hqq:  # the HQQ quantizer writes no accuracy level; the target's applies as for RTN
+            n.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", plan["accuracy_level"])
+        notes.append(f"hqq (onnxruntime HQQ, block {plan['block_size']}, float zero points) on {len(hqq)} MatMuls; "
+                     f"rtn on {len(rtn_nodes)} ({', '.join(sorted(rtn_nodes))})")
+        notes.extend(quantize_in_place(
+            model, default_bits=default_bits, block=plan["block_size"], symmetric=False,
+            accuracy_level=plan["accuracy_level"], lm_head_bits=8 if self.int8_lm_head else None,
+            exclude=exclude, patterns=patterns,
+            shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
+        ))
+        notes.extend(sync_shared_table(model))
+        if plan.get("quantize_gather"):
+            notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
+                                                  symmetric=plan["symmetric"]))
+        return model
+
     def to_int4(self):
         cfg = self.quant_attrs["int4"]["algo_config"]
         if cfg is not None:
@@ -74,7 +107,8 @@ def _install_quant_hook(plan: dict) -> list[str]:
                                                   symmetric=plan["symmetric"]))
         return model
 
-    base.Model.to_int4 = to_int4_streaming if plan.get("low_memory") else to_int4
+    base.Model.to_int4 = (to_int4_streaming if plan.get("low_memory") else
+                          to_int4_hqq if plan["algorithm"] == "hqq" else to_int4)
     return notes
 
 
