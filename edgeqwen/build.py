@@ -23,7 +23,7 @@ from .package import (
     write_manifest,
 )
 from .targets import ArtifactFormat
-from .recipe import Algorithm, load_recipe
+from .recipe import CALIBRATED, Algorithm, load_recipe
 
 STAGES = 5
 
@@ -83,10 +83,10 @@ def build(opts: BuildOptions) -> Path:
     stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
     resolved = load_recipe(opts.recipe)
     _check_output(output, opts.force)
-    if opts.calib is not None and resolved.recipe.quantization.algorithm != Algorithm.GPTQ:
+    if opts.calib is not None and resolved.recipe.quantization.algorithm not in CALIBRATED:
         raise EdgeQwenError(f"--calib was given but recipe {resolved.recipe.name} uses quantization.algorithm "
                             f"{resolved.recipe.quantization.algorithm.value}, which takes no calibration data",
-                            where="--calib", hint="use a recipe with algorithm: gptq, or drop --calib")
+                            where="--calib", hint="use a recipe with algorithm: gptq or autoround, or drop --calib")
     ckpt = resolve_checkpoint(opts.model or resolved.recipe.model)
     stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
               f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
@@ -101,13 +101,16 @@ def build(opts: BuildOptions) -> Path:
         for decision in plan.decisions:
             stage_log(f"        plan: {decision}")
         extra = {"memory_estimate_mb": mem.as_dict()}
-        if plan.algorithm == Algorithm.GPTQ.value:
-            from .quantize.olive_gptq import quantize_checkpoint
-
-            stage_log(f"[2/{STAGES}] calibrate + GPTQ (Olive Gptq pass, int4, block {plan.block_size}, "
+        if plan.algorithm in (Algorithm.GPTQ.value, Algorithm.AUTOROUND.value):
+            if plan.algorithm == Algorithm.GPTQ.value:
+                from .quantize.olive_gptq import quantize_checkpoint
+            else:
+                from .quantize.autoround import quantize_checkpoint
+            what = {"gptq": "GPTQ (Olive Gptq pass", "autoround": "AutoRound (auto-round"}[plan.algorithm]
+            stage_log(f"[2/{STAGES}] calibrate + {what}, int4, block {plan.block_size}, "
                       f"{'sym' if plan.symmetric else 'asym'})")
-            qdir, extra["gptq"] = quantize_checkpoint(resolved, ckpt, plan.block_size, plan.symmetric, work, opts.calib,
-                                                      plan.decisions)
+            qdir, extra[plan.algorithm] = quantize_checkpoint(resolved, ckpt, plan.block_size, plan.symmetric, work,
+                                                              opts.calib, plan.decisions)
             plan.input = str(qdir)
         exporter_name = {"builder": "onnxruntime-genai builder", "portable": "optimum-onnx + ORT fusions"}[plan.exporter]
         stage_log(f"[2/{STAGES}] export + quantize ({exporter_name}, {plan.execution_provider}, "

@@ -18,7 +18,7 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 RUNNER_SOURCE = Path(__file__).resolve().parent / "runtime" / "runner.py"
 VERSIONED_PACKAGES = ("edgeqwen", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "tokenizers", "numpy",
-                      "olive-ai")
+                      "olive-ai", "auto-round")
 
 
 def package_versions() -> dict[str, str]:

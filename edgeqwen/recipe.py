@@ -24,19 +24,26 @@ class Algorithm(str, enum.Enum):
     K_QUANT = "k_quant"  # llama.cpp-style k-quant search (onnxruntime, inside the builder)
     GPTQ = "gptq"  # calibrated, on the PyTorch model through Olive's Gptq pass, then the builder
     HQQ = "hqq"  # half-quadratic quantization, calibration-free (onnxruntime's HQQ quantizer, inside the builder)
+    AUTOROUND = "autoround"  # calibrated rounding optimization (auto-round, neural-compressor project), then the builder
+
+
+CALIBRATED = (Algorithm.GPTQ, Algorithm.AUTOROUND)  # run on the PyTorch checkpoint before the builder, on local text
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Data for calibrated algorithms (gptq): the packaged text unless `edgeqwen build --calib FILE`."""
+    """Data for calibrated algorithms (gptq, autoround): the packaged text unless `edgeqwen build --calib FILE`."""
 
     samples: int = 128  # sequences of seq_len tokens (fewer if the text is shorter)
     seq_len: int = 256
     damp_percent: float = 0.01  # GPTQ Hessian dampening
+    iters: int = 200  # AutoRound optimization steps per decoder layer
 
     def __post_init__(self):
         if self.samples < 1 or self.seq_len < 16:
             raise ValueError(f"calibration needs samples >= 1 and seq_len >= 16 (got {self.samples}, {self.seq_len})")
+        if self.iters < 1:
+            raise ValueError(f"calibration iters must be >= 1 (got {self.iters})")
         if not 0 < self.damp_percent < 1:
             raise ValueError(f"damp_percent {self.damp_percent} must be in (0, 1)")
 
@@ -140,7 +147,7 @@ class Recipe:
             raise ValueError(f"recipe schema version {self.version} is not supported (this edgeqwen reads {SCHEMA_VERSION})")
         if self.context_length < 16:
             raise ValueError(f"context_length {self.context_length} is too small")
-        if self.quantization.algorithm in (Algorithm.GPTQ, Algorithm.HQQ) and self.precision != Precision.INT4:
+        if self.quantization.algorithm in CALIBRATED + (Algorithm.HQQ,) and self.precision != Precision.INT4:
             raise ValueError(f"quantization.algorithm {self.quantization.algorithm.value} is for int4 recipes (this one "
                              f"is {self.precision.value}); use rtn for int8 (its error is already ~20x smaller)")
 

@@ -34,6 +34,7 @@ DEFAULT_GRID = [
     ("gptq-asym-b32-int8head", {"algorithm": "gptq", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
     ("gptq-asym-b64-int8head", {"algorithm": "gptq", "symmetric": False, "block_size": 64, "lm_head": "int8"}, None),
     ("hqq-b32-int8head", {"algorithm": "hqq", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
+    ("autoround-asym-b32-int8head", {"algorithm": "autoround", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
     ("int8", {"algorithm": "rtn", "symmetric": True, "block_size": 32, "lm_head": "same"}, "int8"),
 ]
 BUDGET_KEYS = {"kld": "max_kld", "ppl_ratio": "max_ppl_ratio", "top1": "min_top1", "kld_p99": "max_kld_p99"}
@@ -106,7 +107,7 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
             data.pop("name")
             data["precision"] = prec
             data["quantization"] = {**data["quantization"], "overrides": {}, **quant}  # each candidate self-contained
-            if data["quantization"]["algorithm"] == "gptq" and prec != "int4":
+            if data["quantization"]["algorithm"] in ("gptq", "hqq", "autoround") and prec != "int4":
                 data["quantization"]["algorithm"] = "rtn"
             data["accuracy"] = {**data["accuracy"], **{k: None for k in BUDGET_KEYS.values()}}  # measure, don't gate
             variant = work / f"{label}.yaml"

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..checkpoint import Checkpoint
 from ..errors import EdgeQwenError
 from ..log import stage_log
-from ..recipe import Algorithm, EmbeddingMode, Exporter, HeadMode, Resolved
+from ..recipe import CALIBRATED, Algorithm, EmbeddingMode, Exporter, HeadMode, Resolved
 from ..targets import Precision
 
 BLOCK_SIZES = (256, 128, 64, 32, 16)
@@ -109,12 +109,13 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
             if k % block:
                 decisions.append(f"{what}={k} is not a multiple of block {block}: MatMulNBits pads the last block")
         uneven = {what: k for what, k in dims.items() if k % block}
-        if q.algorithm == Algorithm.GPTQ and uneven:
-            # Olive's GPTQ quantizes whole groups only (it asserts in_features % group_size == 0).
+        if q.algorithm in CALIBRATED and uneven:
+            # Olive's GPTQ quantizes whole groups only (it asserts in_features % group_size == 0); AutoRound
+            # keeps the same rule (a partial last group through the builder's import is untested).
             algorithm = Algorithm.RTN
             what, k = next(iter(uneven.items()))
-            decisions.append(f"algorithm gptq -> rtn: {what}={k} is not a multiple of block {block} "
-                             "(Olive's GPTQ needs whole groups)")
+            decisions.append(f"algorithm {q.algorithm.value} -> rtn: {what}={k} is not a multiple of block {block} "
+                             "(the pre-builder quantizers need whole groups)")
         tied = ckpt.tied_embeddings
         lm_head_int8 = precision == Precision.INT8 or q.lm_head == HeadMode.INT8
         if tied and quantize_embeddings and q.embeddings == EmbeddingMode.INT8 and not lm_head_int8:
@@ -131,9 +132,9 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         if low_memory and algorithm == Algorithm.HQQ:
             algorithm = Algorithm.RTN
             decisions.append("algorithm hqq -> rtn: the low-memory path quantizes with RTN only")
-        # GPTQ runs before the builder (Olive) and HQQ replaces its quantizer; the builder itself is told "rtn",
+        # GPTQ/AutoRound run before the builder and HQQ replaces its quantizer; the builder itself is told "rtn",
         # which is how it wires the shared lm_head/embedding table.
-        algo = (Algorithm.RTN if algorithm in (Algorithm.GPTQ, Algorithm.HQQ) else algorithm).value + ("_last" if lm_head_int8 else "")
+        algo = (Algorithm.RTN if algorithm in CALIBRATED + (Algorithm.HQQ,) else algorithm).value + ("_last" if lm_head_int8 else "")
         symmetric = q.symmetric
         if algorithm == Algorithm.K_QUANT and symmetric:
             # k-quant always writes zero points; the builder wires them into the shared embedding
@@ -143,12 +144,17 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         if algorithm == Algorithm.HQQ and symmetric:
             symmetric = False
             decisions.append("symmetric -> false: HQQ optimizes a zero point per block (stored as float)")
-        if algorithm == Algorithm.GPTQ and symmetric:
+        if algorithm in CALIBRATED and symmetric:
             # onnxruntime-genai 0.14.1 packs q/k/v of a pre-quantized model by concatenating their
             # zero points; symmetric Olive weights have none and the builder crashes (TypeError).
             symmetric = False
-            decisions.append("symmetric -> false: onnxruntime-genai 0.14.1 cannot import symmetric GPTQ weights "
-                             "(its q/k/v packer needs zero points)")
+            decisions.append(f"symmetric -> false: onnxruntime-genai 0.14.1 cannot import symmetric {algorithm.value} "
+                             "weights (its q/k/v packer needs zero points)")
+        if algorithm == Algorithm.AUTOROUND and q.overrides:
+            raise EdgeQwenError("algorithm autoround does not take per-layer overrides here (the GPTQ layout it is "
+                                "saved in has one bit width for the whole model)",
+                                where=f"recipe {recipe.name}: quantization.overrides",
+                                hint="drop the overrides, or use algorithm: gptq for mixed precision")
         if algorithm == Algorithm.GPTQ:
             for pattern, o in q.overrides.items():
                 if o.symmetric:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ..errors import EdgeQwenError
 from ..log import stage_log
 from ..export.streaming_quant import apply_overrides
+from .child import run_child
+from .result_cache import cache_dir, cache_key, store
 
 # PyTorch module → the builder's ONNX MatMul it becomes (q/k/v are fused into one MatMul there).
 _MODULE_TO_NODE = {
@@ -86,32 +86,11 @@ def workflow_config(model_path: str, calib_jsonl: str, *, bits: int, group_size:
 
 
 def run_gptq(config: dict, work: Path, log_path: Path) -> tuple[Path, float]:
-    """Run the workflow in a child process (Olive and its torch state stay out of the build process)."""
-    work.mkdir(parents=True, exist_ok=True)
-    cfg_path = work / "olive_gptq.json"
-    cfg_path.write_text(json.dumps(config, indent=2))
-    # Float sums depend on the thread count: one thread by default, so a build is byte-identical on a
-    # laptop, a process pool or a Ray worker. EDGEQWEN_GPTQ_THREADS=N trades that for speed.
-    threads = os.environ.get("EDGEQWEN_GPTQ_THREADS", "1")
-    env = dict(os.environ, OLIVE_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
-               EDGEQWEN_GPTQ_THREADS=threads)
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "edgeqwen.quantize.olive_gptq", str(cfg_path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            if "Running pass" in line or "finished in" in line:
-                stage_log("  olive: " + line.strip().split("] ")[-1])
-        rc = proc.wait()
-    wall = time.perf_counter() - t0
+    wall = run_child("edgeqwen.quantize.olive_gptq", config, work, log_path, ("Running pass", "finished in"), "olive",
+                     "try quantization.algorithm: rtn, or another calibration file")
     model_dir = Path(config["output_dir"]) / "model"
-    if rc != 0 or not (model_dir / "config.json").exists():
-        tail = "".join(log_path.read_text().splitlines(keepends=True)[-15:])
-        raise EdgeQwenError(f"Olive's Gptq pass failed (exit code {rc}); last lines of its log:\n{tail}",
-                            where=str(log_path), hint="try quantization.algorithm: rtn, or another calibration file")
+    if not (model_dir / "config.json").exists():
+        raise EdgeQwenError("Olive's Gptq pass wrote no model", where=str(log_path), hint="see the log")
     return model_dir, wall
 
 
@@ -145,7 +124,8 @@ def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path,
                              samples=calib.samples, seq_len=calib.seq_len, damp_percent=q.calibration.damp_percent,
                              overrides=overrides, output_dir=str(work / "gptq"), cache_dir=str(work / "olive-cache"))
     key = _cache_key(ckpt.path, calib.jsonl, config)
-    cached = _cache_dir() / key if _cache_dir() else None
+    root = cache_dir("gptq")
+    cached = root / key if root else None
     if cached is not None and (cached / "config.json").exists():
         model_dir, wall = cached, 0.0
         stage_log(f"        GPTQ result reused from the cache ({cached})")
@@ -153,52 +133,13 @@ def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path,
         model_dir, wall = run_gptq(config, work, work / "olive.log")
         stage_log(f"        GPTQ done in {wall:.1f}s")
         if cached is not None:
-            model_dir = _store(model_dir, cached)
+            model_dir = store(model_dir, cached)
     notes.append(f"gptq (Olive Gptq pass, damp {q.calibration.damp_percent}) on every decoder-layer linear: "
                  f"{calib.samples} calibration sequences × {calib.seq_len} tokens from {Path(calib.source).name}; "
                  "lm_head and embeddings quantized by RTN in the builder")
     return model_dir, {**calib.as_dict(), "wall_s": round(wall, 2), "olive_overrides": overrides, "cache_key": key}
 
 
-def _cache_dir() -> Path | None:
-    """GPTQ results are kept per (weights, calibration text, settings): other targets and tune candidates with
-    the same quantization reuse them. EDGEQWEN_GPTQ_CACHE=off disables it."""
-    if os.environ.get("EDGEQWEN_GPTQ_CACHE", "on").lower() in ("0", "off", "false", "no"):
-        return None
-    return Path(os.environ.get("EDGEQWEN_CACHE", Path.home() / ".cache" / "edgeqwen")) / "gptq"
-
-
 def _cache_key(model: Path, calib_jsonl: Path, config: dict) -> str:
-    import hashlib
-    from importlib import metadata
-
-    h = hashlib.sha256()
-    for f in sorted(model.iterdir()):
-        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                while block := fh.read(1 << 22):
-                    h.update(block)
-    h.update(calib_jsonl.read_bytes())
-    h.update(json.dumps(config["passes"], sort_keys=True).encode())
-    h.update(json.dumps(config["data_configs"][0]["pre_process_data_config"], sort_keys=True).encode())
-    h.update(metadata.version("olive-ai").encode())
-    h.update(os.environ.get("EDGEQWEN_GPTQ_THREADS", "1").encode())
-    return h.hexdigest()[:20]
-
-
-def _store(model_dir: Path, cached: Path) -> Path:
-    """Copy into the cache atomically (parallel builds may race: the first rename wins)."""
-    import shutil
-    import tempfile
-
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}-", dir=cached.parent))
-    shutil.copytree(model_dir, tmp / "m")
-    try:
-        (tmp / "m").rename(cached)
-    except OSError:
-        pass  # another build stored it first
-    shutil.rmtree(tmp, ignore_errors=True)
-    return cached if (cached / "config.json").exists() else model_dir
-
+    settings = {"passes": config["passes"], "data": config["data_configs"][0]["pre_process_data_config"]}
+    return cache_key(model, calib_jsonl, settings, "olive-ai")

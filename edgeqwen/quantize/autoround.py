@@ -1,0 +1,101 @@
+"""AutoRound on the PyTorch checkpoint before the model builder (the neural-compressor project's weight-only
+rounding optimizer: per block, it tunes each weight's rounding direction and the min/max of each group by
+signed gradient descent against the block's full-precision output on calibration text).
+
+The result is saved in the GPTQ (auto-gptq) layout, which onnxruntime-genai's builder imports into
+MatMulNBits like Olive's GPTQ output. Calibration text is local (the same JSON-lines records as GPTQ).
+Verified with auto-round 0.16.1 + onnxruntime-genai 0.14.1. neural-compressor 3.10's own AWQ could not be
+used here: its absorb-layer detection (a TorchScript trace) fails on transformers 4.57's Qwen2, so it
+leaves the weights as RTN would.
+
+Usage (what `edgeqwen build` runs in a child process): python -m edgeqwen.quantize.autoround CONFIG.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import EdgeQwenError
+from ..log import stage_log
+from .child import run_child
+from .result_cache import cache_dir, cache_key, store
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                   "generation_config.json")
+
+
+def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path, calib_path: Path | None,
+                        notes: list[str]) -> tuple[Path, dict]:
+    """The build's AutoRound step: check calibration text, run AutoRound, return the quantized checkpoint folder."""
+    from .calibration import prepare_calibration
+
+    q = resolved.recipe.quantization
+    cal = q.calibration
+    calib = prepare_calibration(calib_path, ckpt.path, work / "calibration.jsonl", cal.samples, cal.seq_len)
+    stage_log(f"        calibration: {calib.samples} × {calib.seq_len} tokens from {calib.source} ({calib.tokens} tokens)")
+    settings = {"bits": 4, "group_size": block, "sym": symmetric, "iters": cal.iters, "samples": calib.samples,
+                "seq_len": calib.seq_len, "batch_size": min(8, calib.samples), "seed": 42}
+    config = {"model": str(ckpt.path), "calib_jsonl": str(calib.jsonl), "output_dir": str(work / "autoround"), **settings}
+    key = cache_key(ckpt.path, calib.jsonl, settings, "auto-round")
+    root = cache_dir("autoround")
+    cached = root / key if root else None
+    if cached is not None and (cached / "config.json").exists():
+        model_dir, wall = cached, 0.0
+        stage_log(f"        AutoRound result reused from the cache ({cached})")
+    else:
+        wall = run_child("edgeqwen.quantize.autoround", config, work, work / "autoround.log",
+                         ("quantized", "Quantizing done"), "autoround",
+                         "try fewer quantization.calibration.iters, algorithm: gptq, or another calibration file")
+        model_dir = _saved_model(Path(config["output_dir"]), work / "autoround.log")
+        stage_log(f"        AutoRound done in {wall:.1f}s")
+        if cached is not None:
+            model_dir = store(model_dir, cached)
+    notes.append(f"autoround ({cal.iters} iterations per decoder layer, signed-gradient rounding + min/max tuning) on "
+                 f"every decoder-layer linear: {calib.samples} calibration sequences × {calib.seq_len} tokens from "
+                 f"{Path(calib.source).name}; lm_head and embeddings quantized by RTN in the builder")
+    return model_dir, {**calib.as_dict(), "iters": cal.iters, "wall_s": round(wall, 2), "cache_key": key}
+
+
+def _saved_model(out: Path, log: Path) -> Path:
+    """AutoRound saves into a sub-folder named after the model and scheme (e.g. `tiny-qwen2-w4g32`)."""
+    found = [p.parent for p in out.rglob("config.json")]
+    if not found:
+        raise EdgeQwenError("AutoRound wrote no model", where=str(log), hint="see the log")
+    return found[0]
+
+
+def main(argv: list[str]) -> int:
+    import torch
+    from auto_round import AutoRound
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(int(os.environ.get("EDGEQWEN_GPTQ_THREADS", "1")))
+    cfg = json.loads(Path(argv[0]).read_text())
+    torch.manual_seed(cfg["seed"])
+    model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(cfg["model"])
+    with open(cfg["calib_jsonl"], encoding="utf-8") as f:
+        text = "\n\n".join(json.loads(line)["text"] for line in f)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    n = cfg["seq_len"]
+    texts = [tok.decode(ids[i * n:(i + 1) * n]) for i in range(min(cfg["samples"], len(ids) // n))]
+    ar = AutoRound(model, tok, bits=cfg["bits"], group_size=cfg["group_size"], sym=cfg["sym"], iters=cfg["iters"],
+                   nsamples=len(texts), seqlen=n, batch_size=cfg["batch_size"], dataset=texts, seed=cfg["seed"],
+                   device_map="cpu", amp=False, scale_dtype="fp32")
+    ar.quantize_and_save(cfg["output_dir"], format="auto_gptq")
+    # AutoRound re-saves the tokenizer with its calibration truncation (seqlen) baked into tokenizer.json;
+    # the artifact must tokenize like the source checkpoint, so its own files go back in.
+    import shutil
+
+    saved = _saved_model(Path(cfg["output_dir"]), Path(argv[0]))
+    for f in Path(cfg["model"]).iterdir():
+        if f.is_file() and (f.name.startswith("tokenizer") or f.name in TOKENIZER_FILES):
+            shutil.copy2(f, saved / f.name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

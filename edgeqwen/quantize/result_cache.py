@@ -1,0 +1,51 @@
+"""Cache of calibrated quantization results (GPTQ, AutoRound) per weights × calibration text × settings.
+
+Other targets and tune candidates with the same quantization reuse one run. EDGEQWEN_GPTQ_CACHE=off
+disables it (the name predates AutoRound; it covers both)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def cache_dir(kind: str) -> Path | None:
+    if os.environ.get("EDGEQWEN_GPTQ_CACHE", "on").lower() in ("0", "off", "false", "no"):
+        return None
+    return Path(os.environ.get("EDGEQWEN_CACHE", Path.home() / ".cache" / "edgeqwen")) / kind
+
+
+def cache_key(model: Path, calib_jsonl: Path, settings: dict, package: str) -> str:
+    """Content, not paths: the checkpoint's weights/config, the calibration records, the settings, the
+    quantizer's version and the thread count (float sums depend on it)."""
+    from importlib import metadata
+
+    h = hashlib.sha256()
+    for f in sorted(model.iterdir()):
+        if f.suffix in (".safetensors", ".bin", ".json") and f.is_file():
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    h.update(block)
+    h.update(calib_jsonl.read_bytes())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    h.update(metadata.version(package).encode())
+    h.update(os.environ.get("EDGEQWEN_GPTQ_THREADS", "1").encode())
+    return h.hexdigest()[:20]
+
+
+def store(model_dir: Path, cached: Path) -> Path:
+    """Copy into the cache atomically (parallel builds may race: the first rename wins)."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}-", dir=cached.parent))
+    shutil.copytree(model_dir, tmp / "m")
+    try:
+        (tmp / "m").rename(cached)
+    except OSError:
+        pass  # another build stored it first
+    shutil.rmtree(tmp, ignore_errors=True)
+    return cached if (cached / "config.json").exists() else model_dir
