@@ -111,3 +111,24 @@ def test_eval_cli_writes_report(trained_qwen2, artifacts, tmp_path):
     rep = json.loads((tmp_path / "rep" / "accuracy.json").read_text())
     assert rep["windows"] == 2 and rep["status"] == "pass"
     assert (tmp_path / "rep" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_scores_the_builders_own_output_as_the_int4_anchor(trained_qwen2, artifacts, tmp_path, capsys):
+    """`edgeqwen eval` on a plain onnxruntime-genai folder (no manifest): the model builder's default INT4 with
+    int4 embeddings, the size/accuracy anchor the INT4 defaults are compared against (README, Accuracy)."""
+    import subprocess
+    import sys
+
+    from edgeqwen.cli import main
+
+    out = tmp_path / "builder-default"
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(trained_qwen2), "-o", str(out),
+                    "-p", "int4", "-e", "cpu", "-c", str(tmp_path / "cache"), "--extra_options",
+                    "int4_op_types_to_quantize=MatMul/Gather", "hf_remote=false"], check=True, capture_output=True)
+    assert main(["eval", str(out)]) == 2
+    assert "no manifest.json naming its source model" in capsys.readouterr().err
+    assert main(["eval", str(out), "--reference", str(trained_qwen2), "--max-windows", "3", "-o", str(tmp_path / "rep")]) == 0
+    assert "gate: no gate" in capsys.readouterr().out
+    anchor = json.loads((tmp_path / "rep" / "accuracy.json").read_text())
+    ours = json.loads((artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2, evaluate=True) / "accuracy.json").read_text())
+    assert anchor["kld_mean"] > 4 * ours["kld_mean"], (anchor["kld_mean"], ours["kld_mean"])  # 0.104 vs 0.014
