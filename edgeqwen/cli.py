@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import EdgeQwenError
+from .runtime.runner import RunnerError
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
@@ -180,6 +181,9 @@ def main(argv=None) -> int:
     try:
         return args.fn(args)
     except EdgeQwenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunnerError as exc:  # the artifact runner's own errors (it imports nothing from edgeqwen)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -141,9 +141,13 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
             # table only when told the scheme is asymmetric (otherwise the embeddings decode wrong).
             symmetric = False
             decisions.append("symmetric -> false: k_quant stores zero points (asymmetric) for every block")
-        if algorithm == Algorithm.HQQ and symmetric:
-            symmetric = False
-            decisions.append("symmetric -> false: HQQ optimizes a zero point per block (stored as float)")
+        if algorithm == Algorithm.HQQ:
+            decisions.append("hqq: float zero points take a slow MatMulNBits path in onnxruntime 1.32 (Qwen2.5-0.5B "
+                             "shape on 2 cores: 4.7 tok/s decode vs 77.8 for rtn); rounding them to integers loses "
+                             "HQQ's gain (tiny-qwen2 KLD 0.054 -> 0.073, rtn 0.061)")
+            if symmetric:
+                symmetric = False
+                decisions.append("symmetric -> false: HQQ optimizes a zero point per block (stored as float)")
         if algorithm in CALIBRATED and symmetric:
             # onnxruntime-genai 0.14.1 packs q/k/v of a pre-quantized model by concatenating their
             # zero points; symmetric Olive weights have none and the builder crashes (TypeError).
