@@ -175,10 +175,12 @@ def plan_export(resolved: Resolved, ckpt: Checkpoint, output: Path, cache_dir: P
         )
         if q.lm_head == HeadMode.FLOAT:
             extra["int4_nodes_to_exclude"] = ["/lm_head/MatMul"]
-        if lm_head_int8 and precision == Precision.INT4 and algorithm != Algorithm.K_QUANT and hidden % HEAD_BLOCK == 0:
-            # 8 bits need no small blocks: one scale + zero point per 128 weights instead of per `block` cuts
-            # the head (and the shared table) by ~9 % at block 32 with no measurable accuracy change (tested).
-            # Decode reads the whole head every token. Recipe overrides of /lm_head/MatMul still win.
+        if (lm_head_int8 and precision == Precision.INT4 and algorithm != Algorithm.K_QUANT and hidden % HEAD_BLOCK == 0
+                and target.execution_provider.value == "cpu"):
+            # 8 bits need no small blocks: one scale + zero point per 128 weights instead of per `block`, no
+            # measurable accuracy change (tested), and onnxruntime's CPU 8-bit kernel decodes the 0.5B head 26 %
+            # faster (benchmarks/README.md). CPU only: that is where it was measured; GPU recipes keep their
+            # block. Recipe overrides of /lm_head/MatMul still win.
             node_overrides["/lm_head/MatMul"] = {"group_size": HEAD_BLOCK}
             decisions.append(f"lm_head int8 in blocks of {HEAD_BLOCK} (the int4 layers keep block {block})")
         for pattern, o in q.overrides.items():
