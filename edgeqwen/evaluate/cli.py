@@ -7,12 +7,11 @@ from pathlib import Path
 
 def cmd_eval(args) -> int:
     from ..checkpoint import resolve_checkpoint
+    from ..errors import EdgeQwenError
     from ..package import read_manifest
     from .core import EvalConfig, evaluate, format_table, write_report
     from .stage import check_gate
     from ..recipe import Accuracy
-
-    from ..errors import EdgeQwenError
 
     artifact = Path(args.artifact)
     if (artifact / "manifest.json").exists():
