@@ -14,11 +14,11 @@ from pathlib import Path
 from edgeqwen.tiny import TinySpec, create_tiny_qwen
 
 SHAPES = {
-    # hidden, intermediate, layers, heads, kv heads, head_dim  (published config.json values)
+    # vocab, hidden, intermediate, layers, heads, kv heads, head_dim, positions, tied (published config.json values)
     "qwen2.5-0.5b": TinySpec("qwen2", 151936, 896, 4864, 24, 14, 2, None, 32768),
     "qwen2.5-1.5b": TinySpec("qwen2", 151936, 1536, 8960, 28, 12, 2, None, 32768),
     "qwen2.5-3b": TinySpec("qwen2", 151936, 2048, 11008, 36, 16, 2, None, 32768),
-    "qwen3-0.6b": TinySpec("qwen3", 151936, 1024, 3072, 28, 16, 8, 128, 40960),
+    "qwen3-0.6b": TinySpec("qwen3", 151936, 1024, 3072, 28, 16, 8, 128, 40960, tied=True),
 }
 
 

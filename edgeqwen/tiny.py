@@ -1,7 +1,8 @@
 """Small Qwen-architecture checkpoints made locally (no hub): tokenizer, config, weights.
 
 Qwen2 flavour: QKV bias, tied embeddings (like Qwen2.5-0.5B). Qwen3 flavour: q/k RMSNorm, no QKV
-bias, untied embeddings (like Qwen3-4B). The tokenizer is a byte-level BPE trained on text that
+bias, untied embeddings (so both layouts are exercised; Qwen3-0.6B/1.7B/4B themselves tie them, `tied=True`).
+The tokenizer is a byte-level BPE trained on text that
 ships with Python (``pydoc_data.topics``), with Qwen's special tokens and chat templates, saved
 in the same files a real Qwen checkpoint has, so every downstream tool reads it the same way.
 """
@@ -62,6 +63,7 @@ class TinySpec:
     head_dim: int | None = None
     max_position_embeddings: int = 2048
     seed: int = 0
+    tied: bool | None = None  # tie_word_embeddings; None: the family's default (qwen2 tied, qwen3 untied)
 
 
 def corpus_text(split: str = "train") -> str:
@@ -149,11 +151,11 @@ def make_config(spec: TinySpec, ids: dict[str, int]):
         pad_token_id=ids["<|endoftext|>"],
     )
     if spec.family == "qwen2":
-        return Qwen2Config(tie_word_embeddings=True, architectures=["Qwen2ForCausalLM"], **common)
+        return Qwen2Config(tie_word_embeddings=spec.tied is not False, architectures=["Qwen2ForCausalLM"], **common)
     if spec.family == "qwen3":
         head_dim = spec.head_dim or spec.hidden_size // spec.num_attention_heads
         return Qwen3Config(
-            tie_word_embeddings=False, head_dim=head_dim, attention_bias=False,
+            tie_word_embeddings=bool(spec.tied), head_dim=head_dim, attention_bias=False,
             architectures=["Qwen3ForCausalLM"], **common,
         )
     raise ValueError(f"unknown tiny family {spec.family!r}; known: qwen2, qwen3")

@@ -76,7 +76,8 @@ def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch
 def trained(name: str, steps: int = 800) -> Path:
     """Path of a cached trained tiny model, training it on first use."""
     spec = SPECS[name]
-    key = hashlib.sha256(json.dumps([asdict(spec), steps]).encode()).hexdigest()[:12]
+    fields = {k: v for k, v in asdict(spec).items() if not (k == "tied" and v is None)}  # keys from before `tied`
+    key = hashlib.sha256(json.dumps([fields, steps]).encode()).hexdigest()[:12]
     out = cache_root() / f"{name}-{key}"
     if not (out / "model.safetensors").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
