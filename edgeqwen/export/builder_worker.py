@@ -32,19 +32,26 @@ def _install_quant_hook(plan: dict) -> list[str]:
 
     notes: list[str] = []  # what was decided per node, for the manifest
 
-    def to_int4_streaming(self):
-        attrs = self.quant_attrs["int4"]
+    def rtn_in_place(self, model) -> None:
+        """edgeqwen's block quantizer on every MatMul still in float (all of them, or what HQQ left)."""
         notes.extend(quantize_in_place(
-            self.model, default_bits=default_bits, block=plan["block_size"], symmetric=plan["symmetric"],
+            model, default_bits=default_bits, block=plan["block_size"], symmetric=plan["symmetric"],
             accuracy_level=plan["accuracy_level"], lm_head_bits=8 if self.int8_lm_head else None,
-            exclude=set(attrs["nodes_to_exclude"]), patterns=patterns,
+            exclude=set(self.quant_attrs["int4"]["nodes_to_exclude"]), patterns=patterns,
             shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
         ))
-        notes.extend(sync_shared_table(self.model))
+
+    def tables(model):
+        """Every path ends here: the shared lookup re-pointed at the head's blocks, untied tables quantized."""
+        notes.extend(sync_shared_table(model))
         if plan.get("quantize_gather"):
-            notes.extend(quantize_embedding_table(self.model, bits=plan["gather_bits"], block=plan["block_size"],
+            notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
                                                   symmetric=plan["symmetric"]))
-        return self.model
+        return model
+
+    def to_int4_streaming(self):
+        rtn_in_place(self, self.model)
+        return tables(self.model)
 
     def to_int4_hqq(self):
         """onnxruntime's HQQ quantizer on every int4 MatMul of the default layout; what it cannot write goes
@@ -53,8 +60,7 @@ def _install_quant_hook(plan: dict) -> list[str]:
         import onnx_ir as ir
         from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-        attrs = self.quant_attrs["int4"]
-        exclude = set(attrs["nodes_to_exclude"])
+        exclude = set(self.quant_attrs["int4"]["nodes_to_exclude"])
         default = {"bits": 4, "group_size": plan["block_size"], "scheme": "asym"}
         rtn_nodes = {n.name for n in self.model.graph if n.op_type == "MatMul" and (
             n.name == "/lm_head/MatMul" or apply_overrides(n.name, dict(default), patterns, []) != default)}
@@ -67,17 +73,8 @@ def _install_quant_hook(plan: dict) -> list[str]:
             n.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", plan["accuracy_level"])
         notes.append(f"hqq (onnxruntime HQQ, block {plan['block_size']}, float zero points) on {len(hqq)} MatMuls; "
                      f"rtn on {len(rtn_nodes)} ({', '.join(sorted(rtn_nodes))})")
-        notes.extend(quantize_in_place(
-            model, default_bits=default_bits, block=plan["block_size"], symmetric=False,
-            accuracy_level=plan["accuracy_level"], lm_head_bits=8 if self.int8_lm_head else None,
-            exclude=exclude, patterns=patterns,
-            shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
-        ))
-        notes.extend(sync_shared_table(model))
-        if plan.get("quantize_gather"):
-            notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
-                                                  symmetric=plan["symmetric"]))
-        return model
+        rtn_in_place(self, model)  # plan["symmetric"] is false for hqq (the plan forces asymmetric)
+        return tables(model)
 
     def to_int4(self):
         cfg = self.quant_attrs["int4"]["algo_config"]
@@ -100,12 +97,7 @@ def _install_quant_hook(plan: dict) -> list[str]:
                                      "(onnxruntime's asymmetric 4-bit packing needs an even block count)")
                 custom[node.name] = entry
             cfg.customized_weight_config = custom
-        model = original(self)
-        notes.extend(sync_shared_table(model))
-        if plan.get("quantize_gather"):
-            notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
-                                                  symmetric=plan["symmetric"]))
-        return model
+        return tables(original(self))
 
     base.Model.to_int4 = (to_int4_streaming if plan.get("low_memory") else
                           to_int4_hqq if plan["algorithm"] == "hqq" else to_int4)

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..errors import EdgeQwenError
 from ..log import stage_log
 from .child import run_child
-from .result_cache import cache_dir, cache_key, store
+from .result_cache import cache_key, cached
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                    "generation_config.json")
@@ -40,19 +40,14 @@ def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path,
                 "seq_len": calib.seq_len, "batch_size": min(8, calib.samples), "seed": 42}
     config = {"model": str(ckpt.path), "calib_jsonl": str(calib.jsonl), "output_dir": str(work / "autoround"), **settings}
     key = cache_key(ckpt.path, calib.jsonl, settings, "auto-round")
-    root = cache_dir("autoround")
-    cached = root / key if root else None
-    if cached is not None and (cached / "config.json").exists():
-        model_dir, wall = cached, 0.0
-        stage_log(f"        AutoRound result reused from the cache ({cached})")
-    else:
+
+    def run() -> tuple[Path, float]:
         wall = run_child("edgeqwen.quantize.autoround", config, work, work / "autoround.log",
                          ("quantized", "Quantizing done"), "autoround",
                          "try fewer quantization.calibration.iters, algorithm: gptq, or another calibration file")
-        model_dir = _saved_model(Path(config["output_dir"]), work / "autoround.log")
-        stage_log(f"        AutoRound done in {wall:.1f}s")
-        if cached is not None:
-            model_dir = store(model_dir, cached)
+        return _saved_model(Path(config["output_dir"]), work / "autoround.log"), wall
+
+    model_dir, wall = cached("autoround", key, "AutoRound", run)
     notes.append(f"autoround ({cal.iters} iterations per decoder layer, signed-gradient rounding + min/max tuning) on "
                  f"every decoder-layer linear: {calib.samples} calibration sequences × {calib.seq_len} tokens from "
                  f"{Path(calib.source).name}; lm_head and embeddings quantized by RTN in the builder")

@@ -19,7 +19,7 @@ from ..errors import EdgeQwenError
 from ..log import stage_log
 from ..export.streaming_quant import apply_overrides
 from .child import run_child
-from .result_cache import cache_dir, cache_key, store
+from .result_cache import cache_key, cached
 
 # PyTorch module → the builder's ONNX MatMul it becomes (q/k/v are fused into one MatMul there).
 _MODULE_TO_NODE = {
@@ -124,16 +124,7 @@ def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path,
                              samples=calib.samples, seq_len=calib.seq_len, damp_percent=q.calibration.damp_percent,
                              overrides=overrides, output_dir=str(work / "gptq"), cache_dir=str(work / "olive-cache"))
     key = _cache_key(ckpt.path, calib.jsonl, config)
-    root = cache_dir("gptq")
-    cached = root / key if root else None
-    if cached is not None and (cached / "config.json").exists():
-        model_dir, wall = cached, 0.0
-        stage_log(f"        GPTQ result reused from the cache ({cached})")
-    else:
-        model_dir, wall = run_gptq(config, work, work / "olive.log")
-        stage_log(f"        GPTQ done in {wall:.1f}s")
-        if cached is not None:
-            model_dir = store(model_dir, cached)
+    model_dir, wall = cached("gptq", key, "GPTQ", lambda: run_gptq(config, work, work / "olive.log"))
     notes.append(f"gptq (Olive Gptq pass, damp {q.calibration.damp_percent}) on every decoder-layer linear: "
                  f"{calib.samples} calibration sequences × {calib.seq_len} tokens from {Path(calib.source).name}; "
                  "lm_head and embeddings quantized by RTN in the builder")

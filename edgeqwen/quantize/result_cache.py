@@ -11,6 +11,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
+
+from ..log import stage_log
 
 
 def cache_dir(kind: str) -> Path | None:
@@ -49,3 +52,15 @@ def store(model_dir: Path, cached: Path) -> Path:
         pass  # another build stored it first
     shutil.rmtree(tmp, ignore_errors=True)
     return cached if (cached / "config.json").exists() else model_dir
+
+
+def cached(kind: str, key: str, what: str, run: Callable[[], tuple[Path, float]]) -> tuple[Path, float]:
+    """The quantized checkpoint for `key`: from the cache (wall 0.0), or `run()` and store its result."""
+    root = cache_dir(kind)
+    hit = root / key if root else None
+    if hit is not None and (hit / "config.json").exists():
+        stage_log(f"        {what} result reused from the cache ({hit})")
+        return hit, 0.0
+    model_dir, wall = run()
+    stage_log(f"        {what} done in {wall:.1f}s")
+    return (store(model_dir, hit) if hit is not None else model_dir), wall
