@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -11,9 +10,10 @@ from pathlib import Path
 
 from .checkpoint import resolve_checkpoint
 from .errors import EdgeQwenError
-from .export.builder import plan_export, run_export
+from .export.run import run_export
 from .log import stage_log
 from .memory import check_fits
+from .planner import plan as make_plan
 from .package import (
     convert_to_ort,
     copy_runner,
@@ -22,8 +22,9 @@ from .package import (
     write_inference_model,
     write_manifest,
 )
+from .quantize.registry import get_algorithm, resolve_callable
+from .recipe import load_recipe
 from .targets import ArtifactFormat
-from .recipe import CALIBRATED, Algorithm, load_recipe
 
 STAGES = 5
 
@@ -83,48 +84,46 @@ def build(opts: BuildOptions) -> Path:
     stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
     resolved = load_recipe(opts.recipe)
     _check_output(output, opts.force)
-    if opts.calib is not None and resolved.recipe.quantization.algorithm not in CALIBRATED:
+    requested = resolved.recipe.quantization.spec
+    if opts.calib is not None and not requested.calibration:
         raise EdgeQwenError(f"--calib was given but recipe {resolved.recipe.name} uses quantization.algorithm "
-                            f"{resolved.recipe.quantization.algorithm.value}, which takes no calibration data",
-                            where="--calib", hint="use a recipe with algorithm: gptq or autoround, or drop --calib")
+                            f"{requested.name}, which takes no calibration data", where="--calib",
+                            hint="use a recipe with a calibrated algorithm (gptq, autoround), or drop --calib")
     ckpt = resolve_checkpoint(opts.model or resolved.recipe.model)
     stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
               f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
-    mem = check_fits(resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
+    plan = make_plan(resolved, ckpt, low_memory=opts.low_memory)
+    mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
     stage_log(f"        memory estimate {mem.total_mb:.0f} MB at {mem.context} tokens (budget {mem.budget_mb} MB)")
+    for decision in plan.decisions:
+        stage_log(f"        plan: {decision}")
     if not opts.evaluate:
         stage_log("        accuracy stage skipped (--no-eval): the artifact is not gated")
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.building-", dir=output.parent))
     staging = work / "artifact"
     try:
-        plan = plan_export(resolved, ckpt, staging, work / "cache", low_memory=opts.low_memory)
-        for decision in plan.decisions:
-            stage_log(f"        plan: {decision}")
         extra = {"memory_estimate_mb": mem.as_dict()}
-        if plan.algorithm in (Algorithm.GPTQ.value, Algorithm.AUTOROUND.value):
-            if plan.algorithm == Algorithm.GPTQ.value:
-                from .quantize.olive_gptq import quantize_checkpoint
-            else:
-                from .quantize.autoround import quantize_checkpoint
-            what = {"gptq": "GPTQ (Olive Gptq pass", "autoround": "AutoRound (auto-round"}[plan.algorithm]
-            stage_log(f"[2/{STAGES}] calibrate + {what}, int4, block {plan.block_size}, "
-                      f"{'sym' if plan.symmetric else 'asym'})")
-            qdir, extra[plan.algorithm] = quantize_checkpoint(resolved, ckpt, plan.block_size, plan.symmetric, work,
-                                                              opts.calib, plan.decisions)
-            plan.input = str(qdir)
+        decisions = list(plan.decisions)
+        spec = get_algorithm(plan.algorithm) if plan.quantized else None
+        export_input = ckpt.path
+        if spec is not None and spec.stage == "checkpoint":
+            stage_log(f"[2/{STAGES}] calibrate + {spec.summary.split(' on ')[0]}, int{plan.matmul_bits}, block "
+                      f"{plan.block_size}, {'sym' if plan.symmetric else 'asym'}")
+            quantize_checkpoint = resolve_callable(spec.checkpoint_quantizer)
+            export_input, extra[spec.name], more = quantize_checkpoint(plan, resolved, ckpt, work, opts.calib)
+            decisions.extend(more)
         exporter_name = {"builder": "onnxruntime-genai builder", "portable": "optimum-onnx + ORT fusions"}[plan.exporter]
         stage_log(f"[2/{STAGES}] export + quantize ({exporter_name}, {plan.execution_provider}, "
                   f"{resolved.recipe.precision.value}, block {plan.block_size})")
-        planned = len(plan.decisions)
-        result = run_export(plan, work / "builder.log")
+        result = run_export(plan, export_input, staging, work / "cache")
         stage_log(f"        exported in {result.wall_s:.1f}s, exporter peak RSS {result.peak_rss_mb:.0f} MB")
-        per_node = plan.decisions[planned:]
-        if per_node:
-            stage_log(f"        {len(per_node)} per-node quantization decisions (overrides, fallbacks) recorded in the manifest")
+        if result.decisions:
+            stage_log(f"        {len(result.decisions)} exporter notes recorded in the manifest")
+        decisions.extend(result.decisions)
         stage_log(f"[3/{STAGES}] package: genai_config, chat template, inference_model.json, runner")
         finalize_genai_config(staging, resolved, ckpt)
         template = write_chat_template(staging, ckpt)
-        write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template)
+        write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template, ckpt.architecture)
         copy_runner(staging)
         if resolved.target.artifact_format == ArtifactFormat.ORT:
             extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)
@@ -138,16 +137,16 @@ def build(opts: BuildOptions) -> Path:
             extra["accuracy"] = evaluate_stage(staging, ckpt, resolved, opts.eval_text)
         else:
             extra["accuracy"] = {"status": "not evaluated"}
-        report = work / "cache" / "portable_report.json"
-        if report.exists():
-            extra["portable"] = json.loads(report.read_text())
+        if result.report is not None:
+            extra["portable"] = result.report
         export_info = {
-            "exporter": resolved.recipe.exporter.value,
-            "builder_extra_options": plan.extra_options,
+            "exporter": plan.exporter,
+            "algorithm": plan.algorithm,
+            "builder_extra_options": plan.builder_options(),
             "matmul_bits": plan.matmul_bits,
             "block_size": plan.block_size,
-            "quantize_untied_embeddings": plan.quantize_gather,
-            "decisions": plan.decisions,
+            "plan": plan.to_json(),
+            "decisions": [d.message for d in decisions],
             "wall_s": round(result.wall_s, 2),
             "peak_rss_mb": round(result.peak_rss_mb, 1),
         }

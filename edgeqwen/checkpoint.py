@@ -7,12 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .architectures import architectures, get_architecture
 from .errors import EdgeQwenError
 
-SUPPORTED_ARCHITECTURES = {
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-}
 EMBEDDED_PREFIX = "embedded:"
 
 
@@ -92,15 +89,17 @@ def inspect_checkpoint(path: Path, source: str | None = None) -> Checkpoint:
     except json.JSONDecodeError as exc:
         raise EdgeQwenError(f"config.json is not valid JSON: {exc.msg}", where=f"{cfg_path}, line {exc.lineno}") from None
     archs = config.get("architectures") or []
-    arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+    known = sorted(a.hf_class for a in architectures())
+    arch = next((a for a in archs if a in known), None)
     if arch is None:
         raise EdgeQwenError(
             f"unsupported architecture {archs or config.get('model_type')!r}: edgeqwen builds Qwen2/Qwen2.5/Qwen3 checkpoints only",
             where=str(cfg_path),
-            hint=f"supported architectures: {', '.join(sorted(SUPPORTED_ARCHITECTURES))}",
+            hint=f"supported architectures: {', '.join(known)}",
         )
     if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
         raise EdgeQwenError(f"no weights (*.safetensors) in {path}", where=str(path))
     if not (path / "tokenizer.json").exists() and not (path / "vocab.json").exists():
         raise EdgeQwenError(f"no tokenizer files in {path}", where=str(path), hint="copy tokenizer.json/tokenizer_config.json next to the weights")
-    return Checkpoint(path=path, source=source or str(path), architecture=arch, family=SUPPORTED_ARCHITECTURES[arch], config=config)
+    return Checkpoint(path=path, source=source or str(path), architecture=arch,
+                      family=get_architecture(arch).family, config=config)

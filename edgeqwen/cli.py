@@ -30,7 +30,7 @@ def cmd_recipes(args) -> int:
     for name in known_recipes():
         r = load_recipe(name)
         q = r.recipe.quantization
-        rows.append((name, r.recipe.model, r.recipe.precision.value, f"{q.algorithm.value}/b{r.block_size}", r.recipe.context_length))
+        rows.append((name, r.recipe.model, r.recipe.precision.value, f"{q.algorithm}/b{r.block_size}", r.recipe.context_length))
     width = max(len(r[0]) for r in rows)
     print(f"{'recipe':<{width}}  {'precision':<9}  {'quant':<12}  {'context':>7}  model")
     for name, model, prec, quant, ctx in rows:
@@ -83,14 +83,14 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     from .checkpoint import resolve_checkpoint
-    from .export.builder import plan_export
     from .memory import estimate
+    from .planner import plan as make_plan
     from .recipe import load_recipe
 
     resolved = load_recipe(args.recipe)
     ckpt = resolve_checkpoint(args.model or resolved.recipe.model)
-    est = estimate(resolved, ckpt.config)
-    plan = plan_export(resolved, ckpt, Path("<out>"), Path("<cache>"))
+    plan = make_plan(resolved, ckpt, low_memory=args.low_memory)
+    est = estimate(plan, resolved, ckpt.config)
     print(f"{resolved.recipe.name} on {ckpt.source} ({ckpt.architecture}) for target {resolved.target.name}:")
     print(est.table())
     for d in plan.decisions:
@@ -147,11 +147,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="memory estimate and quantization plan of a recipe on a model, before building")
     p.add_argument("recipe")
     p.add_argument("--model", help="local checkpoint folder or hub id (default: the recipe's model)")
+    p.add_argument("--low-memory", action="store_true", help="plan the low-memory export path")
     p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("tiny", help="create a small random-weight Qwen checkpoint (tests, shapes)")
     p.add_argument("output")
-    p.add_argument("--family", choices=["qwen2", "qwen3"], default="qwen2")
+    from .architectures import families
+
+    p.add_argument("--family", choices=families(), default="qwen2")
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--intermediate-size", type=int, default=352)
     p.add_argument("--layers", type=int, default=4)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .architectures import HEAD_NODE, get_architecture
 from .errors import EdgeQwenError
-from .recipe import EmbeddingMode, HeadMode, Resolved
-from .targets import ExecutionProvider, Precision
+from .planner import ExportPlan
+from .quantize.registry import get_algorithm
+from .recipe import Resolved
+from .targets import ExecutionProvider
 
 RUNTIME_BASELINE_MB = 70.0  # python + onnxruntime + numpy + tokenizers: the runner's peak RSS on a 1 MB artifact
 # onnxruntime's CPU provider keeps the loaded initializers and adds prepacked copies for its MatMul
@@ -50,19 +53,21 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
-def _matrix_bytes(k: int, n: int, bits: int, block: int, asym: bool, scale_bytes: int) -> float:
-    if bits >= 16:
-        return k * n * bits / 8
+def _matrix_bytes(k: int, n: int, bits: int | None, block: int, asym: bool, scale_bytes: int, zp_bytes: float | None,
+                  float_bytes: int) -> float:
+    if bits is None:
+        return k * n * float_bytes
     blocks = -(-k // block)
     packed = blocks * block * n * bits / 8
     scales = blocks * n * scale_bytes
-    zero_points = blocks * n * bits / 8 if asym else 0
+    zero_points = blocks * n * (zp_bytes if zp_bytes is not None else bits / 8) if asym else 0
     return packed + scales + zero_points
 
 
-def estimate(resolved: Resolved, config: dict) -> MemoryEstimate:
-    recipe, target = resolved.recipe, resolved.target
-    q = recipe.quantization
+def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstimate:
+    """Resident memory of the planned artifact: every MatMul at the plan's own bits/block/zero points (the same
+    per-node settings the exporter writes), the planned lm_head and embedding table, the KV cache at context."""
+    target = resolved.target
     h = config["hidden_size"]
     layers = config["num_hidden_layers"]
     heads = config["num_attention_heads"]
@@ -70,47 +75,36 @@ def estimate(resolved: Resolved, config: dict) -> MemoryEstimate:
     hd = config.get("head_dim") or h // heads
     inter = config["intermediate_size"]
     vocab = config["vocab_size"]
-    tied = bool(config.get("tie_word_embeddings", False))
     fp32_io = target.execution_provider in (ExecutionProvider.CPU, ExecutionProvider.QNN)  # QNN graphs here: fp32 I/O
-    io_bytes = 2 if not fp32_io or recipe.precision == Precision.FP16 else 4
-    bits = {Precision.INT4: 4, Precision.INT8: 8, Precision.FP16: 16, Precision.FP32: 32}[recipe.precision]
-    quantized = bits <= 8
-    asym = quantized and not q.symmetric
-    block = resolved.block_size
-
-    def mat(k, n, b=bits):
-        return _matrix_bytes(k, n, b, block, asym and b == 4, io_bytes)
-
-    per_layer = (mat(h, heads * hd) + 2 * mat(h, kvh * hd) + mat(heads * hd, h) + 2 * mat(h, inter) + mat(inter, h))
-    float_bits = io_bytes * 8
-    head_bits = bits
-    if quantized and (q.lm_head == HeadMode.INT8 or recipe.precision == Precision.INT8):
-        head_bits = 8
-    if quantized and q.lm_head == HeadMode.FLOAT:
-        head_bits = float_bits
-    lm_head = mat(h, vocab, head_bits)
-    if quantized and tied and q.embeddings == EmbeddingMode.INT8 and q.lm_head == HeadMode.SAME:
-        lm_head = mat(h, vocab, 8)  # the shared table is int8
-    shared = (tied and quantized and q.embeddings != EmbeddingMode.FLOAT and q.lm_head != HeadMode.FLOAT
-              and recipe.exporter.value == "builder")  # the portable graph keeps lm_head and the table apart
-    if shared or (tied and not quantized):
-        embed = 0.0  # one table serves both
-    elif quantized and q.embeddings != EmbeddingMode.FLOAT:
-        embed = mat(h, vocab, 8 if q.embeddings == EmbeddingMode.INT8 or recipe.precision == Precision.INT8 else 4)
-    else:
-        embed = vocab * h * io_bytes
-    weights = layers * per_layer + lm_head + embed
+    io_bytes = 2 if not fp32_io or plan.precision == "fp16" else 4
+    float_bytes = {"fp32": 4, "fp16": 2}.get(plan.precision, io_bytes)
+    spec = get_algorithm(plan.algorithm) if plan.quantized else None
+    zp_bytes = io_bytes if spec is not None and spec.float_zero_points else None
+    weights = 0.0
+    for node, (k, n) in get_architecture(plan.architecture).linear_shapes(config, plan.exporter).items():
+        if not plan.quantized or node in plan.exclude_nodes:
+            weights += k * n * float_bytes
+            continue
+        s = plan.node_setting(node)
+        weights += _matrix_bytes(k, n, s["bits"], s["group_size"], s["scheme"] == "asym", io_bytes,
+                                 None if node == HEAD_NODE else zp_bytes, float_bytes)
+    table = plan.table
+    tied = bool(config.get("tie_word_embeddings", False))
+    if table.mode == "separate":
+        weights += _matrix_bytes(h, vocab, table.bits, table.block_size, not plan.symmetric, io_bytes, None, float_bytes)
+    elif table.mode == "float" and not (tied and not plan.quantized):
+        weights += vocab * h * float_bytes  # a float table beside a quantized head (a tied float model shares one)
     if target.execution_provider == ExecutionProvider.CPU:
         weights *= CPU_WEIGHT_RESIDENCY
-    ctx = min(recipe.context_length, config.get("max_position_embeddings") or recipe.context_length)
+    ctx = plan.context_length
     kv = 2 * layers * kvh * hd * ctx * io_bytes
     acts = PREFILL_TOKENS * vocab * 4 + PREFILL_TOKENS * (4 * h + 3 * inter) * 4 * 2
     mb = 1024 * 1024
     return MemoryEstimate(weights / mb, kv / mb, acts / mb, RUNTIME_BASELINE_MB, ctx, target.memory_budget_mb)
 
 
-def check_fits(resolved: Resolved, config: dict, where: str) -> MemoryEstimate:
-    est = estimate(resolved, config)
+def check_fits(plan: ExportPlan, resolved: Resolved, config: dict, where: str) -> MemoryEstimate:
+    est = estimate(plan, resolved, config)
     if est.total_mb > est.budget_mb:
         raise EdgeQwenError(
             f"recipe {resolved.recipe.name} does not fit target {resolved.target.name}: estimated "

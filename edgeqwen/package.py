@@ -17,13 +17,15 @@ from .schema import to_dict
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 RUNNER_SOURCE = Path(__file__).resolve().parent / "runtime" / "runner.py"
-VERSIONED_PACKAGES = ("edgeqwen", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "tokenizers", "numpy",
-                      "olive-ai", "auto-round")
+VERSIONED_PACKAGES = ("edgeqwen", "onnx", "onnxruntime", "onnxruntime-genai", "transformers", "torch", "tokenizers", "numpy")
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the stack, plus every package a registered algorithm's result depends on."""
+    from .quantize.registry import algorithms
+
     out = {}
-    for name in VERSIONED_PACKAGES:
+    for name in VERSIONED_PACKAGES + tuple(s.cache_package for s in algorithms() if s.cache_package):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -99,22 +101,16 @@ def write_chat_template(artifact: Path, ckpt: Checkpoint) -> str:
     return template_path.read_text()
 
 
-def write_inference_model(artifact: Path, name: str, template: str) -> None:
+def write_inference_model(artifact: Path, name: str, template: str, architecture: str) -> None:
     """Foundry Local's inference_model.json: {"Name", "PromptTemplate"} with a {Content} slot."""
-    import jinja2
+    from .architectures import get_architecture
+    from .runtime.runner import render_chat_template
 
-    env = jinja2.Environment(trim_blocks=False, lstrip_blocks=False)
-    prompt = env.from_string(template).render(
-        messages=[{"role": "user", "content": "{Content}"}], add_generation_prompt=True,
-    )
+    fmt = get_architecture(architecture).prompt_format
+    prompt = render_chat_template(template, [{"role": "user", "content": "{Content}"}], add_generation_prompt=True)
     data = {
         "Name": name,
-        "PromptTemplate": {
-            "system": "<|im_start|>system\n{Content}<|im_end|>\n",
-            "user": "<|im_start|>user\n{Content}<|im_end|>\n",
-            "assistant": "{Content}",
-            "prompt": prompt,
-        },
+        "PromptTemplate": {"system": fmt.system, "user": fmt.user, "assistant": fmt.assistant, "prompt": prompt},
     }
     (artifact / "inference_model.json").write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 

@@ -19,17 +19,6 @@ class Exporter(str, enum.Enum):
     PORTABLE = "portable"  # optimum-onnx export (standard ops, growing KV) + onnxruntime transformer-optimizer fusions
 
 
-class Algorithm(str, enum.Enum):
-    RTN = "rtn"  # round-to-nearest, min/max per block (onnxruntime, inside the builder)
-    K_QUANT = "k_quant"  # llama.cpp-style k-quant search (onnxruntime, inside the builder)
-    GPTQ = "gptq"  # calibrated, on the PyTorch model through Olive's Gptq pass, then the builder
-    HQQ = "hqq"  # half-quadratic quantization, calibration-free (onnxruntime's HQQ quantizer, inside the builder)
-    AUTOROUND = "autoround"  # calibrated rounding optimization (auto-round, neural-compressor project), then the builder
-
-
-CALIBRATED = (Algorithm.GPTQ, Algorithm.AUTOROUND)  # run on the PyTorch checkpoint before the builder, on local text
-
-
 @dataclass(frozen=True)
 class Calibration:
     """Data for calibrated algorithms (gptq, autoround): the packaged text unless `edgeqwen build --calib FILE`."""
@@ -88,7 +77,7 @@ class LayerOverride:
 
 @dataclass(frozen=True)
 class Quantization:
-    algorithm: Algorithm = Algorithm.RTN
+    algorithm: str = "rtn"  # a registered algorithm (edgeqwen/quantize/algorithms/)
     block_size: int | None = None  # None: the target's int4_block_size
     symmetric: bool = True
     accuracy_level: int | None = None  # None: the target's
@@ -100,6 +89,17 @@ class Quantization:
     def __post_init__(self):
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size {self.block_size} must be one of 16, 32, 64, 128, 256")
+        from .quantize.registry import algorithm_names
+
+        if self.algorithm not in algorithm_names():
+            raise ValueError(f"quantization.algorithm: unknown value {self.algorithm!r}; known: {', '.join(algorithm_names())}")
+
+    @property
+    def spec(self):
+        """The algorithm's registry entry."""
+        from .quantize.registry import get_algorithm
+
+        return get_algorithm(self.algorithm)
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,9 @@ class Recipe:
             raise ValueError(f"recipe schema version {self.version} is not supported (this edgeqwen reads {SCHEMA_VERSION})")
         if self.context_length < 16:
             raise ValueError(f"context_length {self.context_length} is too small")
-        if self.quantization.algorithm in CALIBRATED + (Algorithm.HQQ,) and self.precision != Precision.INT4:
-            raise ValueError(f"quantization.algorithm {self.quantization.algorithm.value} is for int4 recipes (this one "
+        spec = self.quantization.spec
+        if self.precision.value in ("int4", "int8") and self.precision.value not in spec.precisions:
+            raise ValueError(f"quantization.algorithm {spec.name} is for {'/'.join(spec.precisions)} recipes (this one "
                              f"is {self.precision.value}); use rtn for int8 (its error is already ~20x smaller)")
 
 

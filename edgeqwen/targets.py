@@ -28,6 +28,26 @@ class ExecutionProvider(str, enum.Enum):
     QNN = "qnn"  # Qualcomm NPUs (Hexagon HTP) through onnxruntime's QNN execution provider
 
 
+@dataclass(frozen=True)
+class ProviderSpec:
+    """What the rest of edgeqwen needs to know about an execution provider."""
+
+    ort_name: str  # onnxruntime's provider name
+    device: str  # Olive's accelerator device
+    builder_ep: str  # onnxruntime-genai builder's -e value
+    runs_here: bool = False  # this package's onnxruntime/onnxruntime-genai wheels include it
+
+
+PROVIDERS: dict[ExecutionProvider, ProviderSpec] = {
+    ExecutionProvider.CPU: ProviderSpec("CPUExecutionProvider", "cpu", "cpu", runs_here=True),
+    ExecutionProvider.CUDA: ProviderSpec("CUDAExecutionProvider", "gpu", "cuda"),
+    ExecutionProvider.WEBGPU: ProviderSpec("WebGpuExecutionProvider", "gpu", "webgpu"),
+    ExecutionProvider.DML: ProviderSpec("DmlExecutionProvider", "gpu", "dml"),
+    ExecutionProvider.QNN: ProviderSpec("QNNExecutionProvider", "npu", "qnn"),
+}
+assert set(PROVIDERS) == set(ExecutionProvider), "every execution provider needs a ProviderSpec"
+
+
 class WeightEncoding(str, enum.Enum):
     MATMULNBITS = "matmulnbits"  # com.microsoft MatMulNBits / GatherBlockQuantized (onnxruntime CPU/GPU kernels)
     QDQ = "qdq"  # standard DequantizeLinear(int8 weight, per-channel scale) → MatMul/Gather, as NPU compilers take

@@ -150,15 +150,17 @@ def make_config(spec: TinySpec, ids: dict[str, int]):
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    if spec.family == "qwen2":
-        return Qwen2Config(tie_word_embeddings=spec.tied is not False, architectures=["Qwen2ForCausalLM"], **common)
-    if spec.family == "qwen3":
+    from .architectures import by_family
+
+    arch = by_family(spec.family)  # raises for an unknown family, naming the known ones
+    tied = arch.tied_by_default if spec.tied is None else spec.tied
+    if arch.hf_class == "Qwen2ForCausalLM":
+        return Qwen2Config(tie_word_embeddings=tied, architectures=[arch.hf_class], **common)
+    if arch.hf_class == "Qwen3ForCausalLM":
         head_dim = spec.head_dim or spec.hidden_size // spec.num_attention_heads
-        return Qwen3Config(
-            tie_word_embeddings=bool(spec.tied), head_dim=head_dim, attention_bias=False,
-            architectures=["Qwen3ForCausalLM"], **common,
-        )
-    raise ValueError(f"unknown tiny family {spec.family!r}; known: qwen2, qwen3")
+        return Qwen3Config(tie_word_embeddings=tied, head_dim=head_dim, attention_bias=arch.qkv_bias,
+                           architectures=[arch.hf_class], **common)
+    raise ValueError(f"no tiny-fixture config for {arch.hf_class}: add one here when registering the architecture")
 
 
 def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=None, dtype: str = "float32") -> Path:

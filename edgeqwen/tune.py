@@ -23,20 +23,18 @@ from .log import stage_log
 from .recipe import Accuracy, load_recipe
 from .schema import to_dict
 
-# (label, overrides of recipe.quantization, precision or None for the recipe's)
-DEFAULT_GRID = [
-    ("rtn-sym-b32-int4head", {"algorithm": "rtn", "symmetric": True, "block_size": 32, "lm_head": "same"}, None),
-    ("rtn-asym-b32-int8head", {"algorithm": "rtn", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
-    ("rtn-asym-b16-int8head", {"algorithm": "rtn", "symmetric": False, "block_size": 16, "lm_head": "int8"}, None),
-    ("rtn-asym-b64-int8head", {"algorithm": "rtn", "symmetric": False, "block_size": 64, "lm_head": "int8"}, None),
-    ("rtn-asym-b32-int4head", {"algorithm": "rtn", "symmetric": False, "block_size": 32, "lm_head": "same"}, None),
-    ("kquant-b32", {"algorithm": "k_quant", "block_size": 32, "lm_head": "int8"}, None),
-    ("gptq-asym-b32-int8head", {"algorithm": "gptq", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
-    ("gptq-asym-b64-int8head", {"algorithm": "gptq", "symmetric": False, "block_size": 64, "lm_head": "int8"}, None),
-    ("hqq-b32-int8head", {"algorithm": "hqq", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
-    ("autoround-asym-b32-int8head", {"algorithm": "autoround", "symmetric": False, "block_size": 32, "lm_head": "int8"}, None),
-    ("int8", {"algorithm": "rtn", "symmetric": True, "block_size": 32, "lm_head": "same"}, "int8"),
-]
+INT8_CANDIDATE = ("int8", {"algorithm": "rtn", "symmetric": True, "block_size": 32, "lm_head": "same"}, "int8")
+
+
+def default_grid() -> list[tuple[str, dict, str | None]]:
+    """(label, overrides of recipe.quantization, precision or None for the recipe's): every registered algorithm's
+    own candidates, llama.cpp-style int8 first/last layers for rtn and gptq, and int8."""
+    from .quantize.registry import algorithms
+
+    grid = [(c.label, {"algorithm": spec.name, **c.settings}, None) for spec in algorithms() for c in spec.tune]
+    return grid + [ends_in_int8(), ends_in_int8("gptq"), INT8_CANDIDATE]
+
+
 BUDGET_KEYS = {"kld": "max_kld", "ppl_ratio": "max_ppl_ratio", "top1": "min_top1", "kld_p99": "max_kld_p99"}
 
 
@@ -74,11 +72,11 @@ def _decode_tps(path: Path) -> float:
     return runner.generate(ids, Sampling(max_new_tokens=48, ignore_eos=True)).decode_tps
 
 
-def ends_in_int8(num_layers: int, algorithm: str = "rtn") -> tuple:
+def ends_in_int8(algorithm: str = "rtn") -> tuple:
     """llama.cpp-style mixed precision: first and last decoder layer in int8, the rest int4."""
     return (f"{algorithm}-asym-b32-int8head-int8ends",
             {"algorithm": algorithm, "symmetric": False, "block_size": 32, "lm_head": "int8",
-             "overrides": {"/model/layers.0/*": {"bits": 8}, f"/model/layers.{num_layers - 1}/*": {"bits": 8}}}, None)
+             "overrides": {"/model/layers.{first}/*": {"bits": 8}, "/model/layers.{last}/*": {"bits": 8}}}, None)
 
 
 def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objective: str = "size",
@@ -86,14 +84,11 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
          ray_address: str | None = None) -> tuple[Candidate, list[Candidate]]:
     """Candidates build on `executor` (a local process pool, or Ray: see matrix.run_jobs); their decode
     speed is measured afterwards, one at a time, so parallel builds do not skew it."""
-    from .checkpoint import resolve_checkpoint
-
     base = load_recipe(recipe)
     if output.exists() and not force:
         raise EdgeQwenError(f"output folder already exists: {output}", where=str(output), hint="pass --force")
     if grid is None:
-        layers = resolve_checkpoint(model or base.recipe.model).config["num_hidden_layers"]
-        grid = [*DEFAULT_GRID[:-1], ends_in_int8(layers), ends_in_int8(layers, "gptq"), DEFAULT_GRID[-1]]
+        grid = default_grid()
     work = Path(tempfile.mkdtemp(prefix=".tune-", dir=output.parent if output.parent.exists() else None))
     gate_keys = budget.thresholds()
     candidates: list[Candidate] = []
@@ -107,7 +102,9 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
             data.pop("name")
             data["precision"] = prec
             data["quantization"] = {**data["quantization"], "overrides": {}, **quant}  # each candidate self-contained
-            if data["quantization"]["algorithm"] in ("gptq", "hqq", "autoround") and prec != "int4":
+            from .quantize.registry import get_algorithm
+
+            if prec not in get_algorithm(data["quantization"]["algorithm"]).precisions:
                 data["quantization"]["algorithm"] = "rtn"
             data["accuracy"] = {**data["accuracy"], **{k: None for k in BUDGET_KEYS.values()}}  # measure, don't gate
             variant = work / f"{label}.yaml"

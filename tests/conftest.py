@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EDGEQWEN_QUIET", "1")
+# calibrated-quantizer results are cached per test run, never in the user's ~/.cache/edgeqwen
+os.environ.setdefault("EDGEQWEN_CACHE", tempfile.mkdtemp(prefix="edgeqwen-test-cache-"))
 
 from edgeqwen.build import BuildOptions, build  # noqa: E402
 from edgeqwen.checkpoint import embedded_dir  # noqa: E402
@@ -62,3 +66,34 @@ class ArtifactCache:
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory) -> ArtifactCache:
     return ArtifactCache(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="session")
+def recipe_dir(tmp_path_factory) -> Path:
+    """Test recipes written here keep one path per content, so `artifacts` builds each once per session."""
+    return tmp_path_factory.mktemp("recipes")
+
+
+ALGO_RECIPE = """\
+version: 1
+model: embedded:tiny-qwen2
+target: cpu-x86_64
+precision: int4
+context_length: 1024
+quantization:
+  algorithm: {algo}
+  symmetric: false
+  lm_head: int8
+  block_size: 32
+  calibration: {{samples: 16, seq_len: 128, iters: 20}}
+accuracy: {{max_windows: 3}}
+"""
+
+
+def algo_recipe(recipe_dir: Path, algo: str) -> str:
+    """One algorithm on the default int4 layout (asym, block 32, int8 head), light calibration: the recipe the
+    algorithm tests share, so each algorithm is built once per session."""
+    text = ALGO_RECIPE.format(algo=algo)
+    path = recipe_dir / f"{algo}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
+    path.write_text(text)
+    return str(path)

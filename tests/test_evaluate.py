@@ -13,6 +13,7 @@ from edgeqwen.build import BuildOptions, build
 from edgeqwen.errors import AccuracyGateError, EdgeQwenError
 from edgeqwen.evaluate import metrics
 from edgeqwen.evaluate.core import EvalConfig, evaluate
+from edgeqwen.recipe import load_recipe
 from edgeqwen.tiny import TinySpec, create_tiny_qwen
 
 
@@ -46,7 +47,7 @@ def test_fp32_artifact_matches_reference(family, request, artifacts):
     assert acc["kld_mean"] < 1e-4 and acc["top1"] > 0.995 and abs(acc["ppl_ratio"] - 1) < 1e-3
     assert acc["greedy_match"] == 1.0
     manifest = json.loads((path / "manifest.json").read_text())
-    assert manifest["accuracy"]["status"] == "pass"
+    assert manifest["accuracy"]["kld_mean"] == acc["kld_mean"]  # the manifest carries the report's numbers
     assert manifest["files"]["accuracy.json"]["sha256"]  # the report is hashed with the artifact
 
 
@@ -56,7 +57,10 @@ def test_quantized_default_recipes_pass_their_gates(family, precision, request, 
     ckpt = request.getfixturevalue(f"trained_{family}")
     path = artifacts.get(f"tiny-{family}/cpu-x86_64-{precision}", ckpt, evaluate=True)
     acc = json.loads((path / "accuracy.json").read_text())
-    assert acc["status"] == "pass" and acc["missed"] == []
+    gate = acc["gate"]
+    assert gate == load_recipe(f"tiny-{family}/cpu-x86_64-{precision}").recipe.accuracy.thresholds()
+    assert acc["kld_mean"] <= gate["max_kld"] and acc["ppl_ratio"] <= gate["max_ppl_ratio"]
+    assert acc["top1"] >= gate["min_top1"]
     assert 0 < acc["kld_mean"] and acc["top1"] < 1.0  # really quantized, really measured
     if precision == "int8":
         assert acc["kld_mean"] < 0.002
@@ -100,7 +104,7 @@ def test_empty_and_short_eval_text(trained_qwen2, artifacts, tmp_path):
         evaluate(path, trained_qwen2, EvalConfig(eval_text=tmp_path / "nope.txt"))
 
 
-def test_eval_cli_writes_report(trained_qwen2, artifacts, tmp_path):
+def test_eval_cli_writes_report(trained_qwen2, artifacts, tmp_path, monkeypatch):
     from edgeqwen.cli import main
 
     path = artifacts.get("tiny-qwen2/cpu-x86_64-int8", trained_qwen2)
@@ -111,6 +115,10 @@ def test_eval_cli_writes_report(trained_qwen2, artifacts, tmp_path):
     rep = json.loads((tmp_path / "rep" / "accuracy.json").read_text())
     assert rep["windows"] == 2 and rep["status"] == "pass"
     assert (tmp_path / "rep" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    before = (art / "accuracy.json").read_bytes()
+    monkeypatch.chdir(art)  # `cd ART && edgeqwen eval .` must not overwrite the artifact's own report
+    assert main(["eval", ".", "--reference", str(trained_qwen2), "--max-windows", "1"]) == 2
+    assert (art / "accuracy.json").read_bytes() == before
 
 
 def test_eval_scores_the_builders_own_output_as_the_int4_anchor(trained_qwen2, artifacts, tmp_path, capsys):
@@ -130,5 +138,6 @@ def test_eval_scores_the_builders_own_output_as_the_int4_anchor(trained_qwen2, a
     assert main(["eval", str(out), "--reference", str(trained_qwen2), "--max-windows", "3", "-o", str(tmp_path / "rep")]) == 0
     assert "gate: no gate" in capsys.readouterr().out
     anchor = json.loads((tmp_path / "rep" / "accuracy.json").read_text())
+    assert anchor["status"] == "no gate" and anchor["gate"] == {}  # not "pass": nothing was checked
     ours = json.loads((artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2, evaluate=True) / "accuracy.json").read_text())
     assert anchor["kld_mean"] > 4 * ours["kld_mean"], (anchor["kld_mean"], ours["kld_mean"])  # 0.104 vs 0.014

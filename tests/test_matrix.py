@@ -16,6 +16,7 @@ def files(path):
     return json.loads((path / "manifest.json").read_text())["files"]
 
 
+@pytest.mark.slow
 def test_ray_and_local_executors_build_identical_artifacts(tmp_path, random_qwen2, random_qwen3, monkeypatch):
     monkeypatch.setenv("EDGEQWEN_GPTQ_CACHE", "off")  # each executor runs GPTQ itself (passed on to Ray workers)
     models = {"tiny-qwen2": str(random_qwen2), "tiny-qwen3": str(random_qwen3)}

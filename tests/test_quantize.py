@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -15,6 +16,8 @@ from edgeqwen.errors import EdgeQwenError
 from edgeqwen.evaluate.core import EvalConfig, evaluate
 from edgeqwen.recipe import load_recipe
 from edgeqwen.tiny import corpus_text
+
+from .conftest import algo_recipe
 
 GPTQ_RECIPE = """\
 version: 1
@@ -40,16 +43,14 @@ def model_bytes(path):
     return sum((path / f).stat().st_size for f in ("model.onnx", "model.onnx.data"))
 
 
-def test_gptq_and_hqq_beat_rtn(tmp_path):
+def test_gptq_and_hqq_beat_rtn(trained_qwen2, recipe_dir, artifacts):
     """Olive's GPTQ and onnxruntime's HQQ on the trained tiny Qwen2 vs round-to-nearest with the same layout
     (asym, b32, int8 head). GPTQ at equal size; HQQ stores float zero points, so it is larger."""
-    rtn = build(BuildOptions(recipe(tmp_path, "rtn", algo="rtn"), tmp_path / "rtn"))
-    gptq = build(BuildOptions(recipe(tmp_path, "gptq"), tmp_path / "gptq"))
-    hqq = build(BuildOptions(recipe(tmp_path, "hqq", algo="hqq"), tmp_path / "hqq"))
+    rtn, gptq, hqq = (artifacts.get(algo_recipe(recipe_dir, a), trained_qwen2, evaluate=True) for a in ("rtn", "gptq", "hqq"))
     assert abs(model_bytes(gptq) / model_bytes(rtn) - 1) < 0.01
-    kld = {p.name: json.loads((p / "accuracy.json").read_text())["kld_mean"] for p in (rtn, gptq, hqq)}
-    assert kld["gptq"] < 0.8 * kld["rtn"], kld  # measured: 0.042 vs 0.061
-    assert kld["hqq"] < 0.95 * kld["rtn"], kld  # measured: 0.054
+    kld = {a: json.loads((p / "accuracy.json").read_text())["kld_mean"] for a, p in zip(("rtn", "gptq", "hqq"), (rtn, gptq, hqq))}
+    assert kld["gptq"] < 0.8 * kld["rtn"], kld  # measured: 0.046 vs 0.062 (16 x 128 calibration tokens)
+    assert kld["hqq"] < 0.95 * kld["rtn"], kld  # measured: 0.056
     model = onnx.load(str(hqq / "model.onnx"), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     layer = [n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/model/layers.")]
@@ -58,29 +59,29 @@ def test_gptq_and_hqq_beat_rtn(tmp_path):
     head = next(n for n in model.graph.node if n.name.startswith("/lm_head/MatMul"))
     assert {a.name: a.i for a in head.attribute}["bits"] == 8  # the shared int8 table, written by the RTN path
     manifest = json.loads((gptq / "manifest.json").read_text())
-    assert manifest["gptq"]["source"].endswith("calib.txt") and manifest["gptq"]["samples"] == 128
+    assert manifest["gptq"]["source"].endswith("calib.txt") and manifest["gptq"]["samples"] == 16
     assert any(d.startswith("gptq (Olive Gptq pass") for d in manifest["export"]["decisions"])
     assert manifest["versions"]["olive-ai"] == "0.13.0"
 
 
-def test_autoround_beats_rtn_and_is_cached(tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_autoround_beats_rtn_and_is_cached(trained_qwen2, recipe_dir, artifacts, tmp_path):
     """AutoRound (auto-round, saved in the GPTQ layout the builder imports) vs RTN at equal size; a second
     build with the same settings reuses the cached result."""
-    monkeypatch.setenv("EDGEQWEN_CACHE", str(tmp_path / "cache"))
-    text = GPTQ_RECIPE.format(model="tiny-qwen2", precision="int4", algo="autoround") + "  calibration: {iters: 50}\n"
-    (tmp_path / "ar.yaml").write_text(text)
-    rtn = build(BuildOptions(recipe(tmp_path, "rtn", algo="rtn"), tmp_path / "rtn"))
-    ar = build(BuildOptions(str(tmp_path / "ar.yaml"), tmp_path / "ar"))
+    rtn = artifacts.get(algo_recipe(recipe_dir, "rtn"), trained_qwen2, evaluate=True)
+    ar = artifacts.get(algo_recipe(recipe_dir, "autoround"), trained_qwen2, evaluate=True)
     assert abs(model_bytes(ar) / model_bytes(rtn) - 1) < 0.01
-    kld = {p.name: json.loads((p / "accuracy.json").read_text())["kld_mean"] for p in (rtn, ar)}
-    assert kld["ar"] < 0.8 * kld["rtn"], kld  # measured: 0.040 vs 0.061 (200 iterations: 0.036)
+    kld = {p: json.loads((p / "accuracy.json").read_text())["kld_mean"] for p in (rtn, ar)}
+    assert kld[ar] < 0.85 * kld[rtn], kld  # measured: 0.051 vs 0.062 at 20 iterations x 16 samples (200 x 128: 0.036)
     info = json.loads((ar / "manifest.json").read_text())["autoround"]
-    assert info["iters"] == 50 and info["wall_s"] > 0
-    again = build(BuildOptions(str(tmp_path / "ar.yaml"), tmp_path / "ar2", evaluate=False))
+    assert info["iters"] == 20 and info["wall_s"] >= 0
+    again = build(BuildOptions(algo_recipe(recipe_dir, "autoround"), tmp_path / "ar2", evaluate=False))
     assert json.loads((again / "manifest.json").read_text())["autoround"]["wall_s"] == 0.0
     assert (again / "model.onnx.data").read_bytes() == (ar / "model.onnx.data").read_bytes()
+    text = Path(algo_recipe(recipe_dir, "autoround")).read_text()
     with pytest.raises(EdgeQwenError, match="autoround does not take per-layer overrides"):
-        (tmp_path / "ov.yaml").write_text(text + "  overrides: {'/model/layers.0/*': {bits: 8}}\n")
+        (tmp_path / "ov.yaml").write_text(text.replace("  block_size: 32\n", "  block_size: 32\n  overrides: "
+                                                       "{'/model/layers.0/*': {bits: 8}}\n"))
         build(BuildOptions(str(tmp_path / "ov.yaml"), tmp_path / "ov"))
     assert not (tmp_path / "ov").exists()
 
@@ -154,6 +155,7 @@ def test_gptq_hqq_are_refused_for_int8_and_unknown_algorithms_list_known(tmp_pat
     assert "OnnxHqqQuantization" in info.value.hint
 
 
+@pytest.mark.slow
 def test_olive_config_reproduces_the_build_in_olive(trained_qwen2, tmp_path):
     """The written workflow runs under Olive's own CLI, offline, and its model scores like edgeqwen's."""
     cfg_path = tmp_path / "olive" / "workflow.json"

@@ -8,9 +8,9 @@ import pytest
 
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.package import verify_artifact
-from edgeqwen.tune import DEFAULT_GRID, parse_budget, tune
+from edgeqwen.tune import default_grid, parse_budget, tune
 
-GRID = [DEFAULT_GRID[0], DEFAULT_GRID[1], DEFAULT_GRID[-1]]  # builder-like int4, default int4, int8
+GRID = [default_grid()[0], default_grid()[1], default_grid()[-1]]  # builder-like int4, default int4, int8
 
 
 def test_tune_picks_smallest_candidate_within_budget(trained_qwen2, tmp_path):

@@ -24,18 +24,22 @@ def cmd_eval(args) -> int:
         manifest = {"recipe": {}, "name": artifact.name}
     else:
         manifest = read_manifest(artifact)  # the usual "not an artifact" error
+    out = Path(args.output) if args.output else Path(".")
+    if (out.resolve() == artifact.resolve() and (artifact / "manifest.json").exists()):
+        raise EdgeQwenError("eval would write accuracy.json/accuracy.png into the artifact and overwrite its own "
+                            "report (then `verify` and `run` reject it)", where=str(artifact),
+                            hint="run it from another folder, or pass -o REPORT_FOLDER")
     ref = resolve_checkpoint(args.reference or manifest["source"]["model"])
     summary = evaluate(artifact, ref.path, EvalConfig(window=args.window, max_windows=args.max_windows,
                                                       eval_text=Path(args.eval_text) if args.eval_text else None))
-    gate = manifest["recipe"].get("accuracy", {})
-    missed = check_gate(summary, Accuracy(**gate))
-    summary["status"], summary["missed"] = ("pass" if not missed else "fail"), missed
-    out = Path(args.output) if args.output else Path(".")
+    gate = Accuracy(**manifest["recipe"].get("accuracy", {}))
+    missed = check_gate(summary, gate)
+    summary["gate"] = gate.thresholds()
+    summary["status"] = "no gate" if not summary["gate"] else "pass" if not missed else "fail"
+    summary["missed"] = missed
     jpath, ppath = write_report(summary, out, manifest.get("name", artifact.name))
     print(f"accuracy of {artifact} vs {ref.source}:")
     print(format_table(summary))
-    if not gate:
-        summary["status"] = "no gate"
     print(f"gate: {summary['status']}" + ("".join(f"\n  missed {m}" for m in missed)))
     print(f"wrote {jpath} and {ppath}")
     return 0 if not missed else 1

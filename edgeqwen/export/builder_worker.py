@@ -1,106 +1,92 @@
 """Runs onnxruntime-genai's model builder in its own process, with edgeqwen's quantization plan.
 
 The builder quantizes every MatMul with one setting. edgeqwen's plan needs more: INT8 weights
-(MatMulNBits bits=8), per-node overrides (mixed precision), and untied embeddings quantized to
-GatherBlockQuantized. The builder's single hook for that, ``Model.to_int4``, is wrapped here, so the
-graph construction (GQA, rotary, SkipSimplifiedLayerNorm, tied-embedding sharing) stays the
-builder's own. Verified against onnxruntime-genai 0.14.1 (pinned in pyproject.toml).
+(MatMulNBits bits=8), per-node settings (mixed precision), other algorithms, and untied embeddings
+quantized to GatherBlockQuantized. The builder's single hook for that, ``Model.to_int4``, is wrapped
+here, so the graph construction (GQA, rotary, SkipSimplifiedLayerNorm, tied-embedding sharing) stays
+the builder's own. Which quantizer runs comes from the algorithm's registry entry (its stage).
+Verified against onnxruntime-genai 0.14.1 (pinned in pyproject.toml).
 
-Usage: python -m edgeqwen.export.builder_worker PLAN.json
+Usage: python -m edgeqwen.export.builder_worker JOB.json
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 
-def _install_quant_hook(plan: dict) -> list[str]:
+def _install_quant_hook(plan) -> list[str]:
     # builder.py puts its own folder on sys.path and imports `builders` as a top-level package,
     # so the class it instantiates lives in sys.modules["builders.base"], not in
     # onnxruntime_genai.models.builders.base: patch that one.
     import onnxruntime_genai.models.builder  # noqa: F401
 
-    from edgeqwen.export.streaming_quant import (apply_overrides, quantize_embedding_table, quantize_in_place,
-                                                 sync_shared_table)
+    from edgeqwen.architectures import HEAD_NODE
+    from edgeqwen.quantize.graph_quant import (ort_block_quant, quantize_embedding_table, quantize_in_place,
+                                               sync_shared_table)
+    from edgeqwen.quantize.registry import get_algorithm, resolve_callable
 
     base = sys.modules["builders.base"]
     original = base.Model.to_int4
-    default_bits = plan["matmul_bits"]
-    patterns = plan.get("node_overrides", {})  # glob → {bits, group_size, scheme}
+    spec = get_algorithm(plan.algorithm)
+    notes: list[str] = []  # what only the graph could tell, for the manifest
 
-    notes: list[str] = []  # what was decided per node, for the manifest
+    def check_planned(model) -> None:
+        """The planner named every node it set from the architecture registry; a name the graph lacks means the
+        registry and this exporter disagree — fail rather than quantize with the wrong settings."""
+        names = {n.name for n in model.graph}
+        planned = set(plan.node_settings) if spec.stage != "checkpoint" else set(plan.node_settings) & {HEAD_NODE}
+        missing = sorted(planned - names)
+        if missing:
+            raise RuntimeError(f"planned nodes not in the builder's graph: {', '.join(missing[:5])} — the "
+                               f"architecture registry's node map for {plan.architecture} is out of date")
 
-    def rtn_in_place(self, model) -> None:
-        """edgeqwen's block quantizer on every MatMul still in float (all of them, or what HQQ left)."""
-        notes.extend(quantize_in_place(
-            model, default_bits=default_bits, block=plan["block_size"], symmetric=plan["symmetric"],
-            accuracy_level=plan["accuracy_level"], lm_head_bits=8 if self.int8_lm_head else None,
-            exclude=set(self.quant_attrs["int4"]["nodes_to_exclude"]), patterns=patterns,
-            shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
-        ))
+    def graph_quantize(self, model, block_quant=ort_block_quant) -> None:
+        """edgeqwen's block quantizer on every MatMul still in float (all of them, or what a graph quantizer left)."""
+        notes.extend(quantize_in_place(model, plan, exclude=set(self.quant_attrs["int4"]["nodes_to_exclude"]),
+                                       shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
+                                       block_quant=block_quant))
 
     def tables(model):
         """Every path ends here: the shared lookup re-pointed at the head's blocks, untied tables quantized."""
         notes.extend(sync_shared_table(model))
-        if plan.get("quantize_gather"):
-            notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
-                                                  symmetric=plan["symmetric"]))
+        if plan.table.mode == "separate":
+            notes.extend(quantize_embedding_table(model, bits=plan.table.bits, block=plan.table.block_size,
+                                                  symmetric=plan.symmetric))
         return model
 
-    def to_int4_streaming(self):
-        rtn_in_place(self, self.model)
-        return tables(self.model)
-
-    def to_int4_hqq(self):
-        """onnxruntime's HQQ quantizer on every int4 MatMul of the default layout; what it cannot write goes
-        through the shared RTN path: lm_head (the shared embedding table needs integer zero points) and nodes
-        a recipe override gives other bits, block or symmetry."""
-        import onnx_ir as ir
-        from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-        exclude = set(self.quant_attrs["int4"]["nodes_to_exclude"])
-        default = {"bits": 4, "group_size": plan["block_size"], "scheme": "asym"}
-        rtn_nodes = {n.name for n in self.model.graph if n.op_type == "MatMul" and (
-            n.name == "/lm_head/MatMul" or apply_overrides(n.name, dict(default), patterns, []) != default)}
-        quant = MatMulNBitsQuantizer(ir.to_proto(self.model), nodes_to_exclude=sorted(exclude | rtn_nodes),
-                                     algo_config=HQQWeightOnlyQuantConfig(block_size=plan["block_size"], bits=4))
-        quant.process()
-        model = ir.from_proto(quant.model.model)
-        hqq = [n for n in model.graph if n.op_type == "MatMulNBits"]
-        for n in hqq:  # the HQQ quantizer writes no accuracy level; the target's applies as for RTN
-            n.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", plan["accuracy_level"])
-        notes.append(f"hqq (onnxruntime HQQ, block {plan['block_size']}, float zero points) on {len(hqq)} MatMuls; "
-                     f"rtn on {len(rtn_nodes)} ({', '.join(sorted(rtn_nodes))})")
-        rtn_in_place(self, model)  # plan["symmetric"] is false for hqq (the plan forces asymmetric)
+    def to_int4_graph(self):
+        """Low-memory path and "graph"-stage algorithms: edgeqwen quantizes the builder's graph itself."""
+        model = self.model
+        check_planned(model)
+        if spec.graph_quantizer:
+            default = {"bits": plan.matmul_bits, "group_size": plan.block_size, "scheme": "asym"}
+            skip = set(self.quant_attrs["int4"]["nodes_to_exclude"]) | {HEAD_NODE} | {
+                n.name for n in model.graph if n.op_type == "MatMul" and plan.node_setting(n.name) != default}
+            model = resolve_callable(spec.graph_quantizer)(model, plan, skip, notes)
+        block_quant = resolve_callable(spec.block_quantizer) if spec.block_quantizer else ort_block_quant
+        graph_quantize(self, model, block_quant)
         return tables(model)
 
-    def to_int4(self):
+    def to_int4_builder(self):
+        """The builder's own quantizer ("builder" stage, and lm_head after a "checkpoint" stage) with the plan's
+        per-node settings."""
+        check_planned(self.model)
         cfg = self.quant_attrs["int4"]["algo_config"]
         if cfg is not None:
             custom = dict(cfg.customized_weight_config or {})
             for node in self.model.graph:
-                if node.op_type != "MatMul":
-                    continue
-                entry = apply_overrides(node.name, {"bits": default_bits, **custom.get(node.name, {})}, patterns, notes)
-                shape = node.inputs[1].shape if len(node.inputs) > 1 and node.inputs[1] is not None else None
-                k = shape[0] if shape is not None and len(shape) == 2 and isinstance(shape[0], int) else None
-                block = entry.get("group_size", plan["block_size"])
-                blocks = -(-k // block) if k else 0
-                asym = entry.get("scheme", "sym" if plan["symmetric"] else "asym") == "asym"
-                if asym and entry["bits"] == 4 and blocks % 2 == 1:
-                    # onnxruntime's RTN packs 4-bit zero points two per byte across rows: an odd
-                    # block count per column breaks its reshape. Symmetric needs no zero points.
-                    entry["scheme"] = "sym"
-                    notes.append(f"{node.name}: K={k} is {blocks} blocks of {block} (odd) -> symmetric "
-                                     "(onnxruntime's asymmetric 4-bit packing needs an even block count)")
-                custom[node.name] = entry
+                if node.op_type == "MatMul" and node.name in plan.node_settings:
+                    custom[node.name] = {**custom.get(node.name, {}), **plan.node_setting(node.name)}
+                elif node.op_type == "MatMul":
+                    custom[node.name] = {"bits": plan.matmul_bits, **custom.get(node.name, {})}
+            if plan.head.bits is not None and HEAD_NODE in custom:
+                custom[HEAD_NODE].update(bits=plan.head.bits, group_size=plan.head.block_size)
             cfg.customized_weight_config = custom
         return tables(original(self))
 
-    base.Model.to_int4 = (to_int4_streaming if plan.get("low_memory") else
-                          to_int4_hqq if plan["algorithm"] == "hqq" else to_int4)
+    base.Model.to_int4 = to_int4_graph if plan.low_memory or spec.stage == "graph" else to_int4_builder
     return notes
 
 
@@ -119,24 +105,19 @@ def _load_in_checkpoint_dtype() -> None:
 
 
 def main(argv: list[str]) -> int:
-    plan = json.loads(open(argv[0]).read())
+    from edgeqwen.export.job import WorkerJob, WorkerResult, notes_to_decisions
+
+    job = WorkerJob.read(argv[0])
+    plan = job.plan
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    notes = _install_quant_hook(plan) if plan["precision"] == "int4" else []
-    if plan.get("low_memory"):
+    notes = _install_quant_hook(plan) if plan.quantized else []
+    if plan.low_memory:
         _load_in_checkpoint_dtype()
     from onnxruntime_genai.models.builder import create_model
 
-    create_model(
-        model_name=None,
-        input_path=plan["input"],
-        output_dir=plan["output"],
-        precision=plan["builder_precision"],
-        execution_provider=plan["execution_provider"],
-        cache_dir=plan["cache_dir"],
-        **plan["extra_options"],
-    )
-    with open(os.path.join(plan["cache_dir"], "worker_decisions.json"), "w") as f:
-        json.dump(notes, f)
+    create_model(model_name=None, input_path=job.input, output_dir=job.output, precision=plan.builder_precision,
+                 execution_provider=plan.execution_provider, cache_dir=job.cache_dir, **plan.builder_options())
+    WorkerResult(notes_to_decisions("exporter", notes)).write(job.result_path)
     return 0
 
 

@@ -5,14 +5,13 @@ Writes model.onnx(+.data), genai_config.json and tokenizer files (from the build
 mode), and portable_report.json: operator histograms before/after fusion, the fusions that fired,
 and the fused-vs-unfused logits difference on a fixed input.
 
-Usage: python -m edgeqwen.export.portable_worker PLAN.json
+Usage: python -m edgeqwen.export.portable_worker JOB.json
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def fold_constant_transposes(model) -> list[str]:
     quantizer sees lm_head as an ordinary MatMul (the float table is dropped once both are quantized)."""
     import onnx_ir as ir
 
-    from edgeqwen.export.ir_edit import const, drop_if_unused
+    from edgeqwen.quantize.ir_edit import const, drop_if_unused
 
     notes = []
     for node in list(model.graph):
@@ -88,16 +87,19 @@ def main(argv: list[str]) -> int:
     from onnxruntime.transformers.optimizer import optimize_model
     from optimum.exporters.onnx import main_export
 
-    plan = json.loads(Path(argv[0]).read_text())
-    out, work = Path(plan["output"]), Path(plan["cache_dir"]) / "portable"
-    cfg = json.loads((Path(plan["input"]) / "config.json").read_text())
+    from edgeqwen.export.job import WorkerJob, WorkerResult, notes_to_decisions
+
+    job = WorkerJob.read(argv[0])
+    plan = job.plan
+    out, work = Path(job.output), Path(job.cache_dir) / "portable"
+    cfg = json.loads((Path(job.input) / "config.json").read_text())
     print("Exporting with optimum-onnx (text-generation-with-past)", flush=True)
-    main_export(plan["input"], output=str(work / "exported"), task="text-generation-with-past", device="cpu",
+    main_export(job.input, output=str(work / "exported"), task="text-generation-with-past", device="cpu",
                 do_validation=False)
     exported = work / "exported" / "model.onnx"
     before = op_histogram(onnx.load(str(exported), load_external_data=False))
 
-    if plan.get("static_shapes"):
+    if plan.static_shapes:
         # NPU graphs keep standard operators: onnxruntime's fusions produce com.microsoft contrib ops.
         print("Fusion skipped: the target compiles standard ONNX operators only", flush=True)
         fused_path, fused_stats, after, diff = exported, {}, before, 0.0
@@ -117,29 +119,31 @@ def main(argv: list[str]) -> int:
               f"max |logits diff| {diff:.2e}", flush=True)
 
     model = ir.load(str(fused_path))
-    notes = trim_rotary_caches(model, plan["context_length"])
+    notes = trim_rotary_caches(model, plan.context_length)
     notes.extend(fold_constant_transposes(model))
-    exclude = set(plan["extra_options"].get("int4_nodes_to_exclude", []))
-    if plan["precision"] == "int4" and plan.get("weight_encoding") == "qdq":
-        from edgeqwen.export.qdq import qdq_weights_in_place
+    exclude = set(plan.exclude_nodes)
+    if plan.quantized and plan.weight_encoding == "qdq":
+        from edgeqwen.quantize.qdq import qdq_weights_in_place
 
         notes.extend(qdq_weights_in_place(model, exclude=exclude))
-    elif plan["precision"] == "int4":  # int4 and int8 recipes (the plan's matmul_bits says which)
-        from edgeqwen.export.streaming_quant import quantize_embedding_table, quantize_in_place
+    elif plan.quantized:  # int4 and int8 recipes (the plan's matmul_bits says which)
+        from edgeqwen.quantize.graph_quant import ort_block_quant, quantize_embedding_table, quantize_in_place
+        from edgeqwen.quantize.registry import get_algorithm, resolve_callable
 
-        lm_head_bits = 8 if plan["extra_options"].get("int4_algo_config", "").endswith("_last") else None
-        notes.extend(quantize_in_place(
-            model, default_bits=plan["matmul_bits"], block=plan["block_size"], symmetric=plan["symmetric"],
-            accuracy_level=plan["accuracy_level"], lm_head_bits=lm_head_bits,
-            exclude=exclude, patterns=plan["node_overrides"],
-            shared_lm_head=False))
-        if plan.get("quantize_gather"):
-            notes.extend(quantize_embedding_table(model, bits=plan["gather_bits"], block=plan["block_size"],
-                                                  symmetric=plan["symmetric"]))
-    if plan.get("static_shapes"):
-        from edgeqwen.export.qdq import fix_static_shapes
+        spec = get_algorithm(plan.algorithm)
+        missing = sorted(set(plan.node_settings) - {n.name for n in model.graph})
+        if missing:
+            raise RuntimeError(f"planned nodes not in the exported graph: {', '.join(missing[:5])} — the architecture "
+                               f"registry's portable node map for {plan.architecture} is out of date")
+        block_quant = resolve_callable(spec.block_quantizer) if spec.block_quantizer else ort_block_quant
+        notes.extend(quantize_in_place(model, plan, exclude=exclude, shared_lm_head=False, block_quant=block_quant))
+        if plan.table.mode == "separate":
+            notes.extend(quantize_embedding_table(model, bits=plan.table.bits, block=plan.table.block_size,
+                                                  symmetric=plan.symmetric))
+    if plan.static_shapes:
+        from edgeqwen.quantize.qdq import fix_static_shapes
 
-        notes.extend(fix_static_shapes(model, plan["context_length"]))
+        notes.extend(fix_static_shapes(model, plan.context_length))
     out.mkdir(parents=True, exist_ok=True)
     print(f"Saving ONNX model in {out}", flush=True)
     ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
@@ -148,7 +152,7 @@ def main(argv: list[str]) -> int:
     print("Saving GenAI config", flush=True)
     from onnxruntime_genai.models.builder import create_model
 
-    create_model(model_name=None, input_path=plan["input"], output_dir=str(out), precision="fp32",
+    create_model(model_name=None, input_path=job.input, output_dir=str(out), precision="fp32",
                  execution_provider="cpu", cache_dir=str(work / "builder"), config_only=True, hf_token="false",
                  hf_remote=False)
     gpath = out / "genai_config.json"
@@ -159,11 +163,9 @@ def main(argv: list[str]) -> int:
     report = {"exporter": "optimum-onnx + onnxruntime.transformers.optimizer (model_type gpt2, opt_level 0)",
               "ops_exported": before, "ops_fused": after, "ops_final": final, "fusions": fused_stats,
               "nodes": {"exported": sum(before.values()), "fused": sum(after.values()), "final": sum(final.values())},
-              "fused_vs_unfused_max_abs_logit_diff": diff, "fusion_skipped": bool(plan.get("static_shapes")),
-              "static_shapes": bool(plan.get("static_shapes")), "weight_encoding": plan.get("weight_encoding")}
-    (Path(plan["cache_dir"]) / "portable_report.json").write_text(json.dumps(report, indent=2))
-    with open(os.path.join(plan["cache_dir"], "worker_decisions.json"), "w") as f:
-        json.dump(notes, f)
+              "fused_vs_unfused_max_abs_logit_diff": diff, "fusion_skipped": plan.static_shapes,
+              "static_shapes": plan.static_shapes, "weight_encoding": plan.weight_encoding}
+    WorkerResult(notes_to_decisions("exporter", notes), report).write(job.result_path)
     return 0
 
 

@@ -18,17 +18,18 @@ import os
 import sys
 from pathlib import Path
 
+from ..child import calibrated_threads_env, run_child
 from ..errors import EdgeQwenError
 from ..log import stage_log
-from .child import run_child
+from ..planner import Decision, ExportPlan
 from .result_cache import cache_key, cached
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                    "generation_config.json")
 
 
-def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path, calib_path: Path | None,
-                        notes: list[str]) -> tuple[Path, dict]:
+def quantize_checkpoint(plan: ExportPlan, resolved, ckpt, work: Path, calib_path: Path | None
+                        ) -> tuple[Path, dict, list[Decision]]:
     """The build's AutoRound step: check calibration text, run AutoRound, return the quantized checkpoint folder."""
     from .calibration import prepare_calibration
 
@@ -36,22 +37,26 @@ def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path,
     cal = q.calibration
     calib = prepare_calibration(calib_path, ckpt.path, work / "calibration.jsonl", cal.samples, cal.seq_len)
     stage_log(f"        calibration: {calib.samples} × {calib.seq_len} tokens from {calib.source} ({calib.tokens} tokens)")
-    settings = {"bits": 4, "group_size": block, "sym": symmetric, "iters": cal.iters, "samples": calib.samples,
+    settings = {"bits": plan.matmul_bits, "group_size": plan.block_size, "sym": plan.symmetric, "iters": cal.iters, "samples": calib.samples,
                 "seq_len": calib.seq_len, "batch_size": min(8, calib.samples), "seed": 42}
     config = {"model": str(ckpt.path), "calib_jsonl": str(calib.jsonl), "output_dir": str(work / "autoround"), **settings}
     key = cache_key(ckpt.path, calib.jsonl, settings, "auto-round")
 
     def run() -> tuple[Path, float]:
-        wall = run_child("edgeqwen.quantize.autoround", config, work, work / "autoround.log",
-                         ("quantized", "Quantizing done"), "autoround",
-                         "try fewer quantization.calibration.iters, algorithm: gptq, or another calibration file")
-        return _saved_model(Path(config["output_dir"]), work / "autoround.log"), wall
+        cfg_path = work / "autoround.json"
+        cfg_path.write_text(json.dumps(config, indent=2))
+        run = run_child("edgeqwen.quantize.autoround", cfg_path, work / "autoround.log",
+                        progress=("quantized", "Quantizing done"), what="autoround", env=calibrated_threads_env(),
+                        hint="try fewer quantization.calibration.iters, algorithm: gptq, or another calibration file",
+                        clean=lambda t: t.split("] ")[-1].replace("\x1b[0m", ""))
+        return _saved_model(Path(config["output_dir"]), work / "autoround.log"), run.wall_s
 
     model_dir, wall = cached("autoround", key, "AutoRound", run)
-    notes.append(f"autoround ({cal.iters} iterations per decoder layer, signed-gradient rounding + min/max tuning) on "
-                 f"every decoder-layer linear: {calib.samples} calibration sequences × {calib.seq_len} tokens from "
-                 f"{Path(calib.source).name}; lm_head and embeddings quantized by RTN in the builder")
-    return model_dir, {**calib.as_dict(), "iters": cal.iters, "wall_s": round(wall, 2), "cache_key": key}
+    decision = Decision("autoround", f"autoround ({cal.iters} iterations per decoder layer, signed-gradient rounding + "
+                        f"min/max tuning) on every decoder-layer linear: {calib.samples} calibration sequences × "
+                        f"{calib.seq_len} tokens from {Path(calib.source).name}; lm_head and embeddings quantized by RTN "
+                        "in the builder")
+    return model_dir, {**calib.as_dict(), "iters": cal.iters, "wall_s": round(wall, 2), "cache_key": key}, [decision]
 
 
 def _saved_model(out: Path, log: Path) -> Path:

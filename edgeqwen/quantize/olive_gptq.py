@@ -15,40 +15,36 @@ import os
 import sys
 from pathlib import Path
 
+from ..architectures import HEAD_NODE, get_architecture
+from ..child import calibrated_threads_env, run_child
 from ..errors import EdgeQwenError
 from ..log import stage_log
-from ..export.streaming_quant import apply_overrides
-from .child import run_child
+from ..planner import Decision, ExportPlan
 from .result_cache import cache_key, cached
 
-# PyTorch module → the builder's ONNX MatMul it becomes (q/k/v are fused into one MatMul there).
-_MODULE_TO_NODE = {
-    "self_attn.q_proj": "attn/qkv_proj", "self_attn.k_proj": "attn/qkv_proj", "self_attn.v_proj": "attn/qkv_proj",
-    "self_attn.o_proj": "attn/o_proj", "mlp.gate_proj": "mlp/gate_proj", "mlp.up_proj": "mlp/up_proj",
-    "mlp.down_proj": "mlp/down_proj",
-}
 
-
-def module_overrides(num_layers: int, patterns: dict[str, dict], default_bits: int, block: int, symmetric: bool,
-                     notes: list[str]) -> dict[str, dict]:
-    """Recipe overrides (globs on the builder's node names) → Olive's per-module overrides, so a recipe's
-    mixed precision means the same under GPTQ as under RTN."""
+def module_overrides(plan: ExportPlan) -> dict[str, dict]:
+    """The plan's per-node settings (builder node names) → Olive's per-module overrides, so a recipe's mixed
+    precision means the same under GPTQ as under RTN. A node with no module mapping raises."""
+    arch = get_architecture(plan.architecture)
     out: dict[str, dict] = {}
-    for i in range(num_layers):
-        for module, node in _MODULE_TO_NODE.items():
-            name = f"/model/layers.{i}/{node}/MatMul"
-            entry = apply_overrides(name, {}, patterns, [])
-            olive = {}
-            if entry.get("bits", default_bits) != default_bits:
-                olive["bits"] = entry["bits"]
-            if entry.get("group_size", block) != block:
-                olive["group_size"] = entry["group_size"]
-            if "scheme" in entry and (entry["scheme"] == "sym") != symmetric:
-                olive["symmetric"] = entry["scheme"] == "sym"
-            if olive:
-                out[f"model.layers.{i}.{module}"] = olive
-    notes.extend(f"gptq {name}: override {o}" for name, o in out.items())
-    return out
+    for node in plan.node_settings:
+        if node == HEAD_NODE:
+            continue  # lm_head is quantized by the builder, not by the calibrated pass
+        entry = plan.node_setting(node)
+        olive = {}
+        if entry["bits"] != plan.matmul_bits:
+            olive["bits"] = entry["bits"]
+        if entry["group_size"] != plan.block_size:
+            olive["group_size"] = entry["group_size"]
+        if (entry["scheme"] == "sym") != plan.symmetric:
+            olive["symmetric"] = entry["scheme"] == "sym"
+        if not olive:
+            continue
+        layer, _, in_layer = node.removeprefix("/model/layers.").removesuffix("/MatMul").partition("/")
+        for module in arch.module_for_node("builder", in_layer):
+            out[f"model.layers.{layer}.{module}"] = olive
+    return dict(sorted(out.items(), key=lambda kv: (int(kv[0].split(".")[2]), kv[0])))
 
 
 def workflow(model_path: str, passes: dict, data_configs: list, output_dir: str, cache_dir: str,
@@ -86,12 +82,15 @@ def workflow_config(model_path: str, calib_jsonl: str, *, bits: int, group_size:
 
 
 def run_gptq(config: dict, work: Path, log_path: Path) -> tuple[Path, float]:
-    wall = run_child("edgeqwen.quantize.olive_gptq", config, work, log_path, ("Running pass", "finished in"), "olive",
-                     "try quantization.algorithm: rtn, or another calibration file")
+    cfg_path = work / "olive_gptq.json"
+    cfg_path.write_text(json.dumps(config, indent=2))
+    run = run_child("edgeqwen.quantize.olive_gptq", cfg_path, log_path, progress=("Running pass", "finished in"),
+                    what="olive", hint="try quantization.algorithm: rtn, or another calibration file",
+                    env=calibrated_threads_env(), clean=lambda t: t.split("] ")[-1].replace("\x1b[0m", ""))
     model_dir = Path(config["output_dir"]) / "model"
     if not (model_dir / "config.json").exists():
         raise EdgeQwenError("Olive's Gptq pass wrote no model", where=str(log_path), hint="see the log")
-    return model_dir, wall
+    return model_dir, run.wall_s
 
 
 def main(argv: list[str]) -> int:
@@ -109,8 +108,8 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path, calib_path: Path | None,
-                        notes: list[str]) -> tuple[Path, dict]:
+def quantize_checkpoint(plan: ExportPlan, resolved, ckpt, work: Path, calib_path: Path | None
+                        ) -> tuple[Path, dict, list[Decision]]:
     """The build's GPTQ step: check calibration text, run Olive's Gptq, return the quantized checkpoint folder."""
     from .calibration import prepare_calibration
 
@@ -118,17 +117,19 @@ def quantize_checkpoint(resolved, ckpt, block: int, symmetric: bool, work: Path,
     calib = prepare_calibration(calib_path, ckpt.path, work / "calibration.jsonl", q.calibration.samples,
                                 q.calibration.seq_len)
     stage_log(f"        calibration: {calib.samples} × {calib.seq_len} tokens from {calib.source} ({calib.tokens} tokens)")
-    overrides = module_overrides(ckpt.config["num_hidden_layers"], {k: v.as_entry() for k, v in q.overrides.items()},
-                                 4, block, symmetric, notes)
-    config = workflow_config(str(ckpt.path), str(calib.jsonl), bits=4, group_size=block, symmetric=symmetric,
-                             samples=calib.samples, seq_len=calib.seq_len, damp_percent=q.calibration.damp_percent,
-                             overrides=overrides, output_dir=str(work / "gptq"), cache_dir=str(work / "olive-cache"))
+    overrides = module_overrides(plan)
+    config = workflow_config(str(ckpt.path), str(calib.jsonl), bits=plan.matmul_bits, group_size=plan.block_size,
+                             symmetric=plan.symmetric, samples=calib.samples, seq_len=calib.seq_len,
+                             damp_percent=q.calibration.damp_percent, overrides=overrides,
+                             output_dir=str(work / "gptq"), cache_dir=str(work / "olive-cache"))
     key = _cache_key(ckpt.path, calib.jsonl, config)
     model_dir, wall = cached("gptq", key, "GPTQ", lambda: run_gptq(config, work, work / "olive.log"))
-    notes.append(f"gptq (Olive Gptq pass, damp {q.calibration.damp_percent}) on every decoder-layer linear: "
-                 f"{calib.samples} calibration sequences × {calib.seq_len} tokens from {Path(calib.source).name}; "
-                 "lm_head and embeddings quantized by RTN in the builder")
-    return model_dir, {**calib.as_dict(), "wall_s": round(wall, 2), "olive_overrides": overrides, "cache_key": key}
+    decisions = [Decision("gptq.override", f"gptq {name}: override {o}") for name, o in overrides.items()]
+    decisions.append(Decision("gptq", f"gptq (Olive Gptq pass, damp {q.calibration.damp_percent}) on every decoder-layer "
+                              f"linear: {calib.samples} calibration sequences × {calib.seq_len} tokens from "
+                              f"{Path(calib.source).name}; lm_head and embeddings quantized by RTN in the builder"))
+    info = {**calib.as_dict(), "wall_s": round(wall, 2), "olive_overrides": overrides, "cache_key": key}
+    return model_dir, info, decisions
 
 
 def _cache_key(model: Path, calib_jsonl: Path, config: dict) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main"]
+__all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main", "render_chat_template"]
 
 
 class RunnerError(Exception):
@@ -55,6 +55,32 @@ def check_artifact(path: Path, full_hash: bool = True) -> dict:
             raise RunnerError(f"{path}: artifact file {rel} was modified (sha256 differs from manifest.json); "
                               "rebuild or re-copy the artifact")
     return manifest
+
+
+def render_chat_template(template: str, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+    """Render a Hugging Face chat template as transformers' `apply_chat_template` does (a sandboxed, immutable
+    Jinja environment with trim/lstrip blocks, loop controls, `tojson`, `raise_exception`, `strftime_now`), so the
+    runner, the server and the build's Foundry metadata all render prompts the way the model was trained on."""
+    import datetime
+
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise RunnerError(f"chat template: {message}")
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **kwargs)
+    except jinja2.TemplateError as exc:
+        raise RunnerError(f"chat template failed to render: {exc}") from None
 
 
 @dataclass
@@ -256,14 +282,12 @@ class Runner:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def apply_chat_template(self, messages: list[dict], enable_thinking: bool | None = None) -> str:
+    def apply_chat_template(self, messages: list[dict], enable_thinking: bool | None = None, **kwargs) -> str:
         if not self.chat_template:
             raise RunnerError(f"{self.path}: the artifact has no chat_template.jinja")
-        import jinja2
-
-        env = jinja2.Environment()
-        kwargs = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
-        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True, **kwargs)
+        if enable_thinking is not None:
+            kwargs["enable_thinking"] = enable_thinking
+        return render_chat_template(self.chat_template, messages, add_generation_prompt=True, **kwargs)
 
     # ---- layer 2: streaming ---------------------------------------------------------------
     def _sample(self, logits: np.ndarray, s: Sampling, rng: np.random.Generator, history: list[int]) -> int:

@@ -1,4 +1,7 @@
-"""Low-memory weight quantization inside the builder's IR, one MatMul at a time.
+"""edgeqwen's graph quantizer: MatMul → MatMulNBits inside the exporter's IR, one MatMul at a time.
+
+Used by the low-memory builder path, the portable exporter and every "graph"-stage algorithm (whose registry
+entry may bring its own block quantizer, e.g. rtn_clip); the per-node settings come resolved from the plan.
 
 The builder's own `to_int4` serializes the whole model to a protobuf (a second full-precision copy of
 every weight) before quantizing, so a build peaks at ~3× the fp32 checkpoint. Here each MatMul weight
@@ -12,25 +15,15 @@ Runs inside the builder worker process (no edgeqwen imports needed there).
 
 from __future__ import annotations
 
-import fnmatch
+from typing import Callable
 
 import numpy as np
 
+from ..architectures import HEAD_NODE
 from .ir_edit import const, drop_if_unused, replace_node
 
 
-def apply_overrides(name: str, entry: dict, patterns: dict[str, dict], notes: list[str]) -> dict:
-    """Recipe `quantization.overrides` (node-name glob → {bits, group_size, scheme}) onto one node's settings.
-
-    Shared by both quantization paths of the builder worker, so a recipe means the same in each."""
-    for pattern, override in patterns.items():
-        if fnmatch.fnmatchcase(name, pattern):
-            entry.update(override)
-            notes.append(f"{name}: override {pattern!r} -> {override}")
-    return entry
-
-
-def _block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
+def ort_block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     rows, cols = w.shape
@@ -47,36 +40,35 @@ def _block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
     return packed, scales, zero_points
 
 
-def quantize_in_place(model, *, default_bits: int, block: int, symmetric: bool, accuracy_level: int,
-                      lm_head_bits: int | None, exclude: set[str], patterns: dict[str, dict],
-                      shared_lm_head: bool) -> list[str]:
-    """Replace every constant-weight MatMul in `model` (onnx_ir.Model) with MatMulNBits. Returns notes."""
+def quantize_in_place(model, plan, *, exclude: set[str], shared_lm_head: bool,
+                      block_quant: Callable = ort_block_quant) -> list[str]:
+    """Replace every constant-weight MatMul in `model` (onnx_ir.Model) with MatMulNBits, each with the plan's
+    settings for that node (`plan.node_setting`). Returns notes."""
     import onnx_ir as ir
 
     graph = model.graph
     notes: list[str] = []
+    count = 0
     for node in list(graph):
         if node.op_type != "MatMul" or node.name in exclude:
             continue
         weight = node.inputs[1]
         if weight is None or weight.const_value is None or len(weight.shape or ()) != 2:
             continue
-        entry = {"bits": default_bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
-        if node.name == "/lm_head/MatMul" and lm_head_bits:
-            entry["bits"] = lm_head_bits
-        apply_overrides(node.name, entry, patterns, notes)
+        entry = plan.node_setting(node.name)
         bits, bsize, sym = entry["bits"], entry["group_size"], entry["scheme"] == "sym"
+        count += 1
         tensor = weight.const_value
         dtype = tensor.dtype
         w = tensor.numpy()
         if w.dtype != np.float32:
             w = w.astype(np.float32)
         k, n = w.shape
-        packed, scales, zero_points = _block_quant(w, bits, bsize, sym)
+        packed, scales, zero_points = block_quant(w, bits, bsize, sym)
         del w
         if dtype == ir.DataType.FLOAT16:
             scales = scales.astype(np.float16)
-        if node.name == "/lm_head/MatMul" and shared_lm_head:
+        if node.name == HEAD_NODE and shared_lm_head:
             base = "lm_head.MatMul.weight"  # the names the builder's GatherBlockQuantized embedding points at
             names = (f"{base}_Q{bits}G{bsize}", f"{base}_scale", f"{base}_zp")
         else:
@@ -86,14 +78,17 @@ def quantize_in_place(model, *, default_bits: int, block: int, symmetric: bool, 
             graph.register_initializer(v)
         inputs = [node.inputs[0], values[0], values[1]] + ([] if sym else [values[2]])
         attrs = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", bits), ir.AttrInt64("block_size", bsize)]
-        if accuracy_level:
-            attrs.append(ir.AttrInt64("accuracy_level", accuracy_level))
+        if plan.accuracy_level:
+            attrs.append(ir.AttrInt64("accuracy_level", plan.accuracy_level))
         new = ir.Node("com.microsoft", "MatMulNBits", inputs, attributes=attrs, name=f"{node.name}_Q{bits}", num_outputs=1)
         replace_node(graph, node, new)
         drop_if_unused(graph, weight)  # frees the float tensor (and, with it, the PyTorch parameter reference)
-        if sym and (node.name != "/lm_head/MatMul" or not shared_lm_head):
+        if sym and (node.name != HEAD_NODE or not shared_lm_head):
             graph.initializers.pop(values[2].name, None)
     model.opset_imports.setdefault("com.microsoft", 1)
+    if count:
+        name = getattr(block_quant, "__module__", "").rsplit(".", 1)[-1]
+        notes.append(f"{count} MatMuls block-quantized in the graph ({'onnxruntime RTN' if block_quant is ort_block_quant else name})")
     return notes
 
 
@@ -115,7 +110,7 @@ def quantize_embedding_table(model, *, bits: int, block: int, symmetric: bool) -
     vocab, hidden = e.shape
     if hidden % block:
         return [f"embedding table kept in float: hidden {hidden} is not a multiple of block {block}"]
-    packed, scales, zero_points = _block_quant(np.ascontiguousarray(e.T), bits, block, symmetric)
+    packed, scales, zero_points = ort_block_quant(np.ascontiguousarray(e.T), bits, block, symmetric)
     data = packed.reshape(vocab, hidden * bits // 8)
     if dtype == ir.DataType.FLOAT16:
         scales = scales.astype(np.float16)  # GatherBlockQuantized outputs the scales' type
@@ -145,7 +140,7 @@ def sync_shared_table(model) -> list[str]:
 
     graph = model.graph
     gather = next((n for n in graph if n.op_type == "GatherBlockQuantized" and n.name.startswith("/model/embed_tokens")), None)
-    head = next((n for n in graph if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/MatMul")), None)
+    head = next((n for n in graph if n.op_type == "MatMulNBits" and n.name.startswith(HEAD_NODE)), None)
     if gather is None or head is None or gather.inputs[0] is None or gather.inputs[0].producer() is None:
         return []
     reshape = gather.inputs[0].producer()

@@ -1,0 +1,125 @@
+"""The architecture registry: what edgeqwen knows about each model family it builds.
+
+One `ArchitectureSpec` per Hugging Face class: its family name, the exporters' node name for every
+quantized linear (so recipe overrides are checked against the model before any work, and GPTQ's
+per-module settings map onto the same nodes), the prompt format and thinking tokens, and how to make
+a tiny fixture of it. Checkpoint inspection, the planner, GPTQ's override mapping, packaging
+(Foundry Local's prompt template), the tiny-model factory and the CLI read it. Anything not mapped
+raises, naming what is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The decoder-layer linears of Qwen2/Qwen3 (HF module path inside `model.layers.N`) and the node each
+# exporter gives them. onnxruntime-genai's builder fuses q/k/v into one MatMul.
+_QWEN_BUILDER_NODES = {
+    "self_attn.q_proj": "attn/qkv_proj", "self_attn.k_proj": "attn/qkv_proj", "self_attn.v_proj": "attn/qkv_proj",
+    "self_attn.o_proj": "attn/o_proj", "mlp.gate_proj": "mlp/gate_proj", "mlp.up_proj": "mlp/up_proj",
+    "mlp.down_proj": "mlp/down_proj",
+}
+_QWEN_PORTABLE_NODES = {m: m.replace(".", "/") for m in _QWEN_BUILDER_NODES}  # optimum keeps the module path
+HEAD_NODE = "/lm_head/MatMul"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Foundry Local's per-role prompt pieces ({Content} is the slot); the full prompt comes from the chat template."""
+
+    system: str
+    user: str
+    assistant: str = "{Content}"
+
+
+CHATML = PromptFormat(system="<|im_start|>system\n{Content}<|im_end|>\n", user="<|im_start|>user\n{Content}<|im_end|>\n")
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    hf_class: str
+    family: str  # short name: tiny fixtures, `edgeqwen tiny --family`
+    module_nodes: dict[str, dict[str, str]]  # exporter → {HF module in a layer → node path in the layer}
+    prompt_format: PromptFormat = CHATML
+    think_tokens: tuple[str, str] | None = None  # (open, close) when the family reasons in-line
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    tied_by_default: bool = True  # tiny fixtures of this family
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def layer_node(self, exporter: str, layer: int, module: str) -> str:
+        return f"/model/layers.{layer}/{self.module_nodes[exporter][module]}/MatMul"
+
+    def matmul_nodes(self, exporter: str, num_layers: int) -> list[str]:
+        """Every quantizable MatMul the exporter writes for a model of `num_layers` layers (lm_head last)."""
+        if exporter not in self.module_nodes:
+            raise KeyError(f"architecture {self.hf_class} has no node map for exporter {exporter!r}; "
+                           f"known: {', '.join(self.module_nodes)}")
+        per_layer = list(dict.fromkeys(self.module_nodes[exporter].values()))
+        return [f"/model/layers.{i}/{n}/MatMul" for i in range(num_layers) for n in per_layer] + [HEAD_NODE]
+
+    def linear_shapes(self, config: dict, exporter: str) -> dict[str, tuple[int, int]]:
+        """(K, N) of every quantizable MatMul the exporter writes, from the checkpoint's config alone."""
+        h, inter, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+        heads = config["num_attention_heads"]
+        kvh = config.get("num_key_value_heads") or heads
+        hd = config.get("head_dim") or h // heads
+        module_kn = {"self_attn.q_proj": (h, heads * hd), "self_attn.k_proj": (h, kvh * hd),
+                     "self_attn.v_proj": (h, kvh * hd), "self_attn.o_proj": (heads * hd, h),
+                     "mlp.gate_proj": (h, inter), "mlp.up_proj": (h, inter), "mlp.down_proj": (inter, h)}
+        per_node: dict[str, tuple[int, int]] = {}
+        for module, node in self.module_nodes[exporter].items():
+            k, n = module_kn[module]
+            per_node[node] = (k, per_node[node][1] + n) if node in per_node else (k, n)  # fused q/k/v add up
+        shapes = {f"/model/layers.{i}/{node}/MatMul": kn for i in range(config["num_hidden_layers"])
+                  for node, kn in per_node.items()}
+        shapes[HEAD_NODE] = (h, vocab)
+        return shapes
+
+    def module_for_node(self, exporter: str, node_in_layer: str) -> list[str]:
+        """HF modules that become one node (q/k/v → qkv_proj in the builder)."""
+        mods = [m for m, n in self.module_nodes[exporter].items() if n == node_in_layer]
+        if not mods:
+            raise KeyError(f"node {node_in_layer!r} is not a decoder-layer linear of {self.hf_class} "
+                           f"(known: {', '.join(dict.fromkeys(self.module_nodes[exporter].values()))})")
+        return mods
+
+
+_REGISTRY: dict[str, ArchitectureSpec] = {}
+
+
+def register(spec: ArchitectureSpec) -> ArchitectureSpec:
+    if spec.hf_class in _REGISTRY or any(s.family == spec.family for s in _REGISTRY.values()):
+        raise ValueError(f"architecture {spec.hf_class} / family {spec.family} is registered twice")
+    _REGISTRY[spec.hf_class] = spec
+    return spec
+
+
+def architectures() -> list[ArchitectureSpec]:
+    return list(_REGISTRY.values())
+
+
+def get_architecture(hf_class: str) -> ArchitectureSpec:
+    try:
+        return _REGISTRY[hf_class]
+    except KeyError:
+        raise KeyError(f"unsupported architecture {hf_class!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def by_family(family: str) -> ArchitectureSpec:
+    for spec in _REGISTRY.values():
+        if spec.family == family:
+            return spec
+    raise KeyError(f"unknown family {family!r}; known: {', '.join(s.family for s in _REGISTRY.values())}")
+
+
+def families() -> list[str]:
+    return [s.family for s in _REGISTRY.values()]
+
+
+_NODES = {"builder": _QWEN_BUILDER_NODES, "portable": _QWEN_PORTABLE_NODES}
+register(ArchitectureSpec("Qwen2ForCausalLM", "qwen2", _NODES, qkv_bias=True, tied_by_default=True,
+                          notes=("Qwen2 / Qwen2.5: QKV bias; 0.5B-3B tie embeddings to lm_head",)))
+register(ArchitectureSpec("Qwen3ForCausalLM", "qwen3", _NODES, think_tokens=("<think>", "</think>"), qk_norm=True,
+                          tied_by_default=False,
+                          notes=("Qwen3: q/k RMSNorm, no QKV bias, <think> reasoning; 0.6B-4B tie embeddings",)))

@@ -1,0 +1,216 @@
+"""`plan(resolved, checkpoint) -> ExportPlan`: every decision of a build, made once, from the recipe, its target,
+the algorithm's registry spec and the checkpoint's config. No file is read or written here."""
+
+from __future__ import annotations
+
+from ..architectures import HEAD_NODE, get_architecture
+from ..checkpoint import Checkpoint
+from ..errors import EdgeQwenError
+from ..quantize.registry import AlgorithmSpec, get_algorithm
+from ..recipe import EmbeddingMode, Exporter, HeadMode, Resolved
+from ..targets import Precision
+from .overrides import expand_overrides
+from .plan import Decision, ExportPlan, HeadPlan, TablePlan
+
+BLOCK_SIZES = (256, 128, 64, 32, 16)
+HEAD_BLOCK = 128  # block size of an int8 lm_head in int4 CPU recipes (benchmarks/README.md)
+
+
+class _Log:
+    def __init__(self):
+        self.items: list[Decision] = []
+
+    def __call__(self, code: str, message: str) -> None:
+        self.items.append(Decision(code, message))
+
+
+def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False) -> ExportPlan:
+    recipe, target, q = resolved.recipe, resolved.target, resolved.recipe.quantization
+    try:
+        arch = get_architecture(ckpt.architecture)
+    except KeyError as exc:
+        raise EdgeQwenError(str(exc.args[0]), where=str(ckpt.path / "config.json")) from None
+    exporter = recipe.exporter.value
+    spec = get_algorithm(q.algorithm)
+    _check_exporter(resolved, ckpt, spec, low_memory)
+    cfg = ckpt.config
+    layers = cfg["num_hidden_layers"]
+    context = min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length))
+    common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=exporter, precision=recipe.precision.value,
+                  execution_provider=target.execution_provider.value, accuracy_level=resolved.accuracy_level,
+                  context_length=context, weight_encoding=target.weight_encoding.value,
+                  static_shapes=target.static_shapes, num_layers=layers)
+    if recipe.precision not in (Precision.INT4, Precision.INT8):
+        table = TablePlan("float")
+        return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
+                          head=HeadPlan(None, resolved.block_size), table=table, **common)
+
+    log = _Log()
+    bits = 8 if recipe.precision == Precision.INT8 else 4
+    hidden = cfg["hidden_size"]
+    shapes = arch.linear_shapes(cfg, exporter)
+    block = resolved.block_size
+    want_table = q.embeddings != EmbeddingMode.FLOAT
+    table_bits = 8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else 4
+
+    # The quantized embedding table (GatherBlockQuantized, quantize_axis=1) needs hidden_size to be a whole number
+    # of blocks (MatMulNBits pads K, so MatMuls take any K): the largest block that divides it, not above the recipe's.
+    if want_table and hidden % block:
+        fits = [b for b in BLOCK_SIZES if b <= block and hidden % b == 0]
+        if fits:
+            log("block.table_fit", f"block_size {block} -> {fits[0]}: hidden_size {hidden} is not a multiple of {block} "
+                "(needed by the quantized embedding table)")
+            block = fits[0]
+        else:
+            log("table.float_shape", f"embeddings kept in float: hidden_size {hidden} is not a multiple of any int4 "
+                f"block size ({', '.join(map(str, BLOCK_SIZES))})")
+            want_table = False
+    uneven = {}
+    for node, (k, _) in shapes.items():
+        what = node.rsplit("/", 2)[-2] if node != HEAD_NODE else "lm_head"
+        if k % block and what not in uneven:
+            uneven[what] = k
+            log("block.pad", f"{what} K={k} is not a multiple of block {block}: MatMulNBits pads the last block")
+
+    # What really runs: whole-group quantizers fall back on uneven K; the low-memory path runs its own.
+    if spec.whole_groups and uneven:
+        what, k = next(iter(uneven.items()))
+        log("algorithm.fallback", f"algorithm {spec.name} -> rtn: {what} K={k} is not a multiple of block {block} "
+            "(the pre-builder quantizers need whole groups)")
+        spec = get_algorithm("rtn")
+    if low_memory and spec.low_memory != spec.name:
+        log("algorithm.fallback", f"algorithm {spec.name} -> {spec.low_memory}: the low-memory path quantizes with "
+            f"{spec.low_memory} only")
+        spec = get_algorithm(spec.low_memory)
+    for note in spec.notes:
+        log(f"algorithm.{spec.name}", note)
+
+    tied = ckpt.tied_embeddings
+    head_bits: int | None = 8 if bits == 8 or q.lm_head == HeadMode.INT8 else bits
+    if q.lm_head == HeadMode.FLOAT:
+        head_bits = None
+    if tied and want_table and q.embeddings == EmbeddingMode.INT8 and head_bits != 8:
+        if head_bits is None:
+            raise EdgeQwenError("embeddings: int8 with lm_head: float cannot share the tied table",
+                                where=f"recipe {recipe.name}: quantization", hint="use lm_head: int8, or embeddings: float")
+        head_bits = 8
+        log("head.int8_shared", "lm_head in int8: the tied embedding table it shares is asked to be int8")
+    if spec.head_bits and head_bits is not None and head_bits != spec.head_bits:
+        head_bits = spec.head_bits
+        log("head.algorithm", f"lm_head in int{spec.head_bits}: the builder's {spec.name} always quantizes lm_head "
+            f"to {spec.head_bits} bits")
+
+    symmetric = q.symmetric
+    if spec.asym_reason and symmetric:
+        symmetric = False
+        log("symmetric.off", f"symmetric -> false: {spec.asym_reason}")
+    where = f"recipe {recipe.name}: quantization.overrides"
+    if q.overrides and not spec.takes_overrides:
+        raise EdgeQwenError(f"algorithm {spec.name} does not take per-layer overrides here (the GPTQ layout it is "
+                            "saved in has one bit width for the whole model)", where=where,
+                            hint="drop the overrides, or use algorithm: gptq for mixed precision")
+    if spec.stage == "checkpoint" and spec.asym_reason:
+        for pattern, o in q.overrides.items():
+            if o.symmetric:
+                raise EdgeQwenError(
+                    f"override {pattern!r} asks for symmetric weights, which {spec.name} artifacts cannot hold here",
+                    where=where, hint=f"drop `symmetric: true` from the override ({spec.asym_reason}), or use algorithm: rtn")
+
+    settings: dict[str, dict] = {}
+    head_block = block
+    if (head_bits == 8 and bits == 4 and not spec.head_bits and hidden % HEAD_BLOCK == 0
+            and target.execution_provider.value == "cpu"):
+        # 8 bits need no small blocks: one scale + zero point per 128 weights, no measurable accuracy change (tested),
+        # and onnxruntime's CPU 8-bit kernel decodes the 0.5B head 26 % faster. Recipe overrides still win.
+        head_block = HEAD_BLOCK
+        log("head.block", f"lm_head int8 in blocks of {HEAD_BLOCK} (the int4 layers keep block {block})")
+    nodes = list(shapes)
+    overrides, matched = expand_overrides({k: v.as_entry() for k, v in q.overrides.items()}, nodes, layers, where)
+    for pattern, count in matched:
+        log("override", f"override {pattern!r} -> {q.overrides[pattern].as_entry()} on {count} node(s)")
+    settings.update(overrides)
+    if HEAD_NODE in settings and "group_size" in settings[HEAD_NODE]:
+        head_block = settings[HEAD_NODE].pop("group_size")
+        if not settings[HEAD_NODE]:
+            del settings[HEAD_NODE]
+    if HEAD_NODE in settings and "bits" in settings[HEAD_NODE] and head_bits is not None:
+        head_bits = settings[HEAD_NODE].pop("bits")
+        if not settings[HEAD_NODE]:
+            del settings[HEAD_NODE]
+
+    # onnxruntime's RTN packs 4-bit zero points two per byte across rows: an odd block count per column breaks its
+    # reshape, so those nodes go symmetric (no zero points). Only where the builder's own quantizer writes them.
+    builder_quantized = ([] if low_memory or exporter != "builder" or spec.stage == "graph"
+                         else nodes if spec.stage == "builder" else [HEAD_NODE])
+    default = {"bits": bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
+    for node in builder_quantized:
+        entry = {**default, **({"bits": head_bits, "group_size": head_block} if node == HEAD_NODE else {}),
+                 **settings.get(node, {})}
+        k = shapes[node][0]
+        blocks = -(-k // entry["group_size"])
+        if entry["bits"] == 4 and entry["scheme"] == "asym" and blocks % 2 == 1 and (node != HEAD_NODE or head_bits):
+            settings[node] = {**settings.get(node, {}), "scheme": "sym"}
+            log("node.odd_blocks", f"{node}: K={k} is {blocks} blocks of {entry['group_size']} (odd) -> symmetric "
+                "(onnxruntime's asymmetric 4-bit packing needs an even block count)")
+
+    portable = exporter == Exporter.PORTABLE.value
+    share = tied and want_table and head_bits is not None and not portable
+    if share:
+        table = TablePlan("shared", head_bits, head_block)
+        log("table.shared", f"embeddings tied to lm_head: one shared int{head_bits} table (GatherBlockQuantized)")
+    elif want_table:
+        table = TablePlan("separate", table_bits, block)
+        if tied:
+            log("table.twice", "tied embeddings stored twice (portable exporter): a quantized lm_head and a "
+                "separately quantized embedding table")
+        log("table.separate", f"embeddings quantized separately to int{table_bits} (GatherBlockQuantized, uint8 storage)")
+    else:
+        table = TablePlan("float")
+        if tied:
+            log("table.float", "embeddings in float")
+    if low_memory:
+        log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
+            "its float weight dropped")
+    return ExportPlan(algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
+                      head=HeadPlan(head_bits, head_block), table=table, node_settings=settings,
+                      exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
+                      decisions=tuple(log.items), **common)
+
+
+def _check_exporter(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, low_memory: bool) -> None:
+    """What the chosen exporter cannot do is refused before any work."""
+    recipe, target = resolved.recipe, resolved.target
+    cfg = ckpt.config
+    if recipe.exporter == Exporter.PORTABLE:
+        where = f"recipe {recipe.name}: exporter portable"
+        if target.execution_provider.value not in ("cpu", "qnn") or recipe.precision == Precision.FP16:
+            raise EdgeQwenError(f"the portable exporter builds CPU/NPU fp32/int4/int8 artifacts; this recipe asks for "
+                                f"{recipe.precision.value} on {target.name}", where=where,
+                                hint="use exporter: builder for GPU/WebGPU targets")
+        if not spec.portable:
+            known = ", ".join(s for s in _portable_algorithms())
+            raise EdgeQwenError(f"the portable exporter quantizes with {known} only (recipe asks for {spec.name})",
+                                where=where, hint="set quantization.algorithm: rtn, or use exporter: builder")
+        if low_memory:
+            raise EdgeQwenError("--low-memory is a builder-exporter option", where=where, hint="drop --low-memory")
+        if target.artifact_format.value != "onnx":
+            raise EdgeQwenError("the portable exporter writes .onnx artifacts only", where=where,
+                                hint="use exporter: builder for ort-mobile")
+        return
+    if target.static_shapes or target.weight_encoding.value != "matmulnbits":
+        raise EdgeQwenError(f"target {target.name} needs static shapes / QDQ weights, which the model builder does not write",
+                            where=f"recipe {recipe.name}: exporter builder", hint="use exporter: portable")
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    if head_dim % 8:
+        raise EdgeQwenError(
+            f"head_dim {head_dim} of every attention layer (model.layers.*.self_attn) is not a multiple of 8: "
+            "onnxruntime's GroupQueryAttention kernel, which the builder's graph uses, refuses it at run time",
+            where=f"{ckpt.path / 'config.json'}: hidden_size {cfg['hidden_size']} / num_attention_heads "
+                  f"{cfg['num_attention_heads']}",
+            hint="this checkpoint cannot be built with the builder exporter; prune or fine-tune to a head_dim divisible by 8")
+
+
+def _portable_algorithms() -> list[str]:
+    from ..quantize.registry import algorithms
+
+    return [s.name for s in algorithms() if s.portable]

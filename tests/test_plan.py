@@ -1,0 +1,156 @@
+"""The planner's decisions, table-tested from configs alone (no weights, no build: milliseconds each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeqwen.architectures import HEAD_NODE, architectures, get_architecture
+from edgeqwen.checkpoint import Checkpoint
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.memory import estimate
+from edgeqwen.planner import ExportPlan, plan
+from edgeqwen.recipe import load_recipe
+
+
+def config(family="qwen2", hidden=128, layers=4, heads=4, kv=2, inter=384, vocab=1024, head_dim=None, tied=None):
+    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
+    cfg = dict(architectures=[arch], hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+               num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab, max_position_embeddings=2048,
+               tie_word_embeddings=(family == "qwen2") if tied is None else tied)
+    if head_dim:
+        cfg["head_dim"] = head_dim
+    return Checkpoint(path=Path("/config-only"), source="config", architecture=arch, family=family, config=cfg)
+
+
+def recipe(tmp_path, quant="", precision="int4", target="cpu-x86_64", exporter="builder", model="embedded:tiny-qwen2"):
+    p = tmp_path / "r.yaml"
+    p.write_text(f"version: 1\nmodel: {model}\ntarget: {target}\nprecision: {precision}\nexporter: {exporter}\n"
+                 f"context_length: 1024\nquantization:\n  block_size: 32\n{quant}")
+    return load_recipe(str(p))
+
+
+def codes(p: ExportPlan) -> list[str]:
+    return [d.code for d in p.decisions]
+
+
+def test_default_int4_recipe_plans_intent_on_any_layer_count():
+    for layers in (3, 4, 6, 28):
+        p = plan(load_recipe("tiny-qwen2/cpu-x86_64-int4"), config(layers=layers))
+        assert p.algorithm == "gptq" and p.matmul_bits == 4 and not p.symmetric
+        int8 = sorted({n.split("/")[2] for n, s in p.node_settings.items() if s.get("bits") == 8})
+        assert int8 == ["layers.0", f"layers.{layers - 1}"], (layers, int8)
+        assert p.head.bits == 8 and p.head.block_size == 128
+        assert p.table.mode == "shared" and p.table.bits == 8 and p.table.block_size == 128
+        assert p.node_setting(HEAD_NODE) == {"bits": 8, "group_size": 128, "scheme": "asym"}
+        assert p.builder_options()["int4_algo_config"] == "rtn_last" and p.builder_options()["shared_embeddings"]
+
+
+def test_override_that_matches_nothing_names_the_glob_and_layers(tmp_path):
+    r = recipe(tmp_path, "  overrides: {'/model/layers.7/*': {bits: 8}}\n")
+    with pytest.raises(EdgeQwenError) as info:
+        plan(r, config(layers=3))
+    msg = str(info.value)
+    assert "'/model/layers.7/*' matches no node" in msg and "3 decoder layers" in msg and "layers.2" in msg
+    assert "{last}" in info.value.hint
+    with pytest.raises(EdgeQwenError, match=r"\{last\+1\} is layer 3, outside"):
+        plan(recipe(tmp_path, "  overrides: {'/model/layers.{last+1}/*': {bits: 8}}\n"), config(layers=3))
+    p = plan(recipe(tmp_path, "  overrides: {'/model/layers.{last-1}/mlp/*': {bits: 8}}\n"), config(layers=5))
+    assert sorted(p.node_settings) == [f"/model/layers.3/mlp/{m}/MatMul" for m in ("down_proj", "gate_proj", "up_proj")]
+
+
+@pytest.mark.parametrize("algorithm, low_memory, want_algo, head_bits, symmetric, decision", [
+    ("rtn", False, "rtn", 4, True, None),
+    ("k_quant", False, "k_quant", 8, False, "head.algorithm"),
+    ("k_quant", True, "rtn", 4, True, "algorithm.fallback"),  # the low-memory path runs rtn: the plan says so
+    ("hqq", False, "hqq", 4, False, "algorithm.hqq"),
+    ("hqq", True, "rtn", 4, True, "algorithm.fallback"),
+    ("gptq", False, "gptq", 4, False, "symmetric.off"),
+    ("autoround", False, "autoround", 4, False, "symmetric.off"),
+    ("rtn_clip", True, "rtn_clip", 4, True, "low_memory"),
+])
+def test_algorithm_rules_come_from_the_registry(tmp_path, algorithm, low_memory, want_algo, head_bits, symmetric, decision):
+    p = plan(recipe(tmp_path, f"  algorithm: {algorithm}\n  symmetric: true\n"), config(), low_memory=low_memory)
+    assert (p.algorithm, p.head.bits, p.symmetric) == (want_algo, head_bits, symmetric)
+    if decision:
+        assert decision in codes(p), codes(p)
+    assert ExportPlan.from_json(p.to_json()) == p  # what the worker receives is the same plan
+
+
+def test_shapes_that_need_fallbacks(tmp_path):
+    odd = plan(load_recipe("tiny-qwen2/cpu-x86_64-int4"), config(hidden=96, heads=3, kv=1, inter=200, layers=3))
+    assert odd.algorithm == "rtn" and "algorithm.fallback" in codes(odd)  # GPTQ needs whole groups: K=200
+    assert odd.node_settings["/model/layers.1/mlp/down_proj/MatMul"] == {"scheme": "sym"}  # 4-bit, 7 blocks
+    assert "scheme" not in odd.node_settings["/model/layers.0/mlp/down_proj/MatMul"]  # int8 there: no packing issue
+    assert any("K=200 is 7 blocks of 32 (odd) -> symmetric" in d.message for d in odd.decisions)
+    flt = plan(load_recipe("tiny-qwen3/cpu-x86_64-int4"), config("qwen3", hidden=100, heads=4, kv=2, inter=250,
+                                                                   head_dim=16, layers=2))
+    assert flt.table.mode == "float" and "table.float_shape" in codes(flt)
+    fit = plan(recipe(tmp_path, "  embeddings: quantized\n"), config(hidden=80, heads=2, kv=1, inter=160))
+    assert fit.block_size == 16 and "block.table_fit" in codes(fit)
+
+
+@pytest.mark.parametrize("quant, precision, target, exporter, match", [
+    ("  algorithm: autoround\n  overrides: {'/model/layers.0/*': {bits: 8}}\n", "int4", "cpu-x86_64", "builder",
+     "autoround does not take per-layer overrides"),
+    ("  algorithm: gptq\n  overrides: {'/model/layers.0/*': {symmetric: true}}\n", "int4", "cpu-x86_64", "builder",
+     "asks for symmetric weights"),
+    ("  algorithm: gptq\n", "int4", "cpu-x86_64", "portable", "portable exporter quantizes with rtn, rtn_clip only"),
+    ("", "int8", "qnn-npu", "builder", "needs static shapes / QDQ weights"),
+    ("  embeddings: int8\n  lm_head: float\n", "int4", "cpu-x86_64", "builder", "cannot share the tied table"),
+])
+def test_refused_before_any_work(tmp_path, quant, precision, target, exporter, match):
+    with pytest.raises(EdgeQwenError, match=match):
+        plan(recipe(tmp_path, quant, precision, target, exporter), config())
+
+
+def test_head_dim_and_architecture_checks(tmp_path):
+    with pytest.raises(EdgeQwenError, match="head_dim 20 .* not a multiple of 8"):
+        plan(recipe(tmp_path), config(hidden=100, heads=5, kv=1))
+    ckpt = config()
+    bad = Checkpoint(path=ckpt.path, source="x", architecture="LlamaForCausalLM", family="llama", config=ckpt.config)
+    with pytest.raises(EdgeQwenError, match="known: Qwen2ForCausalLM, Qwen3ForCausalLM"):
+        plan(recipe(tmp_path), bad)
+
+
+def test_int8_and_float_plans(tmp_path):
+    i8 = plan(load_recipe("tiny-qwen3/cpu-x86_64-int8"), config("qwen3", head_dim=32))
+    assert i8.matmul_bits == 8 and i8.head.bits == 8 and i8.builder_precision == "int4" and i8.precision == "int8"
+    assert i8.table.mode == "separate" and i8.table.bits == 8
+    f32 = plan(load_recipe("tiny-qwen2/cpu-x86_64-fp32"), config())
+    assert not f32.quantized and f32.algorithm == "none" and f32.builder_options() == {"hf_token": "false", "hf_remote": False}
+
+
+def test_memory_estimate_reads_the_plan(tmp_path):
+    """The estimate counts what the plan writes: k_quant's int8 head, HQQ's float zero points, int8 overrides,
+    the KV cache at the recipe's context."""
+    cfg = config(hidden=896, layers=24, heads=14, kv=2, inter=4864, vocab=151936)
+
+    def weights(quant, low_memory=False):
+        r = recipe(tmp_path, quant)
+        return estimate(plan(r, cfg, low_memory), r, cfg.config).weights_mb
+
+    rtn = weights("  algorithm: rtn\n  symmetric: false\n")
+    assert weights("  algorithm: k_quant\n") > rtn  # lm_head int8 (151936 x 896)
+    assert weights("  algorithm: hqq\n") > rtn  # float zero points
+    assert weights("  algorithm: k_quant\n", low_memory=True) < weights("  algorithm: k_quant\n")  # rtn there
+    assert weights("  algorithm: rtn\n  symmetric: false\n  overrides: {'/model/layers.{first}/*': {bits: 8}}\n") > rtn
+    kv = []
+    for context in (512, 1024):
+        p = tmp_path / f"c{context}.yaml"
+        p.write_text(f"version: 1\nmodel: x\ntarget: cpu-x86_64\nprecision: int4\ncontext_length: {context}\n")
+        r = load_recipe(str(p))
+        kv.append(estimate(plan(r, cfg), r, cfg.config).kv_cache_mb)
+    assert kv[1] == pytest.approx(2 * kv[0]) and kv[0] == pytest.approx(2 * 24 * 2 * 64 * 512 * 4 / 2**20)
+
+
+def test_every_registered_architecture_has_a_node_map_for_every_exporter():
+    for arch in architectures():
+        for exporter in ("builder", "portable"):
+            nodes = arch.matmul_nodes(exporter, 2)
+            assert nodes[-1] == HEAD_NODE and len(set(nodes)) == len(nodes)
+            shapes = arch.linear_shapes(config(arch.family).config, exporter)
+            assert set(shapes) == set(arch.matmul_nodes(exporter, 4))
+    assert get_architecture("Qwen2ForCausalLM").module_for_node("builder", "attn/qkv_proj") == [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
