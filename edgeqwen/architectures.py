@@ -45,6 +45,8 @@ class ArchitectureSpec:
     qkv_bias: bool = False
     qk_norm: bool = False
     tied_by_default: bool = True  # tiny fixtures of this family
+    config_class: str = ""  # transformers config class for tiny fixtures, e.g. "Qwen2Config"
+    explicit_head_dim: bool = False  # the config carries head_dim (Qwen3) instead of hidden / heads
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def layer_node(self, exporter: str, layer: int, module: str) -> str:
@@ -118,8 +120,8 @@ def families() -> list[str]:
 
 
 _NODES = {"builder": _QWEN_BUILDER_NODES, "portable": _QWEN_PORTABLE_NODES}
-register(ArchitectureSpec("Qwen2ForCausalLM", "qwen2", _NODES, qkv_bias=True, tied_by_default=True,
+register(ArchitectureSpec("Qwen2ForCausalLM", "qwen2", _NODES, qkv_bias=True, tied_by_default=True, config_class="Qwen2Config",
                           notes=("Qwen2 / Qwen2.5: QKV bias; 0.5B-3B tie embeddings to lm_head",)))
 register(ArchitectureSpec("Qwen3ForCausalLM", "qwen3", _NODES, think_tokens=("<think>", "</think>"), qk_norm=True,
-                          tied_by_default=False,
+                          tied_by_default=False, config_class="Qwen3Config", explicit_head_dim=True,
                           notes=("Qwen3: q/k RMSNorm, no QKV bias, <think> reasoning; 0.6B-4B tie embeddings",)))

@@ -79,6 +79,19 @@ def smoke_test(artifact: Path) -> None:
                             "or embeddings: float, and report it") from None
 
 
+def _require_stack(plan) -> None:
+    """Before any work: the build stack, and the extras this plan's algorithm and exporter need."""
+    from .extras import require
+
+    require("build", f"building {plan.recipe}")
+    spec = get_algorithm(plan.algorithm) if plan.quantized else None
+    if spec is not None and spec.extra:
+        require(spec.extra, f"algorithm {spec.name}")
+    if plan.exporter == "portable":
+        require("portable", "the portable exporter")
+    require("plots", "the accuracy report's picture")
+
+
 def build(opts: BuildOptions) -> Path:
     output = Path(opts.output).expanduser().absolute()
     stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
@@ -93,6 +106,7 @@ def build(opts: BuildOptions) -> Path:
     stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
               f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
     plan = make_plan(resolved, ckpt, low_memory=opts.low_memory)
+    _require_stack(plan)
     mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
     stage_log(f"        memory estimate {mem.total_mb:.0f} MB at {mem.context} tokens (budget {mem.budget_mb} MB)")
     for decision in plan.decisions:

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-from .errors import EdgeQwenError
+from . import __version__
+from .errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_INTERRUPTED, CheckFailed, EdgeQwenError
 from .runtime.runner import RunnerError
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
 
 DEFAULT_RECIPE = "tiny-qwen2/cpu-x86_64-int4"
+# A verb that needs a package the runtime install lacks names the extra that brings it.
+EXTRAS = {"torch": "build", "transformers": "build", "onnxruntime_genai": "build", "onnx": "build", "onnxscript": "build",
+          "onnx_ir": "build", "safetensors": "build", "psutil": "build", "huggingface_hub": "build",
+          "olive": "gptq", "datasets": "gptq", "auto_round": "autoround", "optimum": "portable",
+          "matplotlib": "plots", "ray": "ray", "openai": "test"}
+
+
+def _emit_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
 
 
 def cmd_recipes(args) -> int:
@@ -24,13 +35,21 @@ def cmd_recipes(args) -> int:
             raise EdgeQwenError("`edgeqwen recipes show` needs a recipe name", hint="`edgeqwen recipes` lists them")
         import yaml
 
-        print(yaml.safe_dump(load_recipe(args.name).as_dict(), sort_keys=False), end="")
+        data = load_recipe(args.name).as_dict()
+        if args.json:
+            _emit_json(data)
+        else:
+            print(yaml.safe_dump(data, sort_keys=False), end="")
         return 0
     rows = []
     for name in known_recipes():
         r = load_recipe(name)
         q = r.recipe.quantization
         rows.append((name, r.recipe.model, r.recipe.precision.value, f"{q.algorithm}/b{r.block_size}", r.recipe.context_length))
+    if args.json:
+        _emit_json([{"recipe": n, "model": m, "precision": p, "quantization": qz, "context_length": c}
+                    for n, m, p, qz, c in rows])
+        return 0
     width = max(len(r[0]) for r in rows)
     print(f"{'recipe':<{width}}  {'precision':<9}  {'quant':<12}  {'context':>7}  model")
     for name, model, prec, quant, ctx in rows:
@@ -54,6 +73,9 @@ def cmd_verify(args) -> int:
 
     problems = verify_artifact(Path(args.artifact))
     bad = {k: v for k, v in problems.items() if v}
+    if args.json:
+        _emit_json({"artifact": args.artifact, "ok": not bad, **problems})
+        return EXIT_CHECK_FAILED if bad else 0
     if not bad:
         print(f"OK: {args.artifact}: every file matches manifest.json")
         return 0
@@ -61,7 +83,7 @@ def cmd_verify(args) -> int:
         for f in files:
             print(f"{kind.upper()}: {f}")
     print(f"FAILED: {args.artifact} does not match its manifest", file=sys.stderr)
-    return 1
+    return EXIT_CHECK_FAILED
 
 
 def cmd_run(args) -> int:
@@ -91,11 +113,16 @@ def cmd_plan(args) -> int:
     ckpt = resolve_checkpoint(args.model or resolved.recipe.model)
     plan = make_plan(resolved, ckpt, low_memory=args.low_memory)
     est = estimate(plan, resolved, ckpt.config)
+    fits = est.total_mb <= est.budget_mb
+    if args.json:
+        _emit_json({"recipe": resolved.recipe.name, "model": ckpt.source, "architecture": ckpt.architecture,
+                    "target": resolved.target.name, "memory_mb": est.as_dict(), "fits": fits, "plan": plan.to_json()})
+        return 0 if fits else EXIT_CHECK_FAILED
     print(f"{resolved.recipe.name} on {ckpt.source} ({ckpt.architecture}) for target {resolved.target.name}:")
     print(est.table())
     for d in plan.decisions:
         print(f"  plan: {d}")
-    return 0 if est.total_mb <= est.budget_mb else 1
+    return 0 if fits else EXIT_CHECK_FAILED
 
 
 def cmd_tiny(args) -> int:
@@ -108,12 +135,22 @@ def cmd_tiny(args) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edgeqwen", description="Small Qwen models → accuracy-checked ONNX artifacts for edge devices.")
+    ap = argparse.ArgumentParser(prog="edgeqwen", description="Small Qwen models → accuracy-checked ONNX artifacts for "
+                                 "edge devices.", epilog="exit codes: 0 ok, 1 a check failed (accuracy gate, verify, "
+                                 "memory fit), 2 bad input or missing extra, 130 interrupted")
+    ap.add_argument("--version", action="version", version=f"edgeqwen {__version__}")
+    ap.add_argument("-q", "--quiet", action="store_true", help="progress off (warnings and errors only)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug lines too")
+    ap.add_argument("--recipes", metavar="DIR", action="append", default=[],
+                    help="a folder of your own recipes (<model>/<name>.yaml), searched before the shipped ones")
+    ap.add_argument("--targets", metavar="DIR", action="append", default=[],
+                    help="a folder of your own targets (*.yaml), searched before the shipped ones")
     sub = ap.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("recipes", help="list recipes, or `recipes show NAME`")
     p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_recipes)
 
     p = sub.add_parser("build", help="build an artifact from a recipe")
@@ -131,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("verify", help="re-hash an artifact against its manifest")
     p.add_argument("artifact")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("run", help="generate text with the minimal onnxruntime runner")
@@ -148,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--model", help="local checkpoint folder or hub id (default: the recipe's model)")
     p.add_argument("--low-memory", action="store_true", help="plan the low-memory export path")
+    p.add_argument("--json", action="store_true", help="machine-readable output (the whole plan)")
     p.set_defaults(fn=cmd_plan)
 
     p = sub.add_parser("tiny", help="create a small random-weight Qwen checkpoint (tests, shapes)")
@@ -180,18 +219,38 @@ def _extra_verbs():
 
 
 def main(argv=None) -> int:
+    from .log import setup
+    from .resources import add_user_dir
+
     args = _parser().parse_args(argv)
+    setup(-1 if args.quiet else 1 if args.verbose else None)
+    for kind in ("recipes", "targets"):
+        for folder in reversed(getattr(args, kind)):
+            add_user_dir(kind, folder)
     try:
         return args.fn(args)
+    except CheckFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     except EdgeQwenError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except RunnerError as exc:  # the artifact runner's own errors (it imports nothing from edgeqwen)
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        print(f"error: `edgeqwen {args.verb}` needs {root!r}, which this install lacks\n"
+              f"  fix: pip install 'edgeqwen[{EXTRAS[root]}]'", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `edgeqwen recipes | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

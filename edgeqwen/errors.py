@@ -18,5 +18,17 @@ class EdgeQwenError(Exception):
         super().__init__("\n".join(parts))
 
 
-class AccuracyGateError(EdgeQwenError):
+class CheckFailed(EdgeQwenError):
+    """The input was fine but a check on it failed (exit code 1): a missed gate, a model that does not fit."""
+
+
+class AccuracyGateError(CheckFailed):
     """An artifact missed its recipe's accuracy gate."""
+
+
+class DoesNotFit(CheckFailed):
+    """A recipe's memory estimate exceeds its target's budget."""
+
+
+# One exit code table for every verb (README, "Exit codes").
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .architectures import HEAD_NODE, get_architecture
-from .errors import EdgeQwenError
+from .errors import DoesNotFit
 from .planner import ExportPlan
 from .quantize.registry import get_algorithm
 from .recipe import Resolved
@@ -106,7 +106,7 @@ def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstima
 def check_fits(plan: ExportPlan, resolved: Resolved, config: dict, where: str) -> MemoryEstimate:
     est = estimate(plan, resolved, config)
     if est.total_mb > est.budget_mb:
-        raise EdgeQwenError(
+        raise DoesNotFit(
             f"recipe {resolved.recipe.name} does not fit target {resolved.target.name}: estimated "
             f"{est.total_mb:.0f} MB resident > budget {est.budget_mb} MB\n{est.table()}",
             where=where,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .errors import EdgeQwenError
 from .schema import from_dict, read_yaml, to_dict
-from .targets import Precision, Target, load_target, project_root
+from .resources import search_dirs, shipped_dir
+from .targets import Precision, Target, load_target
 
 SCHEMA_VERSION = 1
 
@@ -171,24 +172,36 @@ class Resolved:
 
 
 def recipes_dir() -> Path:
-    return project_root() / "recipes"
+    """The shipped recipes folder (see resources.py for where it lives in each kind of install)."""
+    return shipped_dir("recipes")
+
+
+def _recipe_files() -> dict[str, tuple[Path, Path]]:
+    """name → (file, the root it was found under); a user's recipe with a shipped name wins."""
+    found: dict[str, tuple[Path, Path]] = {}
+    for root in search_dirs("recipes"):
+        for p in sorted(root.glob("*/*.yaml")):
+            found.setdefault(p.relative_to(root).with_suffix("").as_posix(), (p, root))
+    return found
 
 
 def known_recipes() -> list[str]:
-    root = recipes_dir()
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml"))
+    return sorted(_recipe_files())
 
 
 def recipe_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") and p.exists():
+    if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
-    candidate = recipes_dir() / f"{name_or_path}.yaml"
-    if candidate.exists():
-        return candidate
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        raise EdgeQwenError(f"recipe path is not a file: {p}", where=str(p), hint="pass a .yaml file")
+    hit = _recipe_files().get(name_or_path)
+    if hit is not None:
+        return hit[0]
     raise EdgeQwenError(
-        f"unknown recipe {name_or_path!r}", where=str(recipes_dir()),
-        hint="`edgeqwen recipes` lists them; or pass a path to a .yaml file",
+        f"unknown recipe {name_or_path!r}", where=", ".join(str(d) for d in search_dirs("recipes")),
+        hint="`edgeqwen recipes` lists them; or pass a path to a .yaml file (add your own folder with --recipes DIR "
+        "or EDGEQWEN_RECIPES)",
     )
 
 
@@ -196,10 +209,13 @@ def load_recipe(name_or_path: str) -> Resolved:
     path = recipe_path(name_or_path)
     data = read_yaml(path)
     recipe = from_dict(Recipe, data, where=str(path))
-    try:
-        name = str(path.resolve().relative_to(recipes_dir().resolve()).with_suffix(""))
-    except ValueError:
-        name = path.stem
+    name = path.stem
+    for root in search_dirs("recipes"):
+        try:
+            name = path.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
+            break
+        except ValueError:
+            continue
     recipe = dataclasses.replace(recipe, name=name)
     try:
         target = load_target(recipe.target)

@@ -19,9 +19,14 @@ from .errors import EdgeQwenError
 
 def read_yaml(path: Path) -> dict:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise EdgeQwenError(f"file not found: {path}", hint="check the path or name") from None
+    except IsADirectoryError:
+        raise EdgeQwenError(f"expected a YAML file, got a folder: {path}", where=str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise EdgeQwenError(f"not a UTF-8 text file (byte {exc.start}): {path}", where=str(path),
+                            hint="pass a YAML recipe/target file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

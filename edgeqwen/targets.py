@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EdgeQwenError
+from .resources import search_dirs, shipped_dir
 from .schema import from_dict, read_yaml
 
 SCHEMA_VERSION = 1
@@ -90,16 +90,21 @@ class Target:
             raise ValueError("artifact_format ort is for the CPU execution provider of a minimal onnxruntime build")
 
 
-def project_root() -> Path:
-    return Path(os.environ.get("EDGEQWEN_HOME", Path(__file__).resolve().parent.parent))
-
-
 def targets_dir() -> Path:
-    return project_root() / "targets"
+    """The shipped targets folder (see resources.py for where it lives in each kind of install)."""
+    return shipped_dir("targets")
+
+
+def _target_files() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for root in search_dirs("targets"):
+        for p in sorted(root.glob("*.yaml")):
+            found.setdefault(p.stem, p)  # a user's target with a shipped name wins
+    return found
 
 
 def known_targets() -> list[str]:
-    return sorted(p.stem for p in targets_dir().glob("*.yaml"))
+    return sorted(_target_files())
 
 
 def load_target_file(path: Path) -> Target:
@@ -110,10 +115,10 @@ def load_target_file(path: Path) -> Target:
 
 
 def load_target(name: str) -> Target:
-    path = targets_dir() / f"{name}.yaml"
-    if not path.exists():
+    path = _target_files().get(name)
+    if path is None:
         raise EdgeQwenError(
-            f"unknown target {name!r}", where=str(targets_dir()),
+            f"unknown target {name!r}", where=", ".join(str(d) for d in search_dirs("targets")),
             hint=f"known targets: {', '.join(known_targets())}",
         )
     return load_target_file(path)

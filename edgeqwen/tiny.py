@@ -134,7 +134,7 @@ def save_tokenizer(out: Path, family: str, vocab_size: int) -> dict[str, int]:
 
 
 def make_config(spec: TinySpec, ids: dict[str, int]):
-    from transformers import Qwen2Config, Qwen3Config
+    import transformers
 
     common = dict(
         vocab_size=spec.vocab_size,
@@ -153,14 +153,12 @@ def make_config(spec: TinySpec, ids: dict[str, int]):
     from .architectures import by_family
 
     arch = by_family(spec.family)  # raises for an unknown family, naming the known ones
-    tied = arch.tied_by_default if spec.tied is None else spec.tied
-    if arch.hf_class == "Qwen2ForCausalLM":
-        return Qwen2Config(tie_word_embeddings=tied, architectures=[arch.hf_class], **common)
-    if arch.hf_class == "Qwen3ForCausalLM":
-        head_dim = spec.head_dim or spec.hidden_size // spec.num_attention_heads
-        return Qwen3Config(tie_word_embeddings=tied, head_dim=head_dim, attention_bias=arch.qkv_bias,
-                           architectures=[arch.hf_class], **common)
-    raise ValueError(f"no tiny-fixture config for {arch.hf_class}: add one here when registering the architecture")
+    extra = {}
+    if arch.explicit_head_dim:
+        extra = dict(head_dim=spec.head_dim or spec.hidden_size // spec.num_attention_heads, attention_bias=arch.qkv_bias)
+    config_class = getattr(transformers, arch.config_class)
+    return config_class(tie_word_embeddings=arch.tied_by_default if spec.tied is None else spec.tied,
+                        architectures=[arch.hf_class], **extra, **common)
 
 
 def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=None, dtype: str = "float32") -> Path:

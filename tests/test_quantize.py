@@ -146,7 +146,7 @@ def test_gptq_hqq_are_refused_for_int8_and_unknown_algorithms_list_known(tmp_pat
         load_recipe(recipe(tmp_path, "i8", precision="int8"))
     with pytest.raises(EdgeQwenError, match="hqq is for int4 recipes"):
         load_recipe(recipe(tmp_path, "h8", precision="int8", algo="hqq"))
-    with pytest.raises(EdgeQwenError, match="known: rtn, k_quant, gptq, hqq"):
+    with pytest.raises(EdgeQwenError, match="known: autoround, gptq, hqq, k_quant, rtn"):
         load_recipe(recipe(tmp_path, "awq", algo="awq"))
     from edgeqwen.interop.olive_config import olive_workflow
 

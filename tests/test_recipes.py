@@ -55,7 +55,7 @@ def test_good_recipe_file_resolves_target_defaults(tmp_path):
         (GOOD.replace("block_size: 32", "block_sise: 32"), "quantization.block_sise"),
         (GOOD.replace("block_size: 32", "block_size: big"), "expected an integer"),
         (GOOD.replace("block_size: 32", "block_size: 48"), "block_size 48 must be one of"),
-        (GOOD.replace("algorithm: rtn", "algorithm: magic"), "unknown value 'magic'; known: rtn, k_quant"),
+        (GOOD.replace("algorithm: rtn", "algorithm: magic"), "unknown value 'magic'; known: autoround, gptq, hqq, k_quant, rtn"),
         (GOOD.replace("target: cpu-x86_64", "target: toaster"), "unknown target 'toaster'"),
         (GOOD.replace("precision: int4", "precision: fp16"), "precision 'fp16' is not supported by target 'cpu-x86_64'"),
         (GOOD.replace("version: 1", "version: 7"), "schema version 7"),

@@ -10,7 +10,8 @@ from edgeqwen.errors import EdgeQwenError
 from edgeqwen.package import verify_artifact
 from edgeqwen.tune import default_grid, parse_budget, tune
 
-GRID = [default_grid()[0], default_grid()[1], default_grid()[-1]]  # builder-like int4, default int4, int8
+_BY_LABEL = {c[0]: c for c in default_grid()}
+GRID = [_BY_LABEL[k] for k in ("rtn-sym-b32-int4head", "rtn-asym-b32-int8head", "int8")]  # builder-like int4, default int4, int8
 
 
 def test_tune_picks_smallest_candidate_within_budget(trained_qwen2, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -38,6 +39,9 @@ def cmd_eval(args) -> int:
     summary["status"] = "no gate" if not summary["gate"] else "pass" if not missed else "fail"
     summary["missed"] = missed
     jpath, ppath = write_report(summary, out, manifest.get("name", artifact.name))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0 if not missed else 1
     print(f"accuracy of {artifact} vs {ref.source}:")
     print(format_table(summary))
     print(f"gate: {summary['status']}" + ("".join(f"\n  missed {m}" for m in missed)))
@@ -53,4 +57,5 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--max-windows", type=int, default=8)
     p.add_argument("-o", "--output", help="folder for accuracy.json / accuracy.png (default: .)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(fn=cmd_eval)

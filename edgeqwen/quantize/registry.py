@@ -55,6 +55,7 @@ class AlgorithmSpec:
     checkpoint_quantizer: str | None = None  # "module:function" for stage "checkpoint"
     graph_quantizer: str | None = None  # "module:function(model, plan, notes) -> model" for stage "graph"
     block_quantizer: str | None = None  # "module:function(w, bits, block, symmetric)" for the shared quantizer
+    extra: str | None = None  # the install extra it needs beyond the build stack (edgeqwen/extras.py)
     notes: tuple[str, ...] = ()  # recorded in every plan that uses it (known costs, measured limits)
     olive: OliveMapping = field(default_factory=OliveMapping)
     tune: tuple[TuneCandidate, ...] = ()

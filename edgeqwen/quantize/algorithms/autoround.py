@@ -5,7 +5,7 @@ from ..registry import AlgorithmSpec, OliveMapping, TuneCandidate, register
 SPEC = register(AlgorithmSpec(
     name="autoround",
     summary="AutoRound signed-gradient rounding (auto-round) on the PyTorch checkpoint, local calibration text",
-    stage="checkpoint", precisions=("int4",),
+    stage="checkpoint", extra="autoround", precisions=("int4",),
     takes_overrides=False,  # saved in the GPTQ layout: one bit width for the whole model
     asym_reason="onnxruntime-genai 0.14.1 cannot import symmetric autoround weights (its q/k/v packer needs "
                 "zero points)",

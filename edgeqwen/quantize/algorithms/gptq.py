@@ -5,7 +5,7 @@ from ..registry import AlgorithmSpec, OliveMapping, TuneCandidate, register
 SPEC = register(AlgorithmSpec(
     name="gptq",
     summary="GPTQ (Olive's Gptq pass) on the PyTorch checkpoint, local calibration text",
-    stage="checkpoint", precisions=("int4",),
+    stage="checkpoint", extra="gptq", precisions=("int4",),
     # onnxruntime-genai 0.14.1 packs pre-quantized q/k/v by concatenating their zero points: symmetric weights crash it
     asym_reason="onnxruntime-genai 0.14.1 cannot import symmetric gptq weights (its q/k/v packer needs zero points)",
     whole_groups=True,  # Olive's GPTQ asserts in_features % group_size == 0
