@@ -48,6 +48,10 @@ def _check_output(output: Path, force: bool) -> None:
                             hint="pass --force to replace it, or choose another -o folder")
     if output.exists() and not output.is_dir():
         raise EdgeQwenError(f"output path exists and is not a folder: {output}", where=str(output))
+    if output.exists() and not (output / "manifest.json").is_file() and any(output.iterdir()):
+        # --force replaces an artifact, never an arbitrary folder of the user's
+        raise EdgeQwenError(f"refusing to replace {output}: it holds files but is not an edgeqwen artifact (no "
+                            "manifest.json)", where=str(output), hint="choose another -o folder, or empty this one")
     parent = output.parent if str(output.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +83,29 @@ def smoke_test(artifact: Path) -> None:
                             "or embeddings: float, and report it") from None
 
 
+def _fit_build_in_ram(plan, resolved, ckpt):
+    """A build that would need more RAM than the machine has switches to the low-memory path when the plan's
+    algorithm runs there unchanged, and otherwise is refused with the numbers — before it is killed halfway."""
+    from .errors import DoesNotFit
+    from .memory import available_mb, build_peak_mb
+
+    if not plan.quantized or plan.exporter != "builder":
+        return plan
+    have = available_mb()
+    need = build_peak_mb(ckpt.config, plan.low_memory)
+    if need <= 0.9 * have:
+        return plan
+    low = build_peak_mb(ckpt.config, True)
+    if not plan.low_memory and low <= 0.9 * have and get_algorithm(plan.algorithm).low_memory == plan.algorithm:
+        stage_log(f"        estimated build peak {need:.0f} MB > {have:.0f} MB available: switching to the low-memory "
+                  f"path (about {low:.0f} MB)")
+        return make_plan(resolved, ckpt, low_memory=True)
+    raise DoesNotFit(f"building {plan.recipe} needs about {need:.0f} MB of RAM at its peak "
+                     f"({'low-memory path' if plan.low_memory else 'normal path'}; the low-memory path about {low:.0f} MB) "
+                     f"but {have:.0f} MB are available", where=str(ckpt.path),
+                     hint="free memory, build on a larger machine, or pass --low-memory (RTN-family algorithms)")
+
+
 def _require_stack(plan) -> None:
     """Before any work: the build stack, and the extras this plan's algorithm and exporter need."""
     from .extras import require
@@ -106,6 +133,7 @@ def build(opts: BuildOptions) -> Path:
     stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
               f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
     plan = make_plan(resolved, ckpt, low_memory=opts.low_memory)
+    plan = _fit_build_in_ram(plan, resolved, ckpt)
     _require_stack(plan)
     mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
     stage_log(f"        memory estimate {mem.total_mb:.0f} MB at {mem.context} tokens (budget {mem.budget_mb} MB)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -38,8 +39,9 @@ def run_child(module: str, arg: Path, log_path: Path, *, progress: tuple[str, ..
     full_env = dict(os.environ, **OFFLINE_ENV, **(env or {}))
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
+        # its own process group, so an interrupted build ends the worker and anything the worker started
         proc = subprocess.Popen([sys.executable, "-m", module, str(arg)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=full_env, text=True, bufsize=1)
+                                stderr=subprocess.STDOUT, env=full_env, text=True, bufsize=1, start_new_session=True)
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -48,8 +50,11 @@ def run_child(module: str, arg: Path, log_path: Path, *, progress: tuple[str, ..
                 if any(p in text for p in progress):
                     stage_log(f"  {what}: {clean(text)}")
             rc = proc.wait()
-        except BaseException:  # Ctrl-C or an error here: never leave the worker running
-            proc.kill()
+        except BaseException:  # Ctrl-C, SIGTERM or an error here: never leave the worker running
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait()
             raise
     wall = time.perf_counter() - t0

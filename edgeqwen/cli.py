@@ -218,12 +218,29 @@ def _extra_verbs():
             add_olive_config_parser]
 
 
+def _interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP clean up like Ctrl-C: work folders removed, worker processes ended (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, interrupt)
+
+
 def main(argv=None) -> int:
     from .log import setup
     from .resources import add_user_dir
 
     args = _parser().parse_args(argv)
     setup(-1 if args.quiet else 1 if args.verbose else None)
+    _interrupt_on_termination()
     for kind in ("recipes", "targets"):
         for folder in reversed(getattr(args, kind)):
             add_user_dir(kind, folder)

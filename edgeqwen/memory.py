@@ -114,3 +114,43 @@ def check_fits(plan: ExportPlan, resolved: Resolved, config: dict, where: str) -
             "or pick a smaller model or a target with more memory",
         )
     return est
+
+
+# Exporter peak RSS per byte of fp32 weights, measured on this machine kind (benchmarks/README.md): the builder's own
+# quantizer serializes a second full copy (Qwen2.5-0.5B int4: 6.7 GB; 1.5B: 17.3 GB ≈ 3.4× the fp32 weights);
+# the low-memory path holds the loaded model plus what is already quantized (0.5B: 3.3 GB ≈ 1.7×; a bf16 3B
+# checkpoint kept in bf16: 8.1 GB ≈ 1.3× its own bytes).
+BUILD_PEAK_PER_FP32_BYTE = {"normal": 3.5, "low_memory": 1.7}
+
+
+def parameter_count(config: dict) -> int:
+    from .architectures import get_architecture
+
+    arch = (config.get("architectures") or ["Qwen2ForCausalLM"])[0]
+    linears = sum(k * n for k, n in get_architecture(arch).linear_shapes(config, "builder").values())
+    embed = 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
+    return linears + embed
+
+
+def build_peak_mb(config: dict, low_memory: bool) -> float:
+    fp32 = parameter_count(config) * 4
+    if low_memory and str(config.get("torch_dtype") or config.get("dtype")) in ("bfloat16", "float16"):
+        return 1.3 * fp32 / 2 / 2**20  # kept in its own 16-bit dtype
+    return BUILD_PEAK_PER_FP32_BYTE["low_memory" if low_memory else "normal"] * fp32 / 2**20
+
+
+def available_mb() -> float:
+    """MemAvailable from /proc/meminfo (Linux); elsewhere psutil if present; else unknown (inf)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return psutil.virtual_memory().available / 2**20
+    except ImportError:
+        return float("inf")

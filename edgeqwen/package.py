@@ -182,18 +182,33 @@ def read_manifest(artifact: Path) -> dict:
     if not path.exists():
         raise EdgeQwenError(f"no {MANIFEST} in {artifact}", where=str(artifact), hint="pass a folder made by `edgeqwen build`")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise EdgeQwenError(f"{MANIFEST} is not valid JSON: {exc.msg}", where=f"{path}, line {exc.lineno}") from None
+    except UnicodeDecodeError:
+        raise EdgeQwenError(f"{MANIFEST} is not UTF-8 text", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise EdgeQwenError(f"{MANIFEST} is not a JSON object", where=str(path), hint="rebuild the artifact")
+    return data
 
 
 def verify_artifact(artifact: Path) -> dict[str, list[str]]:
-    """Re-hash every file. Returns {'missing': [...], 'modified': [...], 'extra': [...]}."""
+    """Re-hash every file. Returns {'missing', 'modified', 'extra', 'malformed', 'unsafe'}: lists of paths; manifest
+    entries without size/sha256 are 'malformed', and paths leading outside the artifact 'unsafe' (never read)."""
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
-    problems: dict[str, list[str]] = {"missing": [], "modified": [], "extra": []}
-    listed = manifest["files"]
+    problems: dict[str, list[str]] = {"missing": [], "modified": [], "extra": [], "malformed": [], "unsafe": []}
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise EdgeQwenError(f"{MANIFEST} has no 'files' mapping", where=str(artifact / MANIFEST),
+                            hint="rebuild the artifact with `edgeqwen build`")
     for rel, info in listed.items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            problems["unsafe"].append(rel)
+            continue
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not isinstance(info.get("size"), int):
+            problems["malformed"].append(rel)
+            continue
         p = artifact / rel
         if not p.is_file():
             problems["missing"].append(rel)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -14,6 +14,7 @@ import pytest
 from edgeqwen.build import BuildOptions, build
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.package import verify_artifact
+from edgeqwen.planner import ExportPlan
 from edgeqwen.recipe import known_recipes, load_recipe
 from edgeqwen.runtime import Runner, Sampling
 from edgeqwen.targets import known_targets
@@ -52,7 +53,7 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts):
     """Coverage: a recipe file without this test passing is a recipe users cannot trust."""
     ckpt = request.getfixturevalue(family_fixture(recipe))
     path = artifacts.get(recipe, ckpt)
-    assert verify_artifact(path) == {"missing": [], "modified": [], "extra": []}
+    assert not any(verify_artifact(path).values())
     manifest = json.loads((path / "manifest.json").read_text())
     resolved = load_recipe(recipe)
     assert manifest["recipe"]["precision"] == resolved.recipe.precision.value
@@ -79,16 +80,17 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts):
             assert report["fused_vs_unfused_max_abs_logit_diff"] < 1e-3
         else:
             assert ops.get("GroupQueryAttention") == 4 and ops.get("SkipSimplifiedLayerNormalization")
-        bits = {n.name.rsplit("_Q", 1)[0]: next((a.i for a in n.attribute if a.name == "bits"), 4)
+        # builder-quantized nodes are named .../MatMul_Q4, pre-quantized (GPTQ) ones .../MatMulNBits
+        bits = {re.sub(r"/MatMul(NBits|_Q\d+)$", "/MatMul", n.name): next((a.i for a in n.attribute if a.name == "bits"), 4)
                 for n in model.graph.node if n.op_type == "MatMulNBits"}
         head = bits.pop("/lm_head/MatMul", None)
         if resolved.target.static_shapes:
             pass
         elif prec == "int4":
-            overrides = resolved.recipe.quantization.overrides
-            for name, b in bits.items():  # 4-bit unless a recipe override says otherwise
-                want = next((o.bits for pat, o in overrides.items() if fnmatch.fnmatchcase(name, pat) and o.bits), 4)
-                assert b == want, name
+            plan = ExportPlan.from_json(manifest["export"]["plan"])
+            for name, b in bits.items():  # what the plan says for that node (4-bit unless an override says otherwise)
+                assert b == plan.node_setting(name)["bits"], name
+            assert set(bits.values()) == ({4, 8} if resolved.recipe.quantization.overrides else {4})
             assert head == (8 if resolved.recipe.quantization.lm_head.value == "int8" else 4)
         elif prec == "int8":
             assert set(bits.values()) == {8} and head == 8
@@ -144,13 +146,13 @@ def test_reproducible_build(recipe, random_qwen3, tmp_path):
 
 def test_existing_output_refused_then_forced(random_qwen2, tmp_path):
     out = tmp_path / "o"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
+    build(BuildOptions("tiny-qwen2/cpu-x86_64-int8", out, model=str(random_qwen2), evaluate=False))
+    before = (out / "manifest.json").read_text()
     with pytest.raises(EdgeQwenError, match="already exists"):
         build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", out, model=str(random_qwen2), evaluate=False))
-    assert (out / "keep.txt").read_text() == "precious"
+    assert (out / "manifest.json").read_text() == before
     build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", out, model=str(random_qwen2), evaluate=False, force=True))
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert json.loads((out / "manifest.json").read_text())["recipe"]["precision"] == "int4"  # an artifact is replaced
 
 
 def test_failed_build_leaves_nothing_and_keeps_old_artifact(random_qwen2, tmp_path, monkeypatch):

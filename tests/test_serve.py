@@ -145,7 +145,8 @@ def test_management_endpoints_and_metrics(server):
     assert raw(server, "GET", f"/openai/load/{QWEN2}")[0] == 200
     assert QWEN2 in json.loads(raw(server, "GET", "/openai/status")[1])["loadedModels"]
     metrics = raw(server, "GET", "/metrics")[1].decode()
-    assert f'edgeqwen_requests_total{{model="{QWEN2}"}}' in metrics and "edgeqwen_tokens_per_second" in metrics
+    assert f'edgeqwen_requests_total{{model="{QWEN2}",outcome="completed"}}' in metrics
+    assert "edgeqwen_tokens_per_second" in metrics and f'edgeqwen_queue_seconds_sum{{model="{QWEN2}"}}' in metrics
 
 
 @pytest.mark.parametrize("body, status, needle", [
@@ -223,10 +224,11 @@ def test_client_disconnect_stops_generation(server):
     resp.close()  # go away mid-stream
     import time
 
+    gone = f'edgeqwen_requests_total{{model="{QWEN2}",outcome="disconnected"}}'
     deadline = time.time() + 30
-    while time.time() < deadline and "edgeqwen_client_disconnects_total 0" in raw(server, "GET", "/metrics")[1].decode():
+    while time.time() < deadline and gone not in raw(server, "GET", "/metrics")[1].decode():
         time.sleep(0.1)
-    assert "edgeqwen_client_disconnects_total 0" not in raw(server, "GET", "/metrics")[1].decode()
+    assert gone in raw(server, "GET", "/metrics")[1].decode()  # counted as disconnected, not as completed
     # and the model is free again right away
     r = client(server).completions.create(model=QWEN2, prompt="y", max_tokens=2)
     assert r.usage.completion_tokens == 2

@@ -23,12 +23,24 @@ class EvalConfig:
     max_windows: int = 8
     eval_text: Path | None = None
 
+    def __post_init__(self):
+        if self.window < 16 or self.max_windows < 1:
+            raise EdgeQwenError(f"an accuracy check needs window >= 16 tokens and at least 1 window (got window "
+                                f"{self.window}, max windows {self.max_windows})", where="--window / --max-windows",
+                                hint="e.g. --window 512 --max-windows 8")
+
 
 def load_eval_text(path: Path | None) -> str:
     path = Path(path) if path else DEFAULT_EVAL_TEXT
     if not path.exists():
         raise EdgeQwenError(f"eval text not found: {path}", where="--eval-text", hint="pass an existing UTF-8 text file")
-    text = path.read_text(encoding="utf-8", errors="strict")
+    if not path.is_file():
+        raise EdgeQwenError(f"eval text is not a file: {path}", where="--eval-text", hint="pass a UTF-8 text file")
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise EdgeQwenError(f"eval text is not UTF-8 (byte {exc.start}): {path}", where="--eval-text",
+                            hint="convert it to UTF-8, e.g. iconv -t utf-8") from None
     if not text.strip():
         raise EdgeQwenError(f"eval text is empty: {path}", where="--eval-text", hint="pass a file with a few thousand words of text")
     return text

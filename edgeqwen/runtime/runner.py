@@ -46,8 +46,18 @@ def check_artifact(path: Path, full_hash: bool = True) -> dict:
     mpath = path / "manifest.json"
     if not mpath.exists():
         raise RunnerError(f"{path}: no manifest.json; this is not an edgeqwen artifact (build one with `edgeqwen build`)")
-    manifest = json.loads(mpath.read_text())
-    for rel, info in manifest.get("files", {}).items():
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        files = manifest.get("files", {})
+        assert isinstance(files, dict)
+    except (ValueError, AttributeError, AssertionError):
+        raise RunnerError(f"{mpath}: not a valid edgeqwen manifest (JSON object with a 'files' mapping); "
+                          "rebuild or re-copy the artifact") from None
+    for rel, info in files.items():
+        if not isinstance(info, dict) or not isinstance(info.get("size"), int) or not isinstance(info.get("sha256"), str):
+            raise RunnerError(f"{mpath}: entry {rel!r} has no size/sha256; rebuild or re-copy the artifact")
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise RunnerError(f"{mpath}: entry {rel!r} points outside the artifact; refusing to read it")
         p = path / rel
         if not p.is_file():
             raise RunnerError(f"{path}: artifact file {rel} is missing; rebuild or re-copy the artifact")
@@ -98,8 +108,10 @@ class Sampling:
     def validate(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise RunnerError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if not 0.0 <= self.temperature <= 5.0:
-            raise RunnerError(f"temperature must be in [0, 5], got {self.temperature!r}")
+        if not (self.temperature == 0.0 or 1e-4 <= self.temperature <= 5.0):
+            raise RunnerError(f"temperature must be 0 (greedy) or in [0.0001, 5], got {self.temperature!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
+            raise RunnerError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise RunnerError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.top_k < 0:
@@ -277,6 +289,11 @@ class Runner:
 
     # ---- text helpers ----------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: from a JSON "\\ud800" or undecodable command-line bytes
+            raise RunnerError(f"text is not valid Unicode at character {exc.start} (a lone surrogate or undecodable "
+                              "bytes); send UTF-8 text") from None
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids) -> str:
@@ -411,6 +428,7 @@ def main(argv=None) -> int:
     try:
         runner = Runner(args.artifact, threads=args.threads)
         s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
+        s.validate()
         think = False if args.no_think else None
         if args.chat:
             history: list[dict] = []

@@ -8,7 +8,9 @@ The server only calls Runner.stream(); one generation runs per model at a time (
 
 from __future__ import annotations
 
+import hmac
 import json
+import logging
 import re
 import threading
 import time
@@ -23,26 +25,40 @@ from .models import ModelCache
 from .protocol import ApiError, chat_prompt, parse_completion, parse_chat
 
 
+LOG = logging.getLogger("edgeqwen.serve")
+
+
 class RateLimiter:
-    """Sliding one-minute window of requests per API key."""
+    """Sliding one-minute window of requests per client (its valid API key, else its address). The table is
+    pruned as it goes and bounded: a client cannot grow it by inventing keys."""
+
+    MAX_CLIENTS = 4096
 
     def __init__(self, per_minute: int | None):
+        if per_minute is not None and per_minute < 1:
+            raise ValueError(f"rate limit must be >= 1 request per minute (got {per_minute}); omit it for no limit")
         self.per_minute = per_minute
         self.hits: dict[str, deque] = defaultdict(deque)
         self.lock = threading.Lock()
 
-    def allow(self, key: str) -> bool:
+    def retry_after(self, key: str) -> int | None:
+        """None when the request may go ahead (and it is counted), else the seconds until it may."""
         if not self.per_minute:
-            return True
+            return None
         now = time.monotonic()
         with self.lock:
+            if key not in self.hits and len(self.hits) >= self.MAX_CLIENTS:
+                for k in [k for k, q in self.hits.items() if not q or now - q[-1] > 60]:
+                    del self.hits[k]
+                if len(self.hits) >= self.MAX_CLIENTS:
+                    return 60
             q = self.hits[key]
             while q and now - q[0] > 60:
                 q.popleft()
             if len(q) >= self.per_minute:
-                return False
+                return max(1, int(61 - (now - q[0])))
             q.append(now)
-            return True
+            return None
 
 
 class EdgeServer(ThreadingHTTPServer):
@@ -50,14 +66,38 @@ class EdgeServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, addr, cache: ModelCache, api_key: str | None = None, rate_limit: int | None = None,
-                 max_body: int = 1 << 20):
+                 max_body: int = 1 << 20, max_connections: int = 64, cors_origin: str | None = None):
+        self.limiter = RateLimiter(rate_limit)
         super().__init__(addr, Handler)
         self.cache = cache
         self.api_key = api_key
-        self.limiter = RateLimiter(rate_limit)
         self.max_body = max_body
+        self.cors_origin = cors_origin
         self.metrics = Metrics()
         self.started = time.time()
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address):
+        """At most max_connections handler threads: beyond that, an immediate 503 instead of one more thread."""
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps(ApiError(503, "server busy: too many open connections; retry shortly", "server_error",
+                                       code="server_busy").payload()).encode()
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: " + str(len(body)).encode()
+                                + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.metrics.count_error(503)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def url(self) -> str:
@@ -68,21 +108,39 @@ class EdgeServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     server: EdgeServer
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a client may take for its request line, headers and body (and to read each SSE event)
 
     def log_message(self, fmt, *args):  # quiet; /metrics has the numbers
         pass
 
+    def end_headers(self):
+        if self.server.cors_origin:
+            self.send_header("Access-Control-Allow-Origin", self.server.cors_origin)
+        super().end_headers()
+
+    def send_error(self, code, message=None, explain=None):
+        """The standard library's own errors (bad request line, oversized headers, unknown method): JSON too."""
+        self.close_connection = True
+        try:
+            self._send_json(code, ApiError(code, message or self.responses.get(code, ("error",))[0],
+                                           "invalid_request_error").payload(), close=True)
+        except OSError:
+            pass
+
     # ---- plumbing -------------------------------------------------------------------------
-    def _send_json(self, status: int, payload: dict, close: bool = False) -> None:
+    def _send_json(self, status: int, payload: dict, close: bool = False, headers: dict | None = None) -> None:
         body = json.dumps(payload, ensure_ascii=False).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _send_text(self, status: int, text: str, ctype: str = "text/plain; version=0.0.4") -> None:
         body = text.encode()
@@ -96,29 +154,43 @@ class Handler(BaseHTTPRequestHandler):
         # The request body may be unread (auth, size and routing errors come first): close the
         # connection rather than let a keep-alive client's next request parse its leftovers.
         self.server.metrics.count_error(err.status)
-        self._send_json(err.status, err.payload(), close=True)
+        self._send_json(err.status, err.payload(), close=True, headers=err.headers)
 
     def _auth(self) -> None:
+        """A valid key is its own rate-limit bucket; anything else (no key configured, a wrong or missing key) is
+        limited by client address, so failed attempts count and invented keys buy nothing."""
         key = self.server.api_key
         header = self.headers.get("Authorization", "")
         given = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if key and given != key:
+        valid = bool(key) and hmac.compare_digest(given.encode("utf-8", "replace"), key.encode())
+        wait = self.server.limiter.retry_after(f"key:{given}" if valid else f"addr:{self.client_address[0]}")
+        if wait is not None:
+            raise ApiError(429, f"rate limit of {self.server.limiter.per_minute} requests per minute exceeded; retry "
+                           f"in {wait} s", "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(wait)})
+        if key and not valid:
             raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
                            "invalid_request_error", code="invalid_api_key")
-        if not self.server.limiter.allow(given or self.client_address[0]):
-            raise ApiError(429, f"rate limit of {self.server.limiter.per_minute} requests per minute exceeded; retry later",
-                           "rate_limit_error", code="rate_limit_exceeded")
 
     def _body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Transfer-Encoding"):
+            raise ApiError(411, "chunked request bodies are not accepted: send the body with a Content-Length",
+                           "invalid_request_error")
+        raw_length = (self.headers.get("Content-Length") or "0").strip()
+        if not raw_length.isdigit() or len(raw_length) > 12:
+            raise ApiError(400, f"invalid Content-Length {raw_length[:40]!r}: a non-negative integer is required",
+                           "invalid_request_error")
+        length = int(raw_length)
         if length > self.server.max_body:
             raise ApiError(413, f"request body of {length} bytes exceeds the limit of {self.server.max_body}",
                            "invalid_request_error")
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            raise ApiError(400, f"request body ended after {len(raw)} of {length} bytes", "invalid_request_error")
         try:
             data = json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}", "invalid_request_error") from None
+        except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, a 5000-digit number, 100 000 nested [
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+            raise ApiError(400, f"request body is not valid JSON: {reason}", "invalid_request_error") from None
         if not isinstance(data, dict):
             raise ApiError(400, "request body must be a JSON object", "invalid_request_error")
         return data
@@ -127,13 +199,16 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(name, str) or not name:
             raise ApiError(400, "'model' is required (GET /v1/models lists them)", "invalid_request_error", param="model")
         try:
-            return self.server.cache.load(name)
+            self.server.cache.get(name)
         except KeyError:
             known = ", ".join(self.server.cache.models)
             raise ApiError(404, f"model {name!r} not found; available: {known}", "invalid_request_error",
                            param="model", code="model_not_found") from None
-        except RunnerError as exc:
-            raise ApiError(500, f"model {name!r} failed to load: {exc}", "server_error") from None
+        try:
+            return self.server.cache.load(name)
+        except Exception as exc:  # noqa: BLE001 - a listed model whose files are broken or gone: say so, as a 500
+            raise ApiError(500, f"model {name!r} is listed but failed to load: {exc}", "server_error",
+                           code="model_load_failed") from None
 
     # ---- routing --------------------------------------------------------------------------
     def do_GET(self):
@@ -141,6 +216,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         self._dispatch("POST")
+
+    def do_OPTIONS(self):
+        """CORS preflight (with --cors ORIGIN); otherwise no such route."""
+        if not self.server.cors_origin:
+            return self._error(ApiError(405, "OPTIONS is only answered with --cors", "invalid_request_error"))
+        self.send_response(204)
+        self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+        self.send_header("Access-Control-Allow-Headers", "Authorization, Content-Type")
+        self.send_header("Access-Control-Max-Age", "600")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _method_not_allowed(self):
+        self._error(ApiError(405, f"method {self.command} is not allowed; use GET or POST", "invalid_request_error"))
+
+    do_PUT = do_DELETE = do_PATCH = do_HEAD = _method_not_allowed
 
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
@@ -182,8 +273,16 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(404, f"no route for {method} {path}", "invalid_request_error")
         except ApiError as err:
             self._error(err)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True
+        except Exception:  # noqa: BLE001 - never drop a connection without an answer
+            rid = uuid.uuid4().hex[:12]
+            LOG.exception("request %s (%s %s) failed", rid, method, path)
+            try:
+                self._error(ApiError(500, f"internal server error (request id {rid}; the server log has the details)",
+                                     "server_error", code="internal_error"))
+            except OSError:
+                self.close_connection = True
 
     # ---- completions ----------------------------------------------------------------------
     def _completion(self, chat: bool) -> None:
@@ -191,8 +290,11 @@ class Handler(BaseHTTPRequestHandler):
         req = parse_chat(body) if chat else parse_completion(body)
         served = self._model(req.model)
         runner = served.runner
-        prompt = chat_prompt(runner, req) if chat else req.prompt
-        ids = runner.encode(prompt)
+        try:
+            prompt = chat_prompt(runner, req) if chat else req.prompt
+            ids = runner.encode(prompt)
+        except RunnerError as exc:  # a template that refuses the messages, text that is not valid Unicode
+            raise ApiError(400, str(exc), "invalid_request_error", param="messages" if chat else "prompt") from None
         if not ids:
             raise ApiError(400, "the prompt is empty", "invalid_request_error", param="messages" if chat else "prompt")
         if len(ids) + 1 > runner.context_length:
@@ -207,17 +309,19 @@ class Handler(BaseHTTPRequestHandler):
         thinking_open = chat and prompt.rstrip().endswith("<think>")  # raw completions return raw text
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
-        t0 = time.perf_counter()
+        queued = time.perf_counter()
         with served.lock:
+            t0 = time.perf_counter()
             if served.runner is None:  # unloaded while we queued: load again
                 served = self._model(req.model)
                 runner = served.runner
             stream = runner.stream(ids, sampling, thinking_open=thinking_open)
             if req.stream:
-                self._sse(stream, rid, created, req.model, chat, len(ids), req.include_usage)
+                outcome = self._sse(stream, rid, created, req.model, chat, len(ids), req.include_usage)
             else:
                 self._whole(stream, rid, created, req.model, chat, len(ids))
-        self.server.metrics.observe(req.model, time.perf_counter() - t0)
+                outcome = "completed"
+        self.server.metrics.observe(req.model, outcome, queue_s=t0 - queued, generate_s=time.perf_counter() - t0)
 
     def _whole(self, stream, rid, created, model, chat, n_prompt):
         text, reasoning, n, finish = [], [], 0, "stop"
@@ -261,6 +365,7 @@ class Handler(BaseHTTPRequestHandler):
             return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]}
 
         n = 0
+        outcome = "completed"
         try:
             if chat:
                 send(chunk({"role": "assistant", "content": ""}))
@@ -278,12 +383,24 @@ class Handler(BaseHTTPRequestHandler):
                 send({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
                       "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}})
             send("[DONE]")
-        except (BrokenPipeError, ConnectionResetError):
-            self.server.metrics.disconnects += 1  # client went away: closing the generator stops generation
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            outcome = "disconnected"  # client went away: closing the generator stops generation
+        except Exception as exc:  # noqa: BLE001 - the 200 is already sent: end the stream with an error event
+            outcome = "failed"
+            LOG.exception("stream %s failed", rid)
+            try:
+                send({"error": {"message": f"generation failed: {type(exc).__name__}: {exc}", "type": "server_error",
+                                "param": None, "code": "internal_error"}})
+                send("[DONE]")
+            except OSError:
+                pass
         finally:
             stream.close()
+        return outcome
 
 
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                rate_limit: int | None = None, threads: int | None = None, max_body: int = 1 << 20) -> EdgeServer:
-    return EdgeServer((host, port), ModelCache(root, threads=threads), api_key=api_key, rate_limit=rate_limit, max_body=max_body)
+                rate_limit: int | None = None, threads: int | None = None, max_body: int = 1 << 20,
+                max_connections: int = 64, cors_origin: str | None = None) -> EdgeServer:
+    return EdgeServer((host, port), ModelCache(root, threads=threads), api_key=api_key, rate_limit=rate_limit,
+                      max_body=max_body, max_connections=max_connections, cors_origin=cors_origin)

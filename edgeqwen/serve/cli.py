@@ -6,10 +6,21 @@ from pathlib import Path
 
 
 def cmd_serve(args) -> int:
+    from ..errors import EdgeQwenError
     from .app import make_server
 
-    server = make_server(Path(args.models), host=args.host, port=args.port, api_key=args.api_key,
-                         rate_limit=args.rate_limit, threads=args.threads)
+    if args.rate_limit is not None and args.rate_limit < 1:
+        raise EdgeQwenError(f"--rate-limit {args.rate_limit} must be at least 1 request per minute", where="--rate-limit",
+                            hint="omit --rate-limit for no limit")
+    if not 0 <= args.port <= 65535:
+        raise EdgeQwenError(f"--port {args.port} is not a TCP port", where="--port", hint="0-65535; 0 picks a free port")
+    try:
+        server = make_server(Path(args.models), host=args.host, port=args.port, api_key=args.api_key,
+                             rate_limit=args.rate_limit, threads=args.threads, max_connections=args.max_connections,
+                             cors_origin=args.cors)
+    except OSError as exc:
+        raise EdgeQwenError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", where="--host/--port",
+                            hint="another process may hold the port; --port 0 picks a free one") from None
     print(f"edgeqwen serving {', '.join(server.cache.models)} at {server.url}/v1", flush=True)
     try:
         server.serve_forever()
@@ -28,4 +39,6 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--rate-limit", type=int, help="requests per minute per key (429 beyond)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model")
+    p.add_argument("--max-connections", type=int, default=64, help="open connections served at once (503 beyond)")
+    p.add_argument("--cors", metavar="ORIGIN", help="allow browser pages from ORIGIN (e.g. http://localhost:8080, or *)")
     p.set_defaults(fn=cmd_serve)

@@ -22,7 +22,10 @@ class ServedModel:
 
     @property
     def created(self) -> int:
-        return int((self.path / "genai_config.json").stat().st_mtime)
+        try:
+            return int((self.path / "genai_config.json").stat().st_mtime)
+        except OSError:  # the folder was removed while serving: still listed, reported as created 0
+            return 0
 
 
 def _is_artifact(p: Path) -> bool:
@@ -31,8 +34,9 @@ def _is_artifact(p: Path) -> bool:
 
 def _model_name(p: Path) -> str:
     try:
-        return json.loads((p / "inference_model.json").read_text())["Name"]
-    except (KeyError, json.JSONDecodeError):
+        name = json.loads((p / "inference_model.json").read_text(encoding="utf-8"))["Name"]
+        return name if isinstance(name, str) and name else p.name
+    except (KeyError, TypeError, ValueError, OSError):
         return p.name
 
 
@@ -43,7 +47,10 @@ class ModelCache:
         root = Path(root)
         if not root.is_dir():
             raise EdgeQwenError(f"model folder not found: {root}", where="edgeqwen serve", hint="pass an artifact or a folder of artifacts")
-        folders = [root] if _is_artifact(root) else sorted(p for p in root.rglob("*") if p.is_dir() and _is_artifact(p))
+        # hidden folders are work in progress (`.NAME.building-*`) or old copies (`.NAME.old-*`): never served
+        folders = [root] if _is_artifact(root) else sorted(
+            p for p in root.rglob("*") if p.is_dir() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and _is_artifact(p))
         if not folders:
             raise EdgeQwenError(f"no artifacts under {root}", where=str(root),
                                 hint="each artifact folder needs genai_config.json and inference_model.json (`edgeqwen build` writes both)")

@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
 
     def payload(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -60,7 +62,7 @@ def _common(body: dict) -> dict:
         max_tokens=_get({"max_tokens": max_tokens}, "max_tokens", int, 256, lambda v: v >= 1),
         temperature=float(_get(body, "temperature", (int, float), 0.0, lambda v: 0 <= v <= 2)),
         top_p=float(_get(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1)),
-        seed=_get(body, "seed", int, None),
+        seed=_get(body, "seed", int, None, lambda v: 0 <= v < 2**63),
         stop=stop or [],
         stream=_get(body, "stream", bool, False),
         include_usage=bool(opts.get("include_usage", False)),
@@ -78,7 +80,11 @@ def parse_chat(body: dict) -> Request:
                            "invalid_request_error", param=f"messages[{i}]")
         content = m["content"]
         if isinstance(content, list):  # [{"type": "text", "text": ...}]
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+            parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if any(not isinstance(p.get("text"), str) for p in parts):
+                raise ApiError(400, f"messages[{i}].content: every text part needs a string 'text'",
+                               "invalid_request_error", param=f"messages[{i}].content")
+            content = "".join(p["text"] for p in parts)
         clean.append({"role": m["role"], "content": content})
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):

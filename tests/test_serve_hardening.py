@@ -1,0 +1,212 @@
+"""The server cannot be talked out of answering: every malformed request gets an OpenAI-style JSON error, bodies
+and connections are bounded, rate limits cannot be dodged, broken or vanished artifacts are reported, and the request
+parser survives arbitrary JSON (property-based)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeqwen.serve.app import RateLimiter
+from edgeqwen.serve.protocol import ApiError, parse_chat, parse_completion
+
+from .test_serve import QWEN2, raw, start
+
+
+@pytest.fixture(scope="module")
+def one_model(tmp_path_factory, artifacts, trained_qwen2):
+    root = tmp_path_factory.mktemp("hardening")
+    shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), root / "tiny-qwen2")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(one_model):
+    s = start(one_model)
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def raw_bytes(server, data: bytes, timeout=30) -> bytes:
+    """Send exactly these bytes; return everything the server answers until it closes."""
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            try:
+                block = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not block:
+                break
+            chunks.append(block)
+    return b"".join(chunks)
+
+
+def status_and_error(reply: bytes) -> tuple[int, dict]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)["error"]
+
+
+CHAT = {"model": QWEN2, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.mark.parametrize("headers, status, needle", [
+    ("Content-Length: -1", 400, "invalid Content-Length"),
+    ("Content-Length: abc", 400, "invalid Content-Length"),
+    ("Transfer-Encoding: chunked", 411, "chunked request bodies are not accepted"),
+    ("Content-Length: 99999999999", 413, "exceeds the limit"),
+])
+def test_content_length_is_validated(server, headers, status, needle):
+    reply = raw_bytes(server, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{headers}\r\n\r\n{{}}".encode())
+    got, err = status_and_error(reply)
+    assert got == status and needle in err["message"]
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({**CHAT, "seed": -1}, "'seed' is out of range"),
+    ({**CHAT, "temperature": 1e-310}, "temperature must be 0 (greedy) or in [0.0001, 5]"),
+    ({**CHAT, "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}, "needs a string 'text'"),
+    ({**CHAT, "messages": [{"role": "user", "content": "\ud800"}]}, "not valid Unicode"),
+    (b"[" * 100_000, "nested too deeply"),
+    (b'{"model": ' + b"7" * 5000 + b"}", "not valid JSON"),
+])
+def test_inputs_that_used_to_drop_the_connection(server, body, needle):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()  # json.dumps keeps "\ud800" as an escape
+    got, payload = raw(server, "POST", "/v1/chat/completions", data)
+    assert got == 400 and needle in json.loads(payload)["error"]["message"]
+    assert raw(server, "GET", "/health")[0] == 200
+
+
+def test_unknown_methods_and_bad_request_lines_answer_json(server):
+    got, payload = raw(server, "PUT", "/v1/models", b"")
+    assert got == 405 and "not allowed" in json.loads(payload)["error"]["message"]
+    got, err = status_and_error(raw_bytes(server, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert got == 501 and "BREW" in err["message"]  # the standard library's own error, as JSON (was HTML)
+
+
+def test_broken_and_vanished_artifacts(tmp_path, artifacts, trained_qwen2):
+    root = tmp_path / "models"
+    for name in ("a", "b", ".b.building-123"):
+        shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), root / name)
+        info = json.loads((root / name / "inference_model.json").read_text())
+        (root / name / "inference_model.json").write_text(json.dumps({**info, "Name": name}))
+    s = start(root)  # the hidden work folder is not served (was: "two artifacts are named ...")
+    try:
+        assert sorted(m["id"] for m in json.loads(raw(s, "GET", "/v1/models")[1])["data"]) == ["a", "b"]
+        (root / "a" / "genai_config.json").write_text("{broken")
+        got, payload = raw(s, "POST", "/v1/chat/completions", {**CHAT, "model": "a"})
+        assert got == 500 and "listed but failed to load" in json.loads(payload)["error"]["message"]
+        shutil.rmtree(root / "b")
+        got, payload = raw(s, "GET", "/v1/models")
+        assert got == 200 and len(json.loads(payload)["data"]) == 2  # still answers for everyone
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
+def test_rate_limit_cannot_be_dodged_and_says_when_to_retry(one_model):
+    s = start(one_model, rate_limit=5)
+    try:
+        codes = [raw(s, "GET", "/v1/models", headers={"Authorization": f"Bearer invented-{i}"})[0] for i in range(20)]
+        assert codes.count(200) == 5 and codes[5:] == [429] * 15  # keyed on the address, not invented tokens
+        host, port = s.server_address[:2]
+        import http.client
+
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("GET", "/v1/models")
+        resp = conn.getresponse()
+        assert resp.status == 429 and 1 <= int(resp.getheader("Retry-After")) <= 61
+        conn.close()
+    finally:
+        s.shutdown()
+        s.server_close()
+    keyed = start(one_model, rate_limit=2, api_key="k")
+    try:
+        wrong = [raw(keyed, "GET", "/v1/models", headers={"Authorization": "Bearer nope"})[0] for _ in range(4)]
+        assert wrong == [401, 401, 429, 429]  # failed attempts are limited too
+        assert raw(keyed, "GET", "/v1/models", headers={"Authorization": "Bearer k"})[0] == 200  # the key's own bucket
+    finally:
+        keyed.shutdown()
+        keyed.server_close()
+    with pytest.raises(ValueError, match="must be >= 1"):
+        RateLimiter(0)
+    limiter = RateLimiter(1)
+    for i in range(RateLimiter.MAX_CLIENTS + 500):
+        limiter.retry_after(f"addr:{i}")
+    assert len(limiter.hits) <= RateLimiter.MAX_CLIENTS  # bounded table
+
+
+def test_connections_are_bounded_and_slow_clients_time_out(one_model, monkeypatch):
+    from edgeqwen.serve.app import Handler
+
+    monkeypatch.setattr(Handler, "timeout", 1.0)
+    s = start(one_model, max_connections=4)
+    try:
+        host, port = s.server_address[:2]
+        slow = [socket.create_connection((host, port), timeout=5) for _ in range(4)]
+        for sock in slow:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+        time.sleep(0.3)
+        got, err = status_and_error(raw_bytes(s, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5))
+        assert got == 503 and "too many open connections" in err["message"]
+        time.sleep(1.5)  # the slow clients are dropped after the handler timeout
+        assert raw(s, "GET", "/health")[0] == 200
+        for sock in slow:
+            sock.close()
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
+def test_cors_is_opt_in(one_model):
+    s = start(one_model, cors_origin="http://localhost:8080")
+    try:
+        host, port = s.server_address[:2]
+        import http.client
+
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("OPTIONS", "/v1/chat/completions", headers={"Origin": "http://localhost:8080"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 204 and resp.getheader("Access-Control-Allow-Origin") == "http://localhost:8080"
+        assert "POST" in resp.getheader("Access-Control-Allow-Methods")
+        conn.close()
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
+def test_metric_labels_are_escaped():
+    from edgeqwen.serve.metrics import Metrics
+
+    m = Metrics()
+    m.observe('evil"} 1\nedgeqwen_pwned 1\n{x="', "completed", 0.0, 0.1)
+    text = m.render([])
+    assert "\nedgeqwen_pwned 1" not in text and '\\"} 1\\nedgeqwen_pwned 1\\n{x=\\"' in text
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+                    max_leaves=25)
+KEYS = st.sampled_from(["model", "messages", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "n",
+                        "stream", "stream_options", "chat_template_kwargs", "max_completion_tokens"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(KEYS, JSON, max_size=8), st.lists(st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "tool", 5]), "content": JSON}), max_size=3))
+def test_request_parser_only_ever_raises_api_errors(body, messages):
+    for parse, extra in ((parse_chat, {"messages": messages} if messages else {}), (parse_completion, {})):
+        try:
+            parse({**body, **extra})
+        except ApiError as err:
+            assert 400 <= err.status < 500 and err.message
