@@ -30,49 +30,62 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False) -> Expo
         arch = get_architecture(ckpt.architecture)
     except KeyError as exc:
         raise EdgeQwenError(str(exc.args[0]), where=str(ckpt.path / "config.json")) from None
-    exporter = recipe.exporter.value
     spec = get_algorithm(q.algorithm)
     _check_exporter(resolved, ckpt, spec, low_memory)
     cfg = ckpt.config
     layers = cfg["num_hidden_layers"]
-    context = min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length))
-    common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=exporter, precision=recipe.precision.value,
-                  execution_provider=target.execution_provider.value, accuracy_level=resolved.accuracy_level,
-                  context_length=context, weight_encoding=target.weight_encoding.value,
-                  static_shapes=target.static_shapes, num_layers=layers)
+    common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=recipe.exporter.value,
+                  precision=recipe.precision.value, execution_provider=target.execution_provider.value,
+                  accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding.value,
+                  static_shapes=target.static_shapes, num_layers=layers,
+                  context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)))
     if recipe.precision not in (Precision.INT4, Precision.INT8):
-        table = TablePlan("float")
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
-                          head=HeadPlan(None, resolved.block_size), table=table, **common)
-
+                          head=HeadPlan(None, resolved.block_size), table=TablePlan("float"), **common)
     log = _Log()
     bits = 8 if recipe.precision == Precision.INT8 else 4
-    hidden = cfg["hidden_size"]
-    shapes = arch.linear_shapes(cfg, exporter)
-    block = resolved.block_size
-    want_table = q.embeddings != EmbeddingMode.FLOAT
-    table_bits = 8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else 4
+    shapes = arch.linear_shapes(cfg, recipe.exporter.value)
+    block, want_table = _fit_block_to_table(resolved.block_size, cfg["hidden_size"], q.embeddings != EmbeddingMode.FLOAT, log)
+    spec = _algorithm_that_runs(spec, shapes, block, low_memory, log)
+    head_bits = _head_bits(resolved, spec, bits, ckpt.tied_embeddings and want_table, log)
+    symmetric = _symmetry(resolved, spec, log)
+    settings, head_bits, head_block = _node_settings(resolved, spec, shapes, layers, bits, block, head_bits, log)
+    default = {"bits": bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
+    _odd_block_fallback(spec, shapes, settings, default, head_bits, head_block, low_memory, recipe.exporter.value, log)
+    table = _table(ckpt.tied_embeddings, want_table, head_bits, head_block, block,
+                   8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else 4, recipe.exporter == Exporter.PORTABLE, log)
+    if low_memory:
+        log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
+            "its float weight dropped")
+    return ExportPlan(algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
+                      head=HeadPlan(head_bits, head_block), table=table, node_settings=settings,
+                      exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
+                      decisions=tuple(log.items), **common)
 
-    # The quantized embedding table (GatherBlockQuantized, quantize_axis=1) needs hidden_size to be a whole number
-    # of blocks (MatMulNBits pads K, so MatMuls take any K): the largest block that divides it, not above the recipe's.
-    if want_table and hidden % block:
-        fits = [b for b in BLOCK_SIZES if b <= block and hidden % b == 0]
-        if fits:
-            log("block.table_fit", f"block_size {block} -> {fits[0]}: hidden_size {hidden} is not a multiple of {block} "
-                "(needed by the quantized embedding table)")
-            block = fits[0]
-        else:
-            log("table.float_shape", f"embeddings kept in float: hidden_size {hidden} is not a multiple of any int4 "
-                f"block size ({', '.join(map(str, BLOCK_SIZES))})")
-            want_table = False
+
+def _fit_block_to_table(block: int, hidden: int, want_table: bool, log: _Log) -> tuple[int, bool]:
+    """The quantized embedding table (GatherBlockQuantized, quantize_axis=1) needs hidden_size to be a whole number
+    of blocks (MatMulNBits pads K, so MatMuls take any K): the largest block that divides it, not above the recipe's."""
+    if not want_table or hidden % block == 0:
+        return block, want_table
+    fits = [b for b in BLOCK_SIZES if b <= block and hidden % b == 0]
+    if fits:
+        log("block.table_fit", f"block_size {block} -> {fits[0]}: hidden_size {hidden} is not a multiple of {block} "
+            "(needed by the quantized embedding table)")
+        return fits[0], True
+    log("table.float_shape", f"embeddings kept in float: hidden_size {hidden} is not a multiple of any int4 block size "
+        f"({', '.join(map(str, BLOCK_SIZES))})")
+    return block, False
+
+
+def _algorithm_that_runs(spec: AlgorithmSpec, shapes: dict, block: int, low_memory: bool, log: _Log) -> AlgorithmSpec:
+    """Whole-group quantizers fall back to rtn on uneven K; the low-memory path runs its own algorithm."""
     uneven = {}
     for node, (k, _) in shapes.items():
         what = node.rsplit("/", 2)[-2] if node != HEAD_NODE else "lm_head"
         if k % block and what not in uneven:
             uneven[what] = k
             log("block.pad", f"{what} K={k} is not a multiple of block {block}: MatMulNBits pads the last block")
-
-    # What really runs: whole-group quantizers fall back on uneven K; the low-memory path runs its own.
     if spec.whole_groups and uneven:
         what, k = next(iter(uneven.items()))
         log("algorithm.fallback", f"algorithm {spec.name} -> rtn: {what} K={k} is not a multiple of block {block} "
@@ -84,27 +97,31 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False) -> Expo
         spec = get_algorithm(spec.low_memory)
     for note in spec.notes:
         log(f"algorithm.{spec.name}", note)
+    return spec
 
-    tied = ckpt.tied_embeddings
-    head_bits: int | None = 8 if bits == 8 or q.lm_head == HeadMode.INT8 else bits
+
+def _head_bits(resolved: Resolved, spec: AlgorithmSpec, bits: int, shares_table: bool, log: _Log) -> int | None:
+    q = resolved.recipe.quantization
     if q.lm_head == HeadMode.FLOAT:
-        head_bits = None
-    if tied and want_table and q.embeddings == EmbeddingMode.INT8 and head_bits != 8:
-        if head_bits is None:
+        if shares_table and q.embeddings == EmbeddingMode.INT8:
             raise EdgeQwenError("embeddings: int8 with lm_head: float cannot share the tied table",
-                                where=f"recipe {recipe.name}: quantization", hint="use lm_head: int8, or embeddings: float")
+                                where=f"recipe {resolved.recipe.name}: quantization",
+                                hint="use lm_head: int8, or embeddings: float")
+        return None
+    head_bits = 8 if bits == 8 or q.lm_head == HeadMode.INT8 else bits
+    if shares_table and q.embeddings == EmbeddingMode.INT8 and head_bits != 8:
         head_bits = 8
         log("head.int8_shared", "lm_head in int8: the tied embedding table it shares is asked to be int8")
-    if spec.head_bits and head_bits is not None and head_bits != spec.head_bits:
+    if spec.head_bits and head_bits != spec.head_bits:
         head_bits = spec.head_bits
         log("head.algorithm", f"lm_head in int{spec.head_bits}: the builder's {spec.name} always quantizes lm_head "
             f"to {spec.head_bits} bits")
+    return head_bits
 
-    symmetric = q.symmetric
-    if spec.asym_reason and symmetric:
-        symmetric = False
-        log("symmetric.off", f"symmetric -> false: {spec.asym_reason}")
-    where = f"recipe {recipe.name}: quantization.overrides"
+
+def _symmetry(resolved: Resolved, spec: AlgorithmSpec, log: _Log) -> bool:
+    q = resolved.recipe.quantization
+    where = f"recipe {resolved.recipe.name}: quantization.overrides"
     if q.overrides and not spec.takes_overrides:
         raise EdgeQwenError(f"algorithm {spec.name} does not take per-layer overrides here (the GPTQ layout it is "
                             "saved in has one bit width for the whole model)", where=where,
@@ -115,66 +132,68 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False) -> Expo
                 raise EdgeQwenError(
                     f"override {pattern!r} asks for symmetric weights, which {spec.name} artifacts cannot hold here",
                     where=where, hint=f"drop `symmetric: true` from the override ({spec.asym_reason}), or use algorithm: rtn")
+    if spec.asym_reason and q.symmetric:
+        log("symmetric.off", f"symmetric -> false: {spec.asym_reason}")
+        return False
+    return q.symmetric
 
-    settings: dict[str, dict] = {}
+
+def _node_settings(resolved: Resolved, spec: AlgorithmSpec, shapes: dict, layers: int, bits: int, block: int,
+                   head_bits: int | None, log: _Log) -> tuple[dict, int | None, int]:
+    """The recipe's overrides as exact per-node settings; the lm_head's own bits and block pulled out of them."""
+    q, target = resolved.recipe.quantization, resolved.target
     head_block = block
-    if (head_bits == 8 and bits == 4 and not spec.head_bits and hidden % HEAD_BLOCK == 0
+    if (head_bits == 8 and bits == 4 and not spec.head_bits and shapes[HEAD_NODE][0] % HEAD_BLOCK == 0
             and target.execution_provider.value == "cpu"):
         # 8 bits need no small blocks: one scale + zero point per 128 weights, no measurable accuracy change (tested),
         # and onnxruntime's CPU 8-bit kernel decodes the 0.5B head 26 % faster. Recipe overrides still win.
         head_block = HEAD_BLOCK
         log("head.block", f"lm_head int8 in blocks of {HEAD_BLOCK} (the int4 layers keep block {block})")
-    nodes = list(shapes)
-    overrides, matched = expand_overrides({k: v.as_entry() for k, v in q.overrides.items()}, nodes, layers, where)
+    settings, matched = expand_overrides({k: v.as_entry() for k, v in q.overrides.items()}, list(shapes), layers,
+                                         f"recipe {resolved.recipe.name}: quantization.overrides")
     for pattern, count in matched:
         log("override", f"override {pattern!r} -> {q.overrides[pattern].as_entry()} on {count} node(s)")
-    settings.update(overrides)
-    if HEAD_NODE in settings and "group_size" in settings[HEAD_NODE]:
-        head_block = settings[HEAD_NODE].pop("group_size")
-        if not settings[HEAD_NODE]:
-            del settings[HEAD_NODE]
-    if HEAD_NODE in settings and "bits" in settings[HEAD_NODE] and head_bits is not None:
-        head_bits = settings[HEAD_NODE].pop("bits")
-        if not settings[HEAD_NODE]:
-            del settings[HEAD_NODE]
+    head = settings.get(HEAD_NODE, {})
+    head_block = head.pop("group_size", head_block)
+    if head_bits is not None:
+        head_bits = head.pop("bits", head_bits)
+    if HEAD_NODE in settings and not head:
+        del settings[HEAD_NODE]
+    return settings, head_bits, head_block
 
-    # onnxruntime's RTN packs 4-bit zero points two per byte across rows: an odd block count per column breaks its
-    # reshape, so those nodes go symmetric (no zero points). Only where the builder's own quantizer writes them.
-    builder_quantized = ([] if low_memory or exporter != "builder" or spec.stage == "graph"
-                         else nodes if spec.stage == "builder" else [HEAD_NODE])
-    default = {"bits": bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
-    for node in builder_quantized:
+
+def _odd_block_fallback(spec: AlgorithmSpec, shapes: dict, settings: dict, default: dict, head_bits: int | None,
+                        head_block: int, low_memory: bool, exporter: str, log: _Log) -> None:
+    """onnxruntime's RTN packs 4-bit zero points two per byte across rows: an odd block count per column breaks its
+    reshape, so those nodes go symmetric (no zero points). Only where the builder's own quantizer writes them."""
+    if low_memory or exporter != "builder" or spec.stage == "graph":
+        return
+    for node in shapes if spec.stage == "builder" else [HEAD_NODE]:
+        if node == HEAD_NODE and head_bits is None:
+            continue
         entry = {**default, **({"bits": head_bits, "group_size": head_block} if node == HEAD_NODE else {}),
                  **settings.get(node, {})}
-        k = shapes[node][0]
-        blocks = -(-k // entry["group_size"])
-        if entry["bits"] == 4 and entry["scheme"] == "asym" and blocks % 2 == 1 and (node != HEAD_NODE or head_bits):
+        blocks = -(-shapes[node][0] // entry["group_size"])
+        if entry["bits"] == 4 and entry["scheme"] == "asym" and blocks % 2 == 1:
             settings[node] = {**settings.get(node, {}), "scheme": "sym"}
-            log("node.odd_blocks", f"{node}: K={k} is {blocks} blocks of {entry['group_size']} (odd) -> symmetric "
-                "(onnxruntime's asymmetric 4-bit packing needs an even block count)")
+            log("node.odd_blocks", f"{node}: K={shapes[node][0]} is {blocks} blocks of {entry['group_size']} (odd) -> "
+                "symmetric (onnxruntime's asymmetric 4-bit packing needs an even block count)")
 
-    portable = exporter == Exporter.PORTABLE.value
-    share = tied and want_table and head_bits is not None and not portable
-    if share:
-        table = TablePlan("shared", head_bits, head_block)
+
+def _table(tied: bool, want_table: bool, head_bits: int | None, head_block: int, block: int, table_bits: int,
+           portable: bool, log: _Log) -> TablePlan:
+    if tied and want_table and head_bits is not None and not portable:
         log("table.shared", f"embeddings tied to lm_head: one shared int{head_bits} table (GatherBlockQuantized)")
-    elif want_table:
-        table = TablePlan("separate", table_bits, block)
+        return TablePlan("shared", head_bits, head_block)
+    if want_table:
         if tied:
             log("table.twice", "tied embeddings stored twice (portable exporter): a quantized lm_head and a "
                 "separately quantized embedding table")
         log("table.separate", f"embeddings quantized separately to int{table_bits} (GatherBlockQuantized, uint8 storage)")
-    else:
-        table = TablePlan("float")
-        if tied:
-            log("table.float", "embeddings in float")
-    if low_memory:
-        log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
-            "its float weight dropped")
-    return ExportPlan(algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
-                      head=HeadPlan(head_bits, head_block), table=table, node_settings=settings,
-                      exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
-                      decisions=tuple(log.items), **common)
+        return TablePlan("separate", table_bits, block)
+    if tied:
+        log("table.float", "embeddings in float")
+    return TablePlan("float")
 
 
 def _check_exporter(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, low_memory: bool) -> None:

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -64,9 +65,10 @@ class RateLimiter:
 class EdgeServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # listen backlog: a burst of clients queues instead of being reset (the default is 5)
 
     def __init__(self, addr, cache: ModelCache, api_key: str | None = None, rate_limit: int | None = None,
-                 max_body: int = 1 << 20, max_connections: int = 64, cors_origin: str | None = None):
+                 max_body: int = 1 << 20, max_connections: int = 256, cors_origin: str | None = None):
         self.limiter = RateLimiter(rate_limit)
         super().__init__(addr, Handler)
         self.cache = cache
@@ -92,6 +94,12 @@ class EdgeServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address):
+        """A client that went away is not a server error; anything else is logged, not printed raw."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            LOG.error("connection from %s failed", client_address[0], exc_info=exc)
 
     def process_request_thread(self, request, client_address):
         try:
@@ -401,6 +409,6 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
                 rate_limit: int | None = None, threads: int | None = None, max_body: int = 1 << 20,
-                max_connections: int = 64, cors_origin: str | None = None) -> EdgeServer:
+                max_connections: int = 256, cors_origin: str | None = None) -> EdgeServer:
     return EdgeServer((host, port), ModelCache(root, threads=threads), api_key=api_key, rate_limit=rate_limit,
                       max_body=max_body, max_connections=max_connections, cors_origin=cors_origin)

@@ -39,6 +39,6 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--rate-limit", type=int, help="requests per minute per key (429 beyond)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model")
-    p.add_argument("--max-connections", type=int, default=64, help="open connections served at once (503 beyond)")
+    p.add_argument("--max-connections", type=int, default=256, help="open connections served at once (503 beyond)")
     p.add_argument("--cors", metavar="ORIGIN", help="allow browser pages from ORIGIN (e.g. http://localhost:8080, or *)")
     p.set_defaults(fn=cmd_serve)
