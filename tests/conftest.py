@@ -12,8 +12,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EDGEQWEN_QUIET", "1")
-# calibrated-quantizer results are cached per test run, never in the user's ~/.cache/edgeqwen
-os.environ.setdefault("EDGEQWEN_CACHE", tempfile.mkdtemp(prefix="edgeqwen-test-cache-"))
+# calibrated-quantizer results are cached per test run (shared by its xdist workers), never in ~/.cache/edgeqwen
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+os.environ.setdefault("EDGEQWEN_CACHE", os.path.join(tempfile.gettempdir(), f"edgeqwen-test-cache-{_RUN}") if _RUN
+                      else tempfile.mkdtemp(prefix="edgeqwen-test-cache-"))
 
 from edgeqwen.build import BuildOptions, build  # noqa: E402
 from edgeqwen.checkpoint import embedded_dir  # noqa: E402
