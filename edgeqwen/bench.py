@@ -27,14 +27,10 @@ def prompt_ids(n: int, vocab: int, seed: int = 0) -> list[int]:
 def peak_rss_mb() -> float:
     """This process's own RSS high-water mark (VmHWM). ru_maxrss is not used: after fork+exec it still
     carries the parent's resident size at fork time, which inflates a small worker forked from a big parent."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from .memory import proc_kb_as_mb
+
+    hwm = proc_kb_as_mb("/proc/self/status", "VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int) -> dict:

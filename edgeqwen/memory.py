@@ -139,15 +139,23 @@ def build_peak_mb(config: dict, low_memory: bool) -> float:
     return BUILD_PEAK_PER_FP32_BYTE["low_memory" if low_memory else "normal"] * fp32 / 2**20
 
 
-def available_mb() -> float:
-    """MemAvailable from /proc/meminfo (Linux); elsewhere psutil if present; else unknown (inf)."""
+def proc_kb_as_mb(path: str, key: str) -> float | None:
+    """A "Key:  123 kB" line of a Linux /proc file, in MB (None where there is no such file or line)."""
     try:
-        with open("/proc/meminfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def available_mb() -> float:
+    """MemAvailable from /proc/meminfo (Linux); elsewhere psutil if present; else unknown (inf)."""
+    have = proc_kb_as_mb("/proc/meminfo", "MemAvailable")
+    if have is not None:
+        return have
     try:
         import psutil
 

@@ -110,7 +110,7 @@ def test_runner_py_ships_in_artifact_and_runs_alone(trained_qwen2, artifacts, tm
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(temperature=-1.0), "temperature must be in"),
+    (dict(temperature=-1.0), "temperature must be 0"),
     (dict(top_p=0.0), "top_p must be in"),
     (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
     (dict(top_k=-3), "top_k must be >= 0"),
@@ -156,3 +156,26 @@ def test_run_cli_prompt_and_chat_loop(trained_qwen3, artifacts):
     chat = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "run", str(path), "--chat", "--max-new-tokens", "6"],
                           input="What is a class?\nAnd a module?\n", capture_output=True, text=True, timeout=120)
     assert chat.returncode == 0 and chat.stdout.count("> ") == 3  # two answered turns, then end of input
+
+
+def test_sampling_without_a_full_sort_keeps_the_distribution():
+    """top-k/top-p by partial selection: the nucleus and its probabilities are those of a full sort."""
+    from edgeqwen.runtime.runner import sample_token
+
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal(300) * 2).astype(np.float32)
+    s = Sampling(temperature=0.8, top_p=0.9, top_k=0)
+    probs = np.exp(logits.astype(np.float64) / 0.8 - (logits / 0.8).max())
+    probs /= probs.sum()
+    order = np.argsort(-probs)
+    nucleus = order[: int(np.searchsorted(np.cumsum(probs[order]), 0.9)) + 1]
+    want = np.zeros_like(probs)
+    want[nucleus] = probs[nucleus] / probs[nucleus].sum()
+    draws = np.bincount([sample_token(logits, s, np.random.default_rng(i)) for i in range(20000)], minlength=300)
+    assert set(np.nonzero(draws)[0]) <= set(nucleus.tolist())  # never outside the nucleus
+    assert np.abs(draws / draws.sum() - want).max() < 0.01
+    assert sample_token(logits, Sampling(temperature=1.0, top_k=1), rng) == int(np.argmax(logits))
+    big = (rng.standard_normal(151936) * 3).astype(np.float32)  # Qwen's vocabulary size: pools widen until covered
+    tok = sample_token(big, Sampling(temperature=0.7, top_p=0.95), np.random.default_rng(1))
+    p = np.exp(big.astype(np.float64) / 0.7 - big.max() / 0.7)
+    assert p[tok] >= np.sort(p)[::-1][int(np.searchsorted(np.cumsum(np.sort(p)[::-1]) / p.sum(), 0.95))]
