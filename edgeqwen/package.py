@@ -149,12 +149,25 @@ def copy_runner(artifact: Path) -> None:
     shutil.copyfile(RUNNER_SOURCE, artifact / "runner.py")
 
 
+def file_entry(p: Path) -> dict:
+    """A manifest's record of one file (what `verify` and the runner check)."""
+    return {"sha256": sha256_file(p), "size": p.stat().st_size}
+
+
+def add_to_manifest(artifact: Path, names: list[str]) -> None:
+    """Files added to a finished artifact (e.g. tune's report) join its manifest, so `verify` stays clean."""
+    manifest = read_manifest(artifact)
+    for name in names:
+        manifest["files"][name] = file_entry(artifact / name)
+    manifest["size_bytes"] = sum(f["size"] for f in manifest["files"].values())
+    (artifact / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def write_manifest(artifact: Path, *, resolved: Resolved, ckpt: Checkpoint, export: dict, extra: dict | None = None) -> dict:
     files = {}
     for p in sorted(artifact.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
-            rel = p.relative_to(artifact).as_posix()
-            files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+            files[p.relative_to(artifact).as_posix()] = file_entry(p)
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": resolved.recipe.name,

@@ -181,12 +181,38 @@ def _recipe_files() -> dict[str, tuple[Path, Path]]:
     found: dict[str, tuple[Path, Path]] = {}
     for root in search_dirs("recipes"):
         for p in sorted(root.glob("*/*.yaml")):
-            found.setdefault(p.relative_to(root).with_suffix("").as_posix(), (p, root))
+            if not p.name.startswith("_"):  # _model.yaml and other shared bases are not recipes
+                found.setdefault(p.relative_to(root).with_suffix("").as_posix(), (p, root))
     return found
 
 
 def known_recipes() -> list[str]:
     return sorted(_recipe_files())
+
+
+def _merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_recipe_data(path: Path, _seen: tuple = ()) -> dict:
+    """A recipe file with its `extends:` chain applied: `extends: _model.yaml` (relative to the file) names shared
+    defaults — the model, its generation settings — that the recipe's own keys override, mapping by mapping."""
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise EdgeQwenError(f"extends must be a file name, got {parent!r}", where=f"{path}.extends")
+    base_path = (path.parent / parent).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise EdgeQwenError(f"extends loops back to {base_path}", where=f"{path}.extends")
+    if not base_path.is_file():
+        raise EdgeQwenError(f"extends names a file that does not exist: {base_path}", where=f"{path}.extends",
+                            hint="a path relative to the recipe file, e.g. extends: _model.yaml")
+    return _merge(read_recipe_data(base_path, _seen + (path.resolve(),)), data)
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -207,7 +233,7 @@ def recipe_path(name_or_path: str) -> Path:
 
 def load_recipe(name_or_path: str) -> Resolved:
     path = recipe_path(name_or_path)
-    data = read_yaml(path)
+    data = read_recipe_data(path)
     recipe = from_dict(Recipe, data, where=str(path))
     name = path.stem
     for root in search_dirs("recipes"):

@@ -143,7 +143,9 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
              "candidates": [{"label": c.label, "size_mb": c.size_mb, "decode_tps": c.decode_tps, "meets": c.meets,
                              **{k: c.accuracy[k] for k in ("ppl_ratio", "kld_mean", "kld_p99", "top1")}} for c in candidates]},
             indent=2))
-        _refresh_manifest(chosen.path)
+        from .package import add_to_manifest
+
+        add_to_manifest(chosen.path, ["tune.json", "tune_frontier.png"])
         if output.exists():
             shutil.rmtree(output)
         shutil.move(str(chosen.path), output)
@@ -151,18 +153,6 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
         return chosen, candidates
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _refresh_manifest(path: Path) -> None:
-    """tune.json and the frontier picture join the artifact: re-hash so `verify` stays clean."""
-    from .package import MANIFEST, sha256_file
-
-    manifest = json.loads((path / MANIFEST).read_text())
-    for name in ("tune.json", "tune_frontier.png"):
-        p = path / name
-        manifest["files"][name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    manifest["size_bytes"] = sum(f["size"] for f in manifest["files"].values())
-    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def format_frontier(cands: list[Candidate]) -> str:

@@ -81,3 +81,18 @@ def test_malformed_yaml_reports_line(tmp_path):
 def test_unknown_recipe_name_lists_how_to_find_them():
     with pytest.raises(EdgeQwenError, match="unknown recipe 'nope/x'"):
         load_recipe("nope/x")
+
+
+def test_extends_shares_defaults_and_the_recipe_wins(tmp_path):
+    (tmp_path / "_model.yaml").write_text("model: embedded:tiny-qwen3\ngeneration: {temperature: 0.6, top_k: 20}\n")
+    child = write(tmp_path, "version: 1\nextends: _model.yaml\ntarget: cpu-x86_64\nprecision: int8\n"
+                            "generation: {top_k: 5}\n", "child.yaml")
+    r = load_recipe(str(child)).recipe
+    assert r.model == "embedded:tiny-qwen3" and (r.generation.temperature, r.generation.top_k) == (0.6, 5)
+    (tmp_path / "_loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: _loop.yaml\n")
+    with pytest.raises(EdgeQwenError, match="extends loops back"):
+        load_recipe(str(tmp_path / "loop2.yaml"))
+    with pytest.raises(EdgeQwenError, match="extends names a file that does not exist"):
+        load_recipe(str(write(tmp_path, "version: 1\nextends: _nope.yaml\n", "bad.yaml")))
+    assert not any(name.split("/")[-1].startswith("_") for name in known_recipes())  # bases are not recipes
