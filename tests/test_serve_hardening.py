@@ -155,10 +155,14 @@ def test_connections_are_bounded_and_slow_clients_time_out(one_model, monkeypatc
         slow = [socket.create_connection((host, port), timeout=5) for _ in range(4)]
         for sock in slow:
             sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
-        time.sleep(0.3)
+        deadline = time.time() + 10
+        while s._slots._value > 0 and time.time() < deadline:  # until the server holds all four
+            time.sleep(0.02)
         got, err = status_and_error(raw_bytes(s, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5))
         assert got == 503 and "too many open connections" in err["message"]
-        time.sleep(1.5)  # the slow clients are dropped after the handler timeout
+        deadline = time.time() + 15  # the slow clients are dropped after the 1 s handler timeout
+        while s._slots._value < 4 and time.time() < deadline:
+            time.sleep(0.05)
         assert raw(s, "GET", "/health")[0] == 200
         for sock in slow:
             sock.close()
