@@ -1,7 +1,7 @@
 """Resident-memory estimate of an artifact at its context, before anything is built.
 
 weights (per MatMul: packed values + per-block scales/zero points, or float) + the KV cache
-preallocated at the full context (as the runner and onnxruntime-genai do) + prefill activations and
+at the full context (the worst case: onnxruntime-genai preallocates it, the runner grows it to what a request needs) + prefill activations and
 logits + the runtime's own baseline. `edgeqwen plan` prints it; `edgeqwen build` refuses a recipe
 whose estimate exceeds its target's memory budget.
 """

@@ -179,3 +179,22 @@ def test_sampling_without_a_full_sort_keeps_the_distribution():
     tok = sample_token(big, Sampling(temperature=0.7, top_p=0.95), np.random.default_rng(1))
     p = np.exp(big.astype(np.float64) / 0.7 - big.max() / 0.7)
     assert p[tok] >= np.sort(p)[::-1][int(np.searchsorted(np.cumsum(np.sort(p)[::-1]) / p.sum(), 0.95))]
+
+
+def test_kv_cache_sized_to_the_work_and_grown_in_place(trained_qwen2, artifacts):
+    """The in-place KV cache starts at the request's size and grows (keeping what it holds) past it: the logits are
+    those of a cache allocated at the full context."""
+    path = artifacts.get("tiny-qwen2/cpu-x86_64-int8", trained_qwen2)
+    small, full = Runner(path), Runner(path)
+    full.reset()
+    full.reserve(full.context_length)
+    small.reset()
+    assert small.kv_capacity == 256 and full.kv_capacity == full.context_length == 1024
+    ids = small.encode(" ".join(["The assert statement is a convenient way"] * 40))[:250]
+    a, b = small.step(ids, all_logits=True), full.step(ids, all_logits=True)
+    for t in range(30):  # one token at a time across the 256-position boundary
+        a = np.vstack([a, small.step([ids[t]])[None]])
+        b = np.vstack([b, full.step([ids[t]])[None]])
+    assert small.kv_capacity == 512 and np.abs(a - b).max() < 1e-4
+    res = small.generate(ids[:20], Sampling(max_new_tokens=8, ignore_eos=True))
+    assert small.kv_capacity == 512 and len(res.token_ids) == 8  # a short request reuses what is there

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+KV_BLOCK = 256  # the in-place KV cache grows in steps of this many positions
+
 __all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main", "render_chat_template"]
 
 
@@ -248,6 +250,7 @@ class Runner:
             self.context_length = min(self.context_length, self.static_slots + 1)
         self._out_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
         self._kv = None
+        self.kv_capacity = 0
         self.pos = 0
         self.ids: list[int] = []
 
@@ -262,9 +265,31 @@ class Runner:
             empty = np.zeros((1, self.kv_heads, 0, self.head_size), self.kv_dtype)
             self._kv = [(empty, empty) for _ in range(self.num_layers)]
         elif self._kv is None:
-            shape = (1, self.kv_heads, self.context_length, self.head_size)
-            self._kv = [(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype)),
-                         ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype))) for _ in range(self.num_layers)]
+            self.reserve(KV_BLOCK)
+
+    def reserve(self, tokens: int) -> None:
+        """KV sized to the work: the in-place cache (builder graphs) holds `tokens` positions, rounded up to
+        KV_BLOCK and at most the artifact's context; it grows (×2, keeping what it holds) when a sequence needs more.
+        A 128+128-token request on Qwen3-0.6B keeps 256 positions, not the recipe's 4096 (≈ 940 MB in fp32)."""
+        if self.growing_kv or self.static_slots is not None:
+            return
+        have = self.kv_capacity
+        if have >= tokens:
+            return
+        want = min(self.context_length, max(-(-tokens // KV_BLOCK) * KV_BLOCK, 2 * have))
+        shape = (1, self.kv_heads, want, self.head_size)
+        old = self._kv
+        new = []
+        for i in range(self.num_layers):
+            pair = []
+            for j in range(2):
+                buf = np.zeros(shape, self.kv_dtype)
+                if old is not None and self.pos:
+                    buf[:, :, :self.pos] = old[i][j].numpy()[:, :, :self.pos]
+                pair.append(ort.OrtValue.ortvalue_from_numpy(buf))
+            new.append(tuple(pair))
+        self._kv = new
+        self.kv_capacity = want
 
     def step(self, token_ids, all_logits: bool = False) -> np.ndarray:
         """Feed tokens after the current position; return logits of the last one ([V]) or all ([S, V])."""
@@ -278,6 +303,7 @@ class Runner:
         if self.static_slots is not None:
             rows = [self._static_step(int(t)) for t in token_ids]
             return np.stack(rows) if all_logits else rows[-1]
+        self.reserve(self.pos + n)
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
         io.bind_cpu_input("attention_mask", np.ones((1, self.pos + n), dtype=np.int64))
@@ -370,6 +396,7 @@ class Runner:
         pending = ""  # answer text held back while it could still be the start of a stop string
         t0 = time.perf_counter()
         self.reset()
+        self.reserve(len(prompt_ids) + budget)  # the whole request at once: no growth while it streams
         logits = self.step(list(prompt_ids))
         ttft = time.perf_counter() - t0
         prefill_tps = len(prompt_ids) / ttft if ttft > 0 else 0.0
