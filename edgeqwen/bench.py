@@ -33,13 +33,16 @@ def peak_rss_mb() -> float:
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int) -> dict:
+SAMPLED = {"temperature": 0.7, "top_p": 0.95, "seed": 0}  # the "sampled" row: Qwen's recommended kind of setting
+
+
+def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int, sampling: dict | None = None) -> dict:
     from .runtime.runner import Runner, Sampling
 
     runner = Runner(artifact, threads=threads, verify=False)
     runner.generate(ids, Sampling(max_new_tokens=4, ignore_eos=True))  # warm-up at full size: kernels, arenas
     last = None
-    for last in runner.stream(ids, Sampling(max_new_tokens=gen, ignore_eos=True)):
+    for last in runner.stream(ids, Sampling(max_new_tokens=gen, ignore_eos=True, **(sampling or {}))):
         pass
     return {"ttft_s": last.ttft_s, "prefill_tps": last.prefill_tps, "decode_tps": last.decode_tps,
             "generated": last.generated_tokens}
@@ -98,7 +101,8 @@ def run_pytorch(reference: str, ids: list[int], gen: int, threads: int) -> dict:
 def worker(argv: list[str]) -> int:
     engine, target, n_prompt, gen, threads, vocab = argv[0], argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5])
     ids = prompt_ids(n_prompt, vocab)
-    fn = {"edgeqwen": run_edgeqwen, "onnxruntime-genai": run_genai, "pytorch": run_pytorch}[engine]
+    fn = {"edgeqwen": run_edgeqwen, "onnxruntime-genai": run_genai, "pytorch": run_pytorch,
+          "edgeqwen-sampled": lambda *a: run_edgeqwen(*a, sampling=SAMPLED)}[engine]
     result = fn(target, ids, gen, threads)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
@@ -108,7 +112,7 @@ def worker(argv: list[str]) -> int:
 def bench(artifact: Path, prompt_len: int, gen_len: int, threads: int, reference: str | None = None) -> dict:
     cfg = json.loads((Path(artifact) / "genai_config.json").read_text())
     vocab = cfg["model"]["vocab_size"]
-    jobs = [("edgeqwen", str(artifact)), ("onnxruntime-genai", str(artifact))]
+    jobs = [("edgeqwen", str(artifact)), ("edgeqwen-sampled", str(artifact)), ("onnxruntime-genai", str(artifact))]
     if reference:
         jobs.append(("pytorch", reference))
     results = {}

@@ -13,7 +13,7 @@ def test_bench_reports_all_engines(trained_qwen2, artifacts):
                            "--threads", "1", "--reference", str(trained_qwen2), "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert set(report["results"]) == {"edgeqwen", "onnxruntime-genai", "pytorch"}
+    assert set(report["results"]) == {"edgeqwen", "edgeqwen-sampled", "onnxruntime-genai", "pytorch"}
     for engine, r in report["results"].items():
         assert "error" not in r, (engine, r)
         assert r["prefill_tps"] > 0 and r["decode_tps"] > 0 and r["ttft_s"] > 0 and r["peak_rss_mb"] > 50

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeqwen.serve.app import RateLimiter
+from edgeqwen.serve.limits import RateLimiter
 from edgeqwen.serve.protocol import ApiError, parse_chat, parse_completion
 
 from .test_serve import QWEN2, raw, start
