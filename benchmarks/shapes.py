@@ -61,10 +61,13 @@ def ensure_artifact(shape: str, recipe: str) -> tuple[Path, Path]:
     """(checkpoint, artifact) for a shape built with a recipe, both cached next to each other."""
     import hashlib
 
-    from edgeqwen.recipe import recipe_path
+    import json
+
+    from edgeqwen.recipe import read_recipe_data, recipe_path
 
     ckpt = ensure_shape(shape)
-    digest = hashlib.sha256(recipe_path(recipe).read_bytes()).hexdigest()[:8]  # a changed recipe is rebuilt
+    resolved = json.dumps(read_recipe_data(recipe_path(recipe)), sort_keys=True)  # extends: applied
+    digest = hashlib.sha256(resolved.encode()).hexdigest()[:8]  # a changed recipe is rebuilt
     art = shape_dir(shape).with_name(f"{shape}-{Path(recipe).stem if recipe.endswith('.yaml') else recipe.replace('/', '-')}-{digest}")
     if not (art / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", recipe, "--model", str(ckpt), "-o", str(art),

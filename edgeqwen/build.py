@@ -97,9 +97,14 @@ def _fit_build_in_ram(plan, resolved, ckpt):
         return plan
     low = build_peak_mb(ckpt.config, True)
     if not plan.low_memory and low <= 0.9 * have and get_algorithm(plan.algorithm).low_memory == plan.algorithm:
-        stage_log(f"        estimated build peak {need:.0f} MB > {have:.0f} MB available: switching to the low-memory "
-                  f"path (about {low:.0f} MB)")
-        return make_plan(resolved, ckpt, low_memory=True)
+        import dataclasses
+
+        from .planner import Decision
+
+        low_plan = make_plan(resolved, ckpt, low_memory=True)
+        why = Decision("build.ram", f"low-memory path chosen: the normal build would peak near {need:.0f} MB, "
+                                    f"{have:.0f} MB are available (low-memory path about {low:.0f} MB)")
+        return dataclasses.replace(low_plan, decisions=(why,) + low_plan.decisions)
     raise DoesNotFit(f"building {plan.recipe} needs about {need:.0f} MB of RAM at its peak "
                      f"({'low-memory path' if plan.low_memory else 'normal path'}; the low-memory path about {low:.0f} MB) "
                      f"but {have:.0f} MB are available", where=str(ckpt.path),

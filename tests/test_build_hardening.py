@@ -106,7 +106,8 @@ def test_build_that_cannot_fit_in_ram_switches_path_or_is_refused(random_qwen2, 
     monkeypatch.setattr(memory, "available_mb", lambda: (normal + low) / 2 / 0.9)
     out = build(BuildOptions("tiny-qwen2/cpu-x86_64-int8", tmp_path / "o", model=str(random_qwen2), evaluate=False))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["export"]["plan"]["low_memory"]  # switched, and the plan says so
+    assert manifest["export"]["plan"]["low_memory"]  # switched, and the plan says why
+    assert manifest["export"]["decisions"][0].startswith("low-memory path chosen: the normal build would peak near")
     monkeypatch.setattr(memory, "available_mb", lambda: low / 2)
     with pytest.raises(DoesNotFit, match=r"needs about \d+ MB of RAM .* but \d+ MB are available"):
         build(BuildOptions("tiny-qwen2/cpu-x86_64-int8", tmp_path / "p", model=str(random_qwen2), evaluate=False))
