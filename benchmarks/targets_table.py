@@ -44,7 +44,7 @@ def main() -> int:
             size = json.loads((out / "manifest.json").read_text())["size_bytes"] / 1e6
             ep = r.target.execution_provider.value
             ran = "runner + onnxruntime-genai (CPU)" if ep == "cpu" else f"runner on the CPU provider ({ep} kernels not run)"
-            how = f"{r.recipe.exporter.value} / {r.recipe.quantization.algorithm.value if r.recipe.precision.value in ('int4', 'int8') else '-'}"
+            how = f"{r.recipe.exporter.value} / {r.recipe.quantization.algorithm if r.recipe.precision.value in ('int4', 'int8') else '-'}"
             rows.append(f"| {name.split('/')[1]} | {how} | {size:.2f} | {acc['kld_mean']:.4f} | {ops_of(out)} | {ran} |")
     print("\n".join(rows))
     return 0
