@@ -53,7 +53,7 @@ class AlgorithmSpec:
     calibration: bool = False  # takes calibration text (`--calib`, quantization.calibration)
     cache_package: str | None = None  # the package whose version keys a cached calibrated result
     checkpoint_quantizer: str | None = None  # "module:function" for stage "checkpoint"
-    graph_quantizer: str | None = None  # "module:function(model, plan, notes) -> model" for stage "graph"
+    graph_quantizer: str | None = None  # "module:function(model, plan, skip, notes) -> model" for stage "graph"
     block_quantizer: str | None = None  # "module:function(w, bits, block, symmetric)" for the shared quantizer
     extra: str | None = None  # the install extra it needs beyond the build stack (edgeqwen/extras.py)
     notes: tuple[str, ...] = ()  # recorded in every plan that uses it (known costs, measured limits)
@@ -70,6 +70,7 @@ class AlgorithmSpec:
 
 
 _REGISTRY: dict[str, AlgorithmSpec] = {}
+_BUILTINS_LOADED = False
 
 
 def register(spec: AlgorithmSpec) -> AlgorithmSpec:
@@ -80,7 +81,10 @@ def register(spec: AlgorithmSpec) -> AlgorithmSpec:
 
 
 def _load() -> None:
-    if not _REGISTRY:
+    """The built-in algorithms register on first use (a plugin registered earlier does not stop them)."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True
         importlib.import_module("edgeqwen.quantize.algorithms")
 
 
