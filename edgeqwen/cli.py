@@ -240,7 +240,8 @@ def main(argv=None) -> int:
 
     args = _parser().parse_args(argv)
     setup(-1 if args.quiet else 1 if args.verbose else None)
-    _interrupt_on_termination()
+    if argv is None:  # the real command line, not a caller's own process (tests, notebooks)
+        _interrupt_on_termination()
     for kind in ("recipes", "targets"):
         for folder in reversed(getattr(args, kind)):
             add_user_dir(kind, folder)
