@@ -214,3 +214,24 @@ def test_request_parser_only_ever_raises_api_errors(body, messages):
             parse({**body, **extra})
         except ApiError as err:
             assert 400 <= err.status < 500 and err.message
+
+
+def test_fields_are_honoured_refused_or_reported_never_dropped(server):
+    import http.client
+
+    host, port = server.server_address[:2]
+    for field, value in (("tools", [{"type": "function", "function": {"name": "f"}}]),
+                         ("response_format", {"type": "json_object"}), ("logprobs", True)):
+        got, payload = raw(server, "POST", "/v1/chat/completions", {**CHAT, field: value})
+        err = json.loads(payload)["error"]
+        assert got == 400 and err["param"] == field and err["code"] == "unsupported_field", err
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    conn.request("POST", "/v1/chat/completions", headers={"Content-Type": "application/json"},
+                 body=json.dumps({**CHAT, "user": "u1", "presence_penalty": 0, "x\r\nInjected: 1": 1}))
+    resp = conn.getresponse()
+    resp.read()
+    assert resp.status == 200 and resp.getheader("X-Edgeqwen-Ignored") == "presence_penalty, user, 1 more with unusual names"
+    assert resp.getheader("Injected") is None
+    conn.close()
+    got, _ = raw(server, "POST", "/v1/chat/completions", {**CHAT, "logprobs": False, "tools": []})
+    assert got == 200  # the "off" values of unsupported features are fine

@@ -88,9 +88,14 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet; /metrics has the numbers
         pass
 
+    _ignored: tuple[str, ...] = ()
+
     def end_headers(self):
         if self.server.cors_origin:
             self.send_header("Access-Control-Allow-Origin", self.server.cors_origin)
+        if self._ignored:  # request fields that changed nothing (see protocol.UNSUPPORTED for what is refused)
+            self.send_header("X-Edgeqwen-Ignored", ", ".join(self._ignored)[:1000])
+            self._ignored = ()
         super().end_headers()
 
     def send_error(self, code, message=None, explain=None):
@@ -291,6 +296,7 @@ class Handler(BaseHTTPRequestHandler):
                 served = self._model(req.model)
                 runner = served.runner
             stream = runner.stream(ids, sampling, thinking_open=thinking_open)
+            self._ignored = req.ignored
             if req.stream:
                 outcome = self._sse(stream, rid, created, req.model, chat, len(ids), req.include_usage)
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -29,6 +30,44 @@ class Request:
     stream: bool = False
     include_usage: bool = False
     enable_thinking: bool | None = None
+    ignored: tuple[str, ...] = ()  # fields the request sent that change nothing here (listed in X-Edgeqwen-Ignored)
+
+
+# What each endpoint reads. Fields whose meaning the server cannot honour are refused (400, named); other fields are
+# answered but listed as ignored in the X-Edgeqwen-Ignored response header — never dropped silently.
+COMMON_FIELDS = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n", "stream",
+                 "stream_options"}
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "chat_template_kwargs"}
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"}
+UNSUPPORTED = {
+    "tools": "tool calling is not supported by this server yet",
+    "tool_choice": "tool calling is not supported by this server yet",
+    "functions": "function calling is not supported by this server yet",
+    "function_call": "function calling is not supported by this server yet",
+    "response_format": "structured output (response_format) is not supported by this server yet",
+    "logprobs": "logprobs are not returned by this server",
+    "top_logprobs": "logprobs are not returned by this server",
+    "logit_bias": "logit_bias is not applied by this server",
+    "suffix": "suffix (fill-in-the-middle) is not supported by this server yet",
+    "echo": "echo is not supported by this server",
+    "best_of": "best_of is not supported by this server",
+}
+
+
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _fields(body: dict, known: set[str]) -> tuple[str, ...]:
+    """Refuse what cannot be honoured; return the rest of the unknown fields (sorted) to report as ignored."""
+    for key, why in UNSUPPORTED.items():
+        value = body.get(key)
+        if value is not None and value is not False and value != [] and value != {} and not (key == "echo" and not value):
+            raise ApiError(400, f"'{key}': {why}; remove the field", "invalid_request_error", param=key,
+                           code="unsupported_field")
+    unknown = [k for k in body if k not in known and k not in UNSUPPORTED]
+    named = sorted(k for k in unknown if _FIELD_NAME.fullmatch(k))
+    odd = len(unknown) - len(named)  # names that could not go into a header safely (control characters, length)
+    return tuple(named + ([f"{odd} more with unusual names"] if odd else []))
 
 
 def _get(body: dict, key: str, types, default=None, check=None):
@@ -92,7 +131,7 @@ def parse_chat(body: dict) -> Request:
     think = kwargs.get("enable_thinking")
     if think is not None and not isinstance(think, bool):
         raise ApiError(400, "'chat_template_kwargs.enable_thinking' must be true or false", "invalid_request_error")
-    return Request(messages=clean, enable_thinking=think, **_common(body))
+    return Request(messages=clean, enable_thinking=think, ignored=_fields(body, CHAT_FIELDS), **_common(body))
 
 
 def parse_completion(body: dict) -> Request:
@@ -101,7 +140,7 @@ def parse_completion(body: dict) -> Request:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise ApiError(400, "'prompt' must be a string", "invalid_request_error", param="prompt")
-    return Request(prompt=prompt, **_common(body))
+    return Request(prompt=prompt, ignored=_fields(body, COMPLETION_FIELDS), **_common(body))
 
 
 def chat_prompt(runner, req: Request) -> str:
