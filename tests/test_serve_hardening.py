@@ -235,3 +235,13 @@ def test_fields_are_honoured_refused_or_reported_never_dropped(server):
     conn.close()
     got, _ = raw(server, "POST", "/v1/chat/completions", {**CHAT, "logprobs": False, "tools": []})
     assert got == 200  # the "off" values of unsupported features are fine
+
+
+def test_latency_and_ttft_histograms(server):
+    assert raw(server, "POST", "/v1/chat/completions", CHAT)[0] == 200
+    text = raw(server, "GET", "/metrics")[1].decode()
+    for name in ("edgeqwen_request_duration_seconds", "edgeqwen_time_to_first_token_seconds"):
+        assert f"# TYPE {name} histogram" in text
+        inf = next(line for line in text.splitlines() if line.startswith(f'{name}_bucket{{model="{QWEN2}",le="+Inf"}}'))
+        count = next(line for line in text.splitlines() if line.startswith(f'{name}_count{{model="{QWEN2}"}}'))
+        assert int(inf.split()[-1]) == int(count.split()[-1]) >= 1

@@ -302,11 +302,18 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._whole(stream, rid, created, req.model, chat, len(ids))
                 outcome = "completed"
-        self.server.metrics.observe(req.model, outcome, queue_s=t0 - queued, generate_s=time.perf_counter() - t0)
+        ttft = (t0 - queued) + self._first_token_s if self._first_token_s is not None else None
+        self.server.metrics.observe(req.model, outcome, queue_s=t0 - queued, generate_s=time.perf_counter() - t0,
+                                    ttft_s=ttft)
+
+    _first_token_s: float | None = None  # the runner's time to first token of the request being answered
 
     def _whole(self, stream, rid, created, model, chat, n_prompt):
         text, reasoning, n, finish = [], [], 0, "stop"
+        self._first_token_s = None
         for rec in stream:
+            if self._first_token_s is None:
+                self._first_token_s = rec.ttft_s
             text.append(rec.text)
             reasoning.append(rec.reasoning)
             n = rec.generated_tokens
@@ -350,7 +357,10 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if chat:
                 send(chunk({"role": "assistant", "content": ""}))
+            self._first_token_s = None
             for rec in stream:
+                if self._first_token_s is None:
+                    self._first_token_s = rec.ttft_s
                 n = rec.generated_tokens
                 self.server.metrics.tokens(model, 1)
                 delta = {}

@@ -12,6 +12,33 @@ def _label(value) -> str:
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
+
+
+class Histogram:
+    """A Prometheus histogram per model: cumulative buckets, sum and count."""
+
+    def __init__(self):
+        self.counts = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
+        self.sums = defaultdict(float)
+
+    def observe(self, model: str, seconds: float) -> None:
+        i = next((k for k, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
+        self.counts[model][i] += 1
+        self.sums[model] += seconds
+
+    def render(self, name: str, help_text: str) -> list[str]:
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for model, counts in self.counts.items():
+            m = _label(model)
+            running = 0
+            for bound, c in zip([*map(str, BUCKETS), "+Inf"], counts):
+                running += c
+                lines.append(f'{name}_bucket{{model="{m}",le="{bound}"}} {running}')
+            lines += [f'{name}_sum{{model="{m}"}} {self.sums[model]:.4f}', f'{name}_count{{model="{m}"}} {running}']
+        return lines
+
+
 class Metrics:
     def __init__(self):
         self.lock = threading.Lock()
@@ -21,6 +48,8 @@ class Metrics:
         self.latency_sum = defaultdict(float)
         self.queue_sum = defaultdict(float)
         self.busy_s = defaultdict(float)
+        self.latency = Histogram()
+        self.ttft = Histogram()
         self.t0 = time.time()
 
     def count_error(self, status: int) -> None:
@@ -31,8 +60,11 @@ class Metrics:
         with self.lock:
             self.generated[model] += n
 
-    def observe(self, model: str, outcome: str, queue_s: float, generate_s: float) -> None:
+    def observe(self, model: str, outcome: str, queue_s: float, generate_s: float, ttft_s: float | None = None) -> None:
         with self.lock:
+            self.latency.observe(model, queue_s + generate_s)
+            if ttft_s is not None:
+                self.ttft.observe(model, ttft_s)
             self.requests[(model, outcome)] += 1
             self.latency_sum[model] += queue_s + generate_s
             self.queue_sum[model] += queue_s
@@ -58,6 +90,8 @@ class Metrics:
                 "# TYPE edgeqwen_tokens_per_second gauge",
                 *(f'edgeqwen_tokens_per_second{{model="{_label(m)}"}} {self.generated[m] / v:.2f}'
                   for m, v in self.busy_s.items() if v > 0),
+                *self.latency.render("edgeqwen_request_duration_seconds", "Request latency, queue included."),
+                *self.ttft.render("edgeqwen_time_to_first_token_seconds", "Time to the first token, queue included."),
                 "# HELP edgeqwen_errors_total Error responses by HTTP status (500: unexpected failures).",
                 "# TYPE edgeqwen_errors_total counter",
                 *(f'edgeqwen_errors_total{{status="{s}"}} {v}' for s, v in self.errors.items()),
