@@ -76,26 +76,25 @@ def recipe_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("recipes")
 
 
-ALGO_RECIPE = """\
+BASE_RECIPE = """\
 version: 1
-model: embedded:tiny-qwen2
+model: embedded:{model}
 target: cpu-x86_64
-precision: int4
+precision: {precision}
 context_length: 1024
 quantization:
   algorithm: {algo}
   symmetric: false
   lm_head: int8
   block_size: 32
-  calibration: {{samples: 16, seq_len: 128, iters: 20}}
-accuracy: {{max_windows: 3}}
 """
+ALGO_RECIPE = BASE_RECIPE + "  calibration: {{samples: 16, seq_len: 128, iters: 20}}\naccuracy: {{max_windows: 3}}\n"
 
 
 def algo_recipe(recipe_dir: Path, algo: str) -> str:
     """One algorithm on the default int4 layout (asym, block 32, int8 head), light calibration: the recipe the
     algorithm tests share, so each algorithm is built once per session."""
-    text = ALGO_RECIPE.format(algo=algo)
+    text = ALGO_RECIPE.format(model="tiny-qwen2", precision="int4", algo=algo)
     path = recipe_dir / f"{algo}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
     path.write_text(text)
     return str(path)

@@ -119,7 +119,7 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
                 for n in model.graph.node if n.op_type == "MatMulNBits"}
         head = bits.pop("/lm_head/MatMul", None)
         if resolved.target.static_shapes:
-            pass
+            assert not bits and head is None  # QDQ weights: no MatMulNBits at all (checked above too)
         elif prec == "int4":
             plan = ExportPlan.from_json(manifest["export"]["plan"])
             for name, b in bits.items():  # what the plan says for that node (4-bit unless an override says otherwise)

@@ -17,20 +17,9 @@ from edgeqwen.evaluate.core import EvalConfig, evaluate
 from edgeqwen.recipe import load_recipe
 from edgeqwen.tiny import corpus_text
 
-from .conftest import algo_recipe
+from .conftest import BASE_RECIPE, algo_recipe
 
-GPTQ_RECIPE = """\
-version: 1
-model: embedded:{model}
-target: cpu-x86_64
-precision: {precision}
-context_length: 1024
-quantization:
-  algorithm: {algo}
-  symmetric: false
-  lm_head: int8
-  block_size: 32
-"""
+GPTQ_RECIPE = BASE_RECIPE  # layout shared with the algorithm tests (asym, block 32, int8 head)
 
 
 def recipe(tmp_path, name, **kw):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import shutil
@@ -29,12 +30,21 @@ def start(root, **kw):
     return server
 
 
+@contextlib.contextmanager
+def serving(root, **kw):
+    """A server on an ephemeral port for the duration of a `with` block."""
+    s = start(root, **kw)
+    try:
+        yield s
+    finally:
+        s.shutdown()
+        s.server_close()
+
+
 @pytest.fixture(scope="module")
 def server(cache_dir):
-    s = start(cache_dir)
-    yield s
-    s.shutdown()
-    s.server_close()
+    with serving(cache_dir) as s:
+        yield s
 
 
 QWEN2 = "tiny-qwen2-cpu-x86_64-fp32"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from edgeqwen.serve.limits import RateLimiter
 from edgeqwen.serve.protocol import ApiError, parse_chat, parse_completion
 
-from .test_serve import QWEN2, raw, start
+from .test_serve import QWEN2, raw, serving
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,8 @@ def one_model(tmp_path_factory, artifacts, trained_qwen2):
 
 @pytest.fixture(scope="module")
 def server(one_model):
-    s = start(one_model)
-    yield s
-    s.shutdown()
-    s.server_close()
+    with serving(one_model) as s:
+        yield s
 
 
 def raw_bytes(server, data: bytes, timeout=30) -> bytes:
@@ -99,8 +97,7 @@ def test_broken_and_vanished_artifacts(tmp_path, artifacts, trained_qwen2):
         shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), root / name)
         info = json.loads((root / name / "inference_model.json").read_text())
         (root / name / "inference_model.json").write_text(json.dumps({**info, "Name": name}))
-    s = start(root)  # the hidden work folder is not served (was: "two artifacts are named ...")
-    try:
+    with serving(root) as s:  # the hidden work folder is not served (was: "two artifacts are named ...")
         assert sorted(m["id"] for m in json.loads(raw(s, "GET", "/v1/models")[1])["data"]) == ["a", "b"]
         (root / "a" / "genai_config.json").write_text("{broken")
         got, payload = raw(s, "POST", "/v1/chat/completions", {**CHAT, "model": "a"})
@@ -108,14 +105,10 @@ def test_broken_and_vanished_artifacts(tmp_path, artifacts, trained_qwen2):
         shutil.rmtree(root / "b")
         got, payload = raw(s, "GET", "/v1/models")
         assert got == 200 and len(json.loads(payload)["data"]) == 2  # still answers for everyone
-    finally:
-        s.shutdown()
-        s.server_close()
 
 
 def test_rate_limit_cannot_be_dodged_and_says_when_to_retry(one_model):
-    s = start(one_model, rate_limit=5)
-    try:
+    with serving(one_model, rate_limit=5) as s:
         codes = [raw(s, "GET", "/v1/models", headers={"Authorization": f"Bearer invented-{i}"})[0] for i in range(20)]
         assert codes.count(200) == 5 and codes[5:] == [429] * 15  # keyed on the address, not invented tokens
         host, port = s.server_address[:2]
@@ -126,17 +119,10 @@ def test_rate_limit_cannot_be_dodged_and_says_when_to_retry(one_model):
         resp = conn.getresponse()
         assert resp.status == 429 and 1 <= int(resp.getheader("Retry-After")) <= 61
         conn.close()
-    finally:
-        s.shutdown()
-        s.server_close()
-    keyed = start(one_model, rate_limit=2, api_key="k")
-    try:
+    with serving(one_model, rate_limit=2, api_key="k") as keyed:
         wrong = [raw(keyed, "GET", "/v1/models", headers={"Authorization": "Bearer nope"})[0] for _ in range(4)]
         assert wrong == [401, 401, 429, 429]  # failed attempts are limited too
         assert raw(keyed, "GET", "/v1/models", headers={"Authorization": "Bearer k"})[0] == 200  # the key's own bucket
-    finally:
-        keyed.shutdown()
-        keyed.server_close()
     with pytest.raises(ValueError, match="must be >= 1"):
         RateLimiter(0)
     limiter = RateLimiter(1)
@@ -149,8 +135,7 @@ def test_connections_are_bounded_and_slow_clients_time_out(one_model, monkeypatc
     from edgeqwen.serve.app import Handler
 
     monkeypatch.setattr(Handler, "timeout", 1.0)
-    s = start(one_model, max_connections=4)
-    try:
+    with serving(one_model, max_connections=4) as s:
         host, port = s.server_address[:2]
         slow = [socket.create_connection((host, port), timeout=5) for _ in range(4)]
         for sock in slow:
@@ -166,14 +151,10 @@ def test_connections_are_bounded_and_slow_clients_time_out(one_model, monkeypatc
         assert raw(s, "GET", "/health")[0] == 200
         for sock in slow:
             sock.close()
-    finally:
-        s.shutdown()
-        s.server_close()
 
 
 def test_cors_is_opt_in(one_model):
-    s = start(one_model, cors_origin="http://localhost:8080")
-    try:
+    with serving(one_model, cors_origin="http://localhost:8080") as s:
         host, port = s.server_address[:2]
         import http.client
 
@@ -184,9 +165,6 @@ def test_cors_is_opt_in(one_model):
         assert resp.status == 204 and resp.getheader("Access-Control-Allow-Origin") == "http://localhost:8080"
         assert "POST" in resp.getheader("Access-Control-Allow-Methods")
         conn.close()
-    finally:
-        s.shutdown()
-        s.server_close()
 
 
 def test_metric_labels_are_escaped():
