@@ -16,13 +16,6 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
 
 DEFAULT_RECIPE = "tiny-qwen2/cpu-x86_64-int4"
-# A verb that needs a package the runtime install lacks names the extra that brings it.
-EXTRAS = {"torch": "build", "transformers": "build", "onnxruntime_genai": "build", "onnx": "build", "onnxscript": "build",
-          "onnx_ir": "build", "safetensors": "build", "psutil": "build", "huggingface_hub": "build",
-          "olive": "gptq", "datasets": "gptq", "auto_round": "autoround", "optimum": "portable",
-          "matplotlib": "plots", "ray": "ray", "openai": "test"}
-
-
 def _emit_json(data) -> None:
     print(json.dumps(data, indent=2, default=str))
 
@@ -257,11 +250,14 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ModuleNotFoundError as exc:
+        from .extras import extra_for_module
+
         root = (exc.name or "").split(".")[0]
-        if root not in EXTRAS:
+        extra = extra_for_module(root)
+        if extra is None:
             raise
         print(f"error: `edgeqwen {args.verb}` needs {root!r}, which this install lacks\n"
-              f"  fix: pip install 'edgeqwen[{EXTRAS[root]}]'", file=sys.stderr)
+              f"  fix: pip install 'edgeqwen[{extra}]'", file=sys.stderr)
         return EXIT_BAD_INPUT
     except BrokenPipeError:  # `edgeqwen recipes | head`: the reader left; not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -9,13 +9,23 @@ from .errors import EdgeQwenError
 
 EXTRA_MODULES = {
     "build": ("torch", "transformers", "onnxruntime_genai", "onnx", "onnx_ir", "safetensors"),
+    "core": ("onnxscript", "psutil", "huggingface_hub"),
     "gptq": ("olive", "datasets"),
     "autoround": ("auto_round",),
     "portable": ("optimum.exporters.onnx",),
     "plots": ("matplotlib",),
     "genai": ("onnxruntime_genai",),
     "ray": ("ray",),
+    "test": ("openai",),
 }
+
+
+def extra_for_module(name: str) -> str | None:
+    """The extra that brings a top-level module (the first listed wins: build before its parts)."""
+    for extra, modules in EXTRA_MODULES.items():
+        if name in {m.split(".")[0] for m in modules}:
+            return "build" if extra == "core" else extra
+    return None
 
 
 def _present(module: str) -> bool:

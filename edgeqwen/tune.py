@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from .matrix import EXECUTORS, Job, run_jobs
+from .quantize.registry import get_algorithm
 from .errors import EdgeQwenError
 from .log import stage_log
 from .recipe import Accuracy, load_recipe
@@ -102,8 +103,6 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
             data.pop("name")
             data["precision"] = prec
             data["quantization"] = {**data["quantization"], "overrides": {}, **quant}  # each candidate self-contained
-            from .quantize.registry import get_algorithm
-
             if prec not in get_algorithm(data["quantization"]["algorithm"]).precisions:
                 data["quantization"]["algorithm"] = "rtn"
             data["accuracy"] = {**data["accuracy"], **{k: None for k in BUDGET_KEYS.values()}}  # measure, don't gate

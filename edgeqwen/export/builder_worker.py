@@ -24,23 +24,13 @@ def _install_quant_hook(plan) -> list[str]:
 
     from edgeqwen.architectures import HEAD_NODE
     from edgeqwen.quantize.graph_quant import (ort_block_quant, quantize_embedding_table, quantize_in_place,
-                                               sync_shared_table)
+                                               require_planned_nodes, sync_shared_table)
     from edgeqwen.quantize.registry import get_algorithm, resolve_callable
 
     base = sys.modules["builders.base"]
     original = base.Model.to_int4
     spec = get_algorithm(plan.algorithm)
     notes: list[str] = []  # what only the graph could tell, for the manifest
-
-    def check_planned(model) -> None:
-        """The planner named every node it set from the architecture registry; a name the graph lacks means the
-        registry and this exporter disagree — fail rather than quantize with the wrong settings."""
-        names = {n.name for n in model.graph}
-        planned = set(plan.node_settings) if spec.stage != "checkpoint" else set(plan.node_settings) & {HEAD_NODE}
-        missing = sorted(planned - names)
-        if missing:
-            raise RuntimeError(f"planned nodes not in the builder's graph: {', '.join(missing[:5])} — the "
-                               f"architecture registry's node map for {plan.architecture} is out of date")
 
     def graph_quantize(self, model, block_quant=ort_block_quant) -> None:
         """edgeqwen's block quantizer on every MatMul still in float (all of them, or what a graph quantizer left)."""
@@ -59,7 +49,7 @@ def _install_quant_hook(plan) -> list[str]:
     def to_int4_graph(self):
         """Low-memory path and "graph"-stage algorithms: edgeqwen quantizes the builder's graph itself."""
         model = self.model
-        check_planned(model)
+        require_planned_nodes(model, plan, "builder")
         if spec.graph_quantizer:
             default = {"bits": plan.matmul_bits, "group_size": plan.block_size, "scheme": "asym"}
             skip = set(self.quant_attrs["int4"]["nodes_to_exclude"]) | {HEAD_NODE} | {
@@ -72,7 +62,7 @@ def _install_quant_hook(plan) -> list[str]:
     def to_int4_builder(self):
         """The builder's own quantizer ("builder" stage, and lm_head after a "checkpoint" stage) with the plan's
         per-node settings."""
-        check_planned(self.model)
+        require_planned_nodes(self.model, plan, "builder")
         cfg = self.quant_attrs["int4"]["algo_config"]
         if cfg is not None:
             custom = dict(cfg.customized_weight_config or {})

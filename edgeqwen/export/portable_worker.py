@@ -127,14 +127,12 @@ def main(argv: list[str]) -> int:
 
         notes.extend(qdq_weights_in_place(model, exclude=exclude))
     elif plan.quantized:  # int4 and int8 recipes (the plan's matmul_bits says which)
-        from edgeqwen.quantize.graph_quant import ort_block_quant, quantize_embedding_table, quantize_in_place
+        from edgeqwen.quantize.graph_quant import (ort_block_quant, quantize_embedding_table, quantize_in_place,
+                                                   require_planned_nodes)
         from edgeqwen.quantize.registry import get_algorithm, resolve_callable
 
         spec = get_algorithm(plan.algorithm)
-        missing = sorted(set(plan.node_settings) - {n.name for n in model.graph})
-        if missing:
-            raise RuntimeError(f"planned nodes not in the exported graph: {', '.join(missing[:5])} — the architecture "
-                               f"registry's portable node map for {plan.architecture} is out of date")
+        require_planned_nodes(model, plan, "portable")
         block_quant = resolve_callable(spec.block_quantizer) if spec.block_quantizer else ort_block_quant
         notes.extend(quantize_in_place(model, plan, exclude=exclude, shared_lm_head=False, block_quant=block_quant))
         if plan.table.mode == "separate":

@@ -23,6 +23,21 @@ from ..architectures import HEAD_NODE
 from .ir_edit import const, drop_if_unused, replace_node
 
 
+def require_planned_nodes(model, plan, exporter: str) -> None:
+    """The planner named every node it set from the architecture registry; a name the exporter's graph lacks means the
+    registry and the exporter disagree — fail rather than quantize with the wrong settings. After a "checkpoint"
+    stage the layers arrive pre-quantized, so only the lm_head is the exporter's to quantize."""
+    from .registry import get_algorithm
+
+    planned = set(plan.node_settings)
+    if get_algorithm(plan.algorithm).stage == "checkpoint":
+        planned &= {HEAD_NODE}
+    missing = sorted(planned - {n.name for n in model.graph})
+    if missing:
+        raise RuntimeError(f"planned nodes not in the {exporter}'s graph: {', '.join(missing[:5])} — the architecture "
+                           f"registry's {exporter} node map for {plan.architecture} is out of date")
+
+
 def ort_block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
