@@ -138,9 +138,10 @@ def build(opts: BuildOptions) -> Path:
     stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
               f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
     plan = make_plan(resolved, ckpt, low_memory=opts.low_memory)
+    # the artifact must fit its device before the build machine is asked whether it can make it
+    mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
     plan = _fit_build_in_ram(plan, resolved, ckpt)
     _require_stack(plan)
-    mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
     stage_log(f"        memory estimate {mem.total_mb:.0f} MB at {mem.context} tokens (budget {mem.budget_mb} MB)")
     for decision in plan.decisions:
         stage_log(f"        plan: {decision}")
