@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import resolve_checkpoint
-from .errors import EdgeQwenError
+from .errors import AccuracyGateError, EdgeQwenError
 from .export.run import run_export
 from .log import stage_log
 from .memory import check_fits
@@ -124,16 +124,20 @@ def _require_stack(plan) -> None:
     require("plots", "the accuracy report's picture")
 
 
+MAX_REPLANS = 2  # auto mixed precision: re-plans after a missed gate, each from the measured miss
+
+
 def build(opts: BuildOptions) -> Path:
     output = Path(opts.output).expanduser().absolute()
     stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
     resolved = load_recipe(opts.recipe)
     _check_output(output, opts.force)
     requested = resolved.recipe.quantization.spec
-    if opts.calib is not None and not requested.calibration:
+    if opts.calib is not None and not (requested.calibration or resolved.recipe.quantization.mixed_precision.auto):
         raise EdgeQwenError(f"--calib was given but recipe {resolved.recipe.name} uses quantization.algorithm "
                             f"{requested.name}, which takes no calibration data", where="--calib",
-                            hint="use a recipe with a calibrated algorithm (gptq, autoround), or drop --calib")
+                            hint="use a recipe with a calibrated algorithm (gptq, autoround) or mixed_precision: auto, "
+                            "or drop --calib")
     ckpt = resolve_checkpoint(opts.model or resolved.recipe.model)
     stage_log(f"        model {ckpt.source} ({ckpt.architecture}, hidden {ckpt.config['hidden_size']}, "
               f"{ckpt.config['num_hidden_layers']} layers) → target {resolved.target.name}, {resolved.recipe.precision.value}")
@@ -148,57 +152,27 @@ def build(opts: BuildOptions) -> Path:
     if not opts.evaluate:
         stage_log("        accuracy stage skipped (--no-eval): the artifact is not gated")
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.building-", dir=output.parent))
-    staging = work / "artifact"
     try:
-        extra = {"memory_estimate_mb": mem.as_dict()}
-        decisions = list(plan.decisions)
-        spec = get_algorithm(plan.algorithm) if plan.quantized else None
-        export_input = ckpt.path
-        if spec is not None and spec.stage == "checkpoint":
-            stage_log(f"[2/{STAGES}] calibrate + {spec.summary.split(' on ')[0]}, int{plan.matmul_bits}, block "
-                      f"{plan.block_size}, {'sym' if plan.symmetric else 'asym'}")
-            quantize_checkpoint = resolve_callable(spec.checkpoint_quantizer)
-            export_input, extra[spec.name], more = quantize_checkpoint(plan, resolved, ckpt, work, opts.calib)
-            decisions.extend(more)
-        exporter_name = {"builder": "onnxruntime-genai builder", "portable": "optimum-onnx + ORT fusions"}[plan.exporter]
-        stage_log(f"[2/{STAGES}] export + quantize ({exporter_name}, {plan.execution_provider}, "
-                  f"{resolved.recipe.precision.value}, block {plan.block_size})")
-        result = run_export(plan, export_input, staging, work / "cache")
-        stage_log(f"        exported in {result.wall_s:.1f}s, exporter peak RSS {result.peak_rss_mb:.0f} MB")
-        if result.decisions:
-            stage_log(f"        {len(result.decisions)} exporter notes recorded in the manifest")
-        decisions.extend(result.decisions)
-        stage_log(f"[3/{STAGES}] package: genai_config, chat template, inference_model.json, runner")
-        finalize_genai_config(staging, resolved, ckpt)
-        template = write_chat_template(staging, ckpt)
-        write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template, ckpt.architecture)
-        copy_runner(staging)
-        if resolved.target.artifact_format == ArtifactFormat.ORT:
-            extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)
-            stage_log(f"        ORT format: model.ort {extra['ort_format']['ort_bytes'] / 1e6:.2f} MB "
-                      f"(from {extra['ort_format']['onnx_bytes'] / 1e6:.2f} MB ONNX), required_operators.config")
-        smoke_test(staging)
-        if opts.evaluate:
-            stage_log(f"[4/{STAGES}] evaluate against the PyTorch fp32 reference")
-            from .evaluate.stage import evaluate_stage
+        sensitivity = None
+        if plan.needs_sensitivity:
+            stage_log(f"[2/{STAGES}] sensitivity: KLD of every decoder-layer matrix at int{plan.matmul_bits}/b{plan.block_size}")
+            from .planner.sensitivity import sensitivity_for
 
-            extra["accuracy"] = evaluate_stage(staging, ckpt, resolved, opts.eval_text)
-        else:
-            extra["accuracy"] = {"status": "not evaluated"}
-        if result.report is not None:
-            extra["portable"] = result.report
-        export_info = {
-            "exporter": plan.exporter,
-            "algorithm": plan.algorithm,
-            "builder_extra_options": plan.builder_options(),
-            "matmul_bits": plan.matmul_bits,
-            "block_size": plan.block_size,
-            "plan": plan.to_json(),
-            "decisions": [d.message for d in decisions],
-            "wall_s": round(result.wall_s, 2),
-            "peak_rss_mb": round(result.peak_rss_mb, 1),
-        }
-        manifest = write_manifest(staging, resolved=resolved, ckpt=ckpt, export=export_info, extra=extra)
+            sensitivity = sensitivity_for(plan, resolved, ckpt, work, opts.calib)
+            plan = _replan(plan, resolved, ckpt, sensitivity)
+            mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
+        for attempt in range(MAX_REPLANS + 1):
+            staging = work / f"artifact-{attempt}"
+            try:
+                manifest = _make_artifact(plan, resolved, ckpt, opts, work, staging, mem, sensitivity)
+                break
+            except AccuracyGateError as exc:
+                better = _replan_after_miss(plan, resolved, ckpt, sensitivity, exc.summary) if sensitivity else None
+                if better is None or attempt == MAX_REPLANS:
+                    raise
+                plan = better
+                mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
+                shutil.rmtree(staging, ignore_errors=True)
         stage_log(f"[5/{STAGES}] publish → {output} ({manifest['size_bytes'] / 1e6:.2f} MB, {len(manifest['files'])} files)")
         _publish(staging, output)
     except OSError as exc:
@@ -210,3 +184,95 @@ def build(opts: BuildOptions) -> Path:
         else:
             shutil.rmtree(work, ignore_errors=True)
     return output
+
+
+def _replan(plan, resolved, ckpt, sensitivity: dict):
+    """The plan again, with the measurement; decisions made outside the planner (the RAM switch) are kept."""
+    import dataclasses
+
+    new = make_plan(resolved, ckpt, low_memory=plan.low_memory, sensitivity=sensitivity)
+    outside = tuple(d for d in plan.decisions if d.code.startswith("build."))
+    for decision in new.decisions:
+        if decision.code.startswith("mixed."):
+            stage_log(f"        plan: {decision}")
+    return dataclasses.replace(new, decisions=outside + new.decisions)
+
+
+def _replan_after_miss(plan, resolved, ckpt, sensitivity: dict, summary: dict | None):
+    """A missed gate on an auto plan: the measured KLD says how far the prediction was off; scale the predictions by
+    that (at least 1.5x; 2x when only top-1 or PPL missed) and plan again. None when nothing more can be upgraded."""
+    import dataclasses
+
+    from .planner import Decision
+
+    planned = plan.mixed.get("planned_kld") or 0.0
+    measured = (summary or {}).get("kld_mean")
+    scale = sensitivity.get("kld_scale", 1.0)
+    factor = max(1.5, measured / planned) if measured and planned and measured > planned else 2.0
+    retry = {**sensitivity, "kld_scale": scale * factor}
+    new = _replan(plan, resolved, ckpt, retry)
+    if new.node_settings == plan.node_settings:
+        return None
+    why = Decision("build.replan", f"accuracy gate missed at planned KLD {planned:.4f} (measured "
+                   f"{measured if measured is None else round(measured, 5)}): predictions scaled {scale * factor:.2f}x "
+                   "and planned again")
+    stage_log(f"        {why}")
+    sensitivity["kld_scale"] = scale * factor
+    return dataclasses.replace(new, decisions=(why,) + new.decisions)
+
+
+def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging: Path, mem, sensitivity) -> dict:
+    """Calibrate, export, package, smoke-test and evaluate one plan into `staging`; returns its manifest."""
+    extra = {"memory_estimate_mb": mem.as_dict()}
+    decisions = list(plan.decisions)
+    spec = get_algorithm(plan.algorithm) if plan.quantized else None
+    export_input = ckpt.path
+    if spec is not None and spec.stage == "checkpoint":
+        stage_log(f"[2/{STAGES}] calibrate + {spec.summary.split(' on ')[0]}, int{plan.matmul_bits}, block "
+                  f"{plan.block_size}, {'sym' if plan.symmetric else 'asym'}")
+        quantize_checkpoint = resolve_callable(spec.checkpoint_quantizer)
+        export_input, extra[spec.name], more = quantize_checkpoint(plan, resolved, ckpt, work, opts.calib)
+        decisions.extend(more)
+    exporter_name = {"builder": "onnxruntime-genai builder", "portable": "optimum-onnx + ORT fusions"}[plan.exporter]
+    stage_log(f"[2/{STAGES}] export + quantize ({exporter_name}, {plan.execution_provider}, "
+              f"{resolved.recipe.precision.value}, block {plan.block_size})")
+    result = run_export(plan, export_input, staging, work / "cache")
+    stage_log(f"        exported in {result.wall_s:.1f}s, exporter peak RSS {result.peak_rss_mb:.0f} MB")
+    if result.decisions:
+        stage_log(f"        {len(result.decisions)} exporter notes recorded in the manifest")
+    decisions.extend(result.decisions)
+    stage_log(f"[3/{STAGES}] package: genai_config, chat template, inference_model.json, runner")
+    finalize_genai_config(staging, resolved, ckpt)
+    template = write_chat_template(staging, ckpt)
+    write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template, ckpt.architecture)
+    copy_runner(staging)
+    if resolved.target.artifact_format == ArtifactFormat.ORT:
+        extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)
+        stage_log(f"        ORT format: model.ort {extra['ort_format']['ort_bytes'] / 1e6:.2f} MB "
+                  f"(from {extra['ort_format']['onnx_bytes'] / 1e6:.2f} MB ONNX), required_operators.config")
+    smoke_test(staging)
+    if sensitivity is not None:
+        from .planner.report import write_sensitivity
+
+        extra["sensitivity"] = write_sensitivity(staging, sensitivity, plan)
+    if opts.evaluate:
+        stage_log(f"[4/{STAGES}] evaluate against the PyTorch fp32 reference")
+        from .evaluate.stage import evaluate_stage
+
+        extra["accuracy"] = evaluate_stage(staging, ckpt, resolved, opts.eval_text)
+    else:
+        extra["accuracy"] = {"status": "not evaluated"}
+    if result.report is not None:
+        extra["portable"] = result.report
+    export_info = {
+        "exporter": plan.exporter,
+        "algorithm": plan.algorithm,
+        "builder_extra_options": plan.builder_options(),
+        "matmul_bits": plan.matmul_bits,
+        "block_size": plan.block_size,
+        "plan": plan.to_json(),
+        "decisions": [d.message for d in decisions],
+        "wall_s": round(result.wall_s, 2),
+        "peak_rss_mb": round(result.peak_rss_mb, 1),
+    }
+    return write_manifest(staging, resolved=resolved, ckpt=ckpt, export=export_info, extra=extra)

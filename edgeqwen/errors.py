@@ -23,7 +23,11 @@ class CheckFailed(EdgeQwenError):
 
 
 class AccuracyGateError(CheckFailed):
-    """An artifact missed its recipe's accuracy gate."""
+    """An artifact missed its recipe's accuracy gate; `summary` holds what was measured."""
+
+    def __init__(self, what: str, *, summary: dict | None = None, **kw):
+        super().__init__(what, **kw)
+        self.summary = summary or {}
 
 
 class DoesNotFit(CheckFailed):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from .architectures import HEAD_NODE, get_architecture
 from .errors import DoesNotFit
 from .planner import ExportPlan
+from .planner.sizes import matrix_bytes
 from .quantize.registry import get_algorithm
 from .recipe import Resolved
 from .targets import ExecutionProvider
@@ -53,17 +54,6 @@ class MemoryEstimate:
         return "\n".join(lines)
 
 
-def _matrix_bytes(k: int, n: int, bits: int | None, block: int, asym: bool, scale_bytes: int, zp_bytes: float | None,
-                  float_bytes: int) -> float:
-    if bits is None:
-        return k * n * float_bytes
-    blocks = -(-k // block)
-    packed = blocks * block * n * bits / 8
-    scales = blocks * n * scale_bytes
-    zero_points = blocks * n * (zp_bytes if zp_bytes is not None else bits / 8) if asym else 0
-    return packed + scales + zero_points
-
-
 def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstimate:
     """Resident memory of the planned artifact: every MatMul at the plan's own bits/block/zero points (the same
     per-node settings the exporter writes), the planned lm_head and embedding table, the KV cache at context."""
@@ -86,12 +76,12 @@ def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstima
             weights += k * n * float_bytes
             continue
         s = plan.node_setting(node)
-        weights += _matrix_bytes(k, n, s["bits"], s["group_size"], s["scheme"] == "asym", io_bytes,
+        weights += matrix_bytes(k, n, s["bits"], s["group_size"], s["scheme"] == "asym", io_bytes,
                                  None if node == HEAD_NODE else zp_bytes, float_bytes)
     table = plan.table
     tied = bool(config.get("tie_word_embeddings", False))
     if table.mode == "separate":
-        weights += _matrix_bytes(h, vocab, table.bits, table.block_size, not plan.symmetric, io_bytes, None, float_bytes)
+        weights += matrix_bytes(h, vocab, table.bits, table.block_size, not plan.symmetric, io_bytes, None, float_bytes)
     elif table.mode == "float" and not (tied and not plan.quantized):
         weights += vocab * h * float_bytes  # a float table beside a quantized head (a tied float model shares one)
     if target.execution_provider == ExecutionProvider.CPU:

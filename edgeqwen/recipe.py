@@ -76,6 +76,48 @@ class LayerOverride:
         return entry
 
 
+class MixedMode(str, enum.Enum):
+    OFF = "off"
+    AUTO = "auto"  # bits/block per decoder-layer MatMul from measured sensitivity (edgeqwen/planner/mixed.py)
+
+
+class Objective(str, enum.Enum):
+    FEWEST_BYTES = "fewest_bytes"  # stop upgrading once the planned KLD meets its target
+    BEST_ACCURACY = "best_accuracy"  # spend the whole max_bits_per_weight budget
+
+
+@dataclass(frozen=True)
+class MixedPrecision:
+    """`mixed_precision: auto`: each decoder layer's qkv/o/gate/up/down MatMul is measured on calibration text (KLD vs
+    the fp32 model when that one matrix is taken to the base format), then upgraded to a costlier format where the
+    KLD saved per byte is largest, until the planned KLD meets `target_kld` (or the size cap binds)."""
+
+    mode: MixedMode = MixedMode.OFF
+    target_kld: float | None = None  # None: half of accuracy.max_kld (0.01 without a KLD gate)
+    max_bits_per_weight: float | None = None  # cap over the decoder-layer weights; llama.cpp Q4_0 is 4.5
+    objective: Objective = Objective.FEWEST_BYTES
+    formats: tuple[LayerOverride, ...] = (LayerOverride(bits=4, block_size=64), LayerOverride(bits=4, block_size=32),
+                                          LayerOverride(bits=8, block_size=128))  # upgrades; costlier than the base
+    samples: int = 4  # calibration sequences for the measurement
+    seq_len: int = 128
+
+    def __post_init__(self):
+        if self.target_kld is not None and not 0 < self.target_kld < 1:
+            raise ValueError(f"mixed_precision.target_kld {self.target_kld} must be in (0, 1)")
+        if self.max_bits_per_weight is not None and not 2 < self.max_bits_per_weight <= 16:
+            raise ValueError(f"mixed_precision.max_bits_per_weight {self.max_bits_per_weight} must be in (2, 16]")
+        if self.samples < 1 or self.seq_len < 16:
+            raise ValueError(f"mixed_precision needs samples >= 1 and seq_len >= 16 (got {self.samples}, {self.seq_len})")
+        for f in self.formats:
+            if f.bits is None or f.block_size is None or f.symmetric is not None:
+                raise ValueError("mixed_precision.formats entries need bits and block_size (and no symmetric), "
+                                 f"e.g. {{bits: 8, block_size: 128}}; got {f}")
+
+    @property
+    def auto(self) -> bool:
+        return self.mode == MixedMode.AUTO
+
+
 @dataclass(frozen=True)
 class Quantization:
     algorithm: str = "rtn"  # a registered algorithm (edgeqwen/quantize/algorithms/)
@@ -85,9 +127,16 @@ class Quantization:
     embeddings: EmbeddingMode = EmbeddingMode.QUANTIZED
     lm_head: HeadMode = HeadMode.SAME
     overrides: dict[str, LayerOverride] = field(default_factory=dict)  # mixed precision by node-name glob
+    mixed_precision: MixedPrecision | str = field(default_factory=MixedPrecision)  # `auto` or a mapping
     calibration: Calibration = field(default_factory=Calibration)
 
     def __post_init__(self):
+        if isinstance(self.mixed_precision, str):  # `mixed_precision: auto` is short for {mode: auto}
+            try:
+                object.__setattr__(self, "mixed_precision", MixedPrecision(mode=MixedMode(self.mixed_precision)))
+            except ValueError:
+                raise ValueError(f"mixed_precision: unknown value {self.mixed_precision!r}; known: off, auto, or a "
+                                 "mapping {mode: auto, target_kld: ..., max_bits_per_weight: ...}") from None
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size {self.block_size} must be one of 16, 32, 64, 128, 256")
         from .quantize.registry import algorithm_names

@@ -28,6 +28,15 @@ SPECS = {
     "tiny-qwen3": TinySpec(family="qwen3", hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=32, seed=1),
 }
+# Shapes no recipe was tuned on, for the quality-by-default evidence (benchmarks/holdout_eval.py): other layer counts,
+# widths that are not a multiple of 128, one KV head, a larger vocabulary, untied and tied. Trained on demand, cached.
+HOLDOUT = {
+    "holdout-qwen2-6l": TinySpec(family="qwen2", vocab_size=2048, hidden_size=192, intermediate_size=512,
+                                 num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2, seed=2),
+    "holdout-qwen3-3l": TinySpec(family="qwen3", vocab_size=3000, hidden_size=160, intermediate_size=480,
+                                 num_hidden_layers=3, num_attention_heads=5, num_key_value_heads=1, head_dim=32,
+                                 seed=3),
+}
 
 
 def cache_root() -> Path:
@@ -75,7 +84,7 @@ def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch
 
 def trained(name: str, steps: int = 800) -> Path:
     """Path of a cached trained tiny model, training it on first use."""
-    spec = SPECS[name]
+    spec = {**SPECS, **HOLDOUT}[name]
     fields = {k: v for k, v in asdict(spec).items() if not (k == "tied" and v is None)}  # keys from before `tied`
     key = hashlib.sha256(json.dumps([fields, steps]).encode()).hexdigest()[:12]
     out = cache_root() / f"{name}-{key}"
@@ -105,7 +114,7 @@ def write_calib_text(path: Path, max_chars: int = 100_000) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=sorted(SPECS), default="tiny-qwen2")
+    ap.add_argument("--family", choices=sorted({**SPECS, **HOLDOUT}), default="tiny-qwen2")
     ap.add_argument("--out", help="output folder (default: the cache)")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--embed", action="store_true", help="train both and copy into edgeqwen/data/models")
@@ -121,7 +130,8 @@ def main(argv=None) -> int:
             shutil.copytree(src, dst)
             print(dst)
         return 0
-    out = train(SPECS[args.family], Path(args.out), args.steps) if args.out else trained(args.family, args.steps)
+    spec = {**SPECS, **HOLDOUT}[args.family]
+    out = train(spec, Path(args.out), args.steps) if args.out else trained(args.family, args.steps)
     print(out)
     return 0
 

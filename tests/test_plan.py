@@ -88,7 +88,14 @@ def test_shapes_that_need_fallbacks(tmp_path):
                                                                    head_dim=16, layers=2))
     assert flt.table.mode == "float" and "table.float_shape" in codes(flt)
     fit = plan(recipe(tmp_path, "  embeddings: quantized\n"), config(hidden=80, heads=2, kv=1, inter=160))
-    assert fit.block_size == 16 and "block.table_fit" in codes(fit)
+    assert fit.block_size == 32 and fit.table.block_size == fit.head.block_size == 16  # only the table needs K whole
+    assert "block.table_fit" in codes(fit) and "head.table_fit" in codes(fit)
+    # GPTQ needs whole groups: an uneven K takes the largest block that divides it on those nodes alone
+    unseen = plan(recipe(tmp_path, "  algorithm: gptq\n  block_size: 128\n  lm_head: int8\n"),
+                  config("qwen3", hidden=160, heads=5, kv=1, head_dim=32, inter=512, layers=3, vocab=3000))
+    assert unseen.algorithm == "gptq" and unseen.block_size == 128 and "block.fit_k" in codes(unseen)
+    assert unseen.node_setting("/model/layers.2/attn/qkv_proj/MatMul")["group_size"] == 32  # K=160
+    assert unseen.node_setting("/model/layers.2/mlp/down_proj/MatMul")["group_size"] == 128  # K=512
 
 
 @pytest.mark.parametrize("quant, precision, target, exporter, match", [

@@ -46,5 +46,6 @@ def evaluate_stage(artifact: Path, ckpt: Checkpoint, resolved: Resolved, eval_te
             f"accuracy gate missed for recipe {resolved.recipe.name}:\n    " + "\n    ".join(missed),
             where=f"recipe {resolved.recipe.name}, accuracy:",
             hint="nothing was published. Knobs that usually help: " + "; ".join(KNOBS),
+            summary=summary,
         )
     return {k: summary[k] for k in ("status", "ppl_ratio", "kld_mean", "kld_p99", "top1", "greedy_match", "gate")}

@@ -57,11 +57,17 @@ class ExportPlan:
     weight_encoding: str = "matmulnbits"
     static_shapes: bool = False
     num_layers: int = 0
+    mixed: dict = field(default_factory=dict)  # `mixed_precision: auto`: what was chosen and why (planner/mixed.py)
     decisions: tuple[Decision, ...] = ()
 
     @property
     def quantized(self) -> bool:
         return self.matmul_bits is not None
+
+    @property
+    def needs_sensitivity(self) -> bool:
+        """An auto mixed-precision plan made before its sensitivity measurement (planned at the base format)."""
+        return bool(self.mixed.get("pending"))
 
     @property
     def builder_precision(self) -> str:

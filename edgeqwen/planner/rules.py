@@ -11,6 +11,7 @@ from ..recipe import EmbeddingMode, Exporter, HeadMode, Resolved
 from ..targets import Precision
 from .overrides import expand_overrides
 from .plan import Decision, ExportPlan, HeadPlan, TablePlan
+from .sizes import fit_block
 
 BLOCK_SIZES = (256, 128, 64, 32, 16)
 HEAD_BLOCK = 128  # block size of an int8 lm_head in int4 CPU recipes (benchmarks/README.md)
@@ -24,7 +25,9 @@ class _Log:
         self.items.append(Decision(code, message))
 
 
-def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False) -> ExportPlan:
+def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensitivity: dict | None = None) -> ExportPlan:
+    """`sensitivity`: the measured record `mixed_precision: auto` plans from (planner/sensitivity.py); without it an
+    auto recipe is planned at its base format and the plan says a measurement is pending."""
     recipe, target, q = resolved.recipe, resolved.target, resolved.recipe.quantization
     try:
         arch = get_architecture(ckpt.architecture)
@@ -45,14 +48,21 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False) -> Expo
     log = _Log()
     bits = 8 if recipe.precision == Precision.INT8 else 4
     shapes = arch.linear_shapes(cfg, recipe.exporter.value)
-    block, want_table = _fit_block_to_table(resolved.block_size, cfg["hidden_size"], q.embeddings != EmbeddingMode.FLOAT, log)
-    spec = _algorithm_that_runs(spec, shapes, block, low_memory, log)
+    block = resolved.block_size
+    table_block, want_table = _fit_block_to_table(block, cfg["hidden_size"], q.embeddings != EmbeddingMode.FLOAT, log)
+    spec, fitted = _algorithm_that_runs(spec, shapes, block, low_memory, log)
     head_bits = _head_bits(resolved, spec, bits, ckpt.tied_embeddings and want_table, log)
     symmetric = _symmetry(resolved, spec, log)
-    settings, head_bits, head_block = _node_settings(resolved, spec, shapes, layers, bits, block, head_bits, log)
+    auto, mixed = _auto_mixed(resolved, ckpt, spec, bits, block, symmetric, sensitivity, log)
+    settings, head_bits, head_block = _node_settings(resolved, spec, shapes, layers, bits, block, head_bits,
+                                                     {**fitted, **auto}, log)
+    if head_bits is not None and want_table and ckpt.tied_embeddings and cfg["hidden_size"] % head_block:
+        log("head.table_fit", f"lm_head block {head_block} -> {table_block}: the tied embedding table it shares needs "
+            f"hidden_size {cfg['hidden_size']} to be whole blocks")
+        head_block = table_block
     default = {"bits": bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
     _odd_block_fallback(spec, shapes, settings, default, head_bits, head_block, low_memory, recipe.exporter.value, log)
-    table = _table(ckpt.tied_embeddings, want_table, head_bits, head_block, block,
+    table = _table(ckpt.tied_embeddings, want_table, head_bits, head_block, table_block,
                    8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else 4, recipe.exporter == Exporter.PORTABLE, log)
     if low_memory:
         log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
@@ -60,44 +70,56 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False) -> Expo
     return ExportPlan(algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
                       head=HeadPlan(head_bits, head_block), table=table, node_settings=settings,
                       exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
-                      decisions=tuple(log.items), **common)
+                      mixed=mixed, decisions=tuple(log.items), **common)
 
 
 def _fit_block_to_table(block: int, hidden: int, want_table: bool, log: _Log) -> tuple[int, bool]:
     """The quantized embedding table (GatherBlockQuantized, quantize_axis=1) needs hidden_size to be a whole number
-    of blocks (MatMulNBits pads K, so MatMuls take any K): the largest block that divides it, not above the recipe's."""
+    of blocks (MatMulNBits pads K, so the MatMuls keep the recipe's block): the table's block is the largest that
+    divides it, not above the recipe's."""
     if not want_table or hidden % block == 0:
         return block, want_table
     fits = [b for b in BLOCK_SIZES if b <= block and hidden % b == 0]
     if fits:
-        log("block.table_fit", f"block_size {block} -> {fits[0]}: hidden_size {hidden} is not a multiple of {block} "
-            "(needed by the quantized embedding table)")
+        log("block.table_fit", f"embedding table block {block} -> {fits[0]}: hidden_size {hidden} is not a multiple "
+            f"of {block} (GatherBlockQuantized needs whole blocks; the MatMuls keep block {block})")
         return fits[0], True
     log("table.float_shape", f"embeddings kept in float: hidden_size {hidden} is not a multiple of any int4 block size "
         f"({', '.join(map(str, BLOCK_SIZES))})")
     return block, False
 
 
-def _algorithm_that_runs(spec: AlgorithmSpec, shapes: dict, block: int, low_memory: bool, log: _Log) -> AlgorithmSpec:
-    """Whole-group quantizers fall back to rtn on uneven K; the low-memory path runs its own algorithm."""
-    uneven = {}
+def _algorithm_that_runs(spec: AlgorithmSpec, shapes: dict, block: int, low_memory: bool, log: _Log
+                         ) -> tuple[AlgorithmSpec, dict]:
+    """Whole-group quantizers (GPTQ) take the largest block that divides an uneven K on that node alone, and fall
+    back to rtn only where no block of 16 or more does; the low-memory path runs its own algorithm.
+    Returns the algorithm and the per-node blocks it needs."""
+    uneven: dict[str, int] = {}
+    fitted: dict[str, dict] = {}
     for node, (k, _) in shapes.items():
         what = node.rsplit("/", 2)[-2] if node != HEAD_NODE else "lm_head"
         if k % block and what not in uneven:
             uneven[what] = k
-            log("block.pad", f"{what} K={k} is not a multiple of block {block}: MatMulNBits pads the last block")
-    if spec.whole_groups and uneven:
-        what, k = next(iter(uneven.items()))
+            if not spec.whole_groups or node == HEAD_NODE:  # lm_head is quantized in the builder, which pads
+                log("block.pad", f"{what} K={k} is not a multiple of block {block}: MatMulNBits pads the last block")
+        if k % block and spec.whole_groups and node != HEAD_NODE:
+            fitted[node] = fit_block(k, block, True)
+    if None in fitted.values():
+        what, k = next((n.rsplit("/", 2)[-2], shapes[n][0]) for n, b in fitted.items() if b is None)
         log("algorithm.fallback", f"algorithm {spec.name} -> rtn: {what} K={k} is not a multiple of block {block} "
-            "(the pre-builder quantizers need whole groups)")
-        spec = get_algorithm("rtn")
+            "nor of any block of 16 or more (the pre-builder quantizers need whole groups)")
+        spec, fitted = get_algorithm("rtn"), {}
+    elif fitted:
+        kinds = sorted({f"{n.rsplit('/', 2)[-2]} K={shapes[n][0]} -> block {b}" for n, b in fitted.items()})
+        log("block.fit_k", f"algorithm {spec.name} needs whole groups: {'; '.join(kinds)} (the rest keep block {block})")
+    fitted = {n: {"group_size": b} for n, b in fitted.items()}
     if low_memory and spec.low_memory != spec.name:
         log("algorithm.fallback", f"algorithm {spec.name} -> {spec.low_memory}: the low-memory path quantizes with "
             f"{spec.low_memory} only")
         spec = get_algorithm(spec.low_memory)
     for note in spec.notes:
         log(f"algorithm.{spec.name}", note)
-    return spec
+    return spec, fitted if spec.whole_groups else {}
 
 
 def _head_bits(resolved: Resolved, spec: AlgorithmSpec, bits: int, shares_table: bool, log: _Log) -> int | None:
@@ -138,9 +160,45 @@ def _symmetry(resolved: Resolved, spec: AlgorithmSpec, log: _Log) -> bool:
     return q.symmetric
 
 
+def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits: int, block: int, symmetric: bool,
+                sensitivity: dict | None, log: _Log) -> tuple[dict, dict]:
+    """`mixed_precision: auto` → per-node {bits, group_size} from the measured sensitivity (planner/mixed.py), and
+    the summary the plan carries. Without a measurement: no settings and `pending` (the build measures first)."""
+    recipe = resolved.recipe
+    mp = recipe.quantization.mixed_precision
+    if not mp.auto:
+        return {}, {}
+    where = f"recipe {recipe.name}: quantization.mixed_precision"
+    if bits != 4:
+        raise EdgeQwenError("mixed_precision: auto plans int4 recipes (it upgrades sensitive matrices from the int4 "
+                            f"base); this recipe is {recipe.precision.value}", where=where, hint="drop mixed_precision")
+    if not spec.takes_overrides:
+        raise EdgeQwenError(f"mixed_precision: auto needs per-matrix bits, which algorithm {spec.name} cannot write "
+                            "(one bit width for the whole model)", where=where,
+                            hint="use algorithm: gptq or rtn with mixed_precision: auto")
+    gate = recipe.accuracy.max_kld
+    target = mp.target_kld or (0.5 * gate if gate else 0.01)
+    if sensitivity is None:
+        log("mixed.pending", f"mixed precision auto: per-matrix bits from a sensitivity measurement on calibration "
+            f"text (made by `edgeqwen build`; planned KLD target {target:.4f})")
+        return {}, {"pending": True, "target_kld": target}
+    from .mixed import choose
+
+    cpu_like = resolved.target.execution_provider.value in ("cpu", "qnn")
+    choice = choose(sensitivity, nodes_for=get_architecture(ckpt.architecture).module_nodes[recipe.exporter.value],
+                    base_bits=bits, base_block=block, symmetric=symmetric,
+                    formats=[(f.bits, f.block_size) for f in mp.formats], whole_groups=spec.whole_groups,
+                    scale_bytes=4 if cpu_like else 2, target_kld=target, max_bits_per_weight=mp.max_bits_per_weight,
+                    objective=mp.objective.value)
+    for code, message in choice.decisions:
+        log(code, message)
+    return choice.node_settings, {**choice.summary, "sensitivity_key": sensitivity.get("cache_key")}
+
+
 def _node_settings(resolved: Resolved, spec: AlgorithmSpec, shapes: dict, layers: int, bits: int, block: int,
-                   head_bits: int | None, log: _Log) -> tuple[dict, int | None, int]:
-    """The recipe's overrides as exact per-node settings; the lm_head's own bits and block pulled out of them."""
+                   head_bits: int | None, planned: dict, log: _Log) -> tuple[dict, int | None, int]:
+    """Per-node settings: what the planner set (`planned`: whole-group blocks, auto mixed precision), then the
+    recipe's overrides on top as exact node settings; the lm_head's own bits and block pulled out of them."""
     q, target = resolved.recipe.quantization, resolved.target
     head_block = block
     if (head_bits == 8 and bits == 4 and not spec.head_bits and shapes[HEAD_NODE][0] % HEAD_BLOCK == 0
@@ -149,8 +207,11 @@ def _node_settings(resolved: Resolved, spec: AlgorithmSpec, shapes: dict, layers
         # and onnxruntime's CPU 8-bit kernel decodes the 0.5B head 26 % faster. Recipe overrides still win.
         head_block = HEAD_BLOCK
         log("head.block", f"lm_head int8 in blocks of {HEAD_BLOCK} (the int4 layers keep block {block})")
-    settings, matched = expand_overrides({k: v.as_entry() for k, v in q.overrides.items()}, list(shapes), layers,
+    explicit, matched = expand_overrides({k: v.as_entry() for k, v in q.overrides.items()}, list(shapes), layers,
                                          f"recipe {resolved.recipe.name}: quantization.overrides")
+    settings = {n: dict(v) for n, v in planned.items()}
+    for node, entry in explicit.items():
+        settings[node] = {**settings.get(node, {}), **entry}
     for pattern, count in matched:
         log("override", f"override {pattern!r} -> {q.overrides[pattern].as_entry()} on {count} node(s)")
     head = settings.get(HEAD_NODE, {})

@@ -55,6 +55,24 @@ def ort_block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
     return packed, scales, zero_points
 
 
+def ort_block_dequant(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, bits: int, block: int,
+                      symmetric: bool, rows: int) -> np.ndarray:
+    """What MatMulNBits computes with: the [K, N] float weights of `ort_block_quant`'s output (K = rows)."""
+    cols, k_blocks, _ = packed.shape
+    if bits == 4:
+        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(cols, k_blocks, -1)[:, :, :block]
+    else:
+        q = packed[:, :, :block]
+    if symmetric:
+        zp = np.full((cols, k_blocks), 1 << (bits - 1), dtype=np.float32)
+    elif bits == 4:
+        zp = np.stack([zero_points & 0x0F, zero_points >> 4], axis=-1).reshape(cols, -1)[:, :k_blocks].astype(np.float32)
+    else:
+        zp = zero_points[:, :k_blocks].astype(np.float32)
+    w = (q.astype(np.float32) - zp[:, :, None]) * scales[:, :, None]
+    return np.ascontiguousarray(w.reshape(cols, k_blocks * block)[:, :rows].T)
+
+
 def quantize_in_place(model, plan, *, exclude: set[str], shared_lm_head: bool,
                       block_quant: Callable = ort_block_quant) -> list[str]:
     """Replace every constant-weight MatMul in `model` (onnx_ir.Model) with MatMulNBits, each with the plan's

@@ -64,3 +64,24 @@ def cached(kind: str, key: str, what: str, run: Callable[[], tuple[Path, float]]
     model_dir, wall = run()
     stage_log(f"        {what} done in {wall:.1f}s")
     return (store(model_dir, hit) if hit is not None else model_dir), wall
+
+
+def cached_json(kind: str, key: str, what: str, run: Callable[[], dict]) -> dict:
+    """A JSON record for `key` (a measurement, not a model): from the cache, or `run()` and store it atomically."""
+    root = cache_dir(kind)
+    hit = root / f"{key}.json" if root else None
+    if hit is not None and hit.is_file():
+        try:
+            record = json.loads(hit.read_text())
+            stage_log(f"        {what} reused from the cache ({hit})")
+            return record
+        except (OSError, ValueError):
+            pass  # a damaged entry is measured again
+    record = run()
+    stage_log(f"        {what} measured in {record.get('wall_s', 0):.1f}s")
+    if hit is not None:
+        hit.parent.mkdir(parents=True, exist_ok=True)
+        tmp = hit.with_name(f".{hit.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(hit)
+    return record

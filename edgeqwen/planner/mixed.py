@@ -1,0 +1,111 @@
+"""`mixed_precision: auto`: bits and block size per decoder-layer MatMul, chosen from measured sensitivity.
+
+Input: a sensitivity record (`planner/sensitivity.py`): for every group — one decoder layer's qkv, o, gate, up or
+down projection — the KLD against the fp32 model when that group alone is taken to the base format, and each
+format's activation-weighted weight error Σ_j E[x_j²]·Σ_i (W_ij − Q(W)_ij)². A format's KLD is predicted from the
+measured one by the ratio of those errors (KLD is locally quadratic in the weight perturbation), and groups add up.
+
+Choice: start with every group at the base format (the fewest bytes), then repeatedly take the single upgrade with
+the largest predicted KLD saved per byte added, until the planned KLD meets the target (`fewest_bytes`) or no
+upgrade fits under `max_bits_per_weight` (`best_accuracy` spends the whole budget). Nothing here names a layer:
+the same rule plans a 3-layer and a 36-layer model. Pure and deterministic (ties go to the earlier group).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .sizes import fit_block, matrix_bytes
+
+
+def fmt(bits: int, block: int) -> str:
+    return f"int{bits}/b{block}"
+
+
+@dataclass(frozen=True)
+class MixedChoice:
+    node_settings: dict[str, dict]  # exporter node → {bits, group_size} where not the base
+    summary: dict  # for the plan, the manifest and the picture
+    decisions: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+def _predicted(group: dict, key: str, base: str, scale: float) -> float:
+    err, base_err = group["err"].get(key), group["err"].get(base)
+    if err is None:
+        raise KeyError(f"sensitivity record has no error for format {key} (has {', '.join(group['err'])})")
+    return scale * group["kld"] * err / base_err if base_err and base_err > 0 else 0.0
+
+
+def choose(sens: dict, *, nodes_for: dict[str, str], base_bits: int, base_block: int, symmetric: bool,
+           formats: list[tuple[int, int]], whole_groups: bool, scale_bytes: int, target_kld: float,
+           max_bits_per_weight: float | None, objective: str) -> MixedChoice:
+    """`nodes_for` maps an HF module path inside a layer (e.g. "mlp.down_proj") to the exporter's node in the layer."""
+    base = fmt(base_bits, sens["base_block"])
+    scale = float(sens.get("kld_scale", 1.0))  # > 1 after a measured miss: the predictions were too optimistic
+    groups = []
+    for g in sens["groups"]:
+        k = g["shapes"][0][0]  # the group's matrices share their input (K)
+        options = {}
+        for bits, block in [(base_bits, base_block)] + list(formats):
+            b = fit_block(k, block, whole_groups)
+            if b is None:
+                continue
+            size = sum(matrix_bytes(kk, n, bits, b, not symmetric, scale_bytes, None, 4) for kk, n in g["shapes"])
+            options[(bits, b)] = (size, _predicted(g, fmt(bits, b), base, scale))
+        start = fit_block(k, base_block, whole_groups)
+        if start is None or (base_bits, start) not in options:
+            continue  # no whole block fits K: the planner leaves this group to the fallback rules
+        nodes = sorted({f"/model/layers.{g['layer']}/{nodes_for[m]}/MatMul" for m in g["modules"]})
+        groups.append({"group": g, "nodes": nodes, "options": options, "at": (base_bits, start)})
+    params = sum(n * k for g in groups for k, n in g["group"]["shapes"])
+    if not groups or not params:
+        return MixedChoice({}, {"groups": 0})
+    size = sum(g["options"][g["at"]][0] for g in groups)
+    kld = sum(g["options"][g["at"]][1] for g in groups)
+    base_bpw = size * 8 / params
+    cap = max_bits_per_weight * params / 8 if max_bits_per_weight else float("inf")
+    while objective == "best_accuracy" or kld > target_kld:
+        best = None
+        for i, g in enumerate(groups):
+            size0, kld0 = g["options"][g["at"]]
+            for opt, (size1, kld1) in g["options"].items():
+                added, saved = size1 - size0, kld0 - kld1
+                if added <= 0 or saved <= 0 or size + added > cap:
+                    continue
+                gain = saved / added
+                if best is None or gain > best[0]:
+                    best = (gain, i, opt, added, saved)
+        if best is None:
+            break
+        _, i, opt, added, saved = best
+        groups[i]["at"] = opt
+        size += added
+        kld -= saved
+    settings: dict[str, dict] = {}
+    upgraded: dict[str, list[str]] = {}
+    for g in groups:
+        bits, block = g["at"]
+        if (bits, block) != (base_bits, base_block):
+            for node in g["nodes"]:
+                settings[node] = {"bits": bits, "group_size": block}
+        if g["at"] != (base_bits, fit_block(g["group"]["shapes"][0][0], base_block, whole_groups)):
+            upgraded.setdefault(fmt(bits, block), []).append(f"layers.{g['group']['layer']}/{g['group']['kind']}")
+    bpw = size * 8 / params
+    met = kld <= target_kld
+    summary = {
+        "base": fmt(base_bits, base_block), "formats": [fmt(b, s) for b, s in formats], "objective": objective,
+        "target_kld": target_kld, "planned_kld": round(kld, 6), "met": met, "groups": len(groups),
+        "bits_per_weight": round(bpw, 3), "base_bits_per_weight": round(base_bpw, 3),
+        "max_bits_per_weight": max_bits_per_weight, "kld_scale": scale, "upgraded": upgraded,
+        "choice": {f"layers.{g['group']['layer']}/{g['group']['kind']}": fmt(*g["at"]) for g in groups},
+    }
+    n_up = sum(len(v) for v in upgraded.values())
+    what = "; ".join(f"{k} ×{len(v)}: {', '.join(v[:4])}{' …' if len(v) > 4 else ''}" for k, v in upgraded.items())
+    decisions = [("mixed.auto", f"mixed precision auto: {n_up} of {len(groups)} decoder-layer matrices upgraded from "
+                  f"{fmt(base_bits, base_block)}{' (' + what + ')' if what else ''}; planned KLD {kld:.4f} "
+                  f"{'<=' if met else '>'} target {target_kld:.4f}, {bpw:.2f} bits per weight (base {base_bpw:.2f}"
+                  f"{f', cap {max_bits_per_weight}' if max_bits_per_weight else ''})")]
+    if not met:
+        decisions.append(("mixed.cap", f"mixed precision auto: the target KLD {target_kld:.4f} is not reachable within "
+                          f"{max_bits_per_weight} bits per weight (planned {kld:.4f}); the accuracy gate decides"))
+    return MixedChoice(settings, summary, tuple(decisions))

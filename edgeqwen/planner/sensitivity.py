@@ -1,0 +1,227 @@
+"""Measured sensitivity of every decoder-layer matrix, the lm_head and the embedding table (the input of
+`mixed_precision: auto`, planner/mixed.py).
+
+On a few calibration sequences (never the eval text), the fp32 model runs once; each decoder layer's input is kept.
+Then, one group at a time — a layer's qkv, o, gate, up or down projection — the group's weights are replaced by
+what MatMulNBits would compute with at the base format (onnxruntime's own block quantizer and its exact inverse),
+the model is rerun from that layer on, and the mean token KLD against the fp32 logits is recorded. Every other
+format's cost is carried as the activation-weighted weight error Σ_j E[x_j²]·Σ_i (W_ij − Q(W)_ij)² (the diagonal
+importance matrix llama.cpp's imatrix uses), from which planner/mixed.py scales the measured KLD.
+
+Olive 0.13's SelectiveMixedPrecision (kld_gradient, after mlx-lm's dynamic_quant) scores the same units, but it loads
+its calibration data from the hub with no way to pass a local file, so it cannot run offline; this measures KLD
+directly instead of a gradient proxy.
+
+Runs in a child process (`python -m edgeqwen.planner.sensitivity CONFIG.json`); the build caches its record per
+weights × calibration text × settings × thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+BLOCKS = (16, 32, 64, 128, 256)
+
+
+def _fake_quant(w_nk, bits: int, block: int, symmetric: bool):
+    """torch [N, K] weight → the float weight MatMulNBits computes with at this format (same shape and dtype)."""
+    import numpy as np
+    import torch
+
+    from ..quantize.graph_quant import ort_block_dequant, ort_block_quant
+
+    w = np.ascontiguousarray(w_nk.detach().float().numpy().T)  # [K, N], blocks along K like the MatMul weight
+    packed, scales, zps = ort_block_quant(w, bits, block, symmetric)
+    return torch.from_numpy(ort_block_dequant(packed, scales, zps, bits, block, symmetric, w.shape[0]).T.copy())
+
+
+def _calibration_batch(tokenizer_dir: str, text_path: str, samples: int, seq_len: int):
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tok(Path(text_path).read_text(encoding="utf-8"), add_special_tokens=False, verbose=False)["input_ids"]
+    seq_len = min(seq_len, len(ids))
+    samples = max(1, min(samples, len(ids) // seq_len))
+    span = len(ids) - seq_len
+    starts = [round(i * span / max(samples - 1, 1)) for i in range(samples)]  # spread over the whole text
+    return torch.tensor([ids[s:s + seq_len] for s in starts], dtype=torch.long)
+
+
+def _kld(ref_logp, logits) -> float:
+    import torch
+
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
+
+
+def measure(cfg: dict) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    x = _calibration_batch(cfg["model"], cfg["calib_text"], cfg["samples"], cfg["seq_len"])
+    model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32, local_files_only=True).eval()
+    body, layers = model.model, model.model.layers
+    inputs: dict[int, torch.Tensor] = {}
+    kwargs: dict = {}
+    sq: dict[str, list] = {}
+    hooks = []
+
+    def keep_input(i):
+        def hook(_, args, kw):
+            inputs[i] = args[0].detach()
+            if i == 0:
+                kwargs.update({k: v for k, v in kw.items() if k != "past_key_values"})
+        return hook
+
+    def square_sum(name):
+        def hook(_, args):
+            a = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            acc = sq.setdefault(name, [torch.zeros(a.shape[1]), 0])
+            acc[0] += (a * a).sum(0)
+            acc[1] += a.shape[0]
+        return hook
+
+    for i, layer in enumerate(layers):
+        hooks.append(layer.register_forward_pre_hook(keep_input(i), with_kwargs=True))
+        for name, mod in layer.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                hooks.append(mod.register_forward_pre_hook(square_sum(f"{i}.{name}")))
+    final: dict = {}
+    hooks.append(body.norm.register_forward_hook(lambda _, __, out: final.setdefault("h", out.detach())))
+    with torch.inference_mode():
+        ref_logp = torch.log_softmax(model(x, use_cache=False).logits.float(), dim=-1)
+    for h in hooks:
+        h.remove()
+
+    def rerun(start: int) -> float:
+        with torch.inference_mode():
+            h = inputs[start]
+            for layer in layers[start:]:
+                h = layer(h, **kwargs)
+                h = h[0] if isinstance(h, tuple) else h
+            return _kld(ref_logp, model.lm_head(body.norm(h)))
+
+    def full_run() -> float:
+        with torch.inference_mode():
+            return _kld(ref_logp, model(x, use_cache=False).logits)
+
+    base_bits, base_block, sym = int(cfg["base_bits"]), int(cfg["base_block"]), bool(cfg["symmetric"])
+    grid = [(int(b), int(s)) for b, s in cfg["grid"]]
+    groups = []
+    nodes_for = cfg["nodes_for"]  # HF module in a layer → the node that holds it (q/k/v share one)
+    by_node: dict[str, list[str]] = {}
+    for module, node in nodes_for.items():
+        by_node.setdefault(node, []).append(module)
+    for i, layer in enumerate(layers):
+        for kind, modules in by_node.items():
+            mods = [layer.get_submodule(m) for m in modules]
+            originals = [m.weight.data.clone() for m in mods]
+            err = {}
+            for bits, block in grid:
+                total = 0.0
+                for module, w in zip(modules, originals):
+                    s, count = sq[f"{i}.{module}"]
+                    diff = (w - _fake_quant(w, bits, block, sym)).double()  # [N, K]; E[x_k²] weighs column k
+                    total += float(((diff * diff).sum(0) * (s / max(count, 1)).double()).sum())
+                err[f"int{bits}/b{block}"] = total
+            for m, w in zip(mods, originals):
+                m.weight.data = _fake_quant(w, base_bits, base_block, sym)
+            kld = rerun(i)
+            for m, w in zip(mods, originals):
+                m.weight.data = w
+            groups.append({"layer": i, "kind": kind, "modules": modules, "kld": kld, "err": err,
+                           "shapes": [list(w.T.shape) for w in originals]})
+        print(f"sensitivity: layer {i + 1}/{len(layers)} measured ({time.perf_counter() - t0:.0f}s)", flush=True)
+    head = _head_and_table(model, body, cfg, final["h"], ref_logp, full_run)
+    return {"version": 1, "base_bits": base_bits, "base_block": base_block, "symmetric": sym,
+            "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
+            "noise_floor_kld": rerun(0), "groups": groups, **head, "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def _head_and_table(model, body, cfg: dict, final_h, ref_logp, full_run) -> dict:
+    """lm_head at each of its formats (on a tied model the same weights are the embedding table, so the whole model
+    reruns), and an untied embedding table at each of its formats."""
+    import torch
+
+    tied = model.lm_head.weight is body.embed_tokens.weight
+    sym = bool(cfg["symmetric"])
+    out: dict = {"tied": tied, "head": {}, "table": {}}
+    w = model.lm_head.weight.data.clone()
+    for bits, block in cfg["head_formats"]:
+        model.lm_head.weight.data = _fake_quant(w, bits, block, sym)
+        with torch.inference_mode():
+            out["head"][f"int{bits}/b{block}"] = full_run() if tied else _kld(ref_logp, model.lm_head(final_h))
+        model.lm_head.weight.data = w
+    if not tied:
+        e = body.embed_tokens.weight.data.clone()
+        for bits, block in cfg["table_formats"]:
+            body.embed_tokens.weight.data = _fake_quant(e, bits, block, sym)
+            out["table"][f"int{bits}/b{block}"] = full_run()
+            body.embed_tokens.weight.data = e
+    print("sensitivity: lm_head and embedding table measured", flush=True)
+    return out
+
+
+def grid_for(base: tuple[int, int], formats: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Every format the planner may put a group in: each bit width at each block up to the largest asked for (smaller
+    blocks stand in where a quantizer needs whole groups and K is not a multiple of the block)."""
+    top = max(s for _, s in [base, *formats])
+    return [(b, s) for b in sorted({b for b, _ in [base, *formats]}) for s in BLOCKS if s <= top]
+
+
+def sensitivity_for(plan, resolved, ckpt, work: Path, calib_path: Path | None) -> dict:
+    """The build's measurement for `plan` (made without it): run in a child process, cached per weights ×
+    calibration text × settings × threads."""
+    from ..architectures import get_architecture
+    from ..child import calibrated_threads_env, run_child
+    from ..log import stage_log
+    from ..quantize.calibration import read_calibration_text
+    from ..quantize.result_cache import cache_key, cached_json
+    from .sizes import fit_block
+
+    mp = resolved.recipe.quantization.mixed_precision
+    _, source = read_calibration_text(calib_path)
+    base = (plan.matmul_bits, plan.block_size)
+    formats = [(f.bits, f.block_size) for f in mp.formats]
+    hidden = ckpt.config["hidden_size"]
+    table_block = fit_block(hidden, plan.table.block_size or plan.block_size, True) or 16
+    threads = calibrated_threads_env()["OMP_NUM_THREADS"]
+    settings = {"samples": mp.samples, "seq_len": mp.seq_len, "base_bits": base[0], "base_block": base[1],
+                "symmetric": plan.symmetric, "grid": grid_for(base, formats),
+                "nodes_for": get_architecture(plan.architecture).module_nodes["builder"],
+                "head_formats": sorted({(8, fit_block(hidden, 128, True) or 16), (4, base[1]), (4, 32)}),
+                "table_formats": [(8, table_block), (4, table_block)], "threads": int(threads)}
+    key = cache_key(ckpt.path, Path(source), settings, "onnxruntime")
+
+    def run() -> dict:
+        cfg_path, out = work / "sensitivity.json", work / "sensitivity.out.json"
+        cfg_path.write_text(json.dumps({**settings, "model": str(ckpt.path), "calib_text": source, "output": str(out)}))
+        run_child("edgeqwen.planner.sensitivity", cfg_path, work / "sensitivity.log", progress=("sensitivity:",),
+                  what="sensitivity", env=calibrated_threads_env(),
+                  hint="set quantization.mixed_precision: off, or give another calibration file")
+        return json.loads(out.read_text())
+
+    stage_log(f"        sensitivity: {mp.samples} × {mp.seq_len} calibration tokens from {Path(source).name}, "
+              f"each decoder-layer matrix at int{base[0]}/b{base[1]}")
+    record = cached_json("sensitivity", key, "sensitivity", run)
+    return {**record, "source": source, "cache_key": key}
+
+
+def main(argv: list[str]) -> int:
+    cfg = json.loads(Path(argv[0]).read_text())
+    record = measure(cfg)
+    Path(cfg["output"]).write_text(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main(sys.argv[1:]))

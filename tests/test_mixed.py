@@ -1,0 +1,98 @@
+"""`mixed_precision: auto`: the choice (pure, table-tested on synthetic measurements) and the measurement itself
+(on the trained tiny models: real weights, real calibration text)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeqwen.architectures import get_architecture
+from edgeqwen.planner.mixed import choose
+from edgeqwen.planner.sensitivity import grid_for
+
+NODES = get_architecture("Qwen2ForCausalLM").module_nodes["builder"]
+KINDS = {"attn/qkv_proj": (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], [[128, 128], [128, 64], [128, 64]]),
+         "attn/o_proj": (["self_attn.o_proj"], [[128, 128]]), "mlp/gate_proj": (["mlp.gate_proj"], [[128, 384]]),
+         "mlp/up_proj": (["mlp.up_proj"], [[128, 384]]), "mlp/down_proj": (["mlp.down_proj"], [[384, 128]])}
+FORMATS = [(4, 64), (4, 32), (8, 128)]
+
+
+def record(layers: int, kld=lambda layer, kind: 0.001, base_block=128) -> dict:
+    """A measurement as planner/sensitivity.py writes it: err grows with the block, int8 is ~256x smaller."""
+    groups = []
+    for i in range(layers):
+        for kind, (modules, shapes) in KINDS.items():
+            err = {f"int{b}/b{s}": (s / 128) * (1.0 if b == 4 else 1 / 256) for b, s in grid_for((4, base_block), FORMATS)}
+            groups.append({"layer": i, "kind": kind, "modules": modules, "shapes": shapes, "kld": kld(i, kind), "err": err})
+    return {"base_block": base_block, "groups": groups}
+
+
+def pick(sens, target=0.01, cap=None, objective="fewest_bytes", whole=True, base_block=128):
+    return choose(sens, nodes_for=NODES, base_bits=4, base_block=base_block, symmetric=False, formats=FORMATS,
+                  whole_groups=whole, scale_bytes=4, target_kld=target, max_bits_per_weight=cap, objective=objective)
+
+
+def test_nothing_upgraded_when_the_base_meets_the_target():
+    c = pick(record(4, lambda i, k: 0.0005), target=0.015)
+    assert c.node_settings == {} and c.summary["met"] and c.summary["planned_kld"] == pytest.approx(0.01)
+    assert c.summary["bits_per_weight"] == c.summary["base_bits_per_weight"] < 4.5
+
+
+@pytest.mark.parametrize("layers", [3, 6, 28])
+def test_the_most_sensitive_matrices_are_upgraded_first_on_any_layer_count(layers):
+    """Sensitivity concentrated in the first and last layers' down projections (as on real Qwens): those go to int8,
+    nothing is named by index in the rule, and the planned KLD meets the target."""
+    hot = {(0, "mlp/down_proj"), (layers - 1, "mlp/down_proj")}
+    c = pick(record(layers, lambda i, k: 0.02 if (i, k) in hot else 0.004 / (5 * layers)), target=0.012)
+    assert c.summary["met"] and c.summary["planned_kld"] <= 0.012
+    assert set(c.node_settings) == {f"/model/layers.{i}/mlp/down_proj/MatMul" for i in (0, layers - 1)}
+    assert any(s["bits"] == 8 for s in c.node_settings.values())
+    assert c.summary["bits_per_weight"] > c.summary["base_bits_per_weight"]
+
+
+def test_a_size_cap_binds_and_says_so():
+    sens = record(4, lambda i, k: 0.01)
+    free = pick(sens, target=0.001)
+    capped = pick(sens, target=0.001, cap=4.6)
+    assert free.summary["bits_per_weight"] > 4.6 >= capped.summary["bits_per_weight"]
+    assert not capped.summary["met"] and any(code == "mixed.cap" for code, _ in capped.decisions)
+    assert capped.summary["planned_kld"] > free.summary["planned_kld"]
+    spend = pick(sens, target=0.5, cap=4.6, objective="best_accuracy")  # the target is met already; it still spends
+    assert spend.summary["bits_per_weight"] == pytest.approx(capped.summary["bits_per_weight"], abs=0.05)
+
+
+def test_scaled_predictions_plan_more_bytes():
+    sens = record(4, lambda i, k: 0.003 * (1 + i))
+    once = pick(sens, target=0.03)
+    again = pick({**sens, "kld_scale": 3.0}, target=0.03)
+    assert again.summary["bits_per_weight"] > once.summary["bits_per_weight"] and again.summary["met"]
+
+
+def test_uneven_k_takes_a_block_that_divides_it_for_whole_group_quantizers():
+    sens = record(2, lambda i, k: 0.0001)
+    for g in sens["groups"]:
+        g["shapes"] = [[160, n] for _, n in g["shapes"]]
+    c = pick(sens, target=0.5)  # K=160 is no whole number of 128- or 64-blocks: 32 is the base there
+    assert {s["group_size"] for s in c.node_settings.values()} == {32}
+    assert not pick(sens, target=0.5, whole=False).node_settings  # RTN pads: the base block stays
+
+
+def test_measurement_on_a_trained_model(trained_qwen2, tmp_path):
+    """The real measurement: every layer × kind measured, the fp32 rerun is exact, KLDs are positive, int8 errors
+    are far below int4's, and an artifact's node names come out of the choice."""
+    from edgeqwen.planner.sensitivity import measure
+
+    cfg = {"model": str(trained_qwen2), "calib_text": str(trained_qwen2.parent.parent / "calib.txt"), "samples": 2,
+           "seq_len": 64, "base_bits": 4, "base_block": 128, "symmetric": False, "grid": grid_for((4, 128), FORMATS),
+           "nodes_for": NODES, "head_formats": [(8, 128), (4, 32)], "table_formats": [], "threads": 1}
+    rec = measure(cfg)
+    json.dumps(rec)  # what the child process writes
+    assert len(rec["groups"]) == 4 * 5 and rec["tied"] and rec["table"] == {}
+    assert rec["noise_floor_kld"] < 1e-6
+    for g in rec["groups"]:
+        assert g["kld"] > rec["noise_floor_kld"]
+        assert g["err"]["int8/b128"] < g["err"]["int4/b32"] < g["err"]["int4/b128"]
+    assert rec["head"]["int8/b128"] < rec["head"]["int4/b32"]
+    c = pick(rec, target=0.5 * min(g["kld"] for g in rec["groups"]) * len(rec["groups"]))
+    assert c.node_settings and all(n.startswith("/model/layers.") for n in c.node_settings)
