@@ -25,6 +25,7 @@ def _install_quant_hook(plan) -> list[str]:
     from edgeqwen.architectures import HEAD_NODE
     from edgeqwen.quantize.graph_quant import (ort_block_quant, quantize_embedding_table, quantize_in_place,
                                                require_planned_nodes, sync_shared_table)
+    from edgeqwen.quantize.ir_edit import add_all_positions_head
     from edgeqwen.quantize.registry import get_algorithm, resolve_callable
 
     base = sys.modules["builders.base"]
@@ -44,6 +45,8 @@ def _install_quant_hook(plan) -> list[str]:
         if plan.table.mode == "separate":
             notes.extend(quantize_embedding_table(model, bits=plan.table.bits, block=plan.table.block_size,
                                                   symmetric=plan.symmetric))
+        if plan.prune_head:
+            notes.extend(add_all_positions_head(model.graph))
         return model
 
     def to_int4_graph(self):

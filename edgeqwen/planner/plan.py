@@ -57,6 +57,7 @@ class ExportPlan:
     weight_encoding: str = "matmulnbits"
     static_shapes: bool = False
     num_layers: int = 0
+    prune_head: bool = False  # prefill logits for the last position only (+ an all-positions output for eval)
     mixed: dict = field(default_factory=dict)  # `mixed_precision: auto`: what was chosen and why (planner/mixed.py)
     decisions: tuple[Decision, ...] = ()
 
@@ -97,6 +98,8 @@ class ExportPlan:
         if self.exclude_nodes:
             opts["int4_nodes_to_exclude"] = list(self.exclude_nodes)
         opts["shared_embeddings"] = self.table.mode == "shared"
+        if self.prune_head:
+            opts["prune_lm_head"] = True
         return opts
 
     def to_json(self) -> dict:

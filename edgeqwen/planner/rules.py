@@ -67,7 +67,11 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     if low_memory:
         log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
             "its float weight dropped")
-    return ExportPlan(algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
+    prune = recipe.exporter == Exporter.BUILDER and target.execution_provider.value == "cpu" and head_bits is not None
+    if prune:
+        log("head.prune", "prefill computes the lm_head for the last position only (the builder's prune_lm_head); a "
+            "second head output over every position, same weights, serves accuracy checks")
+    return ExportPlan(prune_head=prune, algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
                       head=HeadPlan(head_bits, head_block), table=table, node_settings=settings,
                       exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
                       mixed=mixed, decisions=tuple(log.items), **common)

@@ -52,6 +52,28 @@ def _calibration_batch(tokenizer_dir: str, text_path: str, samples: int, seq_len
     return torch.tensor([ids[s:s + seq_len] for s in starts], dtype=torch.long)
 
 
+def _local_errors(layer, h, kwargs, by_node: dict, originals: dict, resolution: str, quantize) -> dict[str, float]:
+    """Per matrix kind: the squared error of this layer's output (the residual stream, after attention's softmax and
+    the MLP's gate) with that one matrix quantized — how a unit's measured KLD is shared among its matrices."""
+    import torch
+
+    if resolution == "matrix":
+        return {k: 1.0 for k in by_node}
+    out = {}
+    with torch.inference_mode():
+        ref = layer(h, **kwargs)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        for kind, modules in by_node.items():
+            for m in modules:
+                layer.get_submodule(m).weight.data = quantize(originals[m])
+            got = layer(h, **kwargs)
+            got = got[0] if isinstance(got, tuple) else got
+            out[kind] = float(((got - ref).double() ** 2).sum())
+            for m in modules:
+                layer.get_submodule(m).weight.data = originals[m]
+    return out
+
+
 def _kld(ref_logp, logits) -> float:
     import torch
 
@@ -101,47 +123,63 @@ def measure(cfg: dict) -> dict:
     for h in hooks:
         h.remove()
 
+    scored = slice(x.shape[1] // 2, None)  # the second half of each sequence (the first half is its context)
+    ref_logp = ref_logp[:, scored].contiguous()
+
     def rerun(start: int) -> float:
         with torch.inference_mode():
             h = inputs[start]
             for layer in layers[start:]:
                 h = layer(h, **kwargs)
                 h = h[0] if isinstance(h, tuple) else h
-            return _kld(ref_logp, model.lm_head(body.norm(h)))
+            return _kld(ref_logp, model.lm_head(body.norm(h[:, scored])))
 
     def full_run() -> float:
         with torch.inference_mode():
-            return _kld(ref_logp, model(x, use_cache=False).logits)
+            return _kld(ref_logp, model(x, use_cache=False).logits[:, scored])
 
     base_bits, base_block, sym = int(cfg["base_bits"]), int(cfg["base_block"]), bool(cfg["symmetric"])
     grid = [(int(b), int(s)) for b, s in cfg["grid"]]
-    groups = []
     nodes_for = cfg["nodes_for"]  # HF module in a layer → the node that holds it (q/k/v share one)
     by_node: dict[str, list[str]] = {}
     for module, node in nodes_for.items():
         by_node.setdefault(node, []).append(module)
+    resolution = choose_resolution(model.config, int(x.numel()), int(cfg.get("budget_tflop", BUDGET_TFLOP)),
+                                   cfg.get("resolution"))
+    groups = []
     for i, layer in enumerate(layers):
+        originals = {m: layer.get_submodule(m).weight.data.clone() for m in nodes_for}
+        err: dict[str, dict[str, float]] = {}
         for kind, modules in by_node.items():
-            mods = [layer.get_submodule(m) for m in modules]
-            originals = [m.weight.data.clone() for m in mods]
-            err = {}
+            err[kind] = {}
             for bits, block in grid:
                 total = 0.0
-                for module, w in zip(modules, originals):
+                for module in modules:
                     s, count = sq[f"{i}.{module}"]
+                    w = originals[module]
                     diff = (w - _fake_quant(w, bits, block, sym)).double()  # [N, K]; E[x_k²] weighs column k
                     total += float(((diff * diff).sum(0) * (s / max(count, 1)).double()).sum())
-                err[f"int{bits}/b{block}"] = total
-            for m, w in zip(mods, originals):
-                m.weight.data = _fake_quant(w, base_bits, base_block, sym)
+                err[kind][f"int{bits}/b{block}"] = total
+        base = f"int{base_bits}/b{base_block}"
+        local = _local_errors(layer, inputs[i], kwargs, by_node, originals, resolution,
+                              lambda w: _fake_quant(w, base_bits, base_block, sym))
+        for unit in units(list(by_node), resolution):
+            for kind in unit:
+                for m in by_node[kind]:
+                    layer.get_submodule(m).weight.data = _fake_quant(originals[m], base_bits, base_block, sym)
             kld = rerun(i)
-            for m, w in zip(mods, originals):
-                m.weight.data = w
-            groups.append({"layer": i, "kind": kind, "modules": modules, "kld": kld, "err": err,
-                           "shapes": [list(w.T.shape) for w in originals]})
+            for kind in unit:
+                for m in by_node[kind]:
+                    layer.get_submodule(m).weight.data = originals[m]
+            share_total = sum(local[k] for k in unit)
+            for kind in unit:  # a unit's KLD split over its matrices by their share of the layer-output error
+                share = local[kind] / share_total if share_total > 0 else 1 / len(unit)
+                groups.append({"layer": i, "kind": kind, "modules": by_node[kind], "kld": kld * share,
+                               "unit_kld": kld, "unit": list(unit), "err": err[kind],
+                               "shapes": [list(originals[m].T.shape) for m in by_node[kind]]})
         print(f"sensitivity: layer {i + 1}/{len(layers)} measured ({time.perf_counter() - t0:.0f}s)", flush=True)
-    head = _head_and_table(model, body, cfg, final["h"], ref_logp, full_run)
-    return {"version": 1, "base_bits": base_bits, "base_block": base_block, "symmetric": sym,
+    head = _head_and_table(model, body, cfg, final["h"][:, scored], ref_logp, full_run)
+    return {"version": 1, "resolution": resolution, "base_bits": base_bits, "base_block": base_block, "symmetric": sym,
             "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
             "noise_floor_kld": rerun(0), "groups": groups, **head, "wall_s": round(time.perf_counter() - t0, 2)}
 
@@ -168,6 +206,37 @@ def _head_and_table(model, body, cfg: dict, final_h, ref_logp, full_run) -> dict
             body.embed_tokens.weight.data = e
     print("sensitivity: lm_head and embedding table measured", flush=True)
     return out
+
+
+BUDGET_TFLOP = 6  # reruns' multiply-adds allowed (≈ a minute on 2 cores) before the measurement coarsens
+RESOLUTIONS = ("matrix", "block", "layer")
+
+
+def units(kinds: list[str], resolution: str) -> list[tuple[str, ...]]:
+    """What one rerun measures: each matrix, the attention / MLP block, or the whole layer."""
+    if resolution == "matrix":
+        return [(k,) for k in kinds]
+    if resolution == "block":
+        return [tuple(k for k in kinds if k.startswith(p)) for p in ("attn/", "mlp/") if any(k.startswith(p) for k in kinds)]
+    return [tuple(kinds)]
+
+
+def choose_resolution(config, tokens: int, budget_tflop: float, forced: str | None = None) -> str:
+    """The finest measurement whose reruns fit the budget: a rerun from layer l costs the layers after it over every
+    calibration token plus the lm_head over the scored half. Tiny models get every matrix, 0.5B+ coarser units."""
+    if forced:
+        return forced
+    h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    heads = config.num_attention_heads
+    kvh = getattr(config, "num_key_value_heads", None) or heads
+    hd = getattr(config, "head_dim", None) or h // heads
+    per_layer = 2 * tokens * (h * (heads + 2 * kvh) * hd + heads * hd * h + 3 * h * inter)
+    head = 2 * (tokens // 2) * h * vocab
+    tail = sum(per_layer * (layers - i) + head for i in range(layers))
+    for resolution, reruns in (("matrix", 5), ("block", 2), ("layer", 1)):
+        if reruns * tail / 1e12 <= budget_tflop:
+            return resolution
+    return "layer"
 
 
 def grid_for(base: tuple[int, int], formats: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -197,7 +266,7 @@ def sensitivity_for(plan, resolved, ckpt, work: Path, calib_path: Path | None) -
     settings = {"samples": mp.samples, "seq_len": mp.seq_len, "base_bits": base[0], "base_block": base[1],
                 "symmetric": plan.symmetric, "grid": grid_for(base, formats),
                 "nodes_for": get_architecture(plan.architecture).module_nodes["builder"],
-                "head_formats": sorted({(8, fit_block(hidden, 128, True) or 16), (4, base[1]), (4, 32)}),
+                "head_formats": sorted({(8, fit_block(hidden, 128, True) or 16), (4, base[1])}),
                 "table_formats": [(8, table_block), (4, table_block)], "threads": int(threads)}
     key = cache_key(ckpt.path, Path(source), settings, "onnxruntime")
 

@@ -308,7 +308,8 @@ class Runner:
         io.bind_cpu_input("attention_mask", np.ones((1, self.pos + n), dtype=np.int64))
         if "position_ids" in self.input_names:
             io.bind_cpu_input("position_ids", np.arange(self.pos, self.pos + n, dtype=np.int64)[None])
-        io.bind_output("logits", "cpu")  # first, so get_outputs()[0] is the logits
+        # first, so get_outputs()[0] is the logits; a pruned-head graph has every position's logits apart
+        io.bind_output("logits_all" if all_logits and "logits_all" in self._out_index else "logits", "cpu")
         for i, (k, v) in enumerate(self._kv):
             if self.growing_kv:
                 io.bind_cpu_input(f"past_key_values.{i}.key", k)
