@@ -26,11 +26,28 @@ class ChildRun:
     peak_rss_mb: float  # the largest child's peak so far in this process (getrusage), an upper bound for this one
 
 
+CALIB_THREADS = 2  # the default thread count of every calibrated step (GPTQ, AutoRound, sensitivity)
+
+
+def calibration_threads() -> int:
+    """Float sums depend on the thread count, so calibrated work runs on a fixed number of threads (recorded in the
+    manifest and in every cache key): the same build is byte-identical on a laptop, a process pool or a Ray worker.
+    2 by default (GPTQ on the Qwen2.5-0.5B shape: ~2x faster than 1); EDGEQWEN_CALIB_THREADS=N changes it
+    (EDGEQWEN_GPTQ_THREADS is the older name)."""
+    raw = os.environ.get("EDGEQWEN_CALIB_THREADS") or os.environ.get("EDGEQWEN_GPTQ_THREADS") or str(CALIB_THREADS)
+    try:
+        threads = int(raw)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise EdgeQwenError(f"EDGEQWEN_CALIB_THREADS={raw!r} is not a positive thread count", where="environment",
+                            hint=f"unset it (default {CALIB_THREADS}) or give e.g. 1, 2, 4")
+    return threads
+
+
 def calibrated_threads_env() -> dict[str, str]:
-    """Float sums depend on the thread count: one thread by default, so a calibrated build is byte-identical on a
-    laptop, a process pool or a Ray worker. EDGEQWEN_GPTQ_THREADS=N trades that for speed."""
-    threads = os.environ.get("EDGEQWEN_GPTQ_THREADS", "1")
-    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "EDGEQWEN_GPTQ_THREADS": threads}
+    threads = str(calibration_threads())
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "EDGEQWEN_CALIB_THREADS": threads}
 
 
 def run_child(module: str, arg: Path, log_path: Path, *, progress: tuple[str, ...], what: str, hint: str,

@@ -204,11 +204,12 @@ def _extra_verbs():
     from .evaluate.cli import add_eval_parser
     from .interop.olive_config import add_olive_config_parser
     from .matrix import add_build_all_parser
+    from .planner.cli import add_sensitivity_parser
     from .serve.cli import add_serve_parser
     from .tune import add_tune_parser
 
     return [add_build_all_parser, add_eval_parser, add_bench_parser, add_tune_parser, add_serve_parser,
-            add_olive_config_parser]
+            add_olive_config_parser, add_sensitivity_parser]
 
 
 def _interrupt_on_termination() -> None:

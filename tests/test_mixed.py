@@ -28,9 +28,10 @@ def record(layers: int, kld=lambda layer, kind: 0.001, base_block=128) -> dict:
     return {"base_block": base_block, "groups": groups}
 
 
-def pick(sens, target=0.01, cap=None, objective="fewest_bytes", whole=True, base_block=128):
+def pick(sens, target=0.01, cap=None, objective="fewest_bytes", whole=True, base_block=128, strict=True):
     return choose(sens, nodes_for=NODES, base_bits=4, base_block=base_block, symmetric=False, formats=FORMATS,
-                  whole_groups=whole, scale_bytes=4, target_kld=target, max_bits_per_weight=cap, objective=objective)
+                  whole_groups=whole, scale_bytes=4, target_kld=target, max_bits_per_weight=cap, objective=objective,
+                  strict_cap=strict)
 
 
 def test_nothing_upgraded_when_the_base_meets_the_target():
@@ -58,6 +59,11 @@ def test_a_size_cap_binds_and_says_so():
     assert free.summary["bits_per_weight"] > 4.6 >= capped.summary["bits_per_weight"]
     assert not capped.summary["met"] and any(code == "mixed.cap" for code, _ in capped.decisions)
     assert capped.summary["planned_kld"] > free.summary["planned_kld"]
+    soft = pick(sens, target=0.001, cap=4.6, strict=False)  # the recipes' default: the target wins, and says so
+    assert soft.summary["met"] and soft.summary["cap_exceeded"] and soft.summary["bits_per_weight"] > 4.6
+    assert any(code == "mixed.cap_exceeded" for code, _ in soft.decisions)
+    easy = pick(record(4, lambda i, k: 0.0001), target=0.015, cap=4.6, strict=False)
+    assert not easy.summary["cap_exceeded"] and easy.summary["bits_per_weight"] <= 4.6
     spend = pick(sens, target=0.5, cap=4.6, objective="best_accuracy")  # the target is met already; it still spends
     assert spend.summary["bits_per_weight"] == pytest.approx(capped.summary["bits_per_weight"], abs=0.05)
 

@@ -40,12 +40,22 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     ckpt = resolve_checkpoint(model or resolved.recipe.model)
     out = Path(output_dir)
     plan = make_plan(resolved, ckpt)  # a plan only: nothing is written
+    if plan.needs_sensitivity:  # the same per-matrix bits as `edgeqwen build` (the measurement is cached)
+        import tempfile
+
+        from ..planner.sensitivity import sensitivity_for
+
+        with tempfile.TemporaryDirectory(prefix="edgeqwen-sensitivity-") as tmp:
+            plan = make_plan(resolved, ckpt, sensitivity=sensitivity_for(plan, resolved, ckpt, Path(tmp), calib))
     notes = [d.message for d in plan.decisions]
     quantized = plan.quantized
     spec = get_algorithm(plan.algorithm) if quantized else None
 
     mb = {"type": "ModelBuilder", "precision": plan.builder_precision}
-    extra = {k: v for k, v in plan.builder_options().items() if k not in ("hf_token", "hf_remote")}
+    extra = {k: v for k, v in plan.builder_options().items() if k not in ("hf_token", "hf_remote", "prune_lm_head")}
+    if plan.prune_head:
+        notes.append("prune_lm_head left out: Olive's ModelBuilder cannot add the all-positions logits output that "
+                     "accuracy checks read (its artifact computes the head over every prompt position)")
     for key in _BUILDER_TOP_LEVEL:
         if key in extra:
             mb[key] = extra.pop(key)

@@ -38,7 +38,7 @@ def _predicted(group: dict, key: str, base: str, scale: float) -> float:
 
 def choose(sens: dict, *, nodes_for: dict[str, str], base_bits: int, base_block: int, symmetric: bool,
            formats: list[tuple[int, int]], whole_groups: bool, scale_bytes: int, target_kld: float,
-           max_bits_per_weight: float | None, objective: str) -> MixedChoice:
+           max_bits_per_weight: float | None, objective: str, strict_cap: bool = True) -> MixedChoice:
     """`nodes_for` maps an HF module path inside a layer (e.g. "mlp.down_proj") to the exporter's node in the layer."""
     base = fmt(base_bits, sens["base_block"])
     scale = float(sens.get("kld_scale", 1.0))  # > 1 after a measured miss: the predictions were too optimistic
@@ -64,6 +64,17 @@ def choose(sens: dict, *, nodes_for: dict[str, str], base_bits: int, base_block:
     kld = sum(g["options"][g["at"]][1] for g in groups)
     base_bpw = size * 8 / params
     cap = max_bits_per_weight * params / 8 if max_bits_per_weight else float("inf")
+    size, kld = _greedy(groups, size, kld, cap, target_kld, objective)
+    exceeded = False
+    if kld > target_kld and not strict_cap and cap != float("inf"):  # the target wins over a soft cap
+        size, kld = _greedy(groups, size, kld, float("inf"), target_kld, "fewest_bytes")
+        exceeded = True
+    return _summarize(groups, size, kld, params, base_bits, base_block, base_bpw, formats, objective, target_kld,
+                      max_bits_per_weight, scale, whole_groups, exceeded)
+
+
+def _greedy(groups: list, size: float, kld: float, cap: float, target_kld: float, objective: str):
+    """Take upgrades by predicted KLD saved per byte until the target is met (or, for best_accuracy, the cap)."""
     while objective == "best_accuracy" or kld > target_kld:
         best = None
         for i, g in enumerate(groups):
@@ -81,6 +92,11 @@ def choose(sens: dict, *, nodes_for: dict[str, str], base_bits: int, base_block:
         groups[i]["at"] = opt
         size += added
         kld -= saved
+    return size, kld
+
+
+def _summarize(groups, size, kld, params, base_bits, base_block, base_bpw, formats, objective, target_kld,
+               max_bits_per_weight, scale, whole_groups, exceeded) -> MixedChoice:
     settings: dict[str, dict] = {}
     upgraded: dict[str, list[str]] = {}
     for g in groups:
@@ -96,7 +112,7 @@ def choose(sens: dict, *, nodes_for: dict[str, str], base_bits: int, base_block:
         "base": fmt(base_bits, base_block), "formats": [fmt(b, s) for b, s in formats], "objective": objective,
         "target_kld": target_kld, "planned_kld": round(kld, 6), "met": met, "groups": len(groups),
         "bits_per_weight": round(bpw, 3), "base_bits_per_weight": round(base_bpw, 3),
-        "max_bits_per_weight": max_bits_per_weight, "kld_scale": scale, "upgraded": upgraded,
+        "max_bits_per_weight": max_bits_per_weight, "cap_exceeded": exceeded, "kld_scale": scale, "upgraded": upgraded,
         "choice": {f"layers.{g['group']['layer']}/{g['group']['kind']}": fmt(*g["at"]) for g in groups},
     }
     n_up = sum(len(v) for v in upgraded.values())
@@ -105,6 +121,10 @@ def choose(sens: dict, *, nodes_for: dict[str, str], base_bits: int, base_block:
                   f"{fmt(base_bits, base_block)}{' (' + what + ')' if what else ''}; planned KLD {kld:.4f} "
                   f"{'<=' if met else '>'} target {target_kld:.4f}, {bpw:.2f} bits per weight (base {base_bpw:.2f}"
                   f"{f', cap {max_bits_per_weight}' if max_bits_per_weight else ''})")]
+    if exceeded:
+        decisions.append(("mixed.cap_exceeded", f"mixed precision auto: the target KLD {target_kld:.4f} needs more than "
+                          f"the {max_bits_per_weight} bits-per-weight cap on this model: {bpw:.2f} (set strict_cap: true "
+                          "to keep the cap and let the accuracy gate decide)"))
     if not met:
         decisions.append(("mixed.cap", f"mixed precision auto: the target KLD {target_kld:.4f} is not reachable within "
                           f"{max_bits_per_weight} bits per weight (planned {kld:.4f}); the accuracy gate decides"))

@@ -193,7 +193,7 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
                     base_bits=bits, base_block=block, symmetric=symmetric,
                     formats=[(f.bits, f.block_size) for f in mp.formats], whole_groups=spec.whole_groups,
                     scale_bytes=4 if cpu_like else 2, target_kld=target, max_bits_per_weight=mp.max_bits_per_weight,
-                    objective=mp.objective.value)
+                    objective=mp.objective.value, strict_cap=mp.strict_cap)
     for code, message in choice.decisions:
         log(code, message)
     return choice.node_settings, {**choice.summary, "sensitivity_key": sensitivity.get("cache_key")}

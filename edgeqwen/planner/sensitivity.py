@@ -250,7 +250,7 @@ def sensitivity_for(plan, resolved, ckpt, work: Path, calib_path: Path | None) -
     """The build's measurement for `plan` (made without it): run in a child process, cached per weights ×
     calibration text × settings × threads."""
     from ..architectures import get_architecture
-    from ..child import calibrated_threads_env, run_child
+    from ..child import calibrated_threads_env, calibration_threads, run_child
     from ..log import stage_log
     from ..quantize.calibration import read_calibration_text
     from ..quantize.result_cache import cache_key, cached_json
@@ -262,7 +262,7 @@ def sensitivity_for(plan, resolved, ckpt, work: Path, calib_path: Path | None) -
     formats = [(f.bits, f.block_size) for f in mp.formats]
     hidden = ckpt.config["hidden_size"]
     table_block = fit_block(hidden, plan.table.block_size or plan.block_size, True) or 16
-    threads = calibrated_threads_env()["OMP_NUM_THREADS"]
+    threads = calibration_threads()
     settings = {"samples": mp.samples, "seq_len": mp.seq_len, "base_bits": base[0], "base_block": base[1],
                 "symmetric": plan.symmetric, "grid": grid_for(base, formats),
                 "nodes_for": get_architecture(plan.architecture).module_nodes["builder"],

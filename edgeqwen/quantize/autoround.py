@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..child import calibrated_threads_env, run_child
+from ..child import calibrated_threads_env, calibration_threads, run_child
 from ..errors import EdgeQwenError
 from ..log import stage_log
 from ..planner import Decision, ExportPlan
@@ -56,7 +56,8 @@ def quantize_checkpoint(plan: ExportPlan, resolved, ckpt, work: Path, calib_path
                         f"min/max tuning) on every decoder-layer linear: {calib.samples} calibration sequences × "
                         f"{calib.seq_len} tokens from {Path(calib.source).name}; lm_head and embeddings quantized by RTN "
                         "in the builder")
-    return model_dir, {**calib.as_dict(), "iters": cal.iters, "wall_s": round(wall, 2), "cache_key": key}, [decision]
+    return model_dir, {**calib.as_dict(), "iters": cal.iters, "wall_s": round(wall, 2), "threads": calibration_threads(),
+                       "cache_key": key}, [decision]
 
 
 def _saved_model(out: Path, log: Path) -> Path:
@@ -72,7 +73,7 @@ def main(argv: list[str]) -> int:
     from auto_round import AutoRound
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(int(os.environ.get("EDGEQWEN_GPTQ_THREADS", "1")))
+    torch.set_num_threads(int(os.environ["EDGEQWEN_CALIB_THREADS"]))  # set by the build (child.calibrated_threads_env)
     cfg = json.loads(Path(argv[0]).read_text())
     torch.manual_seed(cfg["seed"])
     model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..architectures import HEAD_NODE, get_architecture
-from ..child import calibrated_threads_env, run_child
+from ..child import calibrated_threads_env, calibration_threads, run_child
 from ..errors import EdgeQwenError
 from ..log import stage_log
 from ..planner import Decision, ExportPlan
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
     import torch
 
-    torch.set_num_threads(int(os.environ.get("EDGEQWEN_GPTQ_THREADS", "1")))
+    torch.set_num_threads(int(os.environ["EDGEQWEN_CALIB_THREADS"]))  # set by the build (child.calibrated_threads_env)
     from olive.workflows import run
 
     run(json.loads(Path(argv[0]).read_text()))
@@ -128,7 +128,8 @@ def quantize_checkpoint(plan: ExportPlan, resolved, ckpt, work: Path, calib_path
     decisions.append(Decision("gptq", f"gptq (Olive Gptq pass, damp {q.calibration.damp_percent}) on every decoder-layer "
                               f"linear: {calib.samples} calibration sequences × {calib.seq_len} tokens from "
                               f"{Path(calib.source).name}; lm_head and embeddings quantized by RTN in the builder"))
-    info = {**calib.as_dict(), "wall_s": round(wall, 2), "olive_overrides": overrides, "cache_key": key}
+    info = {**calib.as_dict(), "wall_s": round(wall, 2), "threads": calibration_threads(), "olive_overrides": overrides,
+            "cache_key": key}
     return model_dir, info, decisions
 
 

@@ -37,7 +37,9 @@ def cache_key(model: Path, calib_jsonl: Path, settings: dict, package: str) -> s
     h.update(calib_jsonl.read_bytes())
     h.update(json.dumps(settings, sort_keys=True).encode())
     h.update(metadata.version(package).encode())
-    h.update(os.environ.get("EDGEQWEN_GPTQ_THREADS", "1").encode())
+    from ..child import calibration_threads
+
+    h.update(str(calibration_threads()).encode())
     return h.hexdigest()[:20]
 
 
