@@ -27,20 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import write_results  # noqa: E402
 
 MODELS = ["tiny-qwen2", "tiny-qwen3", "holdout-qwen2-6l", "holdout-qwen3-3l"]
-RECIPES = [
+RECIPES = [  # one of each distinct quantization (the Qwen2.5 and Qwen3 recipes of a target share theirs)
     "qwen2.5-0.5b-instruct/cpu-x86_64-int4", "qwen2.5-0.5b-instruct/cpu-x86_64-fast-int4",
-    "qwen2.5-0.5b-instruct/cpu-x86_64-speed-int4", "qwen2.5-0.5b-instruct/cpu-arm64-int4",
-    "qwen2.5-0.5b-instruct/ort-mobile-int4", "qwen2.5-0.5b-instruct/cpu-x86_64-portable-int4",
-    "qwen2.5-0.5b-instruct/cpu-x86_64-int8", "qwen2.5-0.5b-instruct/qnn-npu-int8",
-    "qwen3-0.6b/cpu-x86_64-int4", "qwen3-0.6b/cpu-x86_64-fast-int4", "qwen2.5-3b-instruct/cpu-x86_64-int4",
+    "qwen2.5-0.5b-instruct/cpu-x86_64-speed-int4", "qwen2.5-0.5b-instruct/ort-mobile-int4",
+    "qwen2.5-0.5b-instruct/cpu-x86_64-portable-int4", "qwen2.5-0.5b-instruct/cpu-x86_64-int8",
+    "qwen2.5-0.5b-instruct/qnn-npu-int8", "qwen3-4b/cpu-arm64-int4",
 ]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", EDGEQWEN_QUIET="1")
 
 
 def model_path(name: str) -> Path:
+    from edgeqwen.checkpoint import embedded_dir
     from edgeqwen.train import trained
 
-    return trained(name)
+    embedded = embedded_dir() / name
+    return embedded if embedded.is_dir() else trained(name)
 
 
 def weights_mb(folder: Path) -> float:

@@ -53,7 +53,8 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     spec, fitted = _algorithm_that_runs(spec, shapes, block, low_memory, log)
     head_bits = _head_bits(resolved, spec, bits, ckpt.tied_embeddings and want_table, log)
     symmetric = _symmetry(resolved, spec, log)
-    auto, mixed = _auto_mixed(resolved, ckpt, spec, bits, block, symmetric, sensitivity, log)
+    auto, mixed, auto_table_bits = _auto_mixed(resolved, ckpt, spec, bits, block, symmetric, head_bits,
+                                               want_table and not ckpt.tied_embeddings, sensitivity, log)
     settings, head_bits, head_block = _node_settings(resolved, spec, shapes, layers, bits, block, head_bits,
                                                      {**fitted, **auto}, log)
     if head_bits is not None and want_table and ckpt.tied_embeddings and cfg["hidden_size"] % head_block:
@@ -63,7 +64,8 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     default = {"bits": bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
     _odd_block_fallback(spec, shapes, settings, default, head_bits, head_block, low_memory, recipe.exporter.value, log)
     table = _table(ckpt.tied_embeddings, want_table, head_bits, head_block, table_block,
-                   8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else 4, recipe.exporter == Exporter.PORTABLE, log)
+                   8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else auto_table_bits or 4,
+                   recipe.exporter == Exporter.PORTABLE, log)
     if low_memory:
         log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
             "its float weight dropped")
@@ -164,14 +166,20 @@ def _symmetry(resolved: Resolved, spec: AlgorithmSpec, log: _Log) -> bool:
     return q.symmetric
 
 
+TABLE_SHARE = 0.1  # an int4 embedding table may cost at most this share of the KLD target, else it is int8
+
+
 def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits: int, block: int, symmetric: bool,
-                sensitivity: dict | None, log: _Log) -> tuple[dict, dict]:
-    """`mixed_precision: auto` → per-node {bits, group_size} from the measured sensitivity (planner/mixed.py), and
-    the summary the plan carries. Without a measurement: no settings and `pending` (the build measures first)."""
+                head_bits: int | None, separate_table: bool, sensitivity: dict | None, log: _Log
+                ) -> tuple[dict, dict, int | None]:
+    """`mixed_precision: auto` → per-node {bits, group_size} from the measured sensitivity (planner/mixed.py), the
+    summary the plan carries, and the bits of an untied embedding table (`embeddings: quantized`: int4 where its
+    measured KLD is small, else int8). The lm_head's and the table's measured KLD are taken off the target before the
+    decoder layers are planned. Without a measurement: no settings and `pending` (the build measures first)."""
     recipe = resolved.recipe
     mp = recipe.quantization.mixed_precision
     if not mp.auto:
-        return {}, {}
+        return {}, {}, None
     where = f"recipe {recipe.name}: quantization.mixed_precision"
     if bits != 4:
         raise EdgeQwenError("mixed_precision: auto plans int4 recipes (it upgrades sensitive matrices from the int4 "
@@ -185,18 +193,37 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
     if sensitivity is None:
         log("mixed.pending", f"mixed precision auto: per-matrix bits from a sensitivity measurement on calibration "
             f"text (made by `edgeqwen build`; planned KLD target {target:.4f})")
-        return {}, {"pending": True, "target_kld": target}
+        return {}, {"pending": True, "target_kld": target}, None
     from .mixed import choose
+
+    scale = float(sensitivity.get("kld_scale", 1.0))
+
+    def measured(entries: dict, want_bits: int) -> float:
+        hits = [v for k, v in entries.items() if k.startswith(f"int{want_bits}/")]
+        return scale * min(hits) if hits else 0.0
+
+    reserved = measured(sensitivity.get("head", {}), head_bits) if head_bits else 0.0
+    table_bits = None
+    if separate_table and recipe.quantization.embeddings == EmbeddingMode.QUANTIZED and sensitivity.get("table"):
+        t4, t8 = measured(sensitivity["table"], 4), measured(sensitivity["table"], 8)
+        table_bits = 4 if t4 <= TABLE_SHARE * target else 8
+        reserved += t4 if table_bits == 4 else t8
+        log("mixed.table", f"mixed precision auto: embedding table int{table_bits} (measured KLD int4 {t4:.4f}, int8 "
+            f"{t8:.4f}; int4 is kept only below {TABLE_SHARE:.0%} of the target)")
+    layer_target = max(target - reserved, 0.25 * target)
 
     cpu_like = resolved.target.execution_provider.value in ("cpu", "qnn")
     choice = choose(sensitivity, nodes_for=get_architecture(ckpt.architecture).module_nodes[recipe.exporter.value],
                     base_bits=bits, base_block=block, symmetric=symmetric,
                     formats=[(f.bits, f.block_size) for f in mp.formats], whole_groups=spec.whole_groups,
-                    scale_bytes=4 if cpu_like else 2, target_kld=target, max_bits_per_weight=mp.max_bits_per_weight,
-                    objective=mp.objective.value, strict_cap=mp.strict_cap)
+                    scale_bytes=4 if cpu_like else 2, target_kld=layer_target,
+                    max_bits_per_weight=mp.max_bits_per_weight, objective=mp.objective.value, strict_cap=mp.strict_cap)
     for code, message in choice.decisions:
         log(code, message)
-    return choice.node_settings, {**choice.summary, "sensitivity_key": sensitivity.get("cache_key")}
+    summary = {**choice.summary, "target_kld": target, "layer_target_kld": round(layer_target, 6),
+               "head_table_kld": round(reserved, 6), "sensitivity_key": sensitivity.get("cache_key")}
+    summary["planned_kld"] = round(choice.summary.get("planned_kld", 0.0) + reserved, 6)
+    return choice.node_settings, summary, table_bits
 
 
 def _node_settings(resolved: Resolved, spec: AlgorithmSpec, shapes: dict, layers: int, bits: int, block: int,
