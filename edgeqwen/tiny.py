@@ -13,35 +13,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-QWEN2_CHAT_TEMPLATE = (
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- for message in messages %}"
-    "{%- if not (message['role'] == 'system' and loop.first) %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-
-# Qwen3's template, less tool calling: history answers lose their <think> part; the generation
-# prompt gets an empty think block when enable_thinking is false.
-QWEN3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- set content = message['content'] %}"
-    "{%- if message['role'] == 'assistant' and '</think>' in content %}"
-    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}"
-    "{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}"
-)
+_TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
+# Qwen's own chat templates (as published with Qwen2.5-Instruct and Qwen3), tool calling and thinking included, so the
+# fixtures render prompts, tool definitions, tool calls and tool results exactly as the real models do.
+QWEN2_CHAT_TEMPLATE = (_TEMPLATES / "qwen2.5.jinja").read_text(encoding="utf-8")
+QWEN3_CHAT_TEMPLATE = (_TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 QWEN_PRETOKENIZE_REGEX = (

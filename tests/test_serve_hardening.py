@@ -198,8 +198,7 @@ def test_fields_are_honoured_refused_or_reported_never_dropped(server):
     import http.client
 
     host, port = server.server_address[:2]
-    for field, value in (("tools", [{"type": "function", "function": {"name": "f"}}]),
-                         ("response_format", {"type": "json_object"}), ("logprobs", True)):
+    for field, value in (("functions", [{"name": "f"}]), ("logit_bias", {"5": 10}), ("logprobs", True)):
         got, payload = raw(server, "POST", "/v1/chat/completions", {**CHAT, field: value})
         err = json.loads(payload)["error"]
         assert got == 400 and err["param"] == field and err["code"] == "unsupported_field", err

@@ -106,8 +106,6 @@ def _algorithm_that_runs(spec: AlgorithmSpec, shapes: dict, block: int, low_memo
         what = node.rsplit("/", 2)[-2] if node != HEAD_NODE else "lm_head"
         if k % block and what not in uneven:
             uneven[what] = k
-            if not spec.whole_groups or node == HEAD_NODE:  # lm_head is quantized in the builder, which pads
-                log("block.pad", f"{what} K={k} is not a multiple of block {block}: MatMulNBits pads the last block")
         if k % block and spec.whole_groups and node != HEAD_NODE:
             fitted[node] = fit_block(k, block, True)
     if None in fitted.values():
@@ -118,6 +116,9 @@ def _algorithm_that_runs(spec: AlgorithmSpec, shapes: dict, block: int, low_memo
     elif fitted:
         kinds = sorted({f"{n.rsplit('/', 2)[-2]} K={shapes[n][0]} -> block {b}" for n, b in fitted.items()})
         log("block.fit_k", f"algorithm {spec.name} needs whole groups: {'; '.join(kinds)} (the rest keep block {block})")
+    for what, k in uneven.items():  # lm_head is always quantized in the builder, which pads
+        if not spec.whole_groups or what == "lm_head":
+            log("block.pad", f"{what} K={k} is not a multiple of block {block}: MatMulNBits pads the last block")
     fitted = {n: {"group_size": b} for n, b in fitted.items()}
     if low_memory and spec.low_memory != spec.name:
         log("algorithm.fallback", f"algorithm {spec.name} -> {spec.low_memory}: the low-memory path quantizes with "

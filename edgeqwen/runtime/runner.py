@@ -106,6 +106,7 @@ class Sampling:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False  # benchmarks and greedy-match checks generate exactly max_new_tokens
+    constraint: "GrammarConstraint | None" = None  # constrained decoding (JSON schema, forced tool calls)
 
     def validate(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -147,6 +148,52 @@ class Result:
     ttft_s: float
     prefill_tps: float
     decode_tps: float
+
+
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+MASKED = np.float32(-1e30)  # the logit of a token a constraint forbids (exp() of it is exactly 0)
+
+
+class GrammarConstraint:
+    """Constrained decoding: before each sampled token, every token the grammar cannot take next gets -inf, so the
+    output always parses (llguidance — the grammar engine onnxruntime-genai and llama.cpp use — builds the mask from
+    a Lark grammar or a JSON schema; `pip install llguidance`, a 3 MB wheel with no dependencies). Imported only
+    when a constraint is asked for."""
+
+    def __init__(self, runner: "Runner", grammar: str):
+        import llguidance
+
+        self.vocab = runner.vocab_size
+        error = llguidance.LLMatcher.validate_grammar(grammar, runner.ll_tokenizer())
+        if error:
+            raise RunnerError(f"grammar refused: {error}")
+        self.matcher = llguidance.LLMatcher(runner.ll_tokenizer(), grammar, log_level=0)
+
+    @classmethod
+    def json_schema(cls, runner: "Runner", schema: dict | str) -> "GrammarConstraint":
+        import llguidance
+
+        try:  # one canonical layout (no free whitespace): a small model cannot pad the output with blank space
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT)
+        except ValueError as exc:
+            raise RunnerError(f"JSON schema refused: {exc}") from None
+        return cls(runner, grammar)
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        n = min(bits.size, logits.size)
+        out = np.full(logits.shape, MASKED, dtype=np.float32)  # finite: top-p's histogram stays defined
+        keep = np.flatnonzero(bits[:n])
+        out[keep] = logits[keep]
+        return out
+
+    def accept(self, token: int) -> None:
+        if not self.matcher.consume_token(int(token)):
+            raise RunnerError(f"constrained decoding failed: {self.matcher.get_error() or 'token refused'}")
+
+    @property
+    def done(self) -> bool:
+        return self.matcher.is_stopped()
 
 
 NUCLEUS_BINS = 2048  # top-p: probability mass histogram over the logit range (see sample_token)
@@ -248,6 +295,7 @@ class Runner:
         if self.static_slots is not None:
             self.context_length = min(self.context_length, self.static_slots + 1)
         self._out_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
+        self._ll_tokenizer = None
         self._kv = None
         self.kv_capacity = 0
         self.pos = 0
@@ -356,6 +404,15 @@ class Runner:
         out = [self.step(list(token_ids[i:i + chunk]), all_logits=True) for i in range(0, len(token_ids), chunk)]
         return np.concatenate(out, axis=0).astype(np.float32)
 
+    def ll_tokenizer(self):
+        """llguidance's view of this artifact's tokenizer (built once; ~1 s on Qwen's 151k vocabulary)."""
+        if self._ll_tokenizer is None:
+            import llguidance
+
+            self._ll_tokenizer = llguidance.LLTokenizer(str(self.path / "tokenizer.json"), n_vocab=self.vocab_size,
+                                                        eos_token=sorted(self.eos_ids))
+        return self._ll_tokenizer
+
     # ---- text helpers ----------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
         try:
@@ -405,7 +462,11 @@ class Runner:
         t_dec = time.perf_counter()
         finish = None
         while finish is None:
+            if s.constraint is not None:
+                logits = s.constraint.mask(logits)
             tok = self._sample(logits, s, rng, history)
+            if s.constraint is not None:
+                s.constraint.accept(tok)
             generated.append(tok)
             history.append(tok)
             rec = Record(token_ids=[tok], prompt_tokens=len(prompt_ids), generated_tokens=len(generated),
@@ -459,6 +520,19 @@ class Runner:
                       last.ttft_s, last.prefill_tps, last.decode_tps)
 
 
+def _schema_constraint(runner: Runner, path: Path) -> GrammarConstraint:
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunnerError(f"--json-schema {path}: cannot read it ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise RunnerError(f"--json-schema {path}: not JSON ({exc.msg}, line {exc.lineno})") from None
+    try:
+        return GrammarConstraint.json_schema(runner, schema)
+    except ImportError:
+        raise RunnerError("--json-schema needs llguidance: pip install llguidance") from None
+
+
 def main(argv=None) -> int:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description="Run an edgeqwen artifact with onnxruntime only.")
@@ -474,12 +548,19 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--no-think", action="store_true", help="Qwen3: switch thinking off")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema "
+                    "(needs `pip install llguidance`)")
     args = ap.parse_args(argv)
     try:
         runner = Runner(args.artifact, threads=args.threads)
         s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
         s.validate()
         think = False if args.no_think else None
+        if args.json_schema:
+            if args.chat:
+                ap.error("--json-schema constrains one answer: use it with --prompt, not --chat")
+            s.constraint = _schema_constraint(runner, Path(args.json_schema))
+            think = False if runner.think_ids[0] is not None else think  # a <think> block cannot be constrained
         if args.chat:
             history: list[dict] = []
             while True:

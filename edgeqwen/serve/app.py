@@ -19,11 +19,12 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..runtime.runner import RunnerError, Sampling
+from ..runtime.runner import GrammarConstraint, RunnerError, Sampling
 from .limits import RateLimiter
 from .metrics import Metrics
 from .models import ModelCache
 from .protocol import ApiError, chat_prompt, parse_completion, parse_chat
+from .tools import ToolCallParser, openai_call, tool_call_grammar
 
 
 LOG = logging.getLogger("edgeqwen.serve")
@@ -270,6 +271,11 @@ class Handler(BaseHTTPRequestHandler):
         req = parse_chat(body) if chat else parse_completion(body)
         served = self._model(req.model)
         runner = served.runner
+        if chat and (req.schema is not None or req.tool_choice not in ("none", "auto")) and runner.think_ids[0] is not None:
+            if req.enable_thinking:  # a <think> block cannot be held to a grammar
+                raise ApiError(400, "constrained output (response_format or a forced tool_choice) cannot be combined "
+                               "with enable_thinking: true", "invalid_request_error", param="chat_template_kwargs")
+            req.enable_thinking = False
         try:
             prompt = chat_prompt(runner, req) if chat else req.prompt
             ids = runner.encode(prompt)
@@ -281,7 +287,8 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"prompt has {len(ids)} tokens; the model's context is {runner.context_length} tokens",
                            "invalid_request_error", param="messages" if chat else "prompt", code="context_length_exceeded")
         sampling = Sampling(max_new_tokens=min(req.max_tokens, runner.context_length - len(ids)),
-                            temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=tuple(req.stop))
+                            temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=tuple(req.stop),
+                            constraint=self._constraint(runner, req) if chat else None)
         try:
             sampling.validate()
         except RunnerError as exc:
@@ -297,10 +304,12 @@ class Handler(BaseHTTPRequestHandler):
                 runner = served.runner
             stream = runner.stream(ids, sampling, thinking_open=thinking_open)
             self._ignored = req.ignored
+            parser = ToolCallParser({t["function"]["name"] for t in req.tools}) if (
+                chat and req.tools and req.tool_choice != "none") else None
             if req.stream:
-                outcome = self._sse(stream, rid, created, req.model, chat, len(ids), req.include_usage)
+                outcome = self._sse(stream, rid, created, req.model, chat, len(ids), req.include_usage, parser)
             else:
-                self._whole(stream, rid, created, req.model, chat, len(ids))
+                self._whole(stream, rid, created, req.model, chat, len(ids), parser)
                 outcome = "completed"
         ttft = (t0 - queued) + self._first_token_s if self._first_token_s is not None else None
         self.server.metrics.observe(req.model, outcome, queue_s=t0 - queued, generate_s=time.perf_counter() - t0,
@@ -308,7 +317,44 @@ class Handler(BaseHTTPRequestHandler):
 
     _first_token_s: float | None = None  # the runner's time to first token of the request being answered
 
-    def _whole(self, stream, rid, created, model, chat, n_prompt):
+    @staticmethod
+    def _constraint(runner, req):
+        """The grammar a chat request's output must follow: its response_format schema, or a forced tool call."""
+        if req.schema is None and req.tool_choice in ("none", "auto"):
+            return None
+        try:
+            import llguidance  # noqa: F401
+        except ImportError:
+            raise ApiError(400, "structured output and forced tool calls need llguidance on the server "
+                           "(pip install llguidance)", "invalid_request_error",
+                           param="response_format" if req.schema is not None else "tool_choice") from None
+        try:
+            if req.schema is not None:
+                return GrammarConstraint.json_schema(runner, req.schema)
+
+            def literal(text):
+                tid = runner.tokenizer.token_to_id(text)
+                special = tid is not None and runner.ll_tokenizer().is_special_token(tid)
+                return f"<[{tid}]>" if special else json.dumps(text)
+
+            return GrammarConstraint(runner, tool_call_grammar(req.tools, req.tool_choice, literal))
+        except RunnerError as exc:
+            where = "response_format.json_schema" if req.schema is not None else "tools"
+            raise ApiError(400, f"'{where}': {exc}", "invalid_request_error", param=where) from None
+
+    @staticmethod
+    def _tool_message(message: dict, parser, finish: str) -> str:
+        """Fill a chat message from the tool-call parser; returns the finish reason (tool_calls when it called)."""
+        calls = parser.calls
+        if calls:
+            message["tool_calls"] = [openai_call(c) for c in calls]
+            if not message["content"]:
+                message["content"] = None
+        if parser.invalid:
+            message["invalid_tool_calls"] = parser.invalid
+        return "tool_calls" if calls and finish == "stop" else finish
+
+    def _whole(self, stream, rid, created, model, chat, n_prompt, parser=None):
         text, reasoning, n, finish = [], [], 0, "stop"
         self._first_token_s = None
         for rec in stream:
@@ -321,10 +367,15 @@ class Handler(BaseHTTPRequestHandler):
             self.server.metrics.tokens(model, 1)
         usage = {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}
         content = "".join(text)
+        if parser is not None:
+            events = parser.feed(content) + parser.finish()
+            content = "".join(e[1] for e in events if e[0] == "content").strip()
         if chat:
             message = {"role": "assistant", "content": content}
             if "".join(reasoning).strip():
                 message["reasoning_content"] = "".join(reasoning).strip()
+            if parser is not None:
+                finish = self._tool_message(message, parser, finish)
             choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
             obj = "chat.completion"
         else:
@@ -333,7 +384,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send_json(200, {"id": rid, "object": obj, "created": created, "model": model,
                               "choices": [choice], "usage": usage})
 
-    def _sse(self, stream, rid, created, model, chat, n_prompt, include_usage):
+    def _sse(self, stream, rid, created, model, chat, n_prompt, include_usage, parser=None):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -363,13 +414,22 @@ class Handler(BaseHTTPRequestHandler):
                     self._first_token_s = rec.ttft_s
                 n = rec.generated_tokens
                 self.server.metrics.tokens(model, 1)
-                delta = {}
-                if rec.text:
-                    delta["content"] = rec.text
                 if rec.reasoning:
-                    delta["reasoning_content"] = rec.reasoning
-                if delta or rec.finish_reason:
-                    send(chunk(delta, rec.finish_reason))
+                    send(chunk({"reasoning_content": rec.reasoning}))
+                events = [("content", rec.text)] if parser is None else parser.feed(rec.text)
+                if rec.finish_reason and parser is not None:
+                    events += parser.finish()
+                for kind, value in events:
+                    if kind == "content" and value:
+                        send(chunk({"content": value}))
+                    elif kind == "call":
+                        send(chunk({"tool_calls": [openai_call(value, len(parser.calls) - 1)]}))
+                    elif kind == "invalid":
+                        send(chunk({"invalid_tool_calls": [value]}))
+                if rec.finish_reason:
+                    finish = "tool_calls" if parser is not None and parser.calls and rec.finish_reason == "stop" \
+                        else rec.finish_reason
+                    send(chunk({}, finish))
             if include_usage:
                 send({"id": rid, "object": obj, "created": created, "model": model, "choices": [],
                       "usage": {"prompt_tokens": n_prompt, "completion_tokens": n, "total_tokens": n_prompt + n}})

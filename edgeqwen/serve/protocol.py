@@ -30,6 +30,10 @@ class Request:
     stream: bool = False
     include_usage: bool = False
     enable_thinking: bool | None = None
+    tools: list = field(default_factory=list)  # function tools, as the chat template renders them
+    tool_choice: str | dict = "none"  # none | auto | required | {"name": ...}
+    parallel_tool_calls: bool = True
+    schema: dict | None = None  # response_format's JSON schema (json_object: {"type": "object"})
     ignored: tuple[str, ...] = ()  # fields the request sent that change nothing here (listed in X-Edgeqwen-Ignored)
 
 
@@ -37,14 +41,12 @@ class Request:
 # answered but listed as ignored in the X-Edgeqwen-Ignored response header — never dropped silently.
 COMMON_FIELDS = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n", "stream",
                  "stream_options"}
-CHAT_FIELDS = COMMON_FIELDS | {"messages", "chat_template_kwargs"}
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "chat_template_kwargs", "tools", "tool_choice", "parallel_tool_calls",
+                               "response_format"}
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"}
 UNSUPPORTED = {
-    "tools": "tool calling is not supported by this server yet",
-    "tool_choice": "tool calling is not supported by this server yet",
-    "functions": "function calling is not supported by this server yet",
-    "function_call": "function calling is not supported by this server yet",
-    "response_format": "structured output (response_format) is not supported by this server yet",
+    "functions": "the legacy 'functions' field is not supported; send 'tools' instead",
+    "function_call": "the legacy 'function_call' field is not supported; send 'tool_choice' instead",
     "logprobs": "logprobs are not returned by this server",
     "top_logprobs": "logprobs are not returned by this server",
     "logit_bias": "logit_bias is not applied by this server",
@@ -109,13 +111,18 @@ def _common(body: dict) -> dict:
 
 
 def parse_chat(body: dict) -> Request:
+    from .tools import history_message, parse_tools, response_schema
+
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "'messages' must be a non-empty list", "invalid_request_error", param="messages")
     clean = []
     for i, m in enumerate(msgs):
+        if isinstance(m, dict) and (m.get("role") == "tool" or (m.get("role") == "assistant" and m.get("tool_calls"))):
+            clean.append(history_message(i, m))  # the tool-call history, as Qwen's template renders it
+            continue
         if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), (str, list)):
-            raise ApiError(400, f"messages[{i}] needs a role (system/user/assistant) and string content",
+            raise ApiError(400, f"messages[{i}] needs a role (system/user/assistant/tool) and string content",
                            "invalid_request_error", param=f"messages[{i}]")
         content = m["content"]
         if isinstance(content, list):  # [{"type": "text", "text": ...}]
@@ -131,7 +138,15 @@ def parse_chat(body: dict) -> Request:
     think = kwargs.get("enable_thinking")
     if think is not None and not isinstance(think, bool):
         raise ApiError(400, "'chat_template_kwargs.enable_thinking' must be true or false", "invalid_request_error")
-    return Request(messages=clean, enable_thinking=think, ignored=_fields(body, CHAT_FIELDS), **_common(body))
+    ignored = _fields(body, CHAT_FIELDS)
+    tools, choice = parse_tools(body)
+    schema = response_schema(body)
+    if schema is not None and choice not in ("none", "auto"):
+        raise ApiError(400, "'response_format' and a forced 'tool_choice' ask for two different outputs; send one",
+                       "invalid_request_error", param="response_format")
+    parallel = _get(body, "parallel_tool_calls", bool, True)
+    return Request(messages=clean, enable_thinking=think, tools=tools, tool_choice=choice, parallel_tool_calls=parallel,
+                   schema=schema, ignored=ignored, **_common(body))
 
 
 def parse_completion(body: dict) -> Request:
@@ -144,4 +159,5 @@ def parse_completion(body: dict) -> Request:
 
 
 def chat_prompt(runner, req: Request) -> str:
-    return runner.apply_chat_template(req.messages, req.enable_thinking)
+    extra = {"tools": req.tools} if req.tools and req.tool_choice != "none" else {}
+    return runner.apply_chat_template(req.messages, req.enable_thinking, **extra)
