@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EDGEQWEN_QUIET", "1")
+# two xdist workers on 2 cores: calibrated steps get one thread each (their default is 2), not four on two cores
+os.environ.setdefault("EDGEQWEN_CALIB_THREADS", "1")
 # calibrated-quantizer results are cached per test run (shared by its xdist workers), never in ~/.cache/edgeqwen
 _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 os.environ.setdefault("EDGEQWEN_CACHE", os.path.join(tempfile.gettempdir(), f"edgeqwen-test-cache-{_RUN}") if _RUN

@@ -18,14 +18,14 @@ from .test_serve import QWEN2, QWEN3, cache_dir, client, serving  # noqa: F401 -
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
                    "required": ["city", "unit"], "additionalProperties": False}}}
 TIME = {"type": "function", "function": {
     "name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 20}},
                                        "required": ["zone"], "additionalProperties": False}}}
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "languages"],
-          "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0},
+          "properties": {"name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
                          "languages": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3}}}
 
 
@@ -41,7 +41,7 @@ def test_tool_call_round_trip(server, model):
     carries the call and the result the way Qwen's template writes them."""
     c = client(server)
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    first = c.chat.completions.create(model=model, messages=messages, tools=[WEATHER, TIME], max_tokens=60,
+    first = c.chat.completions.create(model=model, messages=messages, tools=[WEATHER, TIME], max_tokens=160,
                                       tool_choice={"type": "function", "function": {"name": "get_weather"}})
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
@@ -62,7 +62,7 @@ def test_tool_call_round_trip(server, model):
 def test_required_tool_call_streams_as_deltas(server):
     stream = client(server).chat.completions.create(
         model=QWEN2, messages=[{"role": "user", "content": "What time is it in Tokyo?"}], tools=[WEATHER, TIME],
-        tool_choice="required", stream=True, max_tokens=60)
+        tool_choice="required", stream=True, max_tokens=160)
     calls, finish, content = {}, None, ""
     for chunk in stream:
         delta = chunk.choices[0].delta

@@ -16,6 +16,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
+from ..runtime.runner import JSON_LAYOUT
 from .protocol import ApiError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
@@ -132,6 +133,7 @@ def tool_call_grammar(tools: list[dict], choice: str | dict, literal) -> str:
     options = [{"type": "object", "properties": {"name": {"const": f["name"]}, "arguments": f["parameters"]},
                 "required": ["name", "arguments"], "additionalProperties": False} for f in allowed]
     schema = options[0] if len(options) == 1 else {"anyOf": options}
+    schema = {**schema, "x-guidance": JSON_LAYOUT}  # canonical layout, as the template writes calls (no free spaces)
     return (f'%llguidance {{}}\nstart: {literal(OPEN)} "\\n" call "\\n" {literal(CLOSE)}\n'
             f"call: %json {json.dumps(schema)}\n")
 
@@ -150,10 +152,13 @@ class ToolCallParser:
     names: set[str]
     buffer: str = ""
     in_call: bool = False
+    after_call: bool = False
     calls: list[ParsedCall] = field(default_factory=list)
     invalid: list[dict] = field(default_factory=list)
 
     def feed(self, text: str) -> list[tuple[str, object]]:
+        """Whitespace around calls is layout, not content: trailing whitespace is held until text follows it, and
+        whitespace right after a call is dropped — so any chunking of the same text gives the same events."""
         self.buffer += text
         events: list[tuple[str, object]] = []
         while self.buffer:
@@ -162,20 +167,26 @@ class ToolCallParser:
                 if end < 0:
                     break
                 events.append(self._call(self.buffer[:end]))
-                self.buffer = self.buffer[end + len(CLOSE):].lstrip("\n")
-                self.in_call = False
+                self.buffer, self.in_call, self.after_call = self.buffer[end + len(CLOSE):], False, True
                 continue
+            if self.after_call:
+                self.buffer = self.buffer.lstrip()
+                if not self.buffer:
+                    break
+                self.after_call = False
             start = self.buffer.find(OPEN)
             if start >= 0:
                 if self.buffer[:start].strip():
-                    events.append(("content", self.buffer[:start].rstrip("\n")))
+                    events.append(("content", self.buffer[:start].rstrip()))
                 self.buffer, self.in_call = self.buffer[start + len(OPEN):], True
                 continue
             keep = next((k for k in range(min(len(OPEN) - 1, len(self.buffer)), 0, -1)
                          if OPEN.startswith(self.buffer[-k:])), 0)  # a marker may be arriving
-            if len(self.buffer) > keep:
-                events.append(("content", self.buffer[:len(self.buffer) - keep]))
-                self.buffer = self.buffer[len(self.buffer) - keep:]
+            ready = self.buffer[:len(self.buffer) - keep]
+            ready = ready[:len(ready.rstrip())]  # trailing whitespace waits for what follows it
+            if ready:
+                events.append(("content", ready))
+                self.buffer = self.buffer[len(ready):]
             break
         return events
 
@@ -185,7 +196,7 @@ class ToolCallParser:
         if self.in_call:
             self.in_call = False
             return [self._invalid(rest, "the model stopped inside a <tool_call> block (no </tool_call>)")]
-        return [("content", rest)] if rest else []
+        return [("content", rest.rstrip())] if rest.strip() and not self.after_call else []
 
     def _call(self, raw: str) -> tuple[str, object]:
         try:
