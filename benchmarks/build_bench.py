@@ -40,6 +40,21 @@ def size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
+def calibration_s(artifact: Path) -> str:
+    """The manifest's sensitivity measurement and calibrated quantizer wall times, with their thread count."""
+    import json
+
+    m = json.loads((artifact / "manifest.json").read_text())
+    parts = []
+    if "sensitivity" in m:
+        parts.append(f"sensitivity {m['sensitivity']['wall_s']:.0f} s")
+    for algo in ("gptq", "autoround"):
+        if algo in m:
+            parts.append(f"{algo} {m[algo]['wall_s']:.0f} s ({m[algo]['samples']} × {m[algo]['seq_len']} tokens, "
+                         f"{m[algo].get('threads', 1)} threads)")
+    return ", ".join(parts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="qwen2.5-0.5b")
@@ -59,24 +74,26 @@ def main() -> int:
             anchor = work / "builder-default"
             wall, rss = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt), "-o", str(anchor),
                                "-p", "int4", "-e", "cpu", "-c", str(work / "cache")])
-            rows.append(("builder default int4 (anchor)", size_mb(anchor), wall, rss))
+            rows.append(("builder default int4 (anchor)", size_mb(anchor), wall, rss, ""))
             shutil.rmtree(anchor)
         for r in args.recipes.split(","):
             for flags in [[] if m == "normal" else ["--low-memory"] for m in args.modes.split(",")]:
                 out = work / r
                 wall, rss = timed([sys.executable, "-m", "edgeqwen.cli", "build", f"{model_dir}/{r}", "--model", str(ckpt),
                                    "-o", str(out), "--no-eval", *flags])
-                rows.append((f"edgeqwen {model_dir}/{r} {' '.join(flags)}".rstrip(), size_mb(out), wall, rss))
+                rows.append((f"edgeqwen {model_dir}/{r} {' '.join(flags)}".rstrip(), size_mb(out), wall, rss,
+                             calibration_s(out)))
                 shutil.rmtree(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     a_size = rows[0][1]  # the anchor's size (or the first row's with --skip-anchor)
     lines = [f"Build benchmark: {args.shape} shape, random weights, {os.cpu_count()} cores",
-             "| artifact | size MB | size vs anchor | build wall s | peak RSS MB |", "|---|---|---|---|---|"]
-    for name, size, wall, rss in rows:
-        lines.append(f"| {name} | {size:.0f} | {size / a_size:.2f}x | {wall:.1f} | {rss:.0f} |")
+             "| artifact | size MB | size vs anchor | build wall s | peak RSS MB | of which calibrated steps |",
+             "|---|---|---|---|---|---|"]
+    for name, size, wall, rss, calib in rows:
+        lines.append(f"| {name} | {size:.0f} | {size / a_size:.2f}x | {wall:.1f} | {rss:.0f} | {calib} |")
     write_results(args.out, f"build-{args.shape}", "\n".join(lines),
-                  [dict(zip(("name", "size_mb", "wall_s", "peak_rss_mb"), r)) for r in rows])
+                  [dict(zip(("name", "size_mb", "wall_s", "peak_rss_mb", "calibrated"), r)) for r in rows])
     return 0
 
 

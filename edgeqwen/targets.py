@@ -74,12 +74,15 @@ class Target:
     ort_target_platform: str = "arm"  # ORT-format conversion: graph optimizations for arm or amd64
     weight_encoding: WeightEncoding = WeightEncoding.MATMULNBITS
     static_shapes: bool = False  # every graph dim fixed: batch 1, one token per step, KV of context - 1 slots
+    serve_max_batch: int = 4  # `edgeqwen serve`: sequences decoded together per step (continuous batching)
 
     def __post_init__(self):
         if self.version != SCHEMA_VERSION:
             raise ValueError(f"target schema version {self.version} is not supported (this edgeqwen reads {SCHEMA_VERSION})")
         if self.int4_block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"int4_block_size {self.int4_block_size} must be one of 16, 32, 64, 128, 256")
+        if not 1 <= self.serve_max_batch <= 64:
+            raise ValueError(f"serve_max_batch {self.serve_max_batch} must be 1-64")
         if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"int4_accuracy_level {self.int4_accuracy_level} must be 0-4")
         if self.ort_target_platform not in ("arm", "amd64"):

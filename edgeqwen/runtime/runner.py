@@ -257,6 +257,70 @@ class _Detokenizer:
         return ""
 
 
+class Decoding:
+    """One sequence's decoding after its prefill: from each step's logits, the next token (constraint mask, sampling)
+    and the Record it streams (answer text held back while it could be a stop string, <think> text apart, the finish
+    reason). `Runner.stream` drives one; the server's batcher drives several over one batched forward pass."""
+
+    def __init__(self, runner: "Runner", prompt_ids: list[int], s: Sampling, budget: int, thinking_open: bool = False,
+                 ttft: float = 0.0):
+        self.s, self.budget, self.think_ids = s, budget, runner.think_ids
+        self.rng = np.random.default_rng(s.seed)
+        self.stops = set(s.stop_token_ids) | (set() if s.ignore_eos else runner.eos_ids)
+        self.detok = _Detokenizer(runner.tokenizer)
+        self.in_think = thinking_open
+        self.hold = max((len(x) for x in s.stop), default=1) - 1
+        self.pending = ""  # answer text held back while it could still be the start of a stop string
+        self.history = list(prompt_ids)
+        self.prompt_tokens = len(prompt_ids)
+        self.generated: list[int] = []
+        self.ttft = ttft
+        self.prefill_tps = len(prompt_ids) / ttft if ttft > 0 else 0.0
+        self.t_dec = time.perf_counter()
+        self.finish: str | None = None
+
+    def next(self, logits: np.ndarray) -> tuple[int, Record]:
+        s = self.s
+        if s.constraint is not None:
+            logits = s.constraint.mask(logits)
+        tok = sample_token(logits, s, self.rng, self.history)
+        if s.constraint is not None:
+            s.constraint.accept(tok)
+        self.generated.append(tok)
+        self.history.append(tok)
+        rec = Record(token_ids=[tok], prompt_tokens=self.prompt_tokens, generated_tokens=len(self.generated),
+                     ttft_s=self.ttft, prefill_tps=self.prefill_tps)
+        finish = None
+        if tok in self.stops:
+            finish = "stop"
+        elif tok == self.think_ids[0]:
+            self.in_think = True
+        elif tok == self.think_ids[1]:
+            self.in_think = False
+        else:
+            piece = self.detok.add(tok)
+            if self.in_think:
+                rec.reasoning = piece
+            else:
+                self.pending += piece
+                hit = min((self.pending.find(x) for x in s.stop if x in self.pending), default=-1)
+                if hit >= 0:
+                    self.pending, finish = self.pending[:hit], "stop"
+                    rec.text, self.pending = self.pending, ""
+                elif len(self.pending) > self.hold:
+                    cut = len(self.pending) - self.hold
+                    rec.text, self.pending = self.pending[:cut], self.pending[cut:]
+        if finish is None and len(self.generated) >= self.budget:
+            finish = "length"
+        if finish is not None:
+            rec.text += self.pending
+            rec.finish_reason = self.finish = finish
+        elapsed = time.perf_counter() - self.t_dec
+        n = len(self.generated)
+        rec.decode_tps = (n - 1) / elapsed if n > 1 and elapsed > 0 else 0.0
+        return tok, rec
+
+
 class Runner:
     def __init__(self, path: str | Path, threads: int | None = None, verify: bool = True, providers=None):
         from tokenizers import Tokenizer
@@ -433,73 +497,30 @@ class Runner:
         return render_chat_template(self.chat_template, messages, add_generation_prompt=True, **kwargs)
 
     # ---- layer 2: streaming ---------------------------------------------------------------
-    def _sample(self, logits: np.ndarray, s: Sampling, rng: np.random.Generator, history: list[int]) -> int:
-        return sample_token(logits, s, rng, history)
-
-    def stream(self, prompt_ids: list[int], sampling: Sampling | None = None, thinking_open: bool = False):
-        s = sampling or Sampling()
+    def check_prompt(self, prompt_ids: list[int], s: Sampling) -> int:
+        """Validate a request; return its token budget (what fits in the context after the prompt)."""
         s.validate()
         if not prompt_ids:
             raise RunnerError("the prompt is empty: give at least one token of text")
         if len(prompt_ids) >= self.context_length:
             raise RunnerError(f"the prompt has {len(prompt_ids)} tokens; this artifact's context is {self.context_length} "
                               "(prompt + new tokens must fit): shorten the prompt")
-        budget = min(s.max_new_tokens, self.context_length - len(prompt_ids))
-        rng = np.random.default_rng(s.seed)
-        stops = set(s.stop_token_ids) | (set() if s.ignore_eos else self.eos_ids)
-        detok = _Detokenizer(self.tokenizer)
-        in_think = thinking_open
-        hold = max((len(x) for x in s.stop), default=1) - 1
-        pending = ""  # answer text held back while it could still be the start of a stop string
+        return min(s.max_new_tokens, self.context_length - len(prompt_ids))
+
+    def stream(self, prompt_ids: list[int], sampling: Sampling | None = None, thinking_open: bool = False):
+        s = sampling or Sampling()
+        budget = self.check_prompt(prompt_ids, s)
         t0 = time.perf_counter()
         self.reset()
         self.reserve(len(prompt_ids) + budget)  # the whole request at once: no growth while it streams
         logits = self.step(list(prompt_ids))
-        ttft = time.perf_counter() - t0
-        prefill_tps = len(prompt_ids) / ttft if ttft > 0 else 0.0
-        history = list(prompt_ids)
-        generated: list[int] = []
-        t_dec = time.perf_counter()
-        finish = None
-        while finish is None:
-            if s.constraint is not None:
-                logits = s.constraint.mask(logits)
-            tok = self._sample(logits, s, rng, history)
-            if s.constraint is not None:
-                s.constraint.accept(tok)
-            generated.append(tok)
-            history.append(tok)
-            rec = Record(token_ids=[tok], prompt_tokens=len(prompt_ids), generated_tokens=len(generated),
-                         ttft_s=ttft, prefill_tps=prefill_tps)
-            if tok in stops:
-                finish = "stop"
-            elif tok == self.think_ids[0]:
-                in_think = True
-            elif tok == self.think_ids[1]:
-                in_think = False
-            else:
-                piece = detok.add(tok)
-                if in_think:
-                    rec.reasoning = piece
-                else:
-                    pending += piece
-                    hit = min((pending.find(x) for x in s.stop if x in pending), default=-1)
-                    if hit >= 0:
-                        pending, finish = pending[:hit], "stop"
-                        rec.text, pending = pending, ""
-                    elif len(pending) > hold:
-                        cut = len(pending) - hold
-                        rec.text, pending = pending[:cut], pending[cut:]
-            if finish is None and len(generated) >= budget:
-                finish = "length"
-            if finish is not None:
-                rec.text += pending
-                rec.finish_reason = finish
-            elapsed = time.perf_counter() - t_dec
-            rec.decode_tps = (len(generated) - 1) / elapsed if len(generated) > 1 and elapsed > 0 else 0.0
+        seq = Decoding(self, prompt_ids, s, budget, thinking_open, ttft=time.perf_counter() - t0)
+        while True:
+            tok, rec = seq.next(logits)
             yield rec
-            if finish is None:
-                logits = self.step([tok])
+            if rec.finish_reason is not None:
+                return
+            logits = self.step([tok])
 
     # ---- layer 3: convenience ---------------------------------------------------------------
     def generate(self, prompt: str | list[int], sampling: Sampling | None = None, chat: bool = False,

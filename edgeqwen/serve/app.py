@@ -220,7 +220,8 @@ class Handler(BaseHTTPRequestHandler):
             if path in ("/health", "/v1/health"):
                 return self._send_json(200, {"status": "ok"})
             if path == "/metrics":
-                return self._send_text(200, self.server.metrics.render(self.server.cache.loaded()))
+                return self._send_text(200, self.server.metrics.render(self.server.cache.loaded(),
+                                                                     self.server.cache.engines()))
             self._auth()
             if method == "GET" and path == "/v1/models":
                 return self._send_json(200, {"object": "list", "data": [
@@ -297,23 +298,37 @@ class Handler(BaseHTTPRequestHandler):
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         queued = time.perf_counter()
+        self._ignored = req.ignored
+        parser = ToolCallParser({t["function"]["name"] for t in req.tools}) if (
+            chat and req.tools and req.tool_choice != "none") else None
+        engine = served.engine
+        if engine is not None:  # continuous batching: this request decodes beside the others
+            try:
+                handle = engine.submit(ids, sampling, thinking_open=thinking_open)
+            except RunnerError as exc:
+                raise ApiError(503 if "unloaded" in str(exc) else 400, str(exc), "invalid_request_error") from None
+            outcome = self._answer(_handle_stream(handle), rid, created, req, chat, len(ids), parser)
+            queue_s = handle.queue_s
+            ttft = queue_s + self._first_token_s if self._first_token_s is not None else None
+            self.server.metrics.observe(req.model, outcome, queue_s=queue_s,
+                                        generate_s=time.perf_counter() - queued - queue_s, ttft_s=ttft)
+            return
         with served.lock:
             t0 = time.perf_counter()
             if served.runner is None:  # unloaded while we queued: load again
                 served = self._model(req.model)
                 runner = served.runner
-            stream = runner.stream(ids, sampling, thinking_open=thinking_open)
-            self._ignored = req.ignored
-            parser = ToolCallParser({t["function"]["name"] for t in req.tools}) if (
-                chat and req.tools and req.tool_choice != "none") else None
-            if req.stream:
-                outcome = self._sse(stream, rid, created, req.model, chat, len(ids), req.include_usage, parser)
-            else:
-                self._whole(stream, rid, created, req.model, chat, len(ids), parser)
-                outcome = "completed"
+            outcome = self._answer(runner.stream(ids, sampling, thinking_open=thinking_open), rid, created, req, chat,
+                                   len(ids), parser)
         ttft = (t0 - queued) + self._first_token_s if self._first_token_s is not None else None
         self.server.metrics.observe(req.model, outcome, queue_s=t0 - queued, generate_s=time.perf_counter() - t0,
                                     ttft_s=ttft)
+
+    def _answer(self, stream, rid, created, req, chat, n_prompt, parser) -> str:
+        if req.stream:
+            return self._sse(stream, rid, created, req.model, chat, n_prompt, req.include_usage, parser)
+        self._whole(stream, rid, created, req.model, chat, n_prompt, parser)
+        return "completed"
 
     _first_token_s: float | None = None  # the runner's time to first token of the request being answered
 
@@ -450,8 +465,16 @@ class Handler(BaseHTTPRequestHandler):
         return outcome
 
 
+def _handle_stream(handle):
+    """A batch-engine handle as a generator whose close() cancels the request (a client that went away)."""
+    try:
+        yield from handle
+    finally:
+        handle.close()
+
+
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
                 rate_limit: int | None = None, threads: int | None = None, max_body: int = 1 << 20,
-                max_connections: int = 256, cors_origin: str | None = None) -> EdgeServer:
-    return EdgeServer((host, port), ModelCache(root, threads=threads), api_key=api_key, rate_limit=rate_limit,
-                      max_body=max_body, max_connections=max_connections, cors_origin=cors_origin)
+                max_connections: int = 256, cors_origin: str | None = None, max_batch: int | None = None) -> EdgeServer:
+    return EdgeServer((host, port), ModelCache(root, threads=threads, max_batch=max_batch), api_key=api_key,
+                      rate_limit=rate_limit, max_body=max_body, max_connections=max_connections, cors_origin=cors_origin)

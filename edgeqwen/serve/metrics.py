@@ -70,7 +70,20 @@ class Metrics:
             self.queue_sum[model] += queue_s
             self.busy_s[model] += generate_s  # tokens/s counts generation time only, not time spent queued
 
-    def render(self, loaded: list[str]) -> str:
+    def render(self, loaded: list[str], engines: dict | None = None) -> str:
+        batch = []
+        for name, e in (engines or {}).items():  # continuous batching: what each model is doing right now
+            m = _label(name)
+            batch += [f'edgeqwen_batch_active_sequences{{model="{m}"}} {e.active}',
+                      f'edgeqwen_batch_waiting_requests{{model="{m}"}} {e.queued}',
+                      f'edgeqwen_batch_max_sequences{{model="{m}"}} {e.max_batch}',
+                      f'edgeqwen_decode_steps_total{{model="{m}"}} {e.steps}',
+                      f'edgeqwen_decode_sequence_steps_total{{model="{m}"}} {e.batch_tokens}']
+        if batch:
+            batch = ["# HELP edgeqwen_batch_active_sequences Sequences decoding or prefilling now (continuous batching).",
+                     "# TYPE edgeqwen_batch_active_sequences gauge",
+                     "# HELP edgeqwen_decode_sequence_steps_total Sequences advanced, summed over decode steps "
+                     "(÷ edgeqwen_decode_steps_total = mean batch size).", *batch]
         with self.lock:
             lines = [
                 "# HELP edgeqwen_requests_total Completion requests that reached a model, by outcome.",
@@ -97,5 +110,6 @@ class Metrics:
                 *(f'edgeqwen_errors_total{{status="{s}"}} {v}' for s, v in self.errors.items()),
                 "# TYPE edgeqwen_loaded_models gauge",
                 f"edgeqwen_loaded_models {len(loaded)}",
+                *batch,
             ]
         return "\n".join(lines) + "\n"

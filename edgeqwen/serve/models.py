@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import EdgeQwenError
+from ..runtime.batch import BatchEngine
 from ..runtime.runner import Runner
+
+DEFAULT_MAX_BATCH = 4
 
 
 @dataclass
@@ -17,8 +20,19 @@ class ServedModel:
     name: str
     path: Path
     runner: Runner | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time per model
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time when not batched
     loaded_at: float | None = None
+    engine: BatchEngine | None = None  # continuous batching (in-place KV graphs), else one request at a time
+
+    def max_batch(self, override: int | None) -> int:
+        """--max-batch, else the artifact's target's serve_max_batch (manifest), else DEFAULT_MAX_BATCH."""
+        if override is not None:
+            return override
+        try:
+            target = json.loads((self.path / "manifest.json").read_text(encoding="utf-8"))["target"]
+            return int(target.get("serve_max_batch", DEFAULT_MAX_BATCH))
+        except (OSError, ValueError, KeyError, TypeError):
+            return DEFAULT_MAX_BATCH
 
     @property
     def created(self) -> int:
@@ -43,7 +57,7 @@ def _model_name(p: Path) -> str:
 class ModelCache:
     """One artifact folder, or a Foundry Local-style cache folder holding many."""
 
-    def __init__(self, root: Path, threads: int | None = None):
+    def __init__(self, root: Path, threads: int | None = None, max_batch: int | None = None):
         root = Path(root)
         if not root.is_dir():
             raise EdgeQwenError(f"model folder not found: {root}", where="edgeqwen serve", hint="pass an artifact or a folder of artifacts")
@@ -62,6 +76,7 @@ class ModelCache:
                                     hint="rename one (inference_model.json Name)")
             self.models[name] = ServedModel(name, f)
         self.threads = threads
+        self.max_batch_override = max_batch
         self._load_lock = threading.Lock()
 
     def get(self, name: str) -> ServedModel:
@@ -74,7 +89,11 @@ class ModelCache:
         model = self.get(name)
         with self._load_lock:
             if model.runner is None:
-                model.runner = Runner(model.path, threads=self.threads)
+                runner = Runner(model.path, threads=self.threads)
+                batch = model.max_batch(self.max_batch_override)
+                if batch > 1 and not runner.growing_kv and runner.static_slots is None:
+                    model.engine = BatchEngine(runner, max_batch=batch)
+                model.runner = runner
                 model.loaded_at = time.time()
         return model
 
@@ -82,9 +101,15 @@ class ModelCache:
         model = self.get(name)
         with model.lock:  # wait for a running generation to finish
             was = model.runner is not None
-            model.runner = None
+            if model.engine is not None:
+                model.engine.close()  # requests in flight finish first: the engine drains before it stops
+            model.runner, model.engine = None, None
             model.loaded_at = None
         return was
+
+    def engines(self) -> dict:
+        """name → the batch engine of each loaded, batched model (for /metrics)."""
+        return {n: m.engine for n, m in self.models.items() if m.engine is not None}
 
     def loaded(self) -> list[str]:
         return [n for n, m in self.models.items() if m.runner is not None]

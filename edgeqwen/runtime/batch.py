@@ -1,0 +1,279 @@
+"""Continuous batching over one artifact: several sequences advance in each decode step.
+
+On a CPU, decoding is bound by reading the weights; one forward pass over B sequences reads them once, so the
+aggregate decode rate grows with B until the arithmetic catches up. The builder's graphs make this possible without
+any change: GroupQueryAttention takes a batch whose rows have different lengths (right-padded: each row's past KV
+sits at positions [0, len) of its slot in the shared buffer, its length comes from its attention-mask row) and writes
+each row's new KV at that row's own position.
+
+The engine owns the session: one worker thread runs the loop —
+  1. admit queued requests while slots are free (slot = one row of every layer's KV buffer);
+  2. prefill the oldest admitted request by one chunk (`prefill_chunk` tokens: a long prompt never stalls the
+     running sequences for its whole length);
+  3. one decode step for every running sequence, each sampled with its own settings (`runner.Decoding`: seeds,
+     top-p, stop strings, constraints, Qwen3 thinking), records pushed to each request's queue;
+  4. finished or cancelled sequences free their slot at once (the last running slot moves into the hole).
+The KV buffers are sized to the admitted requests (prompt + max tokens, rounded up to 256, at most the context) and
+grow in place. Graphs without an in-place KV cache (portable, static NPU shapes) are served one request at a time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .runner import KV_BLOCK, Decoding, Record, Runner, RunnerError, Sampling
+
+_DONE = object()
+
+
+@dataclass
+class _Seq:
+    prompt: list[int]
+    sampling: Sampling
+    thinking_open: bool
+    budget: int
+    out: queue.Queue = field(default_factory=queue.Queue)
+    submitted: float = field(default_factory=time.perf_counter)
+    started: float | None = None  # first prefill chunk
+    fed: int = 0  # prompt tokens already in the KV slot
+    pos: int = 0  # tokens in the KV slot
+    decoding: Decoding | None = None
+    last: int = 0  # the token the next decode step feeds
+    cancelled: bool = False
+
+
+class Handle:
+    """What `submit` returns: iterate it for the request's Records; `close()` cancels (a client went away)."""
+
+    def __init__(self, seq: _Seq, engine: "BatchEngine"):
+        self._seq, self._engine = seq, engine
+
+    def __iter__(self):
+        while True:
+            item = self._seq.out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    @property
+    def queue_s(self) -> float:
+        """Seconds from submission to its first prefill chunk (time spent waiting for a slot)."""
+        return (self._seq.started or time.perf_counter()) - self._seq.submitted
+
+    def close(self) -> None:
+        self._seq.cancelled = True
+        self._engine._wake.set()
+
+
+class BatchEngine:
+    def __init__(self, runner: Runner, max_batch: int = 4, prefill_chunk: int = 256):
+        if runner.growing_kv or runner.static_slots is not None:
+            raise RunnerError("continuous batching needs an in-place KV cache (builder graphs); this artifact's graph "
+                              "grows its KV or has static shapes: serve it one request at a time")
+        if max_batch < 1 or prefill_chunk < 1:
+            raise RunnerError(f"max_batch and prefill_chunk must be >= 1 (got {max_batch}, {prefill_chunk})")
+        self.runner, self.max_batch, self.prefill_chunk = runner, max_batch, prefill_chunk
+        self.capacity = 0
+        self.kv: list[tuple[np.ndarray, np.ndarray]] = []
+        self.running: list[_Seq] = []  # slot i holds running[i]
+        self.prefilling: _Seq | None = None  # its slot is len(running)
+        self.waiting: list[_Seq] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self.steps = 0
+        self.batch_tokens = 0  # sequences advanced, summed over decode steps (mean batch = batch_tokens / steps)
+        self._thread = threading.Thread(target=self._loop, name="edgeqwen-batch", daemon=True)
+        self._thread.start()
+
+    # ---- requests ------------------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False) -> Handle:
+        budget = self.runner.check_prompt(prompt_ids, sampling)
+        seq = _Seq(list(prompt_ids), sampling, thinking_open, budget)
+        with self._lock:
+            if self._stop:
+                raise RunnerError("this model is being unloaded; send the request again to load it anew")
+            self.waiting.append(seq)
+        self._wake.set()
+        return Handle(seq, self)
+
+    def close(self, timeout: float = 300) -> None:
+        """Stop taking requests; the ones admitted or waiting are finished first (then the worker ends)."""
+        with self._lock:
+            self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=timeout)
+
+    @property
+    def active(self) -> int:
+        return len(self.running) + (self.prefilling is not None)
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            self._drop_cancelled()
+            self._admit()
+            if self.prefilling is None and not self.running:
+                if self._stop and not self.waiting:
+                    return
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                if self.prefilling is not None:
+                    self._prefill_chunk()
+                if self.running:
+                    self._decode_step()
+            except Exception as exc:  # noqa: BLE001 - every waiting client gets the error, the engine goes on
+                for seq in self.running + ([self.prefilling] if self.prefilling else []):
+                    seq.out.put(RunnerError(f"generation failed: {type(exc).__name__}: {exc}"))
+                    seq.out.put(_DONE)
+                self.running, self.prefilling = [], None
+
+    def _admit(self) -> None:
+        if self.prefilling is not None or len(self.running) >= self.max_batch:
+            return
+        with self._lock:
+            if not self.waiting:
+                return
+            seq = self.waiting.pop(0)
+        self._reserve(len(seq.prompt) + seq.budget)  # the running ones are already within the capacity
+        seq.started = time.perf_counter()
+        self.prefilling = seq
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            for seq in [s for s in self.waiting if s.cancelled]:
+                self.waiting.remove(seq)
+                seq.out.put(_DONE)
+        if self.prefilling is not None and self.prefilling.cancelled:
+            self.prefilling.out.put(_DONE)
+            self.prefilling = None
+        for seq in [s for s in self.running if s.cancelled]:
+            self._free(seq)
+            seq.out.put(_DONE)
+
+    def _reserve(self, tokens: int) -> None:
+        """KV buffers of at least `tokens` positions per slot (rounded up, at most the context), grown keeping what
+        every slot holds."""
+        if tokens <= self.capacity:
+            return
+        r = self.runner
+        want = min(r.context_length, max(-(-tokens // KV_BLOCK) * KV_BLOCK, 2 * self.capacity))
+        shape = (self.max_batch, r.kv_heads, want, r.head_size)
+        new = []
+        for i in range(r.num_layers):
+            pair = []
+            for j in range(2):
+                buf = np.zeros(shape, r.kv_dtype)
+                if self.kv:
+                    buf[:, :, :self.capacity] = self.kv[i][j]
+                pair.append(buf)
+            new.append(tuple(pair))
+        self.kv, self.capacity = new, want
+
+    def _run(self, rows: slice, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One forward pass over KV slots `rows` (in place): logits of each row's last fed token."""
+        import onnxruntime as ort
+
+        r = self.runner
+        io = r.session.io_binding()
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("attention_mask", mask)
+        if "position_ids" in r.input_names:
+            io.bind_cpu_input("position_ids", positions)
+        io.bind_output("logits", "cpu")
+        for i, (k, v) in enumerate(self.kv):
+            kv = ort.OrtValue.ortvalue_from_numpy(k[rows]), ort.OrtValue.ortvalue_from_numpy(v[rows])
+            io.bind_ortvalue_input(f"past_key_values.{i}.key", kv[0])
+            io.bind_ortvalue_input(f"past_key_values.{i}.value", kv[1])
+            io.bind_ortvalue_output(f"present.{i}.key", kv[0])
+            io.bind_ortvalue_output(f"present.{i}.value", kv[1])
+        r.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy()[:, -1]
+
+    def _prefill_chunk(self) -> None:
+        seq = self.prefilling
+        slot = len(self.running)
+        chunk = seq.prompt[seq.fed:seq.fed + self.prefill_chunk]
+        n = len(chunk)
+        logits = self._run(slice(slot, slot + 1), np.asarray([chunk], dtype=np.int64),
+                           np.ones((1, seq.pos + n), dtype=np.int64),
+                           np.arange(seq.pos, seq.pos + n, dtype=np.int64)[None])[0]
+        seq.fed += n
+        seq.pos += n
+        if seq.fed < len(seq.prompt):
+            return
+        self.prefilling = None
+        seq.decoding = Decoding(self.runner, seq.prompt, seq.sampling, seq.budget, seq.thinking_open,
+                                ttft=time.perf_counter() - seq.started)
+        self.running.append(seq)
+        self._emit(seq, logits)
+
+    def _decode_step(self) -> None:
+        n = len(self.running)
+        positions = np.array([[s.pos] for s in self.running], dtype=np.int64)
+        width = int(positions.max()) + 1
+        mask = (np.arange(width)[None, :] <= positions).astype(np.int64)  # row b: its pos_b + 1 positions
+        ids = np.array([[s.last] for s in self.running], dtype=np.int64)
+        logits = self._run(slice(0, n), ids, mask, positions)
+        self.steps += 1
+        self.batch_tokens += n
+        for seq in self.running:  # every row's new KV is written: count it before any slot moves
+            seq.pos += 1
+        for seq, row in zip(list(self.running), logits):
+            self._emit(seq, row)
+
+    def _emit(self, seq: _Seq, logits: np.ndarray) -> None:
+        """Sample this sequence's next token from its logits; stream the record; free the slot when it is done."""
+        try:
+            tok, rec = seq.decoding.next(logits)
+        except RunnerError as exc:
+            seq.out.put(exc)
+            rec = None
+        if rec is not None:
+            seq.out.put(rec)
+            seq.last = tok
+        if rec is None or rec.finish_reason is not None:
+            self._free(seq)
+            seq.out.put(_DONE)
+
+    def _free(self, seq: _Seq) -> None:
+        """Take a running sequence out; the last running slot moves into its hole (and a prefill in progress moves
+        down with it), so running sequences always fill slots 0..n-1."""
+        i = self.running.index(seq)
+        last = len(self.running) - 1
+        if i != last:
+            self._move(last, i, self.running[last].pos)
+        self.running[i] = self.running[last]
+        self.running.pop()
+        if self.prefilling is not None:
+            self._move(last + 1, last, self.prefilling.pos)
+
+    def _move(self, src: int, dst: int, length: int) -> None:
+        for k, v in self.kv:
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+
+
+def stream_batched(engine: BatchEngine, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False):
+    """`Runner.stream` through the engine: the same Records, generated beside other requests."""
+    handle = engine.submit(prompt_ids, sampling, thinking_open)
+    try:
+        yield from handle
+    finally:
+        handle.close()
+
+
+__all__ = ["BatchEngine", "Handle", "Record", "stream_batched"]
