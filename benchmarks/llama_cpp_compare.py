@@ -84,20 +84,32 @@ def main() -> int:
             subprocess.run([args.llama_python, "-c", LLAMA, "quantize", str(f16), str(q), str(ftype)], check=True)
         proc = subprocess.run([args.llama_python, "-c", LLAMA, "bench", str(q), str(args.prompt_len), str(args.gen_len),
                                str(args.threads)], capture_output=True, text=True, check=True)
-        rows[f"llama.cpp {name}"] = {**json.loads(proc.stdout.split("RESULT ", 1)[1]), "size_mb": q.stat().st_size / 1e6}
+        rows[f"llama.cpp {name}"] = {**json.loads(proc.stdout.split("RESULT ", 1)[1]), "size_mb": q.stat().st_size / 1e6,
+                                     "bytes_per_token": q.stat().st_size}  # tied: token_embd is read whole as the head
     for recipe in [args.recipe, *args.also]:
         _, art = ensure_artifact(args.shape, recipe)
         rep = bench(art, args.prompt_len, args.gen_len, args.threads)
         size = sum(p.stat().st_size for p in art.iterdir() if p.is_file()) / 1e6
+        weights = sum(p.stat().st_size for p in art.iterdir() if p.suffix in (".data", ".onnx", ".ort"))
         for engine, r in rep["results"].items():
-            rows[f"{engine} ({Path(recipe).stem if recipe.endswith('.yaml') else recipe.split('/')[-1]})"] = {**r, "size_mb": size}
+            rows[f"{engine} ({Path(recipe).stem if recipe.endswith('.yaml') else recipe.split('/')[-1]})"] = {
+                **r, "size_mb": size, "bytes_per_token": weights}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from runtime_bench import read_bandwidth_gbs
+
+    bandwidth = read_bandwidth_gbs(args.threads)
     q40, qkm = rows["llama.cpp Q4_0"], rows["llama.cpp Q4_K_M"]
-    lines = [f"{args.shape} shape, random weights, prompt {args.prompt_len}, generate {args.gen_len}, {args.threads} threads",
-             "| engine / artifact | size MB | prefill tok/s | decode tok/s | peak RSS MB | prefill vs Q4_K_M | decode vs Q4_0 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"{args.shape} shape, random weights, prompt {args.prompt_len}, generate {args.gen_len}, {args.threads} threads; "
+             f"memory read bandwidth {bandwidth:.1f} GB/s (numpy, {args.threads} threads, same run)",
+             "| engine / artifact | size MB | weight MB read per token | prefill tok/s | decode tok/s | decode GB/s (% of bandwidth) "
+             "| peak RSS MB | prefill vs Q4_0 | prefill vs Q4_K_M | decode vs Q4_0 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['size_mb']:.0f} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {r['peak_rss_mb']:.0f} | "
-                     f"{r['prefill_tps'] / qkm['prefill_tps']:.2f}x | {r['decode_tps'] / q40['decode_tps']:.2f}x |")
+        gbs = r["bytes_per_token"] * r["decode_tps"] / 1e9
+        lines.append(f"| {name} | {r['size_mb']:.0f} | {r['bytes_per_token'] / 1e6:.0f} | {r['prefill_tps']:.1f} | "
+                     f"{r['decode_tps']:.1f} | {gbs:.1f} ({100 * gbs / bandwidth:.0f} %) | {r['peak_rss_mb']:.0f} | "
+                     f"{r['prefill_tps'] / q40['prefill_tps']:.2f}x | {r['prefill_tps'] / qkm['prefill_tps']:.2f}x | "
+                     f"{r['decode_tps'] / q40['decode_tps']:.2f}x |")
     text = "\n".join(lines)
     print(text)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-batch", type=int, default=4, help="compared with --max-batch 1 in the same run")
     ap.add_argument("--foundry-python", default=os.environ.get("EDGEQWEN_FOUNDRY_PYTHON"))
     args = ap.parse_args()
     art = Path(args.artifact)
@@ -62,39 +63,48 @@ def main() -> int:
         expected[p] = res.text
         direct_tps.append(res.decode_tps)
     del runner
-    server = make_server(art, port=0, threads=args.threads)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    model = next(iter(server.cache.models))
-    stream_once(server.url, model, "warm up", 4, 0)
-    single = [stream_once(server.url, model, p, args.max_tokens, i) for i, p in enumerate(prompts[:3])]
-    http_tps = sum(s[2] for s in single) / len(single)
-    anchor = sum(direct_tps[:3]) / 3
-    results, errors = {}, []
+    lines = [f"serve load test: {art.name}, {args.clients} concurrent streaming clients, {args.max_tokens} max tokens, "
+             f"{args.threads} threads"]
+    aggregate = {}
+    ok = True
+    for batch in (1, args.max_batch):  # one request at a time (the anchor), then continuous batching, same run
+        server = make_server(art, port=0, threads=args.threads, max_batch=batch)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        model = next(iter(server.cache.models))
+        stream_once(server.url, model, "warm up", 4, 0)
+        single = [stream_once(server.url, model, p, args.max_tokens, i) for i, p in enumerate(prompts[:3])]
+        http_tps = sum(x[2] for x in single) / len(single)
+        anchor = sum(direct_tps[:3]) / 3
+        results, errors = {}, []
 
-    def worker(i, p):
-        try:
-            results[p] = stream_once(server.url, model, p, args.max_tokens, i)
-        except Exception as exc:  # noqa: BLE001
-            errors.append(repr(exc))
+        def worker(i, p):
+            try:
+                results[p] = stream_once(server.url, model, p, args.max_tokens, i)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(i, p)) for i, p in enumerate(prompts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    server.shutdown()
-    same = sum(results[p][0] == expected[p] for p in results)
-    total = sum(r[1] for r in results.values())
-    lines = [
-        f"serve load test: {art.name}, {args.clients} concurrent streaming clients, {args.max_tokens} max tokens, "
-        f"{args.threads} threads",
-        f"  completed {len(results)}/{args.clients}, errors {len(errors)}, outputs identical to the runner alone: {same}/{len(results)}",
-        f"  single-client streaming decode through HTTP: {http_tps:.1f} tok/s; direct runner (anchor): {anchor:.1f} tok/s; "
-        f"ratio {http_tps / anchor:.3f}",
-        f"  under load: {total} tokens in {wall:.2f}s = {total / wall:.1f} tok/s aggregate (requests to one model queue)",
-    ]
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(i, p)) for i, p in enumerate(prompts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        server.shutdown()
+        server.server_close()
+        same = sum(results[p][0] == expected[p] for p in results)
+        total = sum(r[1] for r in results.values())
+        aggregate[batch] = total / wall
+        slowest = max((r[3] for r in results.values()), default=0.0)
+        ok = ok and not errors and same == len(results) == args.clients
+        lines += [
+            f"  --max-batch {batch}: completed {len(results)}/{args.clients}, errors {len(errors)}, outputs identical to "
+            f"the runner alone: {same}/{len(results)}",
+            f"    single client through HTTP {http_tps:.1f} tok/s (direct runner, the anchor: {anchor:.1f}; "
+            f"{http_tps / anchor:.3f}x)",
+            f"    {args.clients} clients at once: {total} tokens in {wall:.2f}s = {total / wall:.1f} tok/s aggregate "
+            f"({aggregate[batch] / aggregate[1]:.2f}x --max-batch 1), slowest request {slowest:.2f}s",
+        ]
     if args.foundry_python:
         proc = subprocess.run([args.foundry_python, "-m", "edgeqwen.interop.foundry_check", str(art),
                                "--max-tokens", str(args.max_tokens)], capture_output=True, text=True,
@@ -103,7 +113,7 @@ def main() -> int:
         lines.append(f"  Foundry Local runtime on the same artifact (request wall, incl. prompt): "
                      f"{fl.get('tokens_per_s') or 0:.1f} tok/s {fl.get('error', '')}")
     print("\n".join(lines))
-    return 0 if not errors and same == len(results) == args.clients else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

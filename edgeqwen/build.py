@@ -199,25 +199,30 @@ def _replan(plan, resolved, ckpt, sensitivity: dict):
 
 
 def _replan_after_miss(plan, resolved, ckpt, sensitivity: dict, summary: dict | None):
-    """A missed gate on an auto plan: the measured KLD says how far the prediction was off; scale the predictions by
-    that (at least 1.5x; 2x when only top-1 or PPL missed) and plan again. None when nothing more can be upgraded."""
+    """A missed gate on an auto plan: recalibrate the predictions by how far the measured KLD was from the planned one
+    (at least 1.25x), aim at 80 % of the gate's KLD (or, when only top-1 or PPL missed, 60 % of the last target) and
+    plan again. None when nothing more can be upgraded."""
     import dataclasses
 
     from .planner import Decision
 
     planned = plan.mixed.get("planned_kld") or 0.0
     measured = (summary or {}).get("kld_mean")
+    gate = resolved.recipe.accuracy.max_kld
+    target = plan.mixed.get("target_kld") or 0.01
     scale = sensitivity.get("kld_scale", 1.0)
-    factor = max(1.5, measured / planned) if measured and planned and measured > planned else 2.0
-    retry = {**sensitivity, "kld_scale": scale * factor}
+    factor = max(1.25, measured / planned) if measured and planned else 1.5
+    kld_missed = measured is not None and gate is not None and measured > gate
+    new_target = min(target, 0.8 * gate) if kld_missed else 0.6 * target
+    retry = {**sensitivity, "kld_scale": scale * factor, "replan_target_kld": new_target}
     new = _replan(plan, resolved, ckpt, retry)
-    if new.node_settings == plan.node_settings:
+    if new.node_settings == plan.node_settings and new.table == plan.table:
         return None
     why = Decision("build.replan", f"accuracy gate missed at planned KLD {planned:.4f} (measured "
-                   f"{measured if measured is None else round(measured, 5)}): predictions scaled {scale * factor:.2f}x "
-                   "and planned again")
+                   f"{'?' if measured is None else f'{measured:.4f}'}): predictions scaled {scale * factor:.2f}x, "
+                   f"target {new_target:.4f}, planned again")
     stage_log(f"        {why}")
-    sensitivity["kld_scale"] = scale * factor
+    sensitivity.update(kld_scale=scale * factor, replan_target_kld=new_target)
     return dataclasses.replace(new, decisions=(why,) + new.decisions)
 
 

@@ -126,3 +126,56 @@ def test_per_layer_measurement_tracks_the_per_matrix_one(trained_qwen3):
     assert len(top["matrix"] & top["layer"]) >= 2
     assert np.argmax(got["matrix"].reshape(-1, 5).sum(1)) == np.argmax(got["layer"].reshape(-1, 5).sum(1))
     assert got["layer"].sum() == pytest.approx(got["matrix"].sum(), rel=0.25)  # KLDs roughly add up
+
+
+AUTO_RECIPE = """\
+version: 1
+model: embedded:tiny-qwen2
+target: cpu-x86_64
+precision: int4
+context_length: 512
+quantization:
+  algorithm: rtn
+  symmetric: false
+  lm_head: int8
+  block_size: 128
+  mixed_precision: {{mode: auto, target_kld: {target}}}
+accuracy: {{max_ppl_ratio: 1.05, max_kld: {gate}, min_top1: 0.85, max_windows: 3}}
+"""
+
+
+def test_auto_builds_on_a_layer_count_no_fixture_has(tmp_path):
+    """A 3-layer Qwen3 with hidden 160 (not a multiple of 128, one KV head, its own vocabulary size): the shipped
+    default Qwen recipe plans, measures, builds and runs it; the artifact says what was chosen and why."""
+    from edgeqwen.build import BuildOptions, build
+    from edgeqwen.runtime import Runner, Sampling
+    from edgeqwen.tiny import TinySpec, create_tiny_qwen
+
+    ckpt = create_tiny_qwen(tmp_path / "q3", TinySpec(family="qwen3", vocab_size=1500, hidden_size=160,
+                                                      intermediate_size=480, num_hidden_layers=3, num_attention_heads=5,
+                                                      num_key_value_heads=1, head_dim=32))
+    out = build(BuildOptions("qwen3-0.6b/cpu-x86_64-int4", tmp_path / "art", model=str(ckpt), evaluate=False))
+    manifest = json.loads((out / "manifest.json").read_text())
+    sens, plan = manifest["sensitivity"], manifest["export"]["plan"]
+    assert len(sens["groups"]) == 3 * 5 and {g["layer"] for g in sens["groups"]} == {0, 1, 2}
+    assert sens["picture"] == "sensitivity.png" and (out / "sensitivity.png").stat().st_size > 1000
+    assert plan["algorithm"] == "gptq" and plan["mixed"]["groups"] == 15 and "pending" not in plan["mixed"]
+    assert all(s["group_size"] == 32 for n, s in plan["node_settings"].items() if "/mlp/down_proj" not in n)  # K=160
+    assert any("mixed precision auto:" in d for d in manifest["export"]["decisions"])
+    runner = Runner(out)
+    assert len(runner.generate(runner.encode("hello"), Sampling(max_new_tokens=4, ignore_eos=True)).token_ids) == 4
+
+
+def test_a_missed_gate_plans_again_from_the_measured_miss(recipe_dir, tmp_path):
+    """An over-optimistic target (0.08) under a 0.03 gate: the first artifact misses, the build scales its predictions
+    by the measured miss, plans more bytes, and the second artifact passes — all in one `edgeqwen build`."""
+    from edgeqwen.build import BuildOptions, build
+
+    path = recipe_dir / "auto-replan.yaml"
+    path.write_text(AUTO_RECIPE.format(target=0.08, gate=0.03))
+    out = build(BuildOptions(str(path), tmp_path / "art", evaluate=True))
+    manifest = json.loads((out / "manifest.json").read_text())
+    decisions = manifest["export"]["decisions"]
+    assert any("accuracy gate missed at planned KLD" in d and "planned again" in d for d in decisions)
+    assert manifest["accuracy"]["status"] == "pass" and manifest["accuracy"]["kld_mean"] <= 0.03
+    assert manifest["export"]["plan"]["mixed"]["kld_scale"] > 1

@@ -190,7 +190,7 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
                             "(one bit width for the whole model)", where=where,
                             hint="use algorithm: gptq or rtn with mixed_precision: auto")
     gate = recipe.accuracy.max_kld
-    target = mp.target_kld or (0.5 * gate if gate else 0.01)
+    target = (sensitivity or {}).get("replan_target_kld") or mp.target_kld or (0.5 * gate if gate else 0.01)
     if sensitivity is None:
         log("mixed.pending", f"mixed precision auto: per-matrix bits from a sensitivity measurement on calibration "
             f"text (made by `edgeqwen build`; planned KLD target {target:.4f})")
