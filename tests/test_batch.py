@@ -79,7 +79,7 @@ def test_server_batches_concurrent_streams(int4, tmp_path):
     name = json.loads((int4 / "inference_model.json").read_text())["Name"]
     questions = PROMPTS
     expected = [serial_runner.generate(serial_runner.encode(serial_runner.apply_chat_template(
-        [{"role": "user", "content": q}])), Sampling(max_new_tokens=120)).text for q in questions]
+        [{"role": "user", "content": q}])), serial_runner.default_sampling(max_new_tokens=120)).text for q in questions]
     with serving(tmp_path / "m", max_batch=4) as server:
         got = [None] * len(questions)
 

@@ -76,7 +76,7 @@ def test_chat_non_streaming_matches_runner(server, cache_dir):
     r = client(server).chat.completions.create(model=QWEN2, messages=msgs, max_tokens=12, temperature=0)
     runner = Runner(cache_dir / "tiny-qwen2")
     ids = runner.encode(runner.apply_chat_template(msgs))
-    direct = runner.generate(ids, Sampling(max_new_tokens=12))
+    direct = runner.generate(ids, runner.default_sampling(max_new_tokens=12))  # the recipe's repetition penalty too
     assert r.choices[0].message.content == direct.text
     assert r.choices[0].finish_reason == direct.finish_reason
     assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(direct.token_ids)
@@ -115,7 +115,8 @@ def test_qwen3_thinking_switch(server, cache_dir):
     runner = Runner(cache_dir / "tiny-qwen3")
     prompt = runner.apply_chat_template([{"role": "user", "content": "hi"}], enable_thinking=False)
     assert prompt.endswith("<think>\n\n</think>\n\n")  # the switch reached the template
-    assert r.choices[0].message.content == runner.generate(runner.encode(prompt), Sampling(max_new_tokens=6)).text
+    assert r.choices[0].message.content == runner.generate(runner.encode(prompt),
+                                                           runner.default_sampling(max_new_tokens=6)).text
 
 
 def test_reasoning_content_is_returned_apart(cache_dir, tmp_path):
@@ -206,7 +207,8 @@ def test_concurrent_streams_do_not_mix(server, cache_dir):
     runner = Runner(cache_dir / "tiny-qwen2")
     expected = {}
     for p in prompts:
-        expected[p] = runner.generate(runner.encode(p), Sampling(max_new_tokens=10, temperature=0.8, seed=3)).text
+        expected[p] = runner.generate(runner.encode(p), runner.default_sampling(max_new_tokens=10, temperature=0.8,
+                                                                              seed=3)).text
     results, errors = {}, []
 
     def worker(p):
@@ -242,3 +244,25 @@ def test_client_disconnect_stops_generation(server):
     # and the model is free again right away
     r = client(server).completions.create(model=QWEN2, prompt="y", max_tokens=2)
     assert r.usage.completion_tokens == 2
+
+
+def test_recipe_generation_defaults_reach_the_server(server, cache_dir):
+    """Fields a request leaves out come from the artifact's recipe (its `generation:` block in genai_config), as
+    onnxruntime-genai reads them: greedy unless the recipe samples, its top-k/top-p whenever a request samples, its
+    repetition penalty always; the response header says what ran."""
+    cfg = json.loads((cache_dir / "tiny-qwen2" / "genai_config.json").read_text())["search"]
+    body = {"model": QWEN2, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    host, port = server.server_address[:2]
+    for extra, want in (({}, {"temperature": "0"}), ({"temperature": 0.5}, {"temperature": "0.5"}),
+                        ({"temperature": 0.5, "top_k": 3, "repetition_penalty": 1.2},
+                         {"temperature": "0.5", "top_k": "3", "repetition_penalty": "1.2"})):
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn.request("POST", "/v1/chat/completions", body=json.dumps({**body, **extra}),
+                     headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        got = dict(kv.split("=") for kv in resp.getheader("X-Edgeqwen-Sampling").split(", "))
+        conn.close()
+        defaults = {"top_p": f"{cfg['top_p']:g}", "top_k": str(cfg["top_k"]),
+                    "repetition_penalty": f"{cfg['repetition_penalty']:g}"}
+        assert resp.status == 200 and got == {**defaults, **want}, got

@@ -353,6 +353,11 @@ class Runner:
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
         # genai_config's own switch: false for portable-exporter graphs, which concatenate past and new KV.
         self.growing_kv = not cfg["search"].get("past_present_share_buffer", True)
+        search = cfg["search"]  # the recipe's `generation:` block, as onnxruntime-genai reads it too
+        self.generation = {"do_sample": bool(search.get("do_sample", False)),
+                           "temperature": float(search.get("temperature", 1.0)), "top_p": float(search.get("top_p", 1.0)),
+                           "top_k": int(search.get("top_k", 0)),
+                           "repetition_penalty": float(search.get("repetition_penalty", 1.0))}
         # NPU graphs have every dimension fixed: one token per step over a KV of (slots) masked positions.
         past_len = self.input_names["past_key_values.0.key"].shape[2]
         self.static_slots = past_len if isinstance(past_len, int) else None
@@ -467,6 +472,18 @@ class Runner:
         self.reset()
         out = [self.step(list(token_ids[i:i + chunk]), all_logits=True) for i in range(0, len(token_ids), chunk)]
         return np.concatenate(out, axis=0).astype(np.float32)
+
+    def default_sampling(self, **given) -> Sampling:
+        """A Sampling whose settings the caller left out (None or absent) come from this artifact, as onnxruntime-genai
+        takes them: greedy unless the recipe samples (`do_sample`), then its temperature; its top-p, top-k and
+        repetition penalty apply whenever a request samples, the repetition penalty always."""
+        g = self.generation
+        fields = {k: v for k, v in given.items() if v is not None}
+        if "temperature" not in fields:
+            fields["temperature"] = g["temperature"] if g["do_sample"] else 0.0
+        for key in ("top_p", "top_k", "repetition_penalty"):
+            fields.setdefault(key, g[key])
+        return Sampling(**fields)
 
     def ll_tokenizer(self):
         """llguidance's view of this artifact's tokenizer (built once; ~1 s on Qwen's 151k vocabulary)."""

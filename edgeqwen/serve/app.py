@@ -90,6 +90,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     _ignored: tuple[str, ...] = ()
+    _sampling_header: str | None = None
 
     def end_headers(self):
         if self.server.cors_origin:
@@ -97,6 +98,9 @@ class Handler(BaseHTTPRequestHandler):
         if self._ignored:  # request fields that changed nothing (see protocol.UNSUPPORTED for what is refused)
             self.send_header("X-Edgeqwen-Ignored", ", ".join(self._ignored)[:1000])
             self._ignored = ()
+        if self._sampling_header:  # the sampling this completion ran with (request fields over artifact defaults)
+            self.send_header("X-Edgeqwen-Sampling", self._sampling_header)
+            self._sampling_header = None
         super().end_headers()
 
     def send_error(self, code, message=None, explain=None):
@@ -287,9 +291,12 @@ class Handler(BaseHTTPRequestHandler):
         if len(ids) + 1 > runner.context_length:
             raise ApiError(400, f"prompt has {len(ids)} tokens; the model's context is {runner.context_length} tokens",
                            "invalid_request_error", param="messages" if chat else "prompt", code="context_length_exceeded")
-        sampling = Sampling(max_new_tokens=min(req.max_tokens, runner.context_length - len(ids)),
-                            temperature=req.temperature, top_p=req.top_p, seed=req.seed, stop=tuple(req.stop),
-                            constraint=self._constraint(runner, req) if chat else None)
+        sampling = runner.default_sampling(  # what the request leaves out comes from the artifact's recipe
+            max_new_tokens=min(req.max_tokens, runner.context_length - len(ids)), temperature=req.temperature,
+            top_p=req.top_p, top_k=req.top_k, repetition_penalty=req.repetition_penalty, seed=req.seed,
+            stop=tuple(req.stop), constraint=self._constraint(runner, req) if chat else None)
+        self._sampling_header = (f"temperature={sampling.temperature:g}, top_p={sampling.top_p:g}, "
+                                 f"top_k={sampling.top_k}, repetition_penalty={sampling.repetition_penalty:g}")
         try:
             sampling.validate()
         except RunnerError as exc:

@@ -23,8 +23,10 @@ class Request:
     prompt: str = ""
     messages: list = field(default_factory=list)
     max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
+    temperature: float | None = None  # None: the artifact's default (its recipe's generation block)
+    top_p: float | None = None
+    top_k: int | None = None  # not OpenAI's: accepted as vLLM and llama.cpp's servers do
+    repetition_penalty: float | None = None
     seed: int | None = None
     stop: list = field(default_factory=list)
     stream: bool = False
@@ -40,7 +42,7 @@ class Request:
 # What each endpoint reads. Fields whose meaning the server cannot honour are refused (400, named); other fields are
 # answered but listed as ignored in the X-Edgeqwen-Ignored response header — never dropped silently.
 COMMON_FIELDS = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n", "stream",
-                 "stream_options"}
+                 "stream_options", "top_k", "repetition_penalty"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "chat_template_kwargs", "tools", "tool_choice", "parallel_tool_calls",
                                "response_format"}
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"}
@@ -85,6 +87,10 @@ def _get(body: dict, key: str, types, default=None, check=None):
     return value
 
 
+def _float(value):
+    return None if value is None else float(value)
+
+
 def _common(body: dict) -> dict:
     n = _get(body, "n", int, 1)
     if n != 1:
@@ -101,8 +107,10 @@ def _common(body: dict) -> dict:
     return dict(
         model=_get(body, "model", str, ""),
         max_tokens=_get({"max_tokens": max_tokens}, "max_tokens", int, 256, lambda v: v >= 1),
-        temperature=float(_get(body, "temperature", (int, float), 0.0, lambda v: 0 <= v <= 2)),
-        top_p=float(_get(body, "top_p", (int, float), 1.0, lambda v: 0 < v <= 1)),
+        temperature=_float(_get(body, "temperature", (int, float), None, lambda v: 0 <= v <= 2)),
+        top_p=_float(_get(body, "top_p", (int, float), None, lambda v: 0 < v <= 1)),
+        top_k=_get(body, "top_k", int, None, lambda v: 0 <= v <= 1000),
+        repetition_penalty=_float(_get(body, "repetition_penalty", (int, float), None, lambda v: 0 < v <= 2)),
         seed=_get(body, "seed", int, None, lambda v: 0 <= v < 2**63),
         stop=stop or [],
         stream=_get(body, "stream", bool, False),
