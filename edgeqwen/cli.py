@@ -82,7 +82,9 @@ def cmd_verify(args) -> int:
 def cmd_run(args) -> int:
     from .runtime.runner import main as runner_main
 
-    argv = [args.artifact, "--max-new-tokens", str(args.max_new_tokens), "--temperature", str(args.temperature)]
+    argv = [args.artifact, "--max-new-tokens", str(args.max_new_tokens)]
+    if args.temperature is not None:
+        argv += ["--temperature", str(args.temperature)]
     if args.prompt is not None:
         argv += ["--prompt", args.prompt]
     if args.chat:
@@ -93,6 +95,8 @@ def cmd_run(args) -> int:
         argv.append("--no-think")
     if args.seed is not None:
         argv += ["--seed", str(args.seed)]
+    if args.json_schema:
+        argv += ["--json-schema", args.json_schema]
     return runner_main(argv)
 
 
@@ -171,8 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true")
     p.add_argument("--no-think", action="store_true")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, help="default: the artifact's (greedy unless its recipe samples)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("plan", help="memory estimate and quantization plan of a recipe on a model, before building")

@@ -579,10 +579,11 @@ def main(argv=None) -> int:
     ap.add_argument("--chat", action="store_true", help="interactive chat loop")
     ap.add_argument("--raw", action="store_true", help="do not apply the chat template")
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--repetition-penalty", type=float, default=1.0)
+    # sampling flags left out take the artifact's defaults (its recipe's generation block, as onnxruntime-genai does)
+    ap.add_argument("--temperature", type=float, help="0 = greedy (default: the artifact's)")
+    ap.add_argument("--top-k", type=int)
+    ap.add_argument("--top-p", type=float)
+    ap.add_argument("--repetition-penalty", type=float)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--no-think", action="store_true", help="Qwen3: switch thinking off")
     ap.add_argument("--threads", type=int, default=None)
@@ -591,7 +592,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         runner = Runner(args.artifact, threads=args.threads)
-        s = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.seed)
+        s = runner.default_sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
         s.validate()
         think = False if args.no_think else None
         if args.json_schema:
