@@ -161,6 +161,7 @@ class Generation:
     top_k: int = 20
     repetition_penalty: float = 1.05
     max_new_tokens: int = 256
+    system_prompt: str | None = None  # used when a conversation has no system message (runner, server)
 
 
 @dataclass(frozen=True)

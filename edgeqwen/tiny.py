@@ -20,6 +20,8 @@ QWEN2_CHAT_TEMPLATE = (_TEMPLATES / "qwen2.5.jinja").read_text(encoding="utf-8")
 QWEN3_CHAT_TEMPLATE = (_TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+# Qwen2.5-Coder's fill-in-the-middle and repository tokens (`TinySpec(fim=True)` fixtures carry them too)
+FIM_TOKENS = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
 QWEN_PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
@@ -40,6 +42,7 @@ class TinySpec:
     max_position_embeddings: int = 2048
     seed: int = 0
     tied: bool | None = None  # tie_word_embeddings; None: the family's default (qwen2 tied, qwen3 untied)
+    fim: bool = False  # Qwen2.5-Coder's fill-in-the-middle tokens in the tokenizer
 
 
 def corpus_text(split: str = "train") -> str:
@@ -59,7 +62,7 @@ def corpus_text(split: str = "train") -> str:
     return "\n\n".join(topics.topics[k] for k in keys)
 
 
-def train_tokenizer(vocab_size: int):
+def train_tokenizer(vocab_size: int, specials: list[str] = SPECIAL_TOKENS):
     """Byte-level BPE with Qwen's pre-tokenizer regex and special tokens (deterministic)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -72,20 +75,20 @@ def train_tokenizer(vocab_size: int):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     text = corpus_text()
     tok.train_from_iterator([text[i : i + 4096] for i in range(0, len(text), 4096)], trainer)
-    tok.add_special_tokens(SPECIAL_TOKENS)
+    tok.add_special_tokens(specials)
     return tok
 
 
-def save_tokenizer(out: Path, family: str, vocab_size: int) -> dict[str, int]:
+def save_tokenizer(out: Path, family: str, vocab_size: int, fim: bool = False) -> dict[str, int]:
     from transformers import PreTrainedTokenizerFast
 
-    raw = train_tokenizer(vocab_size)
+    raw = train_tokenizer(vocab_size, SPECIAL_TOKENS + (FIM_TOKENS if fim else []))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         eos_token="<|im_end|>",
@@ -147,7 +150,7 @@ def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=No
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ids = save_tokenizer(out, spec.family, spec.vocab_size)
+    ids = save_tokenizer(out, spec.family, spec.vocab_size, spec.fim)
     config = make_config(spec, ids)
     torch.manual_seed(spec.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))

@@ -342,6 +342,8 @@ class Runner:
         self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         tpl = self.path / "chat_template.jinja"
         self.chat_template = tpl.read_text() if tpl.exists() else None
+        generation = ((self.manifest or {}).get("recipe") or {}).get("generation") or {}
+        self.system_prompt = generation.get("system_prompt") or None
         self.think_ids = (self.tokenizer.token_to_id("<think>"), self.tokenizer.token_to_id("</think>"))
         so = ort.SessionOptions()
         threads = threads or dec.get("session_options", {}).get("intra_op_num_threads") or 0
@@ -507,11 +509,25 @@ class Runner:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def apply_chat_template(self, messages: list[dict], enable_thinking: bool | None = None, **kwargs) -> str:
+        """The chat prompt; a conversation without a system message gets the recipe's `system_prompt` (e.g.
+        Qwen2.5-Math's step-by-step instruction) when it has one, else the template's own default."""
         if not self.chat_template:
             raise RunnerError(f"{self.path}: the artifact has no chat_template.jinja")
         if enable_thinking is not None:
             kwargs["enable_thinking"] = enable_thinking
+        if self.system_prompt and not (messages and messages[0].get("role") == "system"):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
         return render_chat_template(self.chat_template, messages, add_generation_prompt=True, **kwargs)
+
+    FIM = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+
+    def fim_prompt(self, prefix: str, suffix: str) -> str:
+        """Fill-in-the-middle (Qwen2.5-Coder): the model writes what goes between `prefix` and `suffix`."""
+        missing = [t for t in self.FIM if self.tokenizer.token_to_id(t) is None]
+        if missing:
+            raise RunnerError(f"this model has no fill-in-the-middle tokens ({', '.join(missing)} not in its "
+                              "tokenizer); FIM needs a Qwen2.5-Coder model")
+        return f"{self.FIM[0]}{prefix}{self.FIM[1]}{suffix}{self.FIM[2]}"
 
     # ---- layer 2: streaming ---------------------------------------------------------------
     def check_prompt(self, prompt_ids: list[int], s: Sampling) -> int:
@@ -578,6 +594,7 @@ def main(argv=None) -> int:
     ap.add_argument("-p", "--prompt", help="prompt text (chat-formatted unless --raw)")
     ap.add_argument("--chat", action="store_true", help="interactive chat loop")
     ap.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    ap.add_argument("--suffix", help="fill in the middle (Qwen2.5-Coder): --prompt is the code before, this after")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     # sampling flags left out take the artifact's defaults (its recipe's generation block, as onnxruntime-genai does)
     ap.add_argument("--temperature", type=float, help="0 = greedy (default: the artifact's)")
@@ -619,7 +636,11 @@ def main(argv=None) -> int:
                 history.append({"role": "assistant", "content": "".join(answer)})
         if args.prompt is None:
             ap.error("give --prompt TEXT or --chat")
-        prompt = args.prompt if args.raw else runner.apply_chat_template([{"role": "user", "content": args.prompt}], think)
+        if args.suffix is not None:
+            prompt = runner.fim_prompt(args.prompt, args.suffix)
+        else:
+            prompt = args.prompt if args.raw else runner.apply_chat_template([{"role": "user", "content": args.prompt}],
+                                                                              think)
         last = None
         for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>")):
             if rec.reasoning:

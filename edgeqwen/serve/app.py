@@ -282,7 +282,8 @@ class Handler(BaseHTTPRequestHandler):
                                "with enable_thinking: true", "invalid_request_error", param="chat_template_kwargs")
             req.enable_thinking = False
         try:
-            prompt = chat_prompt(runner, req) if chat else req.prompt
+            prompt = chat_prompt(runner, req) if chat else (
+                runner.fim_prompt(req.prompt, req.suffix) if req.suffix is not None else req.prompt)
             ids = runner.encode(prompt)
         except RunnerError as exc:  # a template that refuses the messages, text that is not valid Unicode
             raise ApiError(400, str(exc), "invalid_request_error", param="messages" if chat else "prompt") from None

@@ -36,6 +36,7 @@ class Request:
     tool_choice: str | dict = "none"  # none | auto | required | {"name": ...}
     parallel_tool_calls: bool = True
     schema: dict | None = None  # response_format's JSON schema (json_object: {"type": "object"})
+    suffix: str | None = None  # /v1/completions fill-in-the-middle (Qwen2.5-Coder)
     ignored: tuple[str, ...] = ()  # fields the request sent that change nothing here (listed in X-Edgeqwen-Ignored)
 
 
@@ -45,14 +46,13 @@ COMMON_FIELDS = {"model", "max_tokens", "max_completion_tokens", "temperature", 
                  "stream_options", "top_k", "repetition_penalty"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "chat_template_kwargs", "tools", "tool_choice", "parallel_tool_calls",
                                "response_format"}
-COMPLETION_FIELDS = COMMON_FIELDS | {"prompt"}
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "suffix"}
 UNSUPPORTED = {
     "functions": "the legacy 'functions' field is not supported; send 'tools' instead",
     "function_call": "the legacy 'function_call' field is not supported; send 'tool_choice' instead",
     "logprobs": "logprobs are not returned by this server",
     "top_logprobs": "logprobs are not returned by this server",
     "logit_bias": "logit_bias is not applied by this server",
-    "suffix": "suffix (fill-in-the-middle) is not supported by this server yet",
     "echo": "echo is not supported by this server",
     "best_of": "best_of is not supported by this server",
 }
@@ -163,7 +163,10 @@ def parse_completion(body: dict) -> Request:
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise ApiError(400, "'prompt' must be a string", "invalid_request_error", param="prompt")
-    return Request(prompt=prompt, ignored=_fields(body, COMPLETION_FIELDS), **_common(body))
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise ApiError(400, "'suffix' must be a string", "invalid_request_error", param="suffix")
+    return Request(prompt=prompt, suffix=suffix, ignored=_fields(body, COMPLETION_FIELDS), **_common(body))
 
 
 def chat_prompt(runner, req: Request) -> str:
