@@ -157,7 +157,7 @@ def test_management_endpoints_and_metrics(server):
     assert QWEN2 in json.loads(raw(server, "GET", "/openai/status")[1])["loadedModels"]
     metrics = raw(server, "GET", "/metrics")[1].decode()
     assert f'edgeqwen_requests_total{{model="{QWEN2}",outcome="completed"}}' in metrics
-    assert "edgeqwen_tokens_per_second" in metrics and f'edgeqwen_queue_seconds_sum{{model="{QWEN2}"}}' in metrics
+    assert "edgeqwen_tokens_per_second" in metrics and f'edgeqwen_queue_seconds_total{{model="{QWEN2}"}}' in metrics
 
 
 @pytest.mark.parametrize("body, status, needle", [

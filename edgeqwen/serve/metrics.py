@@ -1,115 +1,93 @@
-"""Request/token/latency counters rendered in Prometheus text format."""
+"""The server's metrics, kept and rendered by `prometheus_client` (one registry per server): request outcomes, tokens,
+queue and generation time apart, latency and time-to-first-token histograms, errors by status, and the batch engines'
+state read at scrape time. Label values are escaped by the library (a model name cannot inject a metric line)."""
 
 from __future__ import annotations
 
 import threading
-import time
-from collections import defaultdict
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-def _label(value) -> str:
-    """Prometheus label value escaping: a model name cannot inject a metric line."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
+disable_created_metrics()  # no `*_created` series beside every counter and histogram
 
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # seconds
 
 
-class Histogram:
-    """A Prometheus histogram per model: cumulative buckets, sum and count."""
+class _Engines:
+    """Continuous batching, as it is at scrape time: active and waiting sequences, decode steps and the sequences they
+    advanced (their ratio is the mean batch size)."""
 
     def __init__(self):
-        self.counts = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
-        self.sums = defaultdict(float)
+        self.source = dict
 
-    def observe(self, model: str, seconds: float) -> None:
-        i = next((k for k, b in enumerate(BUCKETS) if seconds <= b), len(BUCKETS))
-        self.counts[model][i] += 1
-        self.sums[model] += seconds
-
-    def render(self, name: str, help_text: str) -> list[str]:
-        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        for model, counts in self.counts.items():
-            m = _label(model)
-            running = 0
-            for bound, c in zip([*map(str, BUCKETS), "+Inf"], counts):
-                running += c
-                lines.append(f'{name}_bucket{{model="{m}",le="{bound}"}} {running}')
-            lines += [f'{name}_sum{{model="{m}"}} {self.sums[model]:.4f}', f'{name}_count{{model="{m}"}} {running}']
-        return lines
+    def collect(self):
+        engines = self.source()
+        active = GaugeMetricFamily("edgeqwen_batch_active_sequences", "Sequences decoding or prefilling now.", labels=["model"])
+        waiting = GaugeMetricFamily("edgeqwen_batch_waiting_requests", "Requests waiting for a batch slot.", labels=["model"])
+        slots = GaugeMetricFamily("edgeqwen_batch_max_sequences", "Batch slots (--max-batch).", labels=["model"])
+        steps = CounterMetricFamily("edgeqwen_decode_steps", "Batched decode steps.", labels=["model"])
+        rows = CounterMetricFamily("edgeqwen_decode_sequence_steps", "Sequences advanced, summed over decode steps "
+                                   "(divided by edgeqwen_decode_steps_total: the mean batch size).", labels=["model"])
+        for name, e in engines.items():
+            active.add_metric([name], e.active)
+            waiting.add_metric([name], e.queued)
+            slots.add_metric([name], e.max_batch)
+            steps.add_metric([name], e.steps)
+            rows.add_metric([name], e.batch_tokens)
+        return [active, waiting, slots, steps, rows]
 
 
 class Metrics:
     def __init__(self):
-        self.lock = threading.Lock()
-        self.requests = defaultdict(int)  # (model, outcome: completed | disconnected | failed)
-        self.errors = defaultdict(int)
-        self.generated = defaultdict(int)
-        self.latency_sum = defaultdict(float)
-        self.queue_sum = defaultdict(float)
-        self.busy_s = defaultdict(float)
-        self.latency = Histogram()
-        self.ttft = Histogram()
-        self.t0 = time.time()
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("edgeqwen_requests", "Completion requests that reached a model, by outcome.",
+                                ["model", "outcome"], registry=r)
+        self.generated = Counter("edgeqwen_generated_tokens", "Generated tokens.", ["model"], registry=r)
+        self.latency_sum = Counter("edgeqwen_request_latency_seconds", "Total request latency (queue + generation).",
+                                   ["model"], registry=r)
+        self.queue_sum = Counter("edgeqwen_queue_seconds", "Time requests waited for their model.", ["model"],
+                                 registry=r)
+        self.busy = Counter("edgeqwen_generation_seconds", "Time spent generating (queue excluded).", ["model"],
+                            registry=r)
+        self.tps = Gauge("edgeqwen_tokens_per_second", "Generated tokens per second of generation time (queue "
+                         "excluded).", ["model"], registry=r)
+        self.latency = Histogram("edgeqwen_request_duration_seconds", "Request latency, queue included.", ["model"],
+                                 buckets=BUCKETS, registry=r)
+        self.ttft = Histogram("edgeqwen_time_to_first_token_seconds", "Time to the first token, queue included.",
+                              ["model"], buckets=BUCKETS, registry=r)
+        self.errors = Counter("edgeqwen_errors", "Error responses by HTTP status (500: unexpected failures).",
+                              ["status"], registry=r)
+        self.loaded = Gauge("edgeqwen_loaded_models", "Models loaded now.", registry=r)
+        self.engines = _Engines()
+        r.register(self.engines)
+        self._lock = threading.Lock()
+        self._totals: dict[str, list[float]] = {}  # model → [tokens, generation seconds]
 
     def count_error(self, status: int) -> None:
-        with self.lock:
-            self.errors[status] += 1
+        self.errors.labels(str(status)).inc()
 
     def tokens(self, model: str, n: int) -> None:
-        with self.lock:
-            self.generated[model] += n
+        self.generated.labels(model).inc(n)
+        with self._lock:
+            self._totals.setdefault(model, [0.0, 0.0])[0] += n
 
     def observe(self, model: str, outcome: str, queue_s: float, generate_s: float, ttft_s: float | None = None) -> None:
-        with self.lock:
-            self.latency.observe(model, queue_s + generate_s)
-            if ttft_s is not None:
-                self.ttft.observe(model, ttft_s)
-            self.requests[(model, outcome)] += 1
-            self.latency_sum[model] += queue_s + generate_s
-            self.queue_sum[model] += queue_s
-            self.busy_s[model] += generate_s  # tokens/s counts generation time only, not time spent queued
+        self.latency.labels(model).observe(queue_s + generate_s)
+        if ttft_s is not None:
+            self.ttft.labels(model).observe(ttft_s)
+        self.requests.labels(model, outcome).inc()
+        self.latency_sum.labels(model).inc(queue_s + generate_s)
+        self.queue_sum.labels(model).inc(queue_s)
+        self.busy.labels(model).inc(generate_s)
+        with self._lock:
+            tokens, busy = self._totals.setdefault(model, [0.0, 0.0])
+            self._totals[model][1] = busy + generate_s
+            if busy + generate_s > 0:
+                self.tps.labels(model).set(round(tokens / (busy + generate_s), 2))
 
     def render(self, loaded: list[str], engines: dict | None = None) -> str:
-        batch = []
-        for name, e in (engines or {}).items():  # continuous batching: what each model is doing right now
-            m = _label(name)
-            batch += [f'edgeqwen_batch_active_sequences{{model="{m}"}} {e.active}',
-                      f'edgeqwen_batch_waiting_requests{{model="{m}"}} {e.queued}',
-                      f'edgeqwen_batch_max_sequences{{model="{m}"}} {e.max_batch}',
-                      f'edgeqwen_decode_steps_total{{model="{m}"}} {e.steps}',
-                      f'edgeqwen_decode_sequence_steps_total{{model="{m}"}} {e.batch_tokens}']
-        if batch:
-            batch = ["# HELP edgeqwen_batch_active_sequences Sequences decoding or prefilling now (continuous batching).",
-                     "# TYPE edgeqwen_batch_active_sequences gauge",
-                     "# HELP edgeqwen_decode_sequence_steps_total Sequences advanced, summed over decode steps "
-                     "(÷ edgeqwen_decode_steps_total = mean batch size).", *batch]
-        with self.lock:
-            lines = [
-                "# HELP edgeqwen_requests_total Completion requests that reached a model, by outcome.",
-                "# TYPE edgeqwen_requests_total counter",
-                *(f'edgeqwen_requests_total{{model="{_label(m)}",outcome="{o}"}} {v}'
-                  for (m, o), v in self.requests.items()),
-                "# HELP edgeqwen_generated_tokens_total Generated tokens.",
-                "# TYPE edgeqwen_generated_tokens_total counter",
-                *(f'edgeqwen_generated_tokens_total{{model="{_label(m)}"}} {v}' for m, v in self.generated.items()),
-                "# HELP edgeqwen_request_latency_seconds_sum Total request latency (queue + generation).",
-                "# TYPE edgeqwen_request_latency_seconds_sum counter",
-                *(f'edgeqwen_request_latency_seconds_sum{{model="{_label(m)}"}} {v:.4f}' for m, v in self.latency_sum.items()),
-                "# HELP edgeqwen_queue_seconds_sum Time requests waited for their model.",
-                "# TYPE edgeqwen_queue_seconds_sum counter",
-                *(f'edgeqwen_queue_seconds_sum{{model="{_label(m)}"}} {v:.4f}' for m, v in self.queue_sum.items()),
-                "# HELP edgeqwen_tokens_per_second Generated tokens per second of generation time (queue excluded).",
-                "# TYPE edgeqwen_tokens_per_second gauge",
-                *(f'edgeqwen_tokens_per_second{{model="{_label(m)}"}} {self.generated[m] / v:.2f}'
-                  for m, v in self.busy_s.items() if v > 0),
-                *self.latency.render("edgeqwen_request_duration_seconds", "Request latency, queue included."),
-                *self.ttft.render("edgeqwen_time_to_first_token_seconds", "Time to the first token, queue included."),
-                "# HELP edgeqwen_errors_total Error responses by HTTP status (500: unexpected failures).",
-                "# TYPE edgeqwen_errors_total counter",
-                *(f'edgeqwen_errors_total{{status="{s}"}} {v}' for s, v in self.errors.items()),
-                "# TYPE edgeqwen_loaded_models gauge",
-                f"edgeqwen_loaded_models {len(loaded)}",
-                *batch,
-            ]
-        return "\n".join(lines) + "\n"
+        self.loaded.set(len(loaded))
+        self.engines.source = lambda: engines or {}
+        return generate_latest(self.registry).decode()
