@@ -11,8 +11,10 @@ KIND_COLORS = {"attn/qkv_proj": "#4c72b0", "attn/o_proj": "#55a868", "mlp/gate_p
 
 def manifest_section(sensitivity: dict, plan) -> dict:
     choice = plan.mixed.get("choice", {})
+    upgraded = {name for names in plan.mixed.get("upgraded", {}).values() for name in names}
     rows = [{"layer": g["layer"], "kind": g["kind"], "kld": round(g["kld"], 7),
-             "format": choice.get(f"layers.{g['layer']}/{g['kind']}")} for g in sensitivity["groups"]]
+             "format": choice.get(f"layers.{g['layer']}/{g['kind']}"),
+             "upgraded": f"layers.{g['layer']}/{g['kind']}" in upgraded} for g in sensitivity["groups"]]
     return {
         "measured_at": f"int{sensitivity['base_bits']}/b{sensitivity['base_block']}",
         "calibration": {"source": sensitivity.get("source"), "samples": sensitivity["samples"],
@@ -54,19 +56,19 @@ def plot(section: dict, path: Path, title: str) -> None:
             if r["kind"] == kind:
                 xs.append(r["layer"] + (j - (len(kinds) - 1) / 2) * width)
                 ys.append(max(r["kld"], 1e-7))
-                edges.append("black" if r["format"] not in (None, base) else "none")
+                edges.append("black" if r["upgraded"] else "none")
         ax.bar(xs, ys, width=width, color=KIND_COLORS.get(kind, "#999999"), edgecolor=edges, linewidth=1.2,
                label=kind.split("/")[-1])
         for x, y, r in zip(xs, ys, (r for r in rows if r["kind"] == kind)):
-            if r["format"] not in (None, base):
+            if r["upgraded"]:
                 ax.annotate(r["format"].replace("/", "\n"), (x, y), ha="center", va="bottom", fontsize=6)
     ax.set_yscale("log")
     ax.set_xticks(np.array(layers))
     ax.set_xlabel("decoder layer")
     ax.set_ylabel(f"KLD with the matrix at {base}")
     p = section["plan"]
-    ax.set_title(f"{title}: planned KLD {p.get('planned_kld', 0):.4f} (target {p.get('target_kld', 0):.4f}), "
-                 f"{p.get('bits_per_weight', 0):.2f} bits/weight; outlined = upgraded", fontsize=9)
+    ax.set_title(f"{title}\nplanned KLD {p.get('planned_kld', 0):.4f} (target {p.get('target_kld', 0):.4f}), "
+                 f"{p.get('bits_per_weight', 0):.2f} bits/weight; outlined = upgraded (format above)", fontsize=9)
     ax.legend(fontsize=7, ncol=len(kinds), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
     fig.savefig(path, dpi=90, metadata={"Software": None})
