@@ -47,6 +47,7 @@ class ArchitectureSpec:
     tied_by_default: bool = True  # tiny fixtures of this family
     config_class: str = ""  # transformers config class for tiny fixtures, e.g. "Qwen2Config"
     explicit_head_dim: bool = False  # the config carries head_dim (Qwen3) instead of hidden / heads
+    vision: bool = False  # an image encoder before the decoder (Qwen2.5-VL): vision.onnx + embedding.onnx
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def layer_node(self, exporter: str, layer: int, module: str) -> str:
@@ -122,6 +123,10 @@ def families() -> list[str]:
 _NODES = {"builder": _QWEN_BUILDER_NODES, "portable": _QWEN_PORTABLE_NODES}
 register(ArchitectureSpec("Qwen2ForCausalLM", "qwen2", _NODES, qkv_bias=True, tied_by_default=True, config_class="Qwen2Config",
                           notes=("Qwen2 / Qwen2.5: QKV bias; 0.5B-3B tie embeddings to lm_head",)))
+register(ArchitectureSpec("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", _NODES, qkv_bias=True,
+                          tied_by_default=True, config_class="Qwen2_5_VLConfig", vision=True,
+                          notes=("Qwen2.5-VL: a Qwen2 decoder with 3-D (M-RoPE) positions after a windowed ViT; "
+                                 "3B ties embeddings",)))
 register(ArchitectureSpec("Qwen3ForCausalLM", "qwen3", _NODES, think_tokens=("<think>", "</think>"), qk_norm=True,
                           tied_by_default=False, config_class="Qwen3Config", explicit_head_dim=True,
                           notes=("Qwen3: q/k RMSNorm, no QKV bias, <think> reasoning; 0.6B-4B tie embeddings",)))

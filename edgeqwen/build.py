@@ -13,6 +13,7 @@ from .errors import AccuracyGateError, EdgeQwenError
 from .export.run import run_export
 from .log import stage_log
 from .memory import check_fits
+from .planner import Decision
 from .planner import plan as make_plan
 from .package import (
     convert_to_ort,
@@ -246,6 +247,16 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     if result.decisions:
         stage_log(f"        {len(result.decisions)} exporter notes recorded in the manifest")
     decisions.extend(result.decisions)
+    if plan.vision:
+        from .export.vision_export import export_vision
+
+        stage_log(f"[2/{STAGES}] export the vision encoder + embedding merge (torch.onnx, "
+                  f"{'int%d' % plan.vision['bits'] if plan.vision['bits'] else 'float'} encoder)")
+        t0 = time.perf_counter()
+        info = export_vision(ckpt.path, staging, vision_bits=plan.vision["bits"], block=plan.vision["block"],
+                             int8_table=plan.vision["int8_table"], max_pixels=plan.vision["max_pixels"])
+        stage_log(f"        vision exported in {time.perf_counter() - t0:.1f}s")
+        decisions.extend(Decision("vision.export", n) for n in info["notes"])
     stage_log(f"[3/{STAGES}] package: genai_config, chat template, inference_model.json, runner")
     finalize_genai_config(staging, resolved, ckpt)
     template = write_chat_template(staging, ckpt)

@@ -97,6 +97,8 @@ def inspect_checkpoint(path: Path, source: str | None = None) -> Checkpoint:
             where=str(cfg_path),
             hint=f"supported architectures: {', '.join(known)}",
         )
+    if isinstance(config.get("text_config"), dict):  # multimodal (Qwen2.5-VL): the decoder's settings are nested
+        config = {**config, **config["text_config"]}
     if not list(path.glob("*.safetensors")) and not list(path.glob("*.bin")):
         raise EdgeQwenError(f"no weights (*.safetensors) in {path}", where=str(path))
     if not (path / "tokenizer.json").exists() and not (path / "vocab.json").exists():

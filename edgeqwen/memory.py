@@ -84,13 +84,36 @@ def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstima
         weights += matrix_bytes(h, vocab, table.bits, table.block_size, not plan.symmetric, io_bytes, None, float_bytes)
     elif table.mode == "float" and not (tied and not plan.quantized):
         weights += vocab * h * float_bytes  # a float table beside a quantized head (a tied float model shares one)
+    elif table.mode == "rows":  # Qwen2.5-VL: embedding.onnx's int8 rows + one float scale each
+        weights += vocab * (h + 4)
+    vision_acts = 0.0
+    if plan.vision:
+        vision_weights, vision_acts = _vision(plan, config, float_bytes)
+        weights += vision_weights
     if target.execution_provider == ExecutionProvider.CPU:
         weights *= CPU_WEIGHT_RESIDENCY
     ctx = plan.context_length
     kv = 2 * layers * kvh * hd * ctx * io_bytes
-    acts = PREFILL_TOKENS * vocab * 4 + PREFILL_TOKENS * (4 * h + 3 * inter) * 4 * 2
+    acts = max(PREFILL_TOKENS * vocab * 4 + PREFILL_TOKENS * (4 * h + 3 * inter) * 4 * 2, vision_acts)
     mb = 1024 * 1024
     return MemoryEstimate(weights / mb, kv / mb, acts / mb, RUNTIME_BASELINE_MB, ctx, target.memory_budget_mb)
+
+
+def _vision(plan: ExportPlan, config: dict, float_bytes: int) -> tuple[float, float]:
+    """Qwen2.5-VL's encoder: its weights at the plan's bits, and the peak activations of one largest image (the
+    attention scores of every head over every patch pair, float32, plus a few [patches, hidden] tensors)."""
+    v = config["vision_config"]
+    vh, inter, heads, depth = v["hidden_size"], v["intermediate_size"], v["num_heads"], v["depth"]
+    merged = vh * v["spatial_merge_size"] ** 2
+    linears = [(vh, 3 * vh), (vh, vh), (vh, inter), (vh, inter), (inter, vh)] * depth + [(merged, merged),
+                                                                                       (merged, v["out_hidden_size"])]
+    bits = plan.vision.get("bits")
+    weights = sum(matrix_bytes(k, n, bits, plan.vision["block"], False, 4, None, float_bytes) if bits else k * n * float_bytes
+                  for k, n in linears)
+    weights += 3 * v["temporal_patch_size"] * v["patch_size"] ** 2 * vh * 4  # the float patch embedding
+    patches = plan.vision["max_pixels"] // v["patch_size"] ** 2
+    acts = heads * patches * patches * 4 * 2 + patches * (4 * vh + inter) * 4 * 2
+    return weights, acts
 
 
 def check_fits(plan: ExportPlan, resolved: Resolved, config: dict, where: str) -> MemoryEstimate:

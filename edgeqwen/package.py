@@ -85,6 +85,14 @@ def finalize_genai_config(artifact: Path, resolved: Resolved, ckpt: Checkpoint) 
     threads = resolved.target.intra_op_threads
     if threads:
         cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+    if (artifact / "vision.onnx").exists():  # Qwen2.5-VL: the image side (runner.VisionPath reads these)
+        cfg["model"]["vision"] = {"filename": "vision.onnx", "config_filename": "vision_config.json",
+                                  "spatial_merge_size": ckpt.config["vision_config"]["spatial_merge_size"],
+                                  "patch_size": ckpt.config["vision_config"]["patch_size"]}
+        cfg["model"]["embedding"] = {"filename": "embedding.onnx", "inputs": {"input_ids": "input_ids",
+                                     "image_features": "image_features"}, "outputs": {"inputs_embeds": "inputs_embeds"}}
+        cfg["model"]["image_token_id"] = ckpt.config["image_token_id"]
+        cfg["model"]["vision_start_token_id"] = ckpt.config["vision_start_token_id"]
     path.write_text(json.dumps(cfg, indent=4) + "\n")
     return cfg
 
@@ -147,6 +155,8 @@ def convert_to_ort(artifact: Path, platform: str) -> dict:
 
 def copy_runner(artifact: Path) -> None:
     shutil.copyfile(RUNNER_SOURCE, artifact / "runner.py")
+    if (artifact / "vision.onnx").exists():  # the image path's numpy code, imported by runner.py
+        shutil.copyfile(RUNNER_SOURCE.parent / "vision.py", artifact / "vision.py")
 
 
 def file_entry(p: Path) -> dict:

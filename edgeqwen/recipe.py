@@ -166,6 +166,18 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Vision:
+    """Qwen2.5-VL recipes: the largest image area the artifact accepts (images are resized down to it, keeping their
+    aspect ratio); None = edgeqwen's device default (448x448 = 256 image tokens)."""
+
+    max_pixels: int | None = None
+
+    def __post_init__(self):
+        if self.max_pixels is not None and not 28 * 28 * 4 <= self.max_pixels <= 28 * 28 * 16384:
+            raise ValueError(f"vision.max_pixels {self.max_pixels} is outside [3136, 12845056] (the model's own range)")
+
+
+@dataclass(frozen=True)
 class Accuracy:
     """Gate: the build fails when a set threshold is missed (None = not gated)."""
 
@@ -194,6 +206,7 @@ class Recipe:
     quantization: Quantization = field(default_factory=Quantization)
     generation: Generation = field(default_factory=Generation)
     accuracy: Accuracy = field(default_factory=Accuracy)
+    vision: Vision = field(default_factory=Vision)
     name: str = ""  # filled from the file path
 
     def __post_init__(self):

@@ -18,10 +18,13 @@ _TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
 # fixtures render prompts, tool definitions, tool calls and tool results exactly as the real models do.
 QWEN2_CHAT_TEMPLATE = (_TEMPLATES / "qwen2.5.jinja").read_text(encoding="utf-8")
 QWEN3_CHAT_TEMPLATE = (_TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
+QWEN2_VL_CHAT_TEMPLATE = (_TEMPLATES / "qwen2.5-vl.jinja").read_text(encoding="utf-8")
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 # Qwen2.5-Coder's fill-in-the-middle and repository tokens (`TinySpec(fim=True)` fixtures carry them too)
 FIM_TOKENS = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
+# Qwen2.5-VL's image and video tokens (`family="qwen2_5_vl"` fixtures)
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 QWEN_PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
@@ -31,7 +34,7 @@ QWEN_PRETOKENIZE_REGEX = (
 class TinySpec:
     """Shape of a tiny checkpoint. Defaults give a ~1 M-parameter model that trains in minutes."""
 
-    family: str = "qwen2"  # qwen2 | qwen3
+    family: str = "qwen2"  # qwen2 | qwen3 | qwen2_5_vl (a Qwen2 decoder after a small windowed ViT)
     vocab_size: int = 1024
     hidden_size: int = 128
     intermediate_size: int = 352
@@ -88,7 +91,8 @@ def train_tokenizer(vocab_size: int, specials: list[str] = SPECIAL_TOKENS):
 def save_tokenizer(out: Path, family: str, vocab_size: int, fim: bool = False) -> dict[str, int]:
     from transformers import PreTrainedTokenizerFast
 
-    raw = train_tokenizer(vocab_size, SPECIAL_TOKENS + (FIM_TOKENS if fim else []))
+    vision = family == "qwen2_5_vl"
+    raw = train_tokenizer(vocab_size, SPECIAL_TOKENS + (FIM_TOKENS if fim else []) + (VISION_TOKENS if vision else []))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         eos_token="<|im_end|>",
@@ -96,7 +100,7 @@ def save_tokenizer(out: Path, family: str, vocab_size: int, fim: bool = False) -
         unk_token=None,
         bos_token=None,
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        chat_template=QWEN3_CHAT_TEMPLATE if family == "qwen3" else QWEN2_CHAT_TEMPLATE,
+        chat_template={"qwen3": QWEN3_CHAT_TEMPLATE, "qwen2_5_vl": QWEN2_VL_CHAT_TEMPLATE}.get(family, QWEN2_CHAT_TEMPLATE),
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
@@ -106,7 +110,7 @@ def save_tokenizer(out: Path, family: str, vocab_size: int, fim: bool = False) -
     cfg["tokenizer_class"] = "Qwen2Tokenizer"
     cfg["split_special_tokens"] = False
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
-    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS + (VISION_TOKENS if vision else [])}
     if len(raw.get_vocab()) > vocab_size:
         raise RuntimeError(f"tokenizer has {len(raw.get_vocab())} tokens, more than vocab_size={vocab_size}")
     return ids
@@ -136,6 +140,18 @@ def make_config(spec: TinySpec, ids: dict[str, int]):
     if arch.explicit_head_dim:
         extra = dict(head_dim=spec.head_dim or spec.hidden_size // spec.num_attention_heads, attention_bias=arch.qkv_bias)
     config_class = getattr(transformers, arch.config_class)
+    if arch.vision:  # Qwen2.5-VL: the decoder's settings nested, M-RoPE sections summing to head_dim / 2
+        half = (spec.head_dim or spec.hidden_size // spec.num_attention_heads) // 2
+        sections = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]  # 16/24/24 of 64, as Qwen2.5-VL
+        tied = arch.tied_by_default if spec.tied is None else spec.tied
+        text = dict(common, rope_scaling={"type": "mrope", "mrope_section": sections}, tie_word_embeddings=tied)
+        vision = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=4, out_hidden_size=spec.hidden_size,
+                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                      fullatt_block_indexes=[1, 3])
+        return config_class(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=tied,
+                            architectures=[arch.hf_class])
     return config_class(tie_word_embeddings=arch.tied_by_default if spec.tied is None else spec.tied,
                         architectures=[arch.hf_class], **extra, **common)
 
@@ -153,7 +169,13 @@ def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=No
     ids = save_tokenizer(out, spec.family, spec.vocab_size, spec.fim)
     config = make_config(spec, ids)
     torch.manual_seed(spec.seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    if spec.family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype))
+        Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(out)
+    else:
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     if state_dict is not None:
         model.load_state_dict(state_dict)
     model.eval()

@@ -47,7 +47,7 @@ def load_eval_text(path: Path | None) -> str:
 
 
 def _check_reference(model, runner) -> None:
-    cfg = model.config
+    cfg = model.config.get_text_config()
     if cfg.vocab_size != runner.vocab_size:
         raise EdgeQwenError(
             f"reference vocabulary ({cfg.vocab_size}) does not match the artifact's ({runner.vocab_size})",
@@ -66,6 +66,9 @@ def load_reference(path: Path):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
+    archs = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
+    if "Qwen2_5_VLForConditionalGeneration" in archs:  # not an AutoModelForCausalLM class in transformers 4.57
+        from transformers import Qwen2_5_VLForConditionalGeneration as AutoModelForCausalLM  # noqa: N814
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
     model.eval()
     return model
@@ -134,6 +137,10 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
         kld_histogram=np.histogram(np.log10(metrics.token_kld(ref_all, cand_all) + 1e-12), bins=30, range=(-9, 1))[0].tolist(),
         eval_text=str(cfg.eval_text or "edgeqwen/data/eval.txt"),
     )
+    if runner.vision is not None:
+        from .vision import image_parity
+
+        summary["vision"] = image_parity(runner, model, ids)
     return summary
 
 
@@ -181,5 +188,10 @@ def format_table(summary: dict) -> str:
         ("greedy match", f"{summary['greedy_match'] * 100:.1f} % ({summary['greedy_match_tokens']} of {GREEDY_TOKENS})"),
         ("scored tokens", f"{summary['tokens']} ({summary['windows']} windows × {summary['window'] // 2})"),
     ]
+    v = summary.get("vision")
+    if v:
+        rows += [("image+text mean KLD", f"{v['kld_mean']:.6f} ({v['images']} images, {v['image_tokens']} image tokens)"),
+                 ("image+text top-1", f"{v['top1'] * 100:.2f} % of {v['tokens']} tokens after the images"),
+                 ("image features rel. error", f"{v['feature_rel_error']:.5f} (encoder vs PyTorch)")]
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)

@@ -22,6 +22,8 @@ def check_gate(summary: dict, gate: Accuracy) -> list[str]:
         ("p99 KLD", summary["kld_p99"], gate.max_kld_p99, "<="),
         ("top-1 agreement", summary["top1"], gate.min_top1, ">="),
     ]
+    if summary.get("vision"):  # the image+text positions of a VL artifact meet the same KLD bar
+        checks.append(("image+text mean KLD", summary["vision"]["kld_mean"], gate.max_kld, "<="))
     missed = []
     for name, value, limit, op in checks:
         if limit is None:
@@ -48,4 +50,5 @@ def evaluate_stage(artifact: Path, ckpt: Checkpoint, resolved: Resolved, eval_te
             hint="nothing was published. Knobs that usually help: " + "; ".join(KNOBS),
             summary=summary,
         )
-    return {k: summary[k] for k in ("status", "ppl_ratio", "kld_mean", "kld_p99", "top1", "greedy_match", "gate")}
+    keys = ("status", "ppl_ratio", "kld_mean", "kld_p99", "top1", "greedy_match", "gate") + (("vision",) if "vision" in summary else ())
+    return {k: summary[k] for k in keys}

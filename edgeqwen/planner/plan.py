@@ -59,6 +59,7 @@ class ExportPlan:
     num_layers: int = 0
     prune_head: bool = False  # prefill logits for the last position only (+ an all-positions output for eval)
     mixed: dict = field(default_factory=dict)  # `mixed_precision: auto`: what was chosen and why (planner/mixed.py)
+    vision: dict = field(default_factory=dict)  # Qwen2.5-VL: the encoder's bits and the image-size cap (empty: text only)
     decisions: tuple[Decision, ...] = ()
 
     @property
@@ -88,6 +89,8 @@ class ExportPlan:
         from ..quantize.registry import get_algorithm
 
         opts: dict = {"hf_token": "false", "hf_remote": False}
+        if self.vision:
+            opts["exclude_embeds"] = True  # the decoder takes inputs_embeds; embedding.onnx merges the image features
         if not self.quantized:
             return opts
         builder_algo = get_algorithm(self.algorithm).builder_algo if self.algorithm != "none" else "rtn"
@@ -97,7 +100,7 @@ class ExportPlan:
                     int4_algo_config=builder_algo + ("_last" if head_int8 else ""))
         if self.exclude_nodes:
             opts["int4_nodes_to_exclude"] = list(self.exclude_nodes)
-        opts["shared_embeddings"] = self.table.mode == "shared"
+        opts["shared_embeddings"] = self.table.mode == "shared" and not self.vision
         if self.prune_head:
             opts["prune_lm_head"] = True
         return opts

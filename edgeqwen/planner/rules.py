@@ -35,13 +35,15 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
         raise EdgeQwenError(str(exc.args[0]), where=str(ckpt.path / "config.json")) from None
     spec = get_algorithm(q.algorithm)
     _check_exporter(resolved, ckpt, spec, low_memory)
+    vision = _vision(resolved, ckpt, arch, spec) if arch.vision else {}
     cfg = ckpt.config
     layers = cfg["num_hidden_layers"]
     common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=recipe.exporter.value,
                   precision=recipe.precision.value, execution_provider=target.execution_provider.value,
                   accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding.value,
                   static_shapes=target.static_shapes, num_layers=layers,
-                  context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)))
+                  context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)),
+                  vision=vision)
     if recipe.precision not in (Precision.INT4, Precision.INT8):
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
                           head=HeadPlan(None, resolved.block_size), table=TablePlan("float"), **common)
@@ -50,6 +52,11 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     shapes = arch.linear_shapes(cfg, recipe.exporter.value)
     block = resolved.block_size
     table_block, want_table = _fit_block_to_table(block, cfg["hidden_size"], q.embeddings != EmbeddingMode.FLOAT, log)
+    if vision:  # the table lives in embedding.onnx (int8 rows, see _vision); the decoder's head is on its own
+        want_table = False
+        log("vision.encoder", f"vision encoder {'int%d' % vision['bits'] if vision['bits'] else 'float'} (block "
+            f"{vision['block']}, symmetric RTN, patch embedding float); embedding table int8 per row in embedding.onnx; "
+            f"images capped at {vision['max_pixels']} pixels")
     spec, fitted = _algorithm_that_runs(spec, shapes, block, low_memory, log)
     head_bits = _head_bits(resolved, spec, bits, ckpt.tied_embeddings and want_table, log)
     symmetric = _symmetry(resolved, spec, log)
@@ -63,9 +70,10 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
         head_block = table_block
     default = {"bits": bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
     _odd_block_fallback(spec, shapes, settings, default, head_bits, head_block, low_memory, recipe.exporter.value, log)
-    table = _table(ckpt.tied_embeddings, want_table, head_bits, head_block, table_block,
-                   8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else auto_table_bits or 4,
-                   recipe.exporter == Exporter.PORTABLE, log)
+    table = TablePlan("rows", 8) if vision else _table(
+        ckpt.tied_embeddings, want_table, head_bits, head_block, table_block,
+        8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else auto_table_bits or 4,
+        recipe.exporter == Exporter.PORTABLE, log)
     if low_memory:
         log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
             "its float weight dropped")
@@ -77,6 +85,27 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
                       head=HeadPlan(head_bits, head_block), table=table, node_settings=settings,
                       exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
                       mixed=mixed, decisions=tuple(log.items), **common)
+
+
+VISION_MAX_PIXELS = 28 * 28 * 256  # default image cap on a device: 448x448, 256 image tokens, 1024 encoder patches
+
+
+def _vision(resolved: Resolved, ckpt: Checkpoint, arch, spec: AlgorithmSpec) -> dict:
+    """Qwen2.5-VL: what the image side gets. The encoder's linears are int8 when the decoder is quantized (int4 costs
+    ~10x its error for a few MB); the image area is capped (the encoder's attention grows with patches squared)."""
+    recipe = resolved.recipe
+    where = f"recipe {recipe.name} x {ckpt.architecture}"
+    if recipe.exporter != Exporter.BUILDER:
+        raise EdgeQwenError("vision models are exported with the builder (its Qwen2.5-VL decoder takes inputs_embeds "
+                            "and 3-D positions)", where=where, hint="set exporter: builder")
+    if spec.stage == "checkpoint" or recipe.quantization.mixed_precision.auto:
+        raise EdgeQwenError(f"quantization.algorithm {spec.name}"
+                            f"{' with mixed_precision: auto' if recipe.quantization.mixed_precision.auto else ''} "
+                            "calibrates on the PyTorch text model, which edgeqwen does not yet do for Qwen2.5-VL",
+                            where=where, hint="use quantization.algorithm: rtn (or k_quant) with mixed_precision: off")
+    quantized = recipe.precision in (Precision.INT4, Precision.INT8)
+    pixels = recipe.vision.max_pixels or VISION_MAX_PIXELS
+    return {"bits": 8 if quantized else None, "block": 32, "int8_table": quantized, "max_pixels": int(pixels)}
 
 
 def _fit_block_to_table(block: int, hidden: int, want_table: bool, log: _Log) -> tuple[int, bool]:

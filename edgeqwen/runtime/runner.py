@@ -321,6 +321,70 @@ class Decoding:
         return tok, rec
 
 
+class VisionPath:
+    """A vision artifact's image side: preprocessing (numpy + Pillow, no torch), the encoder, the embedding merge and
+    the decoder's 3-D positions (vision.py, next to this file, holds the model-specific arithmetic)."""
+
+    def __init__(self, path: Path, model: dict, so):
+        try:
+            from . import vision as vision_lib
+        except ImportError:  # runner.py run as a script from the artifact folder
+            sys.path.insert(0, str(path))
+            import vision as vision_lib
+        self.lib = vision_lib
+        v, e = model["vision"], model["embedding"]
+        self.config = vision_lib.VisionConfig.load(path / v["config_filename"])
+        self.processor = vision_lib.ImageProcessor(self.config)
+        self.encoder = ort.InferenceSession(str(path / v["filename"]), so, providers=["CPUExecutionProvider"])
+        self.embedder = ort.InferenceSession(str(path / e["filename"]), so, providers=["CPUExecutionProvider"])
+        self.hidden = int(model["decoder"]["hidden_size"])
+        self.encode_s = 0.0  # the last request's encoder time (seconds), for benchmarks
+        self.patches = 0
+
+    def embed(self, token_ids, features) -> np.ndarray:
+        feats = features if features is not None else np.zeros((0, self.hidden), np.float32)
+        return self.embedder.run(None, {"input_ids": np.asarray([token_ids], dtype=np.int64), "image_features": feats})[0]
+
+    def encode(self, images) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Images → image features [Σ tokens, hidden] and each image's (t, h, w) patch grid."""
+        t0 = time.perf_counter()
+        pixels, grids = [], []
+        for i, image in enumerate(images):
+            try:
+                p, g = self.processor.preprocess(image)
+            except self.lib.ImageError as exc:
+                raise RunnerError(f"image {i + 1}: {exc}") from None
+            pixels.append(p)
+            grids.append(g)
+        feeds = {"pixel_values": np.concatenate(pixels), **self.lib.encoder_inputs(grids, self.config)}
+        feats = self.encoder.run(None, feeds)[0]
+        self.encode_s, self.patches = time.perf_counter() - t0, int(feeds["pixel_values"].shape[0])
+        return feats, grids
+
+    def prepare(self, prompt_ids: list[int], images) -> tuple[list[int], tuple[np.ndarray, np.ndarray]]:
+        """Expand each image placeholder to the image's token count; encode; the prompt's M-RoPE positions."""
+        pad = self.config.image_token_id
+        slots = [i for i, t in enumerate(prompt_ids) if t == pad]
+        if len(slots) != len(images):
+            raise RunnerError(f"{len(images)} image(s) given but the prompt has {len(slots)} image placeholder(s) "
+                              "(<|vision_start|><|image_pad|><|vision_end|>, one per image; the chat template writes "
+                              "them for image content parts)")
+        feats, grids = self.encode(images)
+        ids: list[int] = []
+        img = 0
+        for t in prompt_ids:
+            if t == pad:
+                ids.extend([pad] * self.lib.image_token_count(grids[img], self.config))
+                img += 1
+            else:
+                ids.append(t)
+        try:
+            positions, _ = self.lib.rope_index(ids, grids, self.config)
+        except self.lib.ImageError as exc:
+            raise RunnerError(str(exc)) from None
+        return ids, (feats, positions)
+
+
 class Runner:
     def __init__(self, path: str | Path, threads: int | None = None, verify: bool = True, providers=None):
         from tokenizers import Tokenizer
@@ -370,12 +434,18 @@ class Runner:
         self._kv = None
         self.kv_capacity = 0
         self.pos = 0
+        self.rope_pos = 0  # the next text position (M-RoPE models: an image's positions span fewer than its tokens)
         self.ids: list[int] = []
+        # Qwen2.5-VL: an image encoder and an embedding merge before the decoder (which takes inputs_embeds)
+        self.vision = VisionPath(self.path, model, so) if "vision" in model else None
+        self._pending: tuple[np.ndarray, np.ndarray] | None = None  # (features, [3, S] positions) for the next step
 
     # ---- layer 1: one forward pass -------------------------------------------------------
     def reset(self) -> None:
         self.pos = 0
+        self.rope_pos = 0
         self.ids = []
+        self._pending = None
         if self.static_slots is not None:
             shape = (1, self.kv_heads, self.static_slots, self.head_size)
             self._kv = [(np.zeros(shape, self.kv_dtype), np.zeros(shape, self.kv_dtype)) for _ in range(self.num_layers)]
@@ -423,10 +493,19 @@ class Runner:
             return np.stack(rows) if all_logits else rows[-1]
         self.reserve(self.pos + n)
         io = self.session.io_binding()
-        io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
         io.bind_cpu_input("attention_mask", np.ones((1, self.pos + n), dtype=np.int64))
-        if "position_ids" in self.input_names:
-            io.bind_cpu_input("position_ids", np.arange(self.pos, self.pos + n, dtype=np.int64)[None])
+        if self.vision is not None:
+            feats, positions = self._pending or (None, None)
+            self._pending = None
+            if positions is None:  # text only: the three M-RoPE axes advance together
+                positions = np.broadcast_to(np.arange(self.rope_pos, self.rope_pos + n, dtype=np.int64), (3, n))
+            io.bind_cpu_input("inputs_embeds", self.vision.embed(token_ids, feats))
+            io.bind_cpu_input("position_ids", np.ascontiguousarray(positions[:, None, :]))
+            self.rope_pos = int(positions.max()) + 1
+        else:
+            io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
+            if "position_ids" in self.input_names:
+                io.bind_cpu_input("position_ids", np.arange(self.pos, self.pos + n, dtype=np.int64)[None])
         # first, so get_outputs()[0] is the logits; a pruned-head graph has every position's logits apart
         io.bind_output("logits_all" if all_logits and "logits_all" in self._out_index else "logits", "cpu")
         for i, (k, v) in enumerate(self._kv):
@@ -540,12 +619,21 @@ class Runner:
                               "(prompt + new tokens must fit): shorten the prompt")
         return min(s.max_new_tokens, self.context_length - len(prompt_ids))
 
-    def stream(self, prompt_ids: list[int], sampling: Sampling | None = None, thinking_open: bool = False):
+    def stream(self, prompt_ids: list[int], sampling: Sampling | None = None, thinking_open: bool = False,
+               images=()):
+        """Generate after `prompt_ids`. `images` (vision artifacts): one per image placeholder in the prompt, in order
+        (data URIs, bytes, file paths or PIL images); each placeholder becomes the image's encoded patches."""
         s = sampling or Sampling()
-        budget = self.check_prompt(prompt_ids, s)
         t0 = time.perf_counter()
+        pending = None
+        if images:
+            if self.vision is None:
+                raise RunnerError("this artifact has no vision encoder: images need a Qwen2.5-VL artifact")
+            prompt_ids, pending = self.vision.prepare(list(prompt_ids), images)
+        budget = self.check_prompt(prompt_ids, s)
         self.reset()
         self.reserve(len(prompt_ids) + budget)  # the whole request at once: no growth while it streams
+        self._pending = pending
         logits = self.step(list(prompt_ids))
         seq = Decoding(self, prompt_ids, s, budget, thinking_open, ttft=time.perf_counter() - t0)
         while True:
@@ -557,15 +645,16 @@ class Runner:
 
     # ---- layer 3: convenience ---------------------------------------------------------------
     def generate(self, prompt: str | list[int], sampling: Sampling | None = None, chat: bool = False,
-                 enable_thinking: bool | None = None) -> Result:
+                 enable_thinking: bool | None = None, images=()) -> Result:
         thinking_open = False
         if isinstance(prompt, str):
             if chat:
-                prompt = self.apply_chat_template([{"role": "user", "content": prompt}], enable_thinking)
+                content = prompt if not images else [*({"type": "image"} for _ in images), {"type": "text", "text": prompt}]
+                prompt = self.apply_chat_template([{"role": "user", "content": content}], enable_thinking)
                 thinking_open = prompt.rstrip().endswith("<think>")
             prompt = self.encode(prompt)
         text, reasoning, ids, last = [], [], [], None
-        for rec in self.stream(prompt, sampling, thinking_open=thinking_open):
+        for rec in self.stream(prompt, sampling, thinking_open=thinking_open, images=images):
             text.append(rec.text)
             reasoning.append(rec.reasoning)
             ids.extend(rec.token_ids)
