@@ -97,6 +97,8 @@ def cmd_run(args) -> int:
         argv += ["--seed", str(args.seed)]
     if args.json_schema:
         argv += ["--json-schema", args.json_schema]
+    for image in args.image or ():
+        argv += ["--image", image]
     return runner_main(argv)
 
 
@@ -178,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="default: the artifact's (greedy unless its recipe samples)")
     p.add_argument("--seed", type=int)
     p.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema")
+    p.add_argument("--image", action="append", metavar="FILE", help="Qwen2.5-VL artifacts: an image the prompt asks "
+                   "about (repeat for several; they come before the prompt's text)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("plan", help="memory estimate and quantization plan of a recipe on a model, before building")

@@ -91,7 +91,7 @@ def render_chat_template(template: str, messages: list[dict], add_generation_pro
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     try:
         return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **kwargs)
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, TypeError) as exc:  # TypeError: content of a shape the template cannot join
         raise RunnerError(f"chat template failed to render: {exc}") from None
 
 
@@ -620,12 +620,13 @@ class Runner:
         return min(s.max_new_tokens, self.context_length - len(prompt_ids))
 
     def stream(self, prompt_ids: list[int], sampling: Sampling | None = None, thinking_open: bool = False,
-               images=()):
+               images=(), prepared=None):
         """Generate after `prompt_ids`. `images` (vision artifacts): one per image placeholder in the prompt, in order
-        (data URIs, bytes, file paths or PIL images); each placeholder becomes the image's encoded patches."""
+        (data URIs, bytes, file paths or PIL images); each placeholder becomes the image's encoded patches.
+        `prepared`: what `vision.prepare` already made of them (then `prompt_ids` is its expanded prompt)."""
         s = sampling or Sampling()
         t0 = time.perf_counter()
-        pending = None
+        pending = prepared
         if images:
             if self.vision is None:
                 raise RunnerError("this artifact has no vision encoder: images need a Qwen2.5-VL artifact")
@@ -695,6 +696,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema "
                     "(needs `pip install llguidance`)")
+    ap.add_argument("--image", action="append", metavar="FILE", help="vision artifacts (Qwen2.5-VL): an image file the "
+                    "prompt is about; repeat for several (needs Pillow)")
     args = ap.parse_args(argv)
     try:
         runner = Runner(args.artifact, threads=args.threads)
@@ -725,13 +728,19 @@ def main(argv=None) -> int:
                 history.append({"role": "assistant", "content": "".join(answer)})
         if args.prompt is None:
             ap.error("give --prompt TEXT or --chat")
+        images = list(args.image or ())
+        if images and (args.chat or args.raw or args.suffix is not None):
+            ap.error("--image goes with a chat-formatted --prompt (not --chat, --raw or --suffix)")
         if args.suffix is not None:
             prompt = runner.fim_prompt(args.prompt, args.suffix)
         else:
-            prompt = args.prompt if args.raw else runner.apply_chat_template([{"role": "user", "content": args.prompt}],
+            content = args.prompt if not images else [*({"type": "image"} for _ in images),
+                                                      {"type": "text", "text": args.prompt}]
+            prompt = args.prompt if args.raw else runner.apply_chat_template([{"role": "user", "content": content}],
                                                                               think)
         last = None
-        for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>")):
+        for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>"),
+                                 images=images):
             if rec.reasoning:
                 sys.stderr.write(rec.reasoning)
             sys.stdout.write(rec.text)

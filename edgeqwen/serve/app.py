@@ -36,8 +36,10 @@ class EdgeServer(ThreadingHTTPServer):
     request_queue_size = 128  # listen backlog: a burst of clients queues instead of being reset (the default is 5)
 
     def __init__(self, addr, cache: ModelCache, api_key: str | None = None, rate_limit: int | None = None,
-                 max_body: int = 1 << 20, max_connections: int = 256, cors_origin: str | None = None):
+                 max_body: int = 1 << 20, max_connections: int = 256, cors_origin: str | None = None,
+                 allow_local_images: bool = False):
         self.limiter = RateLimiter(rate_limit)
+        self.allow_local_images = allow_local_images
         super().__init__(addr, Handler)
         self.cache = cache
         self.api_key = api_key
@@ -281,6 +283,9 @@ class Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "constrained output (response_format or a forced tool_choice) cannot be combined "
                                "with enable_thinking: true", "invalid_request_error", param="chat_template_kwargs")
             req.enable_thinking = False
+        if req.images and runner.vision is None:
+            raise ApiError(400, f"model {req.model!r} has no vision encoder: image_url parts need a Qwen2.5-VL artifact",
+                           "invalid_request_error", param="messages")
         try:
             prompt = chat_prompt(runner, req) if chat else (
                 runner.fim_prompt(req.prompt, req.suffix) if req.suffix is not None else req.prompt)
@@ -289,6 +294,9 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, str(exc), "invalid_request_error", param="messages" if chat else "prompt") from None
         if not ids:
             raise ApiError(400, "the prompt is empty", "invalid_request_error", param="messages" if chat else "prompt")
+        prepared = self._images(runner, req, ids) if req.images else None
+        if prepared is not None:
+            ids = prepared[0]
         if len(ids) + 1 > runner.context_length:
             raise ApiError(400, f"prompt has {len(ids)} tokens; the model's context is {runner.context_length} tokens",
                            "invalid_request_error", param="messages" if chat else "prompt", code="context_length_exceeded")
@@ -310,7 +318,7 @@ class Handler(BaseHTTPRequestHandler):
         parser = ToolCallParser({t["function"]["name"] for t in req.tools}) if (
             chat and req.tools and req.tool_choice != "none") else None
         engine = served.engine
-        if engine is not None:  # continuous batching: this request decodes beside the others
+        if engine is not None and prepared is None:  # continuous batching: this request decodes beside the others
             try:
                 handle = engine.submit(ids, sampling, thinking_open=thinking_open)
             except RunnerError as exc:
@@ -326,11 +334,29 @@ class Handler(BaseHTTPRequestHandler):
             if served.runner is None:  # unloaded while we queued: load again
                 served = self._model(req.model)
                 runner = served.runner
-            outcome = self._answer(runner.stream(ids, sampling, thinking_open=thinking_open), rid, created, req, chat,
-                                   len(ids), parser)
+            outcome = self._answer(runner.stream(ids, sampling, thinking_open=thinking_open,
+                                                 prepared=prepared and prepared[1]), rid, created, req, chat, len(ids),
+                                   parser)
         ttft = (t0 - queued) + self._first_token_s if self._first_token_s is not None else None
         self.server.metrics.observe(req.model, outcome, queue_s=t0 - queued, generate_s=time.perf_counter() - t0,
                                     ttft_s=ttft)
+
+    def _images(self, runner, req, ids):
+        """A chat request's image_url parts, decoded and encoded: (the prompt with each placeholder expanded to its
+        image's tokens, the runner's prepared image inputs). Data URIs always; local paths only with
+        --allow-local-images; never a network fetch."""
+        from ..runtime.vision import ImageError, load_image
+
+        images = []
+        for n, url in enumerate(req.images):
+            try:
+                images.append(load_image(url, allow_files=self.server.allow_local_images))
+            except ImageError as exc:
+                raise ApiError(400, f"image {n + 1}: {exc}", "invalid_request_error", param="messages") from None
+        try:
+            return runner.vision.prepare(ids, images)
+        except RunnerError as exc:
+            raise ApiError(400, str(exc), "invalid_request_error", param="messages") from None
 
     def _answer(self, stream, rid, created, req, chat, n_prompt, parser) -> str:
         if req.stream:
@@ -483,6 +509,20 @@ def _handle_stream(handle):
 
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
                 rate_limit: int | None = None, threads: int | None = None, max_body: int = 1 << 20,
-                max_connections: int = 256, cors_origin: str | None = None, max_batch: int | None = None) -> EdgeServer:
-    return EdgeServer((host, port), ModelCache(root, threads=threads, max_batch=max_batch), api_key=api_key,
-                      rate_limit=rate_limit, max_body=max_body, max_connections=max_connections, cors_origin=cors_origin)
+                max_connections: int = 256, cors_origin: str | None = None, max_batch: int | None = None,
+                allow_local_images: bool = False) -> EdgeServer:
+    cache = ModelCache(root, threads=threads, max_batch=max_batch)
+    if any(_has_vision(m.path) for m in cache.models.values()):
+        max_body = max(max_body, VISION_MAX_BODY)  # images arrive as data URIs inside the JSON body
+    return EdgeServer((host, port), cache, api_key=api_key, rate_limit=rate_limit, max_body=max_body,
+                      max_connections=max_connections, cors_origin=cors_origin, allow_local_images=allow_local_images)
+
+
+VISION_MAX_BODY = 32 << 20  # a request body with a few base64 images
+
+
+def _has_vision(path: Path) -> bool:
+    try:
+        return "vision" in json.loads((Path(path) / "genai_config.json").read_text())["model"]
+    except (OSError, ValueError, KeyError):
+        return False

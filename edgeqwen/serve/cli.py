@@ -20,7 +20,8 @@ def cmd_serve(args) -> int:
     try:
         server = make_server(Path(args.models), host=args.host, port=args.port, api_key=args.api_key,
                              rate_limit=args.rate_limit, threads=args.threads, max_connections=args.max_connections,
-                             cors_origin=args.cors, max_batch=args.max_batch)
+                             cors_origin=args.cors, max_batch=args.max_batch,
+                             allow_local_images=args.allow_local_images)
     except OSError as exc:
         raise EdgeQwenError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", where="--host/--port",
                             hint="another process may hold the port; --port 0 picks a free one") from None
@@ -45,5 +46,7 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-connections", type=int, default=256, help="open connections served at once (503 beyond)")
     p.add_argument("--max-batch", type=int, help="sequences decoded together per model (continuous batching; "
                    "default: the artifact's target, 4 on CPU targets; 1 = one request at a time)")
+    p.add_argument("--allow-local-images", action="store_true", help="vision models: accept image_url parts that name "
+                   "a file on this machine (default: data: URIs only)")
     p.add_argument("--cors", metavar="ORIGIN", help="allow browser pages from ORIGIN (e.g. http://localhost:8080, or *)")
     p.set_defaults(fn=cmd_serve)

@@ -37,6 +37,7 @@ class Request:
     parallel_tool_calls: bool = True
     schema: dict | None = None  # response_format's JSON schema (json_object: {"type": "object"})
     suffix: str | None = None  # /v1/completions fill-in-the-middle (Qwen2.5-Coder)
+    images: list = field(default_factory=list)  # image_url part URLs, in prompt order (Qwen2.5-VL artifacts)
     ignored: tuple[str, ...] = ()  # fields the request sent that change nothing here (listed in X-Edgeqwen-Ignored)
 
 
@@ -124,7 +125,7 @@ def parse_chat(body: dict) -> Request:
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "'messages' must be a non-empty list", "invalid_request_error", param="messages")
-    clean = []
+    clean, images = [], []
     for i, m in enumerate(msgs):
         if isinstance(m, dict) and (m.get("role") == "tool" or (m.get("role") == "assistant" and m.get("tool_calls"))):
             clean.append(history_message(i, m))  # the tool-call history, as Qwen's template renders it
@@ -133,12 +134,8 @@ def parse_chat(body: dict) -> Request:
             raise ApiError(400, f"messages[{i}] needs a role (system/user/assistant/tool) and string content",
                            "invalid_request_error", param=f"messages[{i}]")
         content = m["content"]
-        if isinstance(content, list):  # [{"type": "text", "text": ...}]
-            parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if any(not isinstance(p.get("text"), str) for p in parts):
-                raise ApiError(400, f"messages[{i}].content: every text part needs a string 'text'",
-                               "invalid_request_error", param=f"messages[{i}].content")
-            content = "".join(p["text"] for p in parts)
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, {"type": "image_url", "image_url": {...}}]
+            content = _content_parts(i, content, images)
         clean.append({"role": m["role"], "content": content})
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
@@ -154,7 +151,33 @@ def parse_chat(body: dict) -> Request:
                        "invalid_request_error", param="response_format")
     parallel = _get(body, "parallel_tool_calls", bool, True)
     return Request(messages=clean, enable_thinking=think, tools=tools, tool_choice=choice, parallel_tool_calls=parallel,
-                   schema=schema, ignored=ignored, **_common(body))
+                   schema=schema, ignored=ignored, images=images, **_common(body))
+
+
+def _content_parts(i: int, content: list, images: list):
+    """OpenAI content parts → the chat template's: text joined; each image_url part an {"type": "image"} placeholder
+    (the template writes <|vision_start|><|image_pad|><|vision_end|>) whose URL joins `images`, in order."""
+    where = f"messages[{i}].content"
+    parts, text_only = [], True
+    for j, p in enumerate(content):
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            if not isinstance(p.get("text"), str):
+                raise ApiError(400, f"{where}: every text part needs a string 'text'", "invalid_request_error", param=where)
+            parts.append({"type": "text", "text": p["text"]})
+        elif kind == "image_url":
+            spec = p.get("image_url")
+            url = spec.get("url") if isinstance(spec, dict) else spec
+            if not isinstance(url, str) or not url:
+                raise ApiError(400, f"{where}[{j}]: an image_url part needs image_url.url (a data: URI)",
+                               "invalid_request_error", param=f"{where}[{j}]")
+            parts.append({"type": "image"})
+            images.append(url)
+            text_only = False
+        else:
+            raise ApiError(400, f"{where}[{j}]: content part type {kind!r} is not supported (text, image_url)",
+                           "invalid_request_error", param=f"{where}[{j}]")
+    return "".join(p["text"] for p in parts) if text_only else parts
 
 
 def parse_completion(body: dict) -> Request:

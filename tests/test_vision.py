@@ -1,0 +1,209 @@
+"""Qwen2.5-VL: the image path without torch (preprocessing, encoder grid inputs, M-RoPE positions) against
+transformers, a tiny random-weight VL checkpoint built end to end (vision.onnx + embedding.onnx + the builder's
+decoder), image+text logits parity with PyTorch, images through the runner's CLI and through `serve` with the openai
+client, and onnxruntime-genai loading the artifact. Random weights: values do not matter here, parity does."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import openai
+import pytest
+
+from edgeqwen.build import BuildOptions, build
+from edgeqwen.errors import EdgeQwenError
+from edgeqwen.runtime import Runner
+from edgeqwen.runtime.runner import RunnerError, Sampling
+from edgeqwen.runtime.vision import ImageError, ImageProcessor, VisionConfig, encoder_inputs, load_image, rope_index
+from edgeqwen.tiny import TinySpec, create_tiny_qwen
+
+from .test_serve import client, serving
+
+RECIPE = "qwen2.5-vl-3b-instruct/cpu-x86_64-int4"
+
+
+def _png(h: int, w: int, seed: int = 0) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+@pytest.fixture(scope="module")
+def vl(tmp_path_factory):
+    """The tiny VL checkpoint, its int4 artifact (evaluated, so the build's gate ran) and an fp32 one."""
+    root = tmp_path_factory.mktemp("vl")
+    ckpt = create_tiny_qwen(root / "ckpt", TinySpec(family="qwen2_5_vl"))
+    int4 = build(BuildOptions(RECIPE, root / "models" / "vl-int4", model=str(ckpt), evaluate=True))
+    fp32 = build(BuildOptions("qwen2.5-vl-3b-instruct/cpu-x86_64-fp32", root / "fp32" / "vl-fp32", model=str(ckpt),
+                              evaluate=True))
+    return ckpt, int4, fp32
+
+
+def test_preprocessing_matches_transformers_image_processor():
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessor
+
+    cfg = VisionConfig(max_pixels=28 * 28 * 64)
+    ours = ImageProcessor(cfg)
+    theirs = Qwen2VLImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    for h, w in ((123, 201), (300, 90), (500, 500), (20, 40)):  # down-, up-sized, odd aspect, below min_pixels
+        img = Image.open(io.BytesIO(_png(h, w)))
+        pixels, grid = ours.preprocess(img)
+        ref = theirs(images=[img], return_tensors="np")
+        assert grid.tolist() == ref["image_grid_thw"][0].tolist()
+        np.testing.assert_allclose(pixels, ref["pixel_values"], atol=1e-5)
+
+
+def test_encoder_inputs_and_rope_index_match_transformers(vl):
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    ckpt, _, _ = vl
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+    from edgeqwen.export.vision_export import vision_config_for
+
+    cfg = vision_config_for(model.config)
+    grids = np.array([[1, 8, 14], [1, 22, 6]])
+    feeds = encoder_inputs(grids, cfg)
+    visual = model.model.visual
+    rot = visual.rot_pos_emb(torch.from_numpy(grids))
+    windex, cu = visual.get_window_index(torch.from_numpy(grids))
+    assert feeds["window_index"].tolist() == windex.tolist()
+    n = int(grids[:, 1:].prod(1).sum())
+    want = rot.reshape(n // 4, 4, -1)[windex].reshape(n, -1)
+    np.testing.assert_allclose(feeds["rotary_cos"], torch.cat([want, want], -1).cos().numpy(), atol=1e-6)
+    # window segments change exactly at the (deduplicated) window boundaries
+    bounds = sorted(set(int(x) for x in cu))
+    assert [i for i in range(1, n) if feeds["window_segments"][i] != feeds["window_segments"][i - 1]] == bounds[1:-1]
+    pad, start, end = cfg.image_token_id, cfg.vision_start_token_id, cfg.vision_start_token_id + 1
+    ids = [5, 6, start] + [pad] * 28 + [end, 7, start] + [pad] * 33 + [end, 8, 9]
+    ours, nxt = rope_index(ids, grids, cfg)
+    theirs, delta = model.model.get_rope_index(torch.tensor([ids]), torch.from_numpy(grids), None,
+                                               attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    assert (theirs[:, 0].numpy() == ours).all() and nxt - len(ids) == int(delta)
+    with pytest.raises(ImageError, match="placeholders for 1"):
+        rope_index(ids[:34], grids, cfg)
+
+
+def test_build_writes_the_three_graphs_and_gates_image_text_parity(vl):
+    _, int4, fp32 = vl
+    manifest = json.loads((int4 / "manifest.json").read_text())
+    for name in ("vision.onnx", "embedding.onnx", "model.onnx", "vision.py", "vision_config.json", "runner.py"):
+        assert name in manifest["files"], name
+    acc = manifest["accuracy"]
+    assert acc["status"] == "pass" and acc["vision"]["image_tokens"] > 0 and acc["vision"]["images"] == 2
+    gcfg = json.loads((int4 / "genai_config.json").read_text())["model"]
+    assert gcfg["type"] == "qwen2_5_vl" and "inputs_embeds" in gcfg["decoder"]["inputs"]
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(int4 / "vision.onnx"), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops  # the encoder's linears are int8 blocks in an int4 recipe
+    assert any("vision encoder int8" in d for d in manifest["export"]["decisions"])
+    # fp32: the whole image+text path equals PyTorch (pixels → numpy preprocessing → encoder → merge → decoder)
+    v = json.loads((fp32 / "manifest.json").read_text())["accuracy"]["vision"]
+    assert v["logits_max_abs_diff"] < 1e-3 and v["kld_mean"] < 1e-6 and v["top1"] == 1.0 and v["feature_rel_error"] < 1e-5
+    # int4 decoder + int8 encoder: measured, and worse than fp32 (so the comparison sees the quantization)
+    assert acc["vision"]["feature_rel_error"] > v["feature_rel_error"] and acc["vision"]["kld_mean"] > v["kld_mean"]
+
+
+def test_runner_takes_images_from_the_cli_and_the_api(vl, tmp_path):
+    _, int4, _ = vl
+    (tmp_path / "a.png").write_bytes(_png(200, 300))
+    proc = subprocess.run([sys.executable, str(int4 / "runner.py"), str(int4), "-p", "What is this?", "--image",
+                           str(tmp_path / "a.png"), "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    prompt_tokens = int(proc.stderr.rsplit("[", 1)[1].split()[0])
+    runner = Runner(int4)
+    text_only = len(runner.encode(runner.apply_chat_template([{"role": "user", "content": "What is this?"}])))
+    assert prompt_tokens == text_only + 3 + 77 - 1  # + vision start/pad/end, the pad expanded to 14x22/4 = 77 tokens
+    # the same prompt with the same image gives the same answer through the API as through the CLI
+    res = runner.generate("What is this?", Sampling(max_new_tokens=4), chat=True, images=[tmp_path / "a.png"])
+    assert res.prompt_tokens == prompt_tokens
+    with pytest.raises(RunnerError, match="1 image"):
+        runner.generate(runner.encode("no placeholder"), Sampling(max_new_tokens=2), images=[tmp_path / "a.png"])
+    with pytest.raises(RunnerError, match="image 1: not a readable image"):
+        runner.generate("x", Sampling(max_new_tokens=2), chat=True, images=[b"not a png"])
+
+
+def test_serve_answers_image_url_parts_with_the_openai_client(vl, tmp_path):
+    _, int4, _ = vl
+    png = _png(120, 160, seed=3)
+    runner = Runner(int4)
+    want = runner.generate("Describe it.", runner.default_sampling(max_new_tokens=6), chat=True, images=[png])
+    (tmp_path / "b.png").write_bytes(png)
+    with serving(int4.parent) as server:
+        c = client(server)
+        model = c.models.list().data[0].id
+        msg = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_uri(png)}},
+                                             {"type": "text", "text": "Describe it."}]}]
+        r = c.chat.completions.create(model=model, messages=msg, max_tokens=6)
+        assert r.choices[0].message.content == want.text.strip() or r.choices[0].message.content == want.text
+        assert r.usage.prompt_tokens == want.prompt_tokens
+        chunks = list(c.chat.completions.create(model=model, messages=msg, max_tokens=6, stream=True))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == r.choices[0].message.content
+        local = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(tmp_path / "b.png")}},
+                                               {"type": "text", "text": "Describe it."}]}]
+        with pytest.raises(openai.BadRequestError, match="allow-local-images"):
+            c.chat.completions.create(model=model, messages=local, max_tokens=2)
+        bad = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]
+        with pytest.raises(openai.BadRequestError, match="not valid base64"):
+            c.chat.completions.create(model=model, messages=bad, max_tokens=2)
+        with pytest.raises(openai.BadRequestError, match="input_audio"):
+            c.chat.completions.create(model=model, max_tokens=2, messages=[
+                {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}])
+    with serving(int4.parent, allow_local_images=True) as server:
+        c = client(server)
+        r = c.chat.completions.create(model=c.models.list().data[0].id, messages=local, max_tokens=6)
+        assert r.usage.prompt_tokens == want.prompt_tokens
+
+
+def test_an_image_to_a_text_model_is_a_clear_400(artifacts, trained_qwen2, tmp_path):
+    import shutil
+
+    shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), tmp_path / "m")
+    with serving(tmp_path / "m") as server:
+        c = client(server)
+        msg = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _data_uri(_png(30, 30))}}]}]
+        with pytest.raises(openai.BadRequestError, match="no vision encoder"):
+            c.chat.completions.create(model=c.models.list().data[0].id, messages=msg, max_tokens=2)
+
+
+def test_onnxruntime_genai_loads_the_vl_artifact_and_decodes_text(vl):
+    og = pytest.importorskip("onnxruntime_genai")
+    _, int4, _ = vl
+    model = og.Model(str(int4))
+    runner = Runner(int4)
+    ids = runner.encode(runner.apply_chat_template([{"role": "user", "content": "hello"}]))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 6, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(ids)
+    got = []
+    for _ in range(6):
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    assert got == runner.generate(ids, Sampling(max_new_tokens=6, ignore_eos=True)).token_ids
+
+
+def test_vl_refuses_calibrated_algorithms_and_caps_images(vl, tmp_path):
+    ckpt, int4, _ = vl
+    r = tmp_path / "gptq.yaml"
+    r.write_text("version: 1\nmodel: x\ntarget: cpu-x86_64\nprecision: int4\nquantization: {algorithm: gptq}\n")
+    with pytest.raises(EdgeQwenError, match="calibrates on the PyTorch text model"):
+        build(BuildOptions(str(r), tmp_path / "out", model=str(ckpt), evaluate=False))
+    assert not (tmp_path / "out").exists()
+    cfg = VisionConfig.load(int4 / "vision_config.json")
+    assert cfg.max_pixels == 200704  # the recipe's vision.max_pixels
+    pixels, grid = ImageProcessor(cfg).preprocess(load_image(_png(1000, 1500)))
+    assert grid[1] * grid[2] * 14 * 14 <= cfg.max_pixels and pixels.shape[0] == grid[1] * grid[2]
