@@ -48,6 +48,58 @@ def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int, sampling
             "generated": last.generated_tokens}
 
 
+def _bench_image(artifact: str):
+    """The largest image the artifact takes (its max_pixels, 4:3), seeded noise: the encoder's worst case."""
+    from PIL import Image
+
+    from .runtime.vision import VisionConfig
+
+    cfg = VisionConfig.load(Path(artifact) / "vision_config.json")
+    w = int((cfg.max_pixels * 4 / 3) ** 0.5)
+    h = cfg.max_pixels // w
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)), cfg
+
+
+def run_edgeqwen_vision(artifact: str, ids: list[int], gen: int, threads: int) -> dict:
+    """Vision artifacts: one largest image through preprocessing + the encoder (best of 3), then an image+text
+    prompt's time to first token."""
+    from .runtime.runner import Runner, Sampling
+
+    image, _ = _bench_image(artifact)
+    runner = Runner(artifact, threads=threads, verify=False)
+    times = []
+    for _ in range(3):
+        runner.vision.encode([image])
+        times.append(runner.vision.encode_s)
+    pad = runner.vision.config.image_token_id
+    start = runner.vision.config.vision_start_token_id
+    prompt = [start, pad, start + 1] + ids[:32]
+    last = None
+    for last in runner.stream(prompt, Sampling(max_new_tokens=gen, ignore_eos=True), images=[image]):
+        pass
+    return {"encode_ms": min(times) * 1000, "patches": runner.vision.patches, "image_tokens": runner.vision.patches // 4,
+            "ttft_s": last.ttft_s, "decode_tps": last.decode_tps}
+
+
+def run_pytorch_vision(reference: str, ids: list[int], gen: int, threads: int, artifact: str = "") -> dict:
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    if threads:
+        torch.set_num_threads(threads)
+    image, cfg = _bench_image(artifact)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(reference, dtype=torch.float32).eval()
+    inputs = Qwen2VLImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)(images=[image], return_tensors="pt")
+    times = []
+    with torch.inference_mode():
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model.model.visual(inputs["pixel_values"], inputs["image_grid_thw"])
+            times.append(time.perf_counter() - t0)
+    return {"encode_ms": min(times) * 1000, "patches": int(inputs["pixel_values"].shape[0]),
+            "image_tokens": int(inputs["pixel_values"].shape[0]) // 4}
+
+
 def run_genai(artifact: str, ids: list[int], gen: int, threads: int) -> dict:
     import onnxruntime_genai as og
 
@@ -102,7 +154,8 @@ def worker(argv: list[str]) -> int:
     engine, target, n_prompt, gen, threads, vocab = argv[0], argv[1], int(argv[2]), int(argv[3]), int(argv[4]), int(argv[5])
     ids = prompt_ids(n_prompt, vocab)
     fn = {"edgeqwen": run_edgeqwen, "onnxruntime-genai": run_genai, "pytorch": run_pytorch,
-          "edgeqwen-sampled": lambda *a: run_edgeqwen(*a, sampling=SAMPLED)}[engine]
+          "edgeqwen-sampled": lambda *a: run_edgeqwen(*a, sampling=SAMPLED), "edgeqwen-vision": run_edgeqwen_vision,
+          "pytorch-vision": lambda *a: run_pytorch_vision(*a, artifact=argv[6])}[engine]
     result = fn(target, ids, gen, threads)
     result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
@@ -115,11 +168,16 @@ def bench(artifact: Path, prompt_len: int, gen_len: int, threads: int, reference
     jobs = [("edgeqwen", str(artifact)), ("edgeqwen-sampled", str(artifact)), ("onnxruntime-genai", str(artifact))]
     if reference:
         jobs.append(("pytorch", reference))
+    if "vision" in cfg["model"]:  # the image side: encoder time per largest image and its peak RSS
+        jobs.append(("edgeqwen-vision", str(artifact)))
+        if reference:
+            jobs.append(("pytorch-vision", reference))
     results = {}
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or ""), HF_HUB_OFFLINE="1") if threads else dict(os.environ)
     for engine, target in jobs:
         proc = subprocess.run([sys.executable, "-m", "edgeqwen.bench", "--worker", engine, target, str(prompt_len),
-                               str(gen_len), str(threads), str(vocab)], capture_output=True, text=True, env=env)
+                               str(gen_len), str(threads), str(vocab), str(artifact)], capture_output=True, text=True,
+                              env=env)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
             results[engine] = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
@@ -141,9 +199,20 @@ def format_bench(report: dict) -> str:
         if "error" in r:
             lines.append(f"{engine:<18} error: {r['error']}")
             continue
+        if "encode_ms" in r:
+            continue
         ratio = r["decode_tps"] / anchor["decode_tps"] if anchor.get("decode_tps") else float("nan")
         lines.append(f"{engine:<18} {r['prefill_tps']:>13.1f} {r['decode_tps']:>12.1f} {r['ttft_s'] * 1000:>8.0f} "
                      f"{r['peak_rss_mb']:>11.0f} {ratio:>15.2f}x")
+    vision = {e: r for e, r in res.items() if "encode_ms" in r}
+    if vision:
+        torch_ms = vision.get("pytorch-vision", {}).get("encode_ms")
+        lines.append(f"{'image encoder':<18} {'patches':>8} {'image tokens':>12} {'ms / image':>10} {'peak RSS MB':>11} "
+                     f"{'vs PyTorch':>10}")
+        for engine, r in vision.items():
+            ratio = f"{torch_ms / r['encode_ms']:.2f}x" if torch_ms else "-"
+            lines.append(f"{engine:<18} {r['patches']:>8} {r['image_tokens']:>12} {r['encode_ms']:>10.1f} "
+                         f"{r['peak_rss_mb']:>11.0f} {ratio:>10}")
     return "\n".join(lines)
 
 

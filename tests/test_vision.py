@@ -207,3 +207,22 @@ def test_vl_refuses_calibrated_algorithms_and_caps_images(vl, tmp_path):
     assert cfg.max_pixels == 200704  # the recipe's vision.max_pixels
     pixels, grid = ImageProcessor(cfg).preprocess(load_image(_png(1000, 1500)))
     assert grid[1] * grid[2] * 14 * 14 <= cfg.max_pixels and pixels.shape[0] == grid[1] * grid[2]
+
+
+def test_memory_estimate_counts_the_encoder_and_its_largest_image(vl):
+    import dataclasses
+
+    from edgeqwen.checkpoint import inspect_checkpoint
+    from edgeqwen.memory import estimate
+    from edgeqwen.planner import plan as make_plan
+    from edgeqwen.recipe import load_recipe
+
+    ckpt = inspect_checkpoint(vl[0])
+    resolved = load_recipe(RECIPE)
+    plan = make_plan(resolved, ckpt)
+    assert plan.vision == {"bits": 8, "block": 32, "int8_table": True, "max_pixels": 200704}
+    with_vision = estimate(plan, resolved, ckpt.config)
+    text_only = estimate(dataclasses.replace(plan, vision={}), resolved, ckpt.config)
+    assert with_vision.weights_mb > text_only.weights_mb
+    bigger = estimate(dataclasses.replace(plan, vision={**plan.vision, "max_pixels": 4 * 200704}), resolved, ckpt.config)
+    assert bigger.activations_mb > 10 * with_vision.activations_mb  # attention over patches squared: 4x pixels, 16x
