@@ -93,7 +93,7 @@ def inspect_checkpoint(path: Path, source: str | None = None) -> Checkpoint:
     arch = next((a for a in archs if a in known), None)
     if arch is None:
         raise EdgeQwenError(
-            f"unsupported architecture {archs or config.get('model_type')!r}: edgeqwen builds Qwen2/Qwen2.5/Qwen3 checkpoints only",
+            f"unsupported architecture {archs or config.get('model_type')!r}: edgeqwen builds Qwen2/Qwen2.5/Qwen2.5-VL/Qwen3 checkpoints only",
             where=str(cfg_path),
             hint=f"supported architectures: {', '.join(known)}",
         )

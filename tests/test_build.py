@@ -232,7 +232,7 @@ def test_non_qwen_architecture_is_refused(random_qwen2, tmp_path):
     with pytest.raises(EdgeQwenError) as info:
         build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", tmp_path / "o", model=str(other), evaluate=False))
     assert "unsupported architecture ['LlamaForCausalLM']" in str(info.value)
-    assert "Qwen2ForCausalLM, Qwen3ForCausalLM" in str(info.value)
+    assert "Qwen2ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen3ForCausalLM" in str(info.value)
     assert not (tmp_path / "o").exists()
 
 

@@ -15,7 +15,7 @@ from edgeqwen.recipe import load_recipe
 
 
 def config(family="qwen2", hidden=128, layers=4, heads=4, kv=2, inter=384, vocab=1024, head_dim=None, tied=None):
-    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[family]
+    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[family]
     cfg = dict(architectures=[arch], hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab, max_position_embeddings=2048,
                tie_word_embeddings=(family == "qwen2") if tied is None else tied)
@@ -117,7 +117,7 @@ def test_head_dim_and_architecture_checks(tmp_path):
         plan(recipe(tmp_path), config(hidden=100, heads=5, kv=1))
     ckpt = config()
     bad = Checkpoint(path=ckpt.path, source="x", architecture="LlamaForCausalLM", family="llama", config=ckpt.config)
-    with pytest.raises(EdgeQwenError, match="known: Qwen2ForCausalLM, Qwen3ForCausalLM"):
+    with pytest.raises(EdgeQwenError, match="known: Qwen2ForCausalLM, Qwen2_5_VLForConditionalGeneration, Qwen3ForCausalLM"):
         plan(recipe(tmp_path), bad)
 
 

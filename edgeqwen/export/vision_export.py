@@ -21,11 +21,6 @@ VISION_INPUTS = ("pixel_values", "rotary_cos", "rotary_sin", "window_index", "re
                  "window_segments")
 
 
-def _modules(model):
-    inner = getattr(model, "model", model)
-    return inner.visual, inner.language_model.embed_tokens
-
-
 def _lin(mod, x):
     """nn.Linear as MatMul (+ Add): a 2-D Linear exports as Gemm, which the MatMul quantizers do not take."""
     import torch
@@ -118,25 +113,65 @@ def embedding_wrapper(embed_tokens, image_token_id: int, int8: bool = False):
     return EmbeddingMerge().eval()
 
 
+def load_parts(checkpoint: Path):
+    """The encoder and the embedding table alone, from the checkpoint's safetensors (the decoder's weights are never
+    read: Qwen2.5-VL-3B in fp32 is 15 GB, its encoder 2.7 GB). Returns (config, visual, embed_tokens)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    config = AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+    text = config.get_text_config()
+    visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(config.vision_config, dtype=torch.float32).eval()
+    embed = torch.nn.Embedding(text.vocab_size, text.hidden_size)
+    want = {k: v for k, v in visual.state_dict().items()}
+    vis_state, table = {}, None
+    for f in sorted(Path(checkpoint).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():
+                # hub checkpoints: visual.*, model.embed_tokens; transformers >= 4.52 saves model.visual.*,
+                # model.language_model.embed_tokens
+                if key.startswith(("visual.", "model.visual.")):
+                    vis_state[key.split("visual.", 1)[1]] = st.get_tensor(key).float()
+                elif key.endswith("embed_tokens.weight"):
+                    table = st.get_tensor(key).float()
+    missing = sorted(set(want) - set(vis_state))
+    if missing or table is None:
+        raise ValueError(f"{checkpoint}: not a Qwen2.5-VL checkpoint with its vision tower "
+                         f"(missing {', '.join(missing[:3]) or 'embed_tokens.weight'})")
+    visual.load_state_dict(vis_state, strict=False)
+    embed.weight.data.copy_(table)
+    return config, visual, embed
+
+
+def _save(model_path: Path, out: Path) -> None:
+    """A scratch export into the artifact: one file, or .onnx + .onnx.data past protobuf's 2 GB."""
+    import onnx_ir as ir
+
+    model = ir.load(model_path)
+    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    ir.save(model, out, external_data=out.name + ".data" if size > 1_800_000_000 else None)
+
+
 def export_vision(checkpoint: Path, out_dir: Path, opset: int = 17, vision_bits: int | None = None,
                   int8_table: bool = False, max_pixels: int | None = None, block: int = 32) -> dict:
     """vision.onnx + embedding.onnx from a Qwen2.5-VL checkpoint, and the VisionConfig the runner reads.
     `vision_bits` 8 or 4: the encoder's linears (not the patch embedding) as MatMulNBits blocks of `block`;
     `max_pixels`: cap on the preprocessor's image area (the encoder's attention is O(patches²))."""
-    import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from ..runtime.vision import VisionConfig, encoder_inputs
-
+    import dataclasses
     import json
+    import shutil
+    import tempfile
 
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
-    visual, embed = _modules(model)
+    import torch
+
+    from ..runtime.vision import encoder_inputs
+
+    config, visual, embed = load_parts(Path(checkpoint))
     pre_path = Path(checkpoint) / "preprocessor_config.json"
-    cfg = vision_config_for(model.config, json.loads(pre_path.read_text()) if pre_path.exists() else None)
+    cfg = vision_config_for(config, json.loads(pre_path.read_text()) if pre_path.exists() else None)
     if max_pixels is not None and cfg.max_pixels > max_pixels:
-        import dataclasses
-
         cfg = dataclasses.replace(cfg, max_pixels=max_pixels, min_pixels=min(cfg.min_pixels, max_pixels))
     grid = [1, 8, 8]  # any example grid: no shape is baked in
     n = grid[1] * grid[2]
@@ -144,32 +179,43 @@ def export_vision(checkpoint: Path, out_dir: Path, opset: int = 17, vision_bits:
     example = (torch.zeros(n, visual.patch_embed.proj.weight[0].numel()),
                *(torch.from_numpy(feeds[k]) for k in VISION_INPUTS[1:]))
     out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".vision-export-", dir=out_dir.parent))
     dyn = {"pixel_values": {0: "patches"}, "rotary_cos": {0: "patches"}, "rotary_sin": {0: "patches"},
            "window_index": {0: "merged"}, "reverse_index": {0: "merged"}, "full_segments": {0: "patches"},
            "window_segments": {0: "patches"}, "image_features": {0: "merged"}}
-    with torch.no_grad():
-        torch.onnx.export(vision_wrapper(visual), example, str(out_dir / "vision.onnx"), input_names=list(VISION_INPUTS),
-                          output_names=["image_features"], dynamic_axes=dyn, opset_version=opset, dynamo=False)
-        ids = torch.tensor([[1, cfg.image_token_id, cfg.image_token_id, 2]])
-        feats = torch.zeros(2, embed.weight.shape[1])
-        torch.onnx.export(embedding_wrapper(embed, cfg.image_token_id, int8_table), (ids, feats),
-                          str(out_dir / "embedding.onnx"),
-                          input_names=["input_ids", "image_features"], output_names=["inputs_embeds"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "image_features": {0: "images_tokens"},
-                                        "inputs_embeds": {0: "batch", 1: "sequence"}},
-                          opset_version=opset, dynamo=False)
-    notes = [f"vision encoder exported ({len(visual.blocks)} blocks, grid inputs computed by the runner); "
-             f"images up to {cfg.max_pixels} pixels ({cfg.max_pixels // (cfg.patch_size * cfg.merge_size) ** 2} "
-             "image tokens)"]
-    if vision_bits:
-        notes += quantize_vision(out_dir / "vision.onnx", vision_bits, block)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(vision_wrapper(visual), example, str(scratch / "vision.onnx"),
+                              input_names=list(VISION_INPUTS), output_names=["image_features"], dynamic_axes=dyn,
+                              opset_version=opset, dynamo=False)
+            ids = torch.tensor([[1, cfg.image_token_id, cfg.image_token_id, 2]])
+            feats = torch.zeros(2, embed.weight.shape[1])
+            torch.onnx.export(embedding_wrapper(embed, cfg.image_token_id, int8_table), (ids, feats),
+                              str(scratch / "embedding.onnx"),
+                              input_names=["input_ids", "image_features"], output_names=["inputs_embeds"],
+                              dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
+                                            "image_features": {0: "images_tokens"},
+                                            "inputs_embeds": {0: "batch", 1: "sequence"}},
+                              opset_version=opset, dynamo=False)
+        notes = [f"vision encoder exported ({len(visual.blocks)} blocks, grid inputs computed by the runner); "
+                 f"images up to {cfg.max_pixels} pixels ({cfg.max_pixels // (cfg.patch_size * cfg.merge_size) ** 2} "
+                 "image tokens)"]
+        del visual, embed
+        exported = scratch / "vision.onnx"
+        if vision_bits:
+            notes += quantize_vision(exported, vision_bits, block, out=scratch / "vision-q.onnx")
+            exported = scratch / "vision-q.onnx"
+        _save(exported, out_dir / "vision.onnx")
+        _save(scratch / "embedding.onnx", out_dir / "embedding.onnx")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if int8_table:
         notes.append("embedding table int8 with a per-row scale in embedding.onnx (the decoder takes inputs_embeds)")
     (out_dir / "vision_config.json").write_text(json.dumps(cfg.to_json(), indent=2), encoding="utf-8")
     return {"vision": "vision.onnx", "embedding": "embedding.onnx", "config": "vision_config.json", "notes": notes}
 
 
-def quantize_vision(path: Path, bits: int, block: int) -> list[str]:
+def quantize_vision(path: Path, bits: int, block: int, out: Path | None = None) -> list[str]:
     """The encoder's constant-weight MatMuls (all but the patch embedding) → MatMulNBits, symmetric RTN."""
     import onnx_ir as ir
 
@@ -186,7 +232,7 @@ def quantize_vision(path: Path, bits: int, block: int) -> list[str]:
     patch = {n.name for n in model.graph if n.op_type == "MatMul" and n.inputs[0] is not None
              and n.inputs[0].name == "pixel_values"}
     notes = quantize_in_place(model, _Setting, exclude=patch, shared_lm_head=False)
-    ir.save(model, path)
+    ir.save(model, out or path)
     return [f"vision encoder int{bits} (block {block}, symmetric RTN; the patch embedding float): " + "; ".join(notes)]
 
 
