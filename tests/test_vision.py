@@ -226,3 +226,32 @@ def test_memory_estimate_counts_the_encoder_and_its_largest_image(vl):
     assert with_vision.weights_mb > text_only.weights_mb
     bigger = estimate(dataclasses.replace(plan, vision={**plan.vision, "max_pixels": 4 * 200704}), resolved, ckpt.config)
     assert bigger.activations_mb > 10 * with_vision.activations_mb  # attention over patches squared: 4x pixels, 16x
+
+
+def test_an_export_with_external_tensors_is_saved_self_contained(tmp_path):
+    """torch.onnx writes one file per tensor past 2 GB (the 3B's fp32 encoder is 2.7 GB): what lands in the artifact
+    must not point back into the scratch folder, which is deleted."""
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeqwen.export.vision_export import _save
+
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(w, "w")])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    onnx.save(helper.make_model(graph), str(scratch / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+              size_threshold=0)
+    assert len(list(scratch.iterdir())) == 2  # the graph and one tensor file
+    (tmp_path / "art").mkdir()
+    _save(scratch / "m.onnx", tmp_path / "art" / "m.onnx")
+    shutil.rmtree(scratch)
+    got = ort.InferenceSession(str(tmp_path / "art" / "m.onnx")).run(None, {"x": np.ones((1, 3), np.float32)})[0]
+    np.testing.assert_array_equal(got, np.ones((1, 3), np.float32) @ w)
+    assert [p.name for p in (tmp_path / "art").iterdir()] == ["m.onnx"]

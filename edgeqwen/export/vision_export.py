@@ -149,9 +149,14 @@ def _save(model_path: Path, out: Path) -> None:
     """A scratch export into the artifact: one file, or .onnx + .onnx.data past protobuf's 2 GB."""
     import onnx_ir as ir
 
+    from onnx_ir.external_data import load_to_model
+
     model = ir.load(model_path)
     size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    ir.save(model, out, external_data=out.name + ".data" if size > 1_800_000_000 else None)
+    if size > 1_800_000_000:
+        ir.save(model, out, external_data=out.name + ".data")
+    else:  # torch.onnx writes one file per tensor past 2 GB: read them in, so nothing points at the scratch folder
+        ir.save(load_to_model(model), out)
 
 
 def export_vision(checkpoint: Path, out_dir: Path, opset: int = 17, vision_bits: int | None = None,
