@@ -146,17 +146,12 @@ def load_parts(checkpoint: Path):
 
 
 def _save(model_path: Path, out: Path) -> None:
-    """A scratch export into the artifact: one file, or .onnx + .onnx.data past protobuf's 2 GB."""
+    """A scratch export into the artifact as graph + one weights file (.onnx.data), never pointing back into the
+    scratch folder (torch.onnx writes one file per tensor past 2 GB). Weights in a separate file are memory-mapped by
+    onnxruntime instead of parsed onto the heap: the 3B's int8 encoder loads at 976 MB resident instead of 1538 MB."""
     import onnx_ir as ir
 
-    from onnx_ir.external_data import load_to_model
-
-    model = ir.load(model_path)
-    size = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-    if size > 1_800_000_000:
-        ir.save(model, out, external_data=out.name + ".data")
-    else:  # torch.onnx writes one file per tensor past 2 GB: read them in, so nothing points at the scratch folder
-        ir.save(load_to_model(model), out)
+    ir.save(ir.load(model_path), out, external_data=out.name + ".data")
 
 
 def export_vision(checkpoint: Path, out_dir: Path, opset: int = 17, vision_bits: int | None = None,
