@@ -255,3 +255,14 @@ def test_an_export_with_external_tensors_is_saved_self_contained(tmp_path):
     got = ort.InferenceSession(str(tmp_path / "art" / "m.onnx")).run(None, {"x": np.ones((1, 3), np.float32)})[0]
     np.testing.assert_array_equal(got, np.ones((1, 3), np.float32) @ w)
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["m.onnx", "m.onnx.data"]
+
+
+def test_placeholder_text_without_an_image_is_refused(vl):
+    _, int4, _ = vl
+    runner = Runner(int4)
+    with pytest.raises(RunnerError, match="placeholder token"):
+        runner.generate("look: <|vision_start|><|image_pad|><|vision_end|>", Sampling(max_new_tokens=2), chat=True)
+    with serving(int4.parent) as server:
+        c = client(server)
+        with pytest.raises(openai.BadRequestError, match="no image was given"):
+            c.completions.create(model=c.models.list().data[0].id, prompt="<|image_pad|>", max_tokens=2)

@@ -1,6 +1,7 @@
 """Minimal onnxruntime runner for edgeqwen artifacts: one file, no torch/transformers/genai.
 
-Needs only onnxruntime, numpy, tokenizers and jinja2. Copied into every artifact as runner.py:
+Needs only onnxruntime, numpy, tokenizers and jinja2 (vision artifacts: Pillow too, and the vision.py copied beside
+this file). Copied into every artifact as runner.py:
 
     python runner.py --prompt "Why is the sky blue?"
     python runner.py --chat
@@ -341,6 +342,13 @@ class VisionPath:
         self.encode_s = 0.0  # the last request's encoder time (seconds), for benchmarks
         self.patches = 0
 
+    def check_text_only(self, prompt_ids) -> None:
+        """A prompt without images must not hold image placeholder tokens (e.g. "<|image_pad|>" typed as text)."""
+        n = sum(1 for t in prompt_ids if t == self.config.image_token_id)
+        if n:
+            raise RunnerError(f"the prompt holds {n} image placeholder token(s) (<|image_pad|>) but no image was given: "
+                              "send the image, or remove the placeholder text")
+
     def embed(self, token_ids, features) -> np.ndarray:
         feats = features if features is not None else np.zeros((0, self.hidden), np.float32)
         return self.embedder.run(None, {"input_ids": np.asarray([token_ids], dtype=np.int64), "image_features": feats})[0]
@@ -631,6 +639,8 @@ class Runner:
             if self.vision is None:
                 raise RunnerError("this artifact has no vision encoder: images need a Qwen2.5-VL artifact")
             prompt_ids, pending = self.vision.prepare(list(prompt_ids), images)
+        elif self.vision is not None and pending is None:
+            self.vision.check_text_only(prompt_ids)
         budget = self.check_prompt(prompt_ids, s)
         self.reset()
         self.reserve(len(prompt_ids) + budget)  # the whole request at once: no growth while it streams

@@ -297,6 +297,11 @@ class Handler(BaseHTTPRequestHandler):
         prepared = self._images(runner, req, ids) if req.images else None
         if prepared is not None:
             ids = prepared[0]
+        elif runner.vision is not None:
+            try:
+                runner.vision.check_text_only(ids)
+            except RunnerError as exc:
+                raise ApiError(400, str(exc), "invalid_request_error", param="messages" if chat else "prompt") from None
         if len(ids) + 1 > runner.context_length:
             raise ApiError(400, f"prompt has {len(ids)} tokens; the model's context is {runner.context_length} tokens",
                            "invalid_request_error", param="messages" if chat else "prompt", code="context_length_exceeded")
