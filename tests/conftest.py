@@ -42,6 +42,12 @@ def random_qwen3(tiny_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def random_qwen2_vl(tiny_dir) -> Path:
+    """Qwen2.5-VL: a tiny Qwen2 decoder (hidden 128, 4 layers) after a 4-block windowed ViT (hidden 64)."""
+    return create_tiny_qwen(tiny_dir / "qwen2_5_vl", TinySpec(family="qwen2_5_vl"))
+
+
+@pytest.fixture(scope="session")
 def trained_qwen2() -> Path:
     return embedded_dir() / "tiny-qwen2"
 

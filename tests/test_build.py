@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from edgeqwen.build import BuildOptions, build
+from edgeqwen.checkpoint import inspect_checkpoint
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.package import verify_artifact
 from edgeqwen.planner import ExportPlan
@@ -25,7 +26,8 @@ from .conftest import REPO
 
 
 def family_fixture(recipe_name: str) -> str:
-    return "random_qwen3" if "qwen3" in load_recipe(recipe_name).recipe.model.lower() else "random_qwen2"
+    model = load_recipe(recipe_name).recipe.model.lower()
+    return "random_qwen3" if "qwen3" in model else "random_qwen2_vl" if "-vl-" in model else "random_qwen2"
 
 
 def op_counts(path):
@@ -76,13 +78,12 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
     resolved = load_recipe(recipe)
     first = _FIRST_WITH_PLAN.setdefault(graph_key(resolved, ckpt), recipe)
     if first != recipe:
-        from edgeqwen.checkpoint import inspect_checkpoint
         from edgeqwen.package import finalize_genai_config
 
         copy = tmp_path / "art"
         shutil.copytree(artifacts.get(first, ckpt), copy)
         cfg = finalize_genai_config(copy, resolved, inspect_checkpoint(ckpt))
-        model_max = json.loads((ckpt / "config.json").read_text())["max_position_embeddings"]
+        model_max = inspect_checkpoint(ckpt).config["max_position_embeddings"]
         assert cfg["search"]["max_length"] == cfg["model"]["context_length"] == min(resolved.recipe.context_length, model_max)
         assert cfg["search"]["temperature"] == resolved.recipe.generation.temperature
         assert cfg["model"]["eos_token_id"] and None not in cfg["model"]["eos_token_id"]
@@ -92,7 +93,7 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["recipe"]["precision"] == resolved.recipe.precision.value
     cfg = json.loads((path / "genai_config.json").read_text())
-    model_max = json.loads((ckpt / "config.json").read_text())["max_position_embeddings"]
+    model_max = inspect_checkpoint(ckpt).config["max_position_embeddings"]
     assert cfg["search"]["max_length"] == min(resolved.recipe.context_length, model_max)
     assert cfg["model"]["eos_token_id"] and None not in cfg["model"]["eos_token_id"]
     assert json.loads((path / "inference_model.json").read_text())["PromptTemplate"]["prompt"].count("{Content}") == 1

@@ -20,7 +20,6 @@ from edgeqwen.errors import EdgeQwenError
 from edgeqwen.runtime import Runner
 from edgeqwen.runtime.runner import RunnerError, Sampling
 from edgeqwen.runtime.vision import ImageError, ImageProcessor, VisionConfig, encoder_inputs, load_image, rope_index
-from edgeqwen.tiny import TinySpec, create_tiny_qwen
 
 from .test_serve import client, serving
 
@@ -40,10 +39,10 @@ def _data_uri(png: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def vl(tmp_path_factory):
+def vl(tmp_path_factory, random_qwen2_vl):
     """The tiny VL checkpoint, its int4 artifact (evaluated, so the build's gate ran) and an fp32 one."""
     root = tmp_path_factory.mktemp("vl")
-    ckpt = create_tiny_qwen(root / "ckpt", TinySpec(family="qwen2_5_vl"))
+    ckpt = random_qwen2_vl
     int4 = build(BuildOptions(RECIPE, root / "models" / "vl-int4", model=str(ckpt), evaluate=True))
     fp32 = build(BuildOptions("qwen2.5-vl-3b-instruct/cpu-x86_64-fp32", root / "fp32" / "vl-fp32", model=str(ckpt),
                               evaluate=True))
