@@ -265,3 +265,31 @@ def test_placeholder_text_without_an_image_is_refused(vl):
         c = client(server)
         with pytest.raises(openai.BadRequestError, match="no image was given"):
             c.completions.create(model=c.models.list().data[0].id, prompt="<|image_pad|>", max_tokens=2)
+
+
+def test_the_hub_checkpoint_layout_builds_with_parity(random_qwen2_vl, tmp_path):
+    """Qwen/Qwen2.5-VL-3B-Instruct on the hub has a flat config (the decoder's keys at the top, no text_config) and
+    `visual.*` / `model.layers.*` weight names; transformers 4.57 saves text_config and `model.visual.*` /
+    `model.language_model.*`. Both layouts build to the same parity."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    hub = tmp_path / "hub"
+    shutil.copytree(random_qwen2_vl, hub)
+    cfg = json.loads((hub / "config.json").read_text())
+    text = cfg.pop("text_config")
+    flat = {**{k: v for k, v in text.items() if k not in ("model_type", "architectures", "dtype")}, **cfg}
+    (hub / "config.json").write_text(json.dumps(flat))
+    renamed = {}
+    for key, value in load_file(str(hub / "model.safetensors")).items():
+        if key.startswith("model.visual."):
+            key = "visual." + key[len("model.visual."):]
+        elif key.startswith("model.language_model."):
+            key = "model." + key[len("model.language_model."):]
+        renamed[key] = value
+    assert "visual.blocks.0.attn.qkv.weight" in renamed and "model.embed_tokens.weight" in renamed
+    save_file(renamed, str(hub / "model.safetensors"), metadata={"format": "pt"})
+    out = build(BuildOptions("qwen2.5-vl-3b-instruct/cpu-x86_64-fp32", tmp_path / "out", model=str(hub), evaluate=True))
+    v = json.loads((out / "manifest.json").read_text())["accuracy"]["vision"]
+    assert v["kld_mean"] < 1e-6 and v["top1"] == 1.0 and v["feature_rel_error"] < 1e-5
