@@ -293,3 +293,36 @@ def test_the_hub_checkpoint_layout_builds_with_parity(random_qwen2_vl, tmp_path)
     out = build(BuildOptions("qwen2.5-vl-3b-instruct/cpu-x86_64-fp32", tmp_path / "out", model=str(hub), evaluate=True))
     v = json.loads((out / "manifest.json").read_text())["accuracy"]["vision"]
     assert v["kld_mean"] < 1e-6 and v["top1"] == 1.0 and v["feature_rel_error"] < 1e-5
+
+
+def test_batched_image_and_text_requests_equal_lone_ones(vl):
+    """Continuous batching on a VL artifact: image requests (features merged chunk by chunk, M-RoPE positions per
+    row) and text ones share decode steps over 2 slots, prefill in chunks of 16 (an image spans chunks), and every
+    request's tokens equal its lone run."""
+    from edgeqwen.runtime.batch import BatchEngine, stream_batched
+
+    _, int4, _ = vl
+    lone = Runner(int4)
+    pngs = [_png(120, 160, seed=1), None, _png(200, 90, seed=2), None]
+    questions = ["What is it?", "Name a colour.", "Describe it.", "Say hello."]
+    jobs = []
+    for png, q in zip(pngs, questions):
+        content = q if png is None else [{"type": "image"}, {"type": "text", "text": q}]
+        jobs.append((lone.encode(lone.apply_chat_template([{"role": "user", "content": content}])),
+                     [png] if png else []))
+    settings = [Sampling(max_new_tokens=n, ignore_eos=True, temperature=0.8, top_p=0.9, seed=i)
+                for i, n in enumerate((20, 8, 30, 12))]
+    want = [lone.generate(ids, s, images=imgs).token_ids for (ids, imgs), s in zip(jobs, settings)]
+    engine = BatchEngine(Runner(int4), max_batch=2, prefill_chunk=16)
+    try:
+        handles = []
+        for (ids, imgs), s in zip(jobs, settings):  # all submitted before any is read: they share steps
+            expanded, prepared = engine.runner.vision.prepare(ids, imgs) if imgs else (ids, None)
+            handles.append(engine.submit(expanded, s, prepared=prepared))
+        got = [[t for rec in h for t in rec.token_ids] for h in handles]
+        # stream_batched (what a lone caller uses) takes the images itself
+        again = [t for rec in stream_batched(engine, jobs[0][0], settings[0], images=jobs[0][1]) for t in rec.token_ids]
+    finally:
+        engine.close()
+    assert got == want and again == want[0]
+    assert engine.batch_tokens > engine.steps

@@ -45,6 +45,10 @@ class _Seq:
     decoding: Decoding | None = None
     last: int = 0  # the token the next decode step feeds
     cancelled: bool = False
+    # vision artifacts: the prompt's image features and [3, S] M-RoPE positions (None: text), the next text position
+    features: np.ndarray | None = None
+    positions: np.ndarray | None = None
+    rope_pos: int = 0
 
 
 class Handle:
@@ -94,9 +98,15 @@ class BatchEngine:
         self._thread.start()
 
     # ---- requests ------------------------------------------------------------------------------
-    def submit(self, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False) -> Handle:
+    def submit(self, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False,
+               prepared=None) -> Handle:
+        """`prepared` (vision artifacts): `VisionPath.prepare`'s (features, positions) for an expanded prompt."""
         budget = self.runner.check_prompt(prompt_ids, sampling)
+        if self.runner.vision is not None and prepared is None:
+            self.runner.vision.check_text_only(prompt_ids)
         seq = _Seq(list(prompt_ids), sampling, thinking_open, budget)
+        if prepared is not None:
+            seq.features, seq.positions = prepared
         with self._lock:
             if self._stop:
                 raise RunnerError("this model is being unloaded; send the request again to load it anew")
@@ -183,16 +193,21 @@ class BatchEngine:
             new.append(tuple(pair))
         self.kv, self.capacity = new, want
 
-    def _run(self, rows: slice, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """One forward pass over KV slots `rows` (in place): logits of each row's last fed token."""
+    def _run(self, rows: slice, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+             features: np.ndarray | None = None) -> np.ndarray:
+        """One forward pass over KV slots `rows` (in place): logits of each row's last fed token. Vision artifacts
+        take embeddings (with `features` merged at the image placeholders) and [3, B, S] positions."""
         import onnxruntime as ort
 
         r = self.runner
         io = r.session.io_binding()
-        io.bind_cpu_input("input_ids", ids)
+        if r.vision is not None:
+            io.bind_cpu_input("inputs_embeds", r.vision.embed_rows(ids, features))
+        else:
+            io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
         if "position_ids" in r.input_names:
-            io.bind_cpu_input("position_ids", positions)
+            io.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
         io.bind_output("logits", "cpu")
         for i, (k, v) in enumerate(self.kv):
             kv = ort.OrtValue.ortvalue_from_numpy(k[rows]), ort.OrtValue.ortvalue_from_numpy(v[rows])
@@ -208,9 +223,18 @@ class BatchEngine:
         slot = len(self.running)
         chunk = seq.prompt[seq.fed:seq.fed + self.prefill_chunk]
         n = len(chunk)
+        positions = np.arange(seq.pos, seq.pos + n, dtype=np.int64)[None]
+        features = None
+        if self.runner.vision is not None:  # M-RoPE: the prompt's own positions, or text ones
+            positions = (seq.positions[:, None, seq.fed:seq.fed + n] if seq.positions is not None else
+                         np.broadcast_to(np.arange(seq.rope_pos, seq.rope_pos + n, dtype=np.int64), (3, 1, n)))
+            seq.rope_pos = int(positions.max()) + 1
+            if seq.features is not None:  # the image feature rows whose placeholders fall in this chunk
+                pad = self.runner.vision.config.image_token_id
+                before = sum(1 for t in seq.prompt[:seq.fed] if t == pad)
+                features = seq.features[before:before + sum(1 for t in chunk if t == pad)]
         logits = self._run(slice(slot, slot + 1), np.asarray([chunk], dtype=np.int64),
-                           np.ones((1, seq.pos + n), dtype=np.int64),
-                           np.arange(seq.pos, seq.pos + n, dtype=np.int64)[None])[0]
+                           np.ones((1, seq.pos + n), dtype=np.int64), positions, features)[0]
         seq.fed += n
         seq.pos += n
         if seq.fed < len(seq.prompt):
@@ -227,11 +251,16 @@ class BatchEngine:
         width = int(positions.max()) + 1
         mask = (np.arange(width)[None, :] <= positions).astype(np.int64)  # row b: its pos_b + 1 positions
         ids = np.array([[s.last] for s in self.running], dtype=np.int64)
-        logits = self._run(slice(0, n), ids, mask, positions)
+        if self.runner.vision is not None:  # each row's next text position on all three M-RoPE axes
+            rope = np.array([[s.rope_pos] for s in self.running], dtype=np.int64)
+            logits = self._run(slice(0, n), ids, mask, np.broadcast_to(rope[None], (3, n, 1)))
+        else:
+            logits = self._run(slice(0, n), ids, mask, positions)
         self.steps += 1
         self.batch_tokens += n
         for seq in self.running:  # every row's new KV is written: count it before any slot moves
             seq.pos += 1
+            seq.rope_pos += 1
         for seq, row in zip(list(self.running), logits):
             self._emit(seq, row)
 
@@ -267,9 +296,13 @@ class BatchEngine:
             v[dst, :, :length] = v[src, :, :length]
 
 
-def stream_batched(engine: BatchEngine, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False):
+def stream_batched(engine: BatchEngine, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False,
+                   images=()):
     """`Runner.stream` through the engine: the same Records, generated beside other requests."""
-    handle = engine.submit(prompt_ids, sampling, thinking_open)
+    prepared = None
+    if images:
+        prompt_ids, prepared = engine.runner.vision.prepare(list(prompt_ids), images)
+    handle = engine.submit(prompt_ids, sampling, thinking_open, prepared)
     try:
         yield from handle
     finally:

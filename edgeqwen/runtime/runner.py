@@ -350,8 +350,12 @@ class VisionPath:
                               "send the image, or remove the placeholder text")
 
     def embed(self, token_ids, features) -> np.ndarray:
+        return self.embed_rows(np.asarray([token_ids], dtype=np.int64), features)
+
+    def embed_rows(self, ids: np.ndarray, features) -> np.ndarray:
+        """[B, S] token ids → [B, S, hidden] embeddings, image placeholders (row-major order) taking `features`."""
         feats = features if features is not None else np.zeros((0, self.hidden), np.float32)
-        return self.embedder.run(None, {"input_ids": np.asarray([token_ids], dtype=np.int64), "image_features": feats})[0]
+        return self.embedder.run(None, {"input_ids": np.asarray(ids, dtype=np.int64), "image_features": feats})[0]
 
     def encode(self, images) -> tuple[np.ndarray, list[np.ndarray]]:
         """Images → image features [Σ tokens, hidden] and each image's (t, h, w) patch grid."""

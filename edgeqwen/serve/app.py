@@ -323,9 +323,9 @@ class Handler(BaseHTTPRequestHandler):
         parser = ToolCallParser({t["function"]["name"] for t in req.tools}) if (
             chat and req.tools and req.tool_choice != "none") else None
         engine = served.engine
-        if engine is not None and prepared is None:  # continuous batching: this request decodes beside the others
+        if engine is not None:  # continuous batching: this request decodes beside the others (images included)
             try:
-                handle = engine.submit(ids, sampling, thinking_open=thinking_open)
+                handle = engine.submit(ids, sampling, thinking_open=thinking_open, prepared=prepared and prepared[1])
             except RunnerError as exc:
                 raise ApiError(503 if "unloaded" in str(exc) else 400, str(exc), "invalid_request_error") from None
             outcome = self._answer(_handle_stream(handle), rid, created, req, chat, len(ids), parser)

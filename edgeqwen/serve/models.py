@@ -91,7 +91,7 @@ class ModelCache:
             if model.runner is None:
                 runner = Runner(model.path, threads=self.threads)
                 batch = model.max_batch(self.max_batch_override)
-                if batch > 1 and not runner.growing_kv and runner.static_slots is None and runner.vision is None:
+                if batch > 1 and not runner.growing_kv and runner.static_slots is None:
                     model.engine = BatchEngine(runner, max_batch=batch)
                 model.runner = runner
                 model.loaded_at = time.time()
