@@ -123,7 +123,11 @@ def families() -> list[str]:
 _NODES = {"builder": _QWEN_BUILDER_NODES, "portable": _QWEN_PORTABLE_NODES}
 register(ArchitectureSpec("Qwen2ForCausalLM", "qwen2", _NODES, qkv_bias=True, tied_by_default=True, config_class="Qwen2Config",
                           notes=("Qwen2 / Qwen2.5: QKV bias; 0.5B-3B tie embeddings to lm_head",)))
-register(ArchitectureSpec("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", _NODES, qkv_bias=True,
+# onnxruntime-genai's Qwen2.5-VL decoder applies M-RoPE to q and k apart, so it keeps q/k/v as three MatMuls
+_VL_BUILDER_NODES = {**_QWEN_BUILDER_NODES, "self_attn.q_proj": "attn/q_proj", "self_attn.k_proj": "attn/k_proj",
+                     "self_attn.v_proj": "attn/v_proj"}
+register(ArchitectureSpec("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl",
+                          {"builder": _VL_BUILDER_NODES, "portable": _QWEN_PORTABLE_NODES}, qkv_bias=True,
                           tied_by_default=True, config_class="Qwen2_5_VLConfig", vision=True,
                           notes=("Qwen2.5-VL: a Qwen2 decoder with 3-D (M-RoPE) positions after a windowed ViT; "
                                  "3B ties embeddings",)))

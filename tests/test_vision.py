@@ -199,7 +199,7 @@ def test_vl_refuses_calibrated_algorithms_and_caps_images(vl, tmp_path):
     ckpt, int4, _ = vl
     r = tmp_path / "gptq.yaml"
     r.write_text("version: 1\nmodel: x\ntarget: cpu-x86_64\nprecision: int4\nquantization: {algorithm: gptq}\n")
-    with pytest.raises(EdgeQwenError, match="calibrates on the PyTorch text model"):
+    with pytest.raises(EdgeQwenError, match="calibrates a quantized checkpoint"):
         build(BuildOptions(str(r), tmp_path / "out", model=str(ckpt), evaluate=False))
     assert not (tmp_path / "out").exists()
     cfg = VisionConfig.load(int4 / "vision_config.json")
@@ -326,3 +326,14 @@ def test_batched_image_and_text_requests_equal_lone_ones(vl):
         engine.close()
     assert got == want and again == want[0]
     assert engine.batch_tokens > engine.steps
+
+
+def test_auto_mixed_precision_measures_the_vl_decoder(artifacts, random_qwen2_vl):
+    """mixed_precision: auto on a VL checkpoint: the sensitivity measurement runs on its decoder (q, k and v apart, as
+    the builder's VL graph keeps them) and the plan it makes is the one the graph carries."""
+    out = artifacts.get("qwen2.5-vl-3b-instruct/cpu-x86_64-auto-int4", random_qwen2_vl)
+    manifest = json.loads((out / "manifest.json").read_text())
+    sens = manifest["sensitivity"]
+    kinds = {g["kind"] for g in sens["groups"]}
+    assert {"attn/q_proj", "attn/k_proj", "attn/v_proj", "mlp/down_proj"} <= kinds and len(sens["groups"]) == 4 * 7
+    assert "vision.onnx" in manifest["files"] and manifest["export"]["plan"]["vision"]["bits"] == 8

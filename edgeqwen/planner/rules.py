@@ -98,11 +98,11 @@ def _vision(resolved: Resolved, ckpt: Checkpoint, arch, spec: AlgorithmSpec) -> 
     if recipe.exporter != Exporter.BUILDER:
         raise EdgeQwenError("vision models are exported with the builder (its Qwen2.5-VL decoder takes inputs_embeds "
                             "and 3-D positions)", where=where, hint="set exporter: builder")
-    if spec.stage == "checkpoint" or recipe.quantization.mixed_precision.auto:
-        raise EdgeQwenError(f"quantization.algorithm {spec.name}"
-                            f"{' with mixed_precision: auto' if recipe.quantization.mixed_precision.auto else ''} "
-                            "calibrates on the PyTorch text model, which edgeqwen does not yet do for Qwen2.5-VL",
-                            where=where, hint="use quantization.algorithm: rtn (or k_quant) with mixed_precision: off")
+    if spec.stage == "checkpoint":
+        raise EdgeQwenError(f"quantization.algorithm {spec.name} calibrates a quantized checkpoint through the text "
+                            "model's loader, which edgeqwen does not yet do for Qwen2.5-VL", where=where,
+                            hint="use quantization.algorithm: rtn (or k_quant); mixed_precision: auto measures "
+                            "the VL decoder and works with rtn")
     quantized = recipe.precision in (Precision.INT4, Precision.INT8)
     pixels = recipe.vision.max_pixels or VISION_MAX_PIXELS
     return {"bits": 8 if quantized else None, "block": 32, "int8_table": quantized, "max_pixels": int(pixels)}

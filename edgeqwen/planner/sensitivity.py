@@ -91,8 +91,12 @@ def measure(cfg: dict) -> dict:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     x = _calibration_batch(cfg["model"], cfg["calib_text"], cfg["samples"], cfg["seq_len"])
+    archs = json.loads((Path(cfg["model"]) / "config.json").read_text()).get("architectures") or []
+    if "Qwen2_5_VLForConditionalGeneration" in archs:  # its decoder, measured on text as the text models are
+        from transformers import Qwen2_5_VLForConditionalGeneration as AutoModelForCausalLM  # noqa: N814
     model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32, local_files_only=True).eval()
-    body, layers = model.model, model.model.layers
+    body = getattr(model.model, "language_model", model.model)
+    layers = body.layers
     inputs: dict[int, torch.Tensor] = {}
     kwargs: dict = {}
     sq: dict[str, list] = {}
@@ -147,7 +151,7 @@ def measure(cfg: dict) -> dict:
     by_node: dict[str, list[str]] = {}
     for module, node in nodes_for.items():
         by_node.setdefault(node, []).append(module)
-    resolution = choose_resolution(model.config, int(x.numel()), int(cfg.get("budget_tflop", BUDGET_TFLOP)),
+    resolution = choose_resolution(model.config.get_text_config(), int(x.numel()), int(cfg.get("budget_tflop", BUDGET_TFLOP)),
                                    cfg.get("resolution"))
     groups = []
     for i, layer in enumerate(layers):
