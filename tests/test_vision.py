@@ -337,3 +337,11 @@ def test_auto_mixed_precision_measures_the_vl_decoder(artifacts, random_qwen2_vl
     kinds = {g["kind"] for g in sens["groups"]}
     assert {"attn/q_proj", "attn/k_proj", "attn/v_proj", "mlp/down_proj"} <= kinds and len(sens["groups"]) == 4 * 7
     assert "vision.onnx" in manifest["files"] and manifest["export"]["plan"]["vision"]["bits"] == 8
+
+
+def test_images_without_pillow_say_how_to_get_it(monkeypatch):
+    """The runtime profile has no Pillow (text artifacts never need it): an image then names the install."""
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    monkeypatch.setitem(sys.modules, "PIL.Image", None)
+    with pytest.raises(ImageError, match=r"pip install pillow"):
+        load_image(_png(10, 10))

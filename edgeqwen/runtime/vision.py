@@ -51,12 +51,23 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h_bar, w_bar
 
 
+def _pil():
+    try:
+        import PIL.Image
+
+        return PIL.Image
+    except ImportError:
+        raise ImageError("reading images needs Pillow, which this environment lacks: pip install pillow "
+                         "(or pip install 'edgeqwen[vision]')") from None
+
+
 def load_image(source, allow_files: bool = True):
     """A PIL image from a data URI, raw bytes, a PIL image or (when allowed) a local file path."""
-    from PIL import Image, UnidentifiedImageError
-
     if hasattr(source, "convert"):
         return source
+    Image = _pil()  # noqa: N806 - the module, as PIL names it
+    UnidentifiedImageError = Image.UnidentifiedImageError  # noqa: N806
+
     if isinstance(source, str) and source.startswith("data:"):
         head, _, payload = source.partition(",")
         if ";base64" not in head or not head[5:].startswith("image/"):
@@ -129,9 +140,8 @@ class ImageProcessor:
 
     def preprocess(self, image) -> tuple[np.ndarray, np.ndarray]:
         """One image → (pixel_values [N, C·T·P·P] float32, grid_thw [3] int64)."""
-        from PIL import Image
-
         c = self.cfg
+        Image = _pil()  # noqa: N806
         img = load_image(image).convert("RGB")
         w, h = img.size
         rh, rw = smart_resize(h, w, c.patch_size * c.merge_size, c.min_pixels, c.max_pixels)
