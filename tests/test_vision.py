@@ -341,7 +341,8 @@ def test_auto_mixed_precision_measures_the_vl_decoder(artifacts, random_qwen2_vl
 
 def test_images_without_pillow_say_how_to_get_it(monkeypatch):
     """The runtime profile has no Pillow (text artifacts never need it): an image then names the install."""
+    png = _png(10, 10)
     monkeypatch.setitem(sys.modules, "PIL", None)
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
     with pytest.raises(ImageError, match=r"pip install pillow"):
-        load_image(_png(10, 10))
+        load_image(png)
