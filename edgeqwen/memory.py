@@ -103,17 +103,26 @@ def _vision(plan: ExportPlan, config: dict, float_bytes: int) -> tuple[float, fl
     """Qwen2.5-VL's encoder: its weights at the plan's bits, and the peak activations of one largest image (the
     attention scores of every head over every patch pair, float32, plus a few [patches, hidden] tensors)."""
     v = config["vision_config"]
-    vh, inter, heads, depth = v["hidden_size"], v["intermediate_size"], v["num_heads"], v["depth"]
-    merged = vh * v["spatial_merge_size"] ** 2
-    linears = [(vh, 3 * vh), (vh, vh), (vh, inter), (vh, inter), (inter, vh)] * depth + [(merged, merged),
-                                                                                       (merged, v["out_hidden_size"])]
+    vh, inter, heads = v["hidden_size"], v["intermediate_size"], v["num_heads"]
     bits = plan.vision.get("bits")
     weights = sum(matrix_bytes(k, n, bits, plan.vision["block"], False, 4, None, float_bytes) if bits else k * n * float_bytes
-                  for k, n in linears)
-    weights += 3 * v["temporal_patch_size"] * v["patch_size"] ** 2 * vh * 4  # the float patch embedding
+                  for k, n in vision_linears(v))
+    weights += vision_patch_embed(v) * 4  # the float patch embedding
     patches = plan.vision["max_pixels"] // v["patch_size"] ** 2
     acts = heads * patches * patches * 4 * 2 + patches * (4 * vh + inter) * 4 * 2
     return weights, acts
+
+
+def vision_linears(v: dict) -> list[tuple[int, int]]:
+    """(K, N) of every linear of a Qwen2.5-VL vision tower (its config's vision_config)."""
+    vh, inter = v["hidden_size"], v["intermediate_size"]
+    merged = vh * v["spatial_merge_size"] ** 2
+    block = [(vh, 3 * vh), (vh, vh), (vh, inter), (vh, inter), (inter, vh)]
+    return block * v["depth"] + [(merged, merged), (merged, v["out_hidden_size"])]
+
+
+def vision_patch_embed(v: dict) -> int:
+    return 3 * v["temporal_patch_size"] * v["patch_size"] ** 2 * v["hidden_size"]
 
 
 def check_fits(plan: ExportPlan, resolved: Resolved, config: dict, where: str) -> MemoryEstimate:
@@ -142,6 +151,9 @@ def parameter_count(config: dict) -> int:
     arch = (config.get("architectures") or ["Qwen2ForCausalLM"])[0]
     linears = sum(k * n for k, n in get_architecture(arch).linear_shapes(config, "builder").values())
     embed = 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
+    vision = config.get("vision_config")  # Qwen2.5-VL: the exporters load the vision tower too
+    if isinstance(vision, dict):
+        linears += sum(k * n for k, n in vision_linears(vision)) + vision_patch_embed(vision)
     return linears + embed
 
 

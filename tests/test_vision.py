@@ -346,3 +346,13 @@ def test_images_without_pillow_say_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
     with pytest.raises(ImageError, match=r"pip install pillow"):
         load_image(png)
+
+
+def test_build_ram_estimate_counts_the_vision_tower(random_qwen2_vl):
+    from edgeqwen.checkpoint import inspect_checkpoint
+    from edgeqwen.memory import parameter_count
+
+    cfg = inspect_checkpoint(random_qwen2_vl).config
+    text_only = {k: v for k, v in cfg.items() if k != "vision_config"}
+    # 4 blocks of (64x192 + 64x64 + 2x64x128 + 128x64) + merger 256x256 + 256x128 + patch embedding 1176x64
+    assert parameter_count(cfg) - parameter_count(text_only) == 4 * (64 * 192 + 64 * 64 + 3 * 64 * 128) + 256 * 256 + 256 * 128 + 1176 * 64
