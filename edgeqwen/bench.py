@@ -71,9 +71,8 @@ def run_edgeqwen_vision(artifact: str, ids: list[int], gen: int, threads: int) -
     for _ in range(3):
         runner.vision.encode([image])
         times.append(runner.vision.encode_s)
-    pad = runner.vision.config.image_token_id
-    start = runner.vision.config.vision_start_token_id
-    prompt = [start, pad, start + 1] + ids[:32]
+    placeholder = [runner.tokenizer.token_to_id(t) for t in ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")]
+    prompt = placeholder + ids[:32]
     last = None
     for last in runner.stream(prompt, Sampling(max_new_tokens=gen, ignore_eos=True), images=[image]):
         pass
@@ -83,13 +82,15 @@ def run_edgeqwen_vision(artifact: str, ids: list[int], gen: int, threads: int) -
 
 def run_pytorch_vision(reference: str, ids: list[int], gen: int, threads: int, artifact: str = "") -> dict:
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from .export.vision_export import reference_image_processor
 
     if threads:
         torch.set_num_threads(threads)
     image, cfg = _bench_image(artifact)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(reference, dtype=torch.float32).eval()
-    inputs = Qwen2VLImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)(images=[image], return_tensors="pt")
+    inputs = reference_image_processor(cfg)(images=[image], return_tensors="pt")
     times = []
     with torch.inference_mode():
         for _ in range(3):

@@ -27,7 +27,8 @@ def probe_images():
 
 def image_parity(runner, model, text_ids: list[int]) -> dict:
     import torch
-    from transformers import Qwen2VLImageProcessor
+
+    from ..export.vision_export import reference_image_processor
 
     vis = runner.vision
     c = vis.config
@@ -35,14 +36,8 @@ def image_parity(runner, model, text_ids: list[int]) -> dict:
     images = probe_images()
     prompt = [start, pad, end] + text_ids[:8] + [start, pad, end] + text_ids[8:8 + CONTINUATION_TOKENS]
     ids, (feats, positions) = vis.prepare(prompt, images)
-    runner.reset()
-    runner.reserve(len(ids))
-    runner._pending = (feats, positions)
-    cand = runner.step(ids, all_logits=True)
-    hf = Qwen2VLImageProcessor(min_pixels=c.min_pixels, max_pixels=c.max_pixels, patch_size=c.patch_size,
-                               merge_size=c.merge_size, temporal_patch_size=c.temporal_patch_size,
-                               image_mean=list(c.image_mean), image_std=list(c.image_std))
-    inputs = hf(images=images, return_tensors="pt")
+    cand = runner.score(ids, prepared=(feats, positions))
+    inputs = reference_image_processor(c)(images=images, return_tensors="pt")
     with torch.inference_mode():
         ref_feats = model.model.visual(inputs["pixel_values"], inputs["image_grid_thw"]).float().numpy()
         out = model(input_ids=torch.tensor([ids]), pixel_values=inputs["pixel_values"],

@@ -252,3 +252,13 @@ def vision_config_for(config, preprocessor: dict | None = None):
                         fullatt_blocks=tuple(v.fullatt_block_indexes), image_token_id=config.image_token_id,
                         vision_start_token_id=config.vision_start_token_id,
                         tokens_per_second=float(getattr(v, "tokens_per_second", 2.0)), **extra)
+
+
+def reference_image_processor(cfg):
+    """transformers' Qwen2VLImageProcessor with an artifact's settings (`runtime.vision.VisionConfig`): the
+    reference the runner's numpy preprocessing is held to (evaluation, bench)."""
+    from transformers import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, patch_size=cfg.patch_size,
+                                 merge_size=cfg.merge_size, temporal_patch_size=cfg.temporal_patch_size,
+                                 image_mean=list(cfg.image_mean), image_std=list(cfg.image_std))

@@ -49,6 +49,7 @@ class _Seq:
     features: np.ndarray | None = None
     positions: np.ndarray | None = None
     rope_pos: int = 0
+    fed_features: int = 0  # image feature rows already fed with the prompt
 
 
 class Handle:
@@ -201,13 +202,7 @@ class BatchEngine:
 
         r = self.runner
         io = r.session.io_binding()
-        if r.vision is not None:
-            io.bind_cpu_input("inputs_embeds", r.vision.embed_rows(ids, features))
-        else:
-            io.bind_cpu_input("input_ids", ids)
-        io.bind_cpu_input("attention_mask", mask)
-        if "position_ids" in r.input_names:
-            io.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
+        r.bind_inputs(io, ids, mask, positions, features)
         io.bind_output("logits", "cpu")
         for i, (k, v) in enumerate(self.kv):
             kv = ort.OrtValue.ortvalue_from_numpy(k[rows]), ort.OrtValue.ortvalue_from_numpy(v[rows])
@@ -226,13 +221,16 @@ class BatchEngine:
         positions = np.arange(seq.pos, seq.pos + n, dtype=np.int64)[None]
         features = None
         if self.runner.vision is not None:  # M-RoPE: the prompt's own positions, or text ones
-            positions = (seq.positions[:, None, seq.fed:seq.fed + n] if seq.positions is not None else
-                         np.broadcast_to(np.arange(seq.rope_pos, seq.rope_pos + n, dtype=np.int64), (3, 1, n)))
+            if seq.positions is not None:
+                positions = seq.positions[:, None, seq.fed:seq.fed + n]
+            else:
+                positions = self.runner.vision.text_positions(seq.rope_pos, n)[:, None]
             seq.rope_pos = int(positions.max()) + 1
             if seq.features is not None:  # the image feature rows whose placeholders fall in this chunk
                 pad = self.runner.vision.config.image_token_id
-                before = sum(1 for t in seq.prompt[:seq.fed] if t == pad)
-                features = seq.features[before:before + sum(1 for t in chunk if t == pad)]
+                take = sum(1 for t in chunk if t == pad)
+                features = seq.features[seq.fed_features:seq.fed_features + take]
+                seq.fed_features += take
         logits = self._run(slice(slot, slot + 1), np.asarray([chunk], dtype=np.int64),
                            np.ones((1, seq.pos + n), dtype=np.int64), positions, features)[0]
         seq.fed += n

@@ -349,8 +349,10 @@ class VisionPath:
             raise RunnerError(f"the prompt holds {n} image placeholder token(s) (<|image_pad|>) but no image was given: "
                               "send the image, or remove the placeholder text")
 
-    def embed(self, token_ids, features) -> np.ndarray:
-        return self.embed_rows(np.asarray([token_ids], dtype=np.int64), features)
+    @staticmethod
+    def text_positions(start: int, n: int) -> np.ndarray:
+        """[3, n] M-RoPE positions of text: the three axes advance together from `start`."""
+        return np.broadcast_to(np.arange(start, start + n, dtype=np.int64), (3, n))
 
     def embed_rows(self, ids: np.ndarray, features) -> np.ndarray:
         """[B, S] token ids → [B, S, hidden] embeddings, image placeholders (row-major order) taking `features`."""
@@ -450,14 +452,12 @@ class Runner:
         self.ids: list[int] = []
         # Qwen2.5-VL: an image encoder and an embedding merge before the decoder (which takes inputs_embeds)
         self.vision = VisionPath(self.path, model, so) if "vision" in model else None
-        self._pending: tuple[np.ndarray, np.ndarray] | None = None  # (features, [3, S] positions) for the next step
 
     # ---- layer 1: one forward pass -------------------------------------------------------
     def reset(self) -> None:
         self.pos = 0
         self.rope_pos = 0
         self.ids = []
-        self._pending = None
         if self.static_slots is not None:
             shape = (1, self.kv_heads, self.static_slots, self.head_size)
             self._kv = [(np.zeros(shape, self.kv_dtype), np.zeros(shape, self.kv_dtype)) for _ in range(self.num_layers)]
@@ -491,8 +491,21 @@ class Runner:
         self._kv = new
         self.kv_capacity = want
 
-    def step(self, token_ids, all_logits: bool = False) -> np.ndarray:
-        """Feed tokens after the current position; return logits of the last one ([V]) or all ([S, V])."""
+    def bind_inputs(self, io, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, features=None) -> None:
+        """The decoder's inputs besides the KV cache, for [B, S] token ids: input_ids, or (vision artifacts) their
+        embeddings with `features` merged at the image placeholders; the mask; the positions ([B, S], or [3, B, S]
+        M-RoPE). Runner.step and the batch engine both feed the graph through this."""
+        if self.vision is not None:
+            io.bind_cpu_input("inputs_embeds", self.vision.embed_rows(ids, features))
+        else:
+            io.bind_cpu_input("input_ids", np.asarray(ids, dtype=np.int64))
+        io.bind_cpu_input("attention_mask", mask)
+        if "position_ids" in self.input_names:
+            io.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
+
+    def step(self, token_ids, all_logits: bool = False, prepared=None) -> np.ndarray:
+        """Feed tokens after the current position; return logits of the last one ([V]) or all ([S, V]).
+        `prepared` (vision artifacts): `VisionPath.prepare`'s (features, [3, S] positions) for these tokens."""
         if self._kv is None:
             self.reset()
         n = len(token_ids)
@@ -505,19 +518,15 @@ class Runner:
             return np.stack(rows) if all_logits else rows[-1]
         self.reserve(self.pos + n)
         io = self.session.io_binding()
-        io.bind_cpu_input("attention_mask", np.ones((1, self.pos + n), dtype=np.int64))
+        feats = None
         if self.vision is not None:
-            feats, positions = self._pending or (None, None)
-            self._pending = None
-            if positions is None:  # text only: the three M-RoPE axes advance together
-                positions = np.broadcast_to(np.arange(self.rope_pos, self.rope_pos + n, dtype=np.int64), (3, n))
-            io.bind_cpu_input("inputs_embeds", self.vision.embed(token_ids, feats))
-            io.bind_cpu_input("position_ids", np.ascontiguousarray(positions[:, None, :]))
+            feats, positions = prepared if prepared is not None else (None, self.vision.text_positions(self.rope_pos, n))
             self.rope_pos = int(positions.max()) + 1
+            positions = positions[:, None, :]
         else:
-            io.bind_cpu_input("input_ids", np.asarray([token_ids], dtype=np.int64))
-            if "position_ids" in self.input_names:
-                io.bind_cpu_input("position_ids", np.arange(self.pos, self.pos + n, dtype=np.int64)[None])
+            positions = np.arange(self.pos, self.pos + n, dtype=np.int64)[None]
+        self.bind_inputs(io, np.asarray([token_ids], dtype=np.int64), np.ones((1, self.pos + n), dtype=np.int64),
+                         positions, feats)
         # first, so get_outputs()[0] is the logits; a pruned-head graph has every position's logits apart
         io.bind_output("logits_all" if all_logits and "logits_all" in self._out_index else "logits", "cpu")
         for i, (k, v) in enumerate(self._kv):
@@ -560,9 +569,13 @@ class Runner:
         self.ids.append(token)
         return outs[at["logits"]][0, -1]
 
-    def score(self, token_ids, chunk: int = 512) -> np.ndarray:
-        """Logits [S, V] for a fresh sequence (fed in chunks): used by accuracy evaluation."""
+    def score(self, token_ids, chunk: int = 512, prepared=None) -> np.ndarray:
+        """Logits [S, V] for a fresh sequence (fed in chunks; with `prepared` image inputs, in one step): used by
+        accuracy evaluation."""
         self.reset()
+        if prepared is not None:
+            self.reserve(len(token_ids))
+            return self.step(list(token_ids), all_logits=True, prepared=prepared).astype(np.float32)
         out = [self.step(list(token_ids[i:i + chunk]), all_logits=True) for i in range(0, len(token_ids), chunk)]
         return np.concatenate(out, axis=0).astype(np.float32)
 
@@ -648,8 +661,7 @@ class Runner:
         budget = self.check_prompt(prompt_ids, s)
         self.reset()
         self.reserve(len(prompt_ids) + budget)  # the whole request at once: no growth while it streams
-        self._pending = pending
-        logits = self.step(list(prompt_ids))
+        logits = self.step(list(prompt_ids), prepared=pending)
         seq = Decoding(self, prompt_ids, s, budget, thinking_open, ttft=time.perf_counter() - t0)
         while True:
             tok, rec = seq.next(logits)

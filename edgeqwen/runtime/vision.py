@@ -237,7 +237,7 @@ def rope_index(ids, grids, c: VisionConfig, start: int = 0) -> tuple[np.ndarray,
         n = gt * gh * gw
         if i + n > len(ids) or not (ids[i:i + n] == c.image_token_id).all():
             raise ImageError(f"image {img + 1} needs {n} placeholder tokens in a row")
-        t = (np.arange(gt)[:, None, None] * 0).repeat(gh, 1).repeat(gw, 2)  # still images: second_per_grid_t = 0
+        t = np.zeros((gt, gh, gw), np.int64)  # still images: second_per_grid_t = 0, every frame at time 0
         h = np.arange(gh)[None, :, None].repeat(gt, 0).repeat(gw, 2)
         w = np.arange(gw)[None, None, :].repeat(gt, 0).repeat(gh, 1)
         out[:, i:i + n] = np.stack([t.reshape(-1), h.reshape(-1), w.reshape(-1)]) + nxt
