@@ -67,7 +67,11 @@ def ensure_artifact(shape: str, recipe: str) -> tuple[Path, Path]:
 
     ckpt = ensure_shape(shape)
     resolved = json.dumps(read_recipe_data(recipe_path(recipe)), sort_keys=True)  # extends: applied
-    digest = hashlib.sha256(resolved.encode()).hexdigest()[:8]  # a changed recipe is rebuilt
+    h = hashlib.sha256(resolved.encode())
+    pkg = Path(__file__).resolve().parents[1] / "edgeqwen"
+    for src in sorted(p for room in ("export", "planner", "quantize") for p in (pkg / room).rglob("*.py")):
+        h.update(src.read_bytes())  # the code that shapes the graph: a changed exporter or quantizer is rebuilt too
+    digest = h.hexdigest()[:8]  # a changed recipe is rebuilt
     art = shape_dir(shape).with_name(f"{shape}-{Path(recipe).stem if recipe.endswith('.yaml') else recipe.replace('/', '-')}-{digest}")
     if not (art / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "edgeqwen.cli", "build", recipe, "--model", str(ckpt), "-o", str(art),

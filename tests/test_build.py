@@ -117,7 +117,7 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
             assert ops.get("GroupQueryAttention") == 4 and ops.get("SkipSimplifiedLayerNormalization")
         # builder-quantized nodes are named .../MatMul_Q4, pre-quantized (GPTQ) ones .../MatMulNBits
         bits = {re.sub(r"/MatMul(NBits|_Q\d+)$", "/MatMul", n.name): next((a.i for a in n.attribute if a.name == "bits"), 4)
-                for n in model.graph.node if n.op_type == "MatMulNBits" and "/all_positions/" not in n.name}
+                for n in model.graph.node if n.op_type == "MatMulNBits"}
         head = bits.pop("/lm_head/MatMul", None)
         if resolved.target.static_shapes:
             assert not bits and head is None  # QDQ weights: no MatMulNBits at all (checked above too)
@@ -129,8 +129,11 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
                 plan.node_setting(n)["bits"] == 8 for n in bits) and len(bits) >= 4 * 5
             assert head == (8 if resolved.recipe.quantization.lm_head.value == "int8" else 4)
             outputs = {o.name for o in model.graph.output}
-            assert ("logits_all" in outputs) == plan.prune_head == (
+            assert ("hidden_states" in outputs) == (path / "lm_head.onnx").exists() == plan.prune_head == (
                 resolved.target.execution_provider.value == "cpu" and plan.exporter == "builder")
+            # the scoring head is a file of its own: model.onnx runs the head once per step, never twice
+            assert sum(n.output[0] == "logits" or n.name.startswith("/lm_head/") and n.op_type.startswith("MatMul")
+                       for n in model.graph.node) == 1
         elif prec == "int8":
             assert set(bits.values()) == {8} and head == 8
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,40 @@ def test_greedy_matches_genai_on_int4(trained_qwen3, artifacts):
     for prompt in PROMPTS:
         ids = runner.encode(prompt)
         assert runner.generate(ids, Sampling(max_new_tokens=24, ignore_eos=True)).token_ids == genai_generate(path, ids, 24)
+
+
+def test_pruned_head_scores_every_position_through_lm_head_onnx(trained_qwen3, artifacts, tmp_path):
+    """The decoder graph computes the last position's logits only; score() reads every position through lm_head.onnx
+    (the head alone, over model.onnx.data's bytes): each row equals the pruned logits of a fresh prefill of that
+    prefix. Decoding never loads it."""
+    import onnx
+
+    path = artifacts.get("tiny-qwen3/cpu-x86_64-int4", trained_qwen3)
+    head = onnx.load(str(path / "lm_head.onnx"), load_external_data=False)
+    assert [n.op_type for n in head.graph.node] == ["MatMulNBits"] and head.graph.input[0].name == "hidden_states"
+    assert {e.value for t in head.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data if e.key == "location"} == {"model.onnx.data"}
+    assert (path / "lm_head.onnx").stat().st_size < 10_000  # no weight bytes of its own
+    runner = Runner(path)
+    ids = runner.encode("The assert statement is a convenient way to insert debugging assertions")
+    runner.generate(ids, Sampling(max_new_tokens=4, ignore_eos=True))
+    assert runner.last_position_only and runner._scoring_head is None
+    every = runner.score(ids)
+    prefixes = []
+    for i in range(len(ids)):
+        runner.reset()
+        prefixes.append(runner.step(ids[:i + 1]))
+    assert every.shape == (len(ids), runner.vocab_size) and np.abs(every - np.stack(prefixes)).max() < 1e-4
+    copy = tmp_path / "no-head"
+    shutil.copytree(path, copy)
+    (copy / "lm_head.onnx").unlink()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["lm_head.onnx"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    headless = Runner(copy)
+    assert headless.generate(ids, Sampling(max_new_tokens=4, ignore_eos=True)).token_ids  # decoding needs no head file
+    with pytest.raises(RunnerError, match="last position only .* no lm_head.onnx"):
+        headless.score(ids)
 
 
 def test_streaming_detokenizer_never_splits_utf8(trained_qwen2, artifacts):

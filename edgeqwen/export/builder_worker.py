@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 
 def _install_quant_hook(plan) -> list[str]:
@@ -25,7 +26,6 @@ def _install_quant_hook(plan) -> list[str]:
     from edgeqwen.architectures import HEAD_NODE
     from edgeqwen.quantize.graph_quant import (ort_block_quant, quantize_embedding_table, quantize_in_place,
                                                require_planned_nodes, sync_shared_table)
-    from edgeqwen.quantize.ir_edit import add_all_positions_head
     from edgeqwen.quantize.registry import get_algorithm, resolve_callable
 
     base = sys.modules["builders.base"]
@@ -45,8 +45,6 @@ def _install_quant_hook(plan) -> list[str]:
         if plan.table.mode == "separate":
             notes.extend(quantize_embedding_table(model, bits=plan.table.bits, block=plan.table.block_size,
                                                   symmetric=plan.symmetric))
-        if plan.prune_head:
-            notes.extend(add_all_positions_head(model.graph))
         return model
 
     def to_int4_graph(self):
@@ -110,6 +108,10 @@ def main(argv: list[str]) -> int:
 
     create_model(model_name=None, input_path=job.input, output_dir=job.output, precision=plan.builder_precision,
                  execution_provider=plan.execution_provider, cache_dir=job.cache_dir, **plan.builder_options())
+    if plan.prune_head:
+        from edgeqwen.export.scoring_head import write_scoring_head
+
+        notes.append(write_scoring_head(Path(job.output)))
     WorkerResult(notes_to_decisions("exporter", notes)).write(job.result_path)
     return 0
 

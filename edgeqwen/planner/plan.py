@@ -57,7 +57,7 @@ class ExportPlan:
     weight_encoding: str = "matmulnbits"
     static_shapes: bool = False
     num_layers: int = 0
-    prune_head: bool = False  # prefill logits for the last position only (+ an all-positions output for eval)
+    prune_head: bool = False  # logits for the last position only (+ lm_head.onnx over every position, for eval)
     mixed: dict = field(default_factory=dict)  # `mixed_precision: auto`: what was chosen and why (planner/mixed.py)
     vision: dict = field(default_factory=dict)  # Qwen2.5-VL: the encoder's bits and the image-size cap (empty: text only)
     decisions: tuple[Decision, ...] = ()
@@ -101,8 +101,8 @@ class ExportPlan:
         if self.exclude_nodes:
             opts["int4_nodes_to_exclude"] = list(self.exclude_nodes)
         opts["shared_embeddings"] = self.table.mode == "shared" and not self.vision
-        if self.prune_head:
-            opts["prune_lm_head"] = True
+        if self.prune_head:  # + the final norm's output, which the separate scoring head (lm_head.onnx) reads
+            opts.update(prune_lm_head=True, include_hidden_states=True)
         return opts
 
     def to_json(self) -> dict:

@@ -8,7 +8,7 @@ from ..checkpoint import Checkpoint
 from ..errors import EdgeQwenError
 from ..quantize.registry import AlgorithmSpec, get_algorithm
 from ..recipe import EmbeddingMode, Exporter, HeadMode, Resolved
-from ..targets import Precision
+from ..targets import ArtifactFormat, Precision
 from .overrides import expand_overrides
 from .plan import Decision, ExportPlan, HeadPlan, TablePlan
 from .sizes import fit_block
@@ -78,9 +78,14 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
         log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
             "its float weight dropped")
     prune = recipe.exporter == Exporter.BUILDER and target.execution_provider.value == "cpu" and head_bits is not None
-    if prune:
-        log("head.prune", "prefill computes the lm_head for the last position only (the builder's prune_lm_head); a "
-            "second head output over every position, same weights, serves accuracy checks")
+    if prune and target.artifact_format == ArtifactFormat.ORT:
+        prune = False
+        log("head.prune", "lm_head over every position (not pruned): an ORT-format artifact keeps its weights inside "
+            "model.ort, where a separate scoring head cannot share them; decode is unaffected, prefill computes the "
+            "head on every prompt position")
+    elif prune:
+        log("head.prune", "prefill computes the lm_head for the last position only (the builder's prune_lm_head); "
+            "accuracy checks score every position through lm_head.onnx, the head alone over the same stored weights")
     return ExportPlan(prune_head=prune, algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
                       head=HeadPlan(head_bits, head_block), table=table, node_settings=settings,
                       exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,

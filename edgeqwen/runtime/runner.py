@@ -444,6 +444,11 @@ class Runner:
         if self.static_slots is not None:
             self.context_length = min(self.context_length, self.static_slots + 1)
         self._out_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
+        # a pruned head (last position only) scores every position through lm_head.onnx, over the same weight bytes
+        self._so, self._providers = so, providers or ["CPUExecutionProvider"]
+        self._scoring_head = None
+        logits_shape = self.session.get_outputs()[self._out_index["logits"]].shape
+        self.last_position_only = len(logits_shape) == 3 and logits_shape[1] == 1
         self._ll_tokenizer = None
         self._kv = None
         self.kv_capacity = 0
@@ -527,8 +532,8 @@ class Runner:
             positions = np.arange(self.pos, self.pos + n, dtype=np.int64)[None]
         self.bind_inputs(io, np.asarray([token_ids], dtype=np.int64), np.ones((1, self.pos + n), dtype=np.int64),
                          positions, feats)
-        # first, so get_outputs()[0] is the logits; a pruned-head graph has every position's logits apart
-        io.bind_output("logits_all" if all_logits and "logits_all" in self._out_index else "logits", "cpu")
+        # first, so get_outputs()[0] is the logits (or, to score a pruned head, the hidden states lm_head.onnx reads)
+        io.bind_output(self._logits_output(all_logits and n > 1), "cpu")
         for i, (k, v) in enumerate(self._kv):
             if self.growing_kv:
                 io.bind_cpu_input(f"past_key_values.{i}.key", k)
@@ -542,12 +547,31 @@ class Runner:
                 io.bind_ortvalue_output(f"present.{i}.value", v)
         self.session.run_with_iobinding(io)
         outs = io.get_outputs()
-        logits = outs[0].numpy()[0]
+        logits = outs[0].numpy()
+        if all_logits and n > 1 and self.last_position_only and "logits_all" not in self._out_index:
+            logits = self._head_session().run(None, {"hidden_states": logits})[0]
+        logits = logits[0]
         if self.growing_kv:
             self._kv = [(outs[1 + 2 * i].numpy(), outs[2 + 2 * i].numpy()) for i in range(self.num_layers)]
         self.pos += n
         self.ids.extend(int(t) for t in token_ids)
         return logits if all_logits else logits[-1]
+
+    def _logits_output(self, every_position: bool) -> str:
+        if not every_position or not self.last_position_only:
+            return "logits"
+        if "logits_all" in self._out_index:  # artifacts built before lm_head.onnx: a second head inside the graph
+            return "logits_all"
+        if "hidden_states" not in self._out_index or not (self.path / "lm_head.onnx").exists():
+            raise RunnerError(f"{self.path}: this graph computes logits for the last position only and the artifact "
+                              "has no lm_head.onnx to score every position; rebuild it with `edgeqwen build`")
+        return "hidden_states"
+
+    def _head_session(self):
+        """lm_head.onnx, loaded on the first scoring call (its weights are the decoder's, read again: scoring only)."""
+        if self._scoring_head is None:
+            self._scoring_head = ort.InferenceSession(str(self.path / "lm_head.onnx"), self._so, providers=self._providers)
+        return self._scoring_head
 
     def _static_step(self, token: int) -> np.ndarray:
         """One token through a fixed-shape graph: mask the unfilled KV slots, then store the new KV in slot pos."""
