@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bytes_per_token import gguf_bytes_per_token, onnx_bytes_per_token  # noqa: E402
 from shapes import add_speed_args, ensure_artifact, shape_dir  # noqa: E402
 
 from edgeqwen.bench import bench  # noqa: E402
@@ -85,15 +86,15 @@ def main() -> int:
         proc = subprocess.run([args.llama_python, "-c", LLAMA, "bench", str(q), str(args.prompt_len), str(args.gen_len),
                                str(args.threads)], capture_output=True, text=True, check=True)
         rows[f"llama.cpp {name}"] = {**json.loads(proc.stdout.split("RESULT ", 1)[1]), "size_mb": q.stat().st_size / 1e6,
-                                     "bytes_per_token": q.stat().st_size}  # tied: token_embd is read whole as the head
+                                     **gguf_bytes_per_token(q, Path(args.llama_src) / "gguf-py")}
     for recipe in [args.recipe, *args.also]:
         _, art = ensure_artifact(args.shape, recipe)
         rep = bench(art, args.prompt_len, args.gen_len, args.threads)
         size = sum(p.stat().st_size for p in art.iterdir() if p.is_file()) / 1e6
-        weights = sum(p.stat().st_size for p in art.iterdir() if p.suffix in (".data", ".onnx", ".ort"))
+        weights = onnx_bytes_per_token(art)
         for engine, r in rep["results"].items():
             rows[f"{engine} ({Path(recipe).stem if recipe.endswith('.yaml') else recipe.split('/')[-1]})"] = {
-                **r, "size_mb": size, "bytes_per_token": weights}
+                **r, "size_mb": size, **weights}
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from runtime_bench import read_bandwidth_gbs
 

@@ -216,6 +216,21 @@ def test_sampling_without_a_full_sort_keeps_the_distribution():
     assert p[tok] >= np.sort(p)[::-1][int(np.searchsorted(np.cumsum(np.sort(p)[::-1]) / p.sum(), 0.95))]
 
 
+def test_top_k_and_nucleus_equal_a_full_sort_on_qwen_sized_rows():
+    from edgeqwen.runtime.runner import _nucleus, _top_k
+
+    rng = np.random.default_rng(3)
+    for scale, top_p, k in [(3.0, 0.95, 20), (0.3, 0.8, 50), (12.0, 0.5, 1), (1.0, 0.99, 100)]:  # flat .. peaked
+        logits = (rng.standard_normal(151936) * scale).astype(np.float32)
+        assert np.array_equal(np.sort(logits[_top_k(logits, k)]), np.sort(logits)[-k:])
+        scaled = logits / np.float32(0.7)
+        scaled -= scaled.max()
+        probs = np.exp(scaled)
+        order = np.argsort(-probs, kind="stable")
+        full = order[: int(np.searchsorted(np.cumsum(probs[order], dtype=np.float64), top_p * probs.sum(dtype=np.float64))) + 1]
+        assert set(_nucleus(scaled, probs, top_p).tolist()) == set(full.tolist()), (scale, top_p)
+
+
 def test_kv_cache_sized_to_the_work_and_grown_in_place(trained_qwen2, artifacts):
     """The in-place KV cache starts at the request's size and grows (keeping what it holds) past it: the logits are
     those of a cache allocated at the full context."""

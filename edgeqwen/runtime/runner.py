@@ -200,13 +200,44 @@ class GrammarConstraint:
 NUCLEUS_BINS = 2048  # top-p: probability mass histogram over the logit range (see sample_token)
 
 
+def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest logits (any order). The k-th largest of every 32nd logit is a floor at or under the
+    true k-th largest, so the full top-k lies among the logits at or over it: a partial selection over those few."""
+    if logits.size >= 64 * k:
+        sample = logits[::32]
+        floor = np.partition(sample, sample.size - k)[sample.size - k]
+        cand = np.flatnonzero(logits >= floor)
+        return cand[np.argpartition(logits[cand], cand.size - k)[cand.size - k:]]
+    return np.argpartition(logits, logits.size - k)[logits.size - k:]
+
+
+def _nucleus(scaled: np.ndarray, probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Indices of the smallest set of most probable tokens holding top_p of the mass (a full sort's nucleus, ties
+    aside), without sorting the vocabulary. Tokens under (1 - top_p) * total / n carry less than 1 - top_p of the mass
+    together, so they all lie past the nucleus and are dropped first (a weighted bincount over the whole vocabulary
+    costs ~1.2 ms). The rest go into NUCLEUS_BINS bins by logit; the bin where the cumulative mass from the top crosses
+    top_p is the only one sorted."""
+    total = float(probs.sum(dtype=np.float64))
+    want = top_p * total
+    cand = np.flatnonzero(probs >= np.float32((1.0 - top_p) * total / probs.size))
+    cs, cp = scaled[cand], probs[cand]
+    span = float(-cs.min()) or 1.0
+    bins = np.minimum((cs * np.float32(-NUCLEUS_BINS / span)).astype(np.int32), NUCLEUS_BINS - 1)
+    cum = np.cumsum(np.bincount(bins, weights=cp, minlength=NUCLEUS_BINS))
+    edge_bin = min(int(np.searchsorted(cum, want)), NUCLEUS_BINS - 1)
+    edge = np.flatnonzero(bins == edge_bin)
+    edge = edge[np.argsort(-cp[edge], kind="stable")]
+    above = cum[edge_bin - 1] if edge_bin else 0.0
+    cut = min(int(np.searchsorted(above + np.cumsum(cp[edge], dtype=np.float64), want)) + 1, edge.size)
+    return cand[np.concatenate([np.flatnonzero(bins < edge_bin), edge[:cut]])]
+
+
 def sample_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator, history=()) -> int:
     """One token from a logits row: repetition penalty, greedy, or temperature + top-k + top-p.
 
-    No full-vocabulary sort (≈ 13 ms per token over Qwen's 151 936 logits): top-k takes the k best by partial
-    selection; top-p puts every candidate's probability mass into NUCLEUS_BINS bins by logit, finds the bin where the
-    cumulative mass from the top crosses top_p, takes every token above it and sorts only that one bin. The kept set is
-    exactly the full sort's nucleus (ties aside), in a few passes over the vocabulary whatever its shape."""
+    No full-vocabulary sort (≈ 13 ms per token over Qwen's 151 936 logits): top-k is a partial selection over the
+    few logits above a sampled floor (_top_k), top-p a histogram over the tokens that can reach the nucleus (_nucleus);
+    both keep exactly the set a full sort would (ties aside)."""
     logits = np.asarray(logits, dtype=np.float32)
     if s.repetition_penalty != 1.0 and len(history):
         logits = logits.copy()
@@ -216,22 +247,11 @@ def sample_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator, hist
     if s.temperature == 0.0:
         return int(np.argmax(logits))
     n = logits.size
-    pool = np.argpartition(logits, n - s.top_k)[n - s.top_k:] if 0 < s.top_k < n else None
+    pool = _top_k(logits, s.top_k) if 0 < s.top_k < n else None
     scaled = (logits if pool is None else logits[pool]) / np.float32(s.temperature)
     scaled -= scaled.max()
     probs = np.exp(scaled)
-    keep = None
-    if s.top_p < 1.0:
-        want = s.top_p * float(probs.sum(dtype=np.float64))
-        span = float(-scaled.min()) or 1.0
-        bins = np.minimum((scaled * np.float32(-NUCLEUS_BINS / span)).astype(np.int32), NUCLEUS_BINS - 1)
-        cum = np.cumsum(np.bincount(bins, weights=probs, minlength=NUCLEUS_BINS))
-        edge_bin = min(int(np.searchsorted(cum, want)), NUCLEUS_BINS - 1)
-        edge = np.flatnonzero(bins == edge_bin)
-        edge = edge[np.argsort(-probs[edge], kind="stable")]
-        above = cum[edge_bin - 1] if edge_bin else 0.0
-        cut = min(int(np.searchsorted(above + np.cumsum(probs[edge], dtype=np.float64), want)) + 1, edge.size)
-        keep = np.concatenate([np.flatnonzero(bins < edge_bin), edge[:cut]])
+    keep = _nucleus(scaled, probs, s.top_p) if s.top_p < 1.0 else None
     weights = probs if keep is None else probs[keep]
     cdf = np.cumsum(weights, dtype=np.float64)
     j = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), weights.size - 1)
@@ -451,6 +471,7 @@ class Runner:
         self.last_position_only = len(logits_shape) == 3 and logits_shape[1] == 1
         self._ll_tokenizer = None
         self._kv = None
+        self._io = None
         self.kv_capacity = 0
         self.pos = 0
         self.rope_pos = 0  # the next text position (M-RoPE models: an image's positions span fewer than its tokens)
@@ -494,6 +515,7 @@ class Runner:
                 pair.append(ort.OrtValue.ortvalue_from_numpy(buf))
             new.append(tuple(pair))
         self._kv = new
+        self._io = None  # the decode binding holds the old buffers
         self.kv_capacity = want
 
     def bind_inputs(self, io, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, features=None) -> None:
@@ -522,7 +544,8 @@ class Runner:
             rows = [self._static_step(int(t)) for t in token_ids]
             return np.stack(rows) if all_logits else rows[-1]
         self.reserve(self.pos + n)
-        io = self.session.io_binding()
+        one_token = n == 1 and not self.growing_kv
+        io = self._decode_binding() if one_token else self.session.io_binding()
         feats = None
         if self.vision is not None:
             feats, positions = prepared if prepared is not None else (None, self.vision.text_positions(self.rope_pos, n))
@@ -532,6 +555,12 @@ class Runner:
             positions = np.arange(self.pos, self.pos + n, dtype=np.int64)[None]
         self.bind_inputs(io, np.asarray([token_ids], dtype=np.int64), np.ones((1, self.pos + n), dtype=np.int64),
                          positions, feats)
+        if one_token:  # KV and logits stay bound between decode steps: only the three small inputs change
+            self.session.run_with_iobinding(io)
+            self.pos += 1
+            self.ids.append(int(token_ids[0]))
+            logits = self._logits_buf[0].copy()
+            return logits if all_logits else logits[-1]
         # first, so get_outputs()[0] is the logits (or, to score a pruned head, the hidden states lm_head.onnx reads)
         io.bind_output(self._logits_output(all_logits and n > 1), "cpu")
         for i, (k, v) in enumerate(self._kv):
@@ -556,6 +585,22 @@ class Runner:
         self.pos += n
         self.ids.extend(int(t) for t in token_ids)
         return logits if all_logits else logits[-1]
+
+    def _decode_binding(self):
+        """One IOBinding for one-token steps, made once per KV allocation: the in-place KV buffers bound as both past
+        and present, the logits into a buffer of ours (no per-step allocation, no fetch of 2 x layers outputs)."""
+        if self._io is None:
+            io = self.session.io_binding()
+            for i, (k, v) in enumerate(self._kv):
+                io.bind_ortvalue_input(f"past_key_values.{i}.key", k)
+                io.bind_ortvalue_input(f"past_key_values.{i}.value", v)
+                io.bind_ortvalue_output(f"present.{i}.key", k)
+                io.bind_ortvalue_output(f"present.{i}.value", v)
+            out = self.session.get_outputs()[self._out_index["logits"]]
+            self._logits_buf = np.empty((1, 1, self.vocab_size), np.float16 if "float16" in out.type else np.float32)
+            io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits_buf))
+            self._io = io
+        return self._io
 
     def _logits_output(self, every_position: bool) -> str:
         if not every_position or not self.last_position_only:
