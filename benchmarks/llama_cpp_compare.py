@@ -65,12 +65,24 @@ LLAMA = textwrap.dedent("""
 FTYPES = {"Q4_0": 2, "Q4_K_M": 15}
 
 
+def _median(rs: list[dict]) -> dict:
+    """One row from repeated runs: the median of each speed, and the decode range across runs."""
+    import statistics
+
+    out = dict(rs[0])
+    for key in ("prefill_tps", "decode_tps", "peak_rss_mb"):
+        out[key] = statistics.median(r[key] for r in rs)
+    out["decode_range"] = (min(r["decode_tps"] for r in rs), max(r["decode_tps"] for r in rs))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-python", required=True)
     ap.add_argument("--llama-src", required=True, help="folder holding convert_hf_to_gguf.py and gguf-py")
     add_speed_args(ap)
     ap.add_argument("--also", action="append", default=[], help="more edgeqwen recipes in the same run (repeatable)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of every engine, interleaved; the table has medians")
     args = ap.parse_args()
     ckpt, art = ensure_artifact(args.shape, args.recipe)
     gguf_dir = shape_dir(args.shape).with_name(f"{args.shape}-gguf")
@@ -78,37 +90,46 @@ def main() -> int:
     f16 = gguf_dir / "model-f16.gguf"
     if not f16.exists():
         subprocess.run([sys.executable, "-c", CONVERT.format(src=args.llama_src, ckpt=str(ckpt), out=str(f16))], check=True)
-    rows = {}
-    for name, ftype in FTYPES.items():
-        q = gguf_dir / f"model-{name}.gguf"
-        if not q.exists():
-            subprocess.run([args.llama_python, "-c", LLAMA, "quantize", str(f16), str(q), str(ftype)], check=True)
-        proc = subprocess.run([args.llama_python, "-c", LLAMA, "bench", str(q), str(args.prompt_len), str(args.gen_len),
-                               str(args.threads)], capture_output=True, text=True, check=True)
-        rows[f"llama.cpp {name}"] = {**json.loads(proc.stdout.split("RESULT ", 1)[1]), "size_mb": q.stat().st_size / 1e6,
-                                     **gguf_bytes_per_token(q, Path(args.llama_src) / "gguf-py")}
-    for recipe in [args.recipe, *args.also]:
-        _, art = ensure_artifact(args.shape, recipe)
-        rep = bench(art, args.prompt_len, args.gen_len, args.threads)
-        size = sum(p.stat().st_size for p in art.iterdir() if p.is_file()) / 1e6
-        weights = onnx_bytes_per_token(art)
-        for engine, r in rep["results"].items():
-            rows[f"{engine} ({Path(recipe).stem if recipe.endswith('.yaml') else recipe.split('/')[-1]})"] = {
-                **r, "size_mb": size, **weights}
+    arts = {recipe: ensure_artifact(args.shape, recipe)[1] for recipe in [args.recipe, *args.also]}  # builds first
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeats):  # engines interleaved, so a noisy minute hits all of them alike
+        for name, ftype in FTYPES.items():
+            q = gguf_dir / f"model-{name}.gguf"
+            if not q.exists():
+                subprocess.run([args.llama_python, "-c", LLAMA, "quantize", str(f16), str(q), str(ftype)], check=True)
+            proc = subprocess.run([args.llama_python, "-c", LLAMA, "bench", str(q), str(args.prompt_len),
+                                   str(args.gen_len), str(args.threads)], capture_output=True, text=True, check=True)
+            runs.setdefault(f"llama.cpp {name}", []).append({
+                **json.loads(proc.stdout.split("RESULT ", 1)[1]), "size_mb": q.stat().st_size / 1e6,
+                **gguf_bytes_per_token(q, Path(args.llama_src) / "gguf-py")})
+        for recipe, art in arts.items():
+            rep = bench(art, args.prompt_len, args.gen_len, args.threads)
+            size = sum(p.stat().st_size for p in art.iterdir() if p.is_file()) / 1e6
+            weights = onnx_bytes_per_token(art)
+            for engine, r in rep["results"].items():
+                if "error" in r:
+                    raise SystemExit(f"{engine} on {art} failed: {r['error']}")
+                runs.setdefault(f"{engine} ({Path(recipe).stem if recipe.endswith('.yaml') else recipe.split('/')[-1]})",
+                                []).append({**r, "size_mb": size, **weights})
+    rows = {name: _median(rs) for name, rs in runs.items()}
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from runtime_bench import read_bandwidth_gbs
 
     bandwidth = read_bandwidth_gbs(args.threads)
     q40, qkm = rows["llama.cpp Q4_0"], rows["llama.cpp Q4_K_M"]
     lines = [f"{args.shape} shape, random weights, prompt {args.prompt_len}, generate {args.gen_len}, {args.threads} threads; "
-             f"memory read bandwidth {bandwidth:.1f} GB/s (numpy, {args.threads} threads, same run)",
-             "| engine / artifact | size MB | weight MB read per token | prefill tok/s | decode tok/s | decode GB/s (% of bandwidth) "
-             "| peak RSS MB | prefill vs Q4_0 | prefill vs Q4_K_M | decode vs Q4_0 |",
+             f"memory read bandwidth {bandwidth:.1f} GB/s (numpy, {args.threads} threads, same run); median of "
+             f"{args.repeats} interleaved runs; weight MB read per token counted from the tensors "
+             "(benchmarks/bytes_per_token.py)",
+             "| engine / artifact | size MB | weight MB read per token | prefill tok/s | decode tok/s (range) "
+             "| decode GB/s (% of bandwidth) | peak RSS MB | prefill vs Q4_0 | prefill vs Q4_K_M | decode vs Q4_0 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         gbs = r["bytes_per_token"] * r["decode_tps"] / 1e9
+        lo, hi = r["decode_range"]
         lines.append(f"| {name} | {r['size_mb']:.0f} | {r['bytes_per_token'] / 1e6:.0f} | {r['prefill_tps']:.1f} | "
-                     f"{r['decode_tps']:.1f} | {gbs:.1f} ({100 * gbs / bandwidth:.0f} %) | {r['peak_rss_mb']:.0f} | "
+                     f"{r['decode_tps']:.1f} ({lo:.1f}–{hi:.1f}) | {gbs:.1f} ({100 * gbs / bandwidth:.0f} %) | "
+                     f"{r['peak_rss_mb']:.0f} | "
                      f"{r['prefill_tps'] / q40['prefill_tps']:.2f}x | {r['prefill_tps'] / qkm['prefill_tps']:.2f}x | "
                      f"{r['decode_tps'] / q40['decode_tps']:.2f}x |")
     text = "\n".join(lines)

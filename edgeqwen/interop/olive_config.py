@@ -52,10 +52,11 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     spec = get_algorithm(plan.algorithm) if quantized else None
 
     mb = {"type": "ModelBuilder", "precision": plan.builder_precision}
-    extra = {k: v for k, v in plan.builder_options().items() if k not in ("hf_token", "hf_remote", "prune_lm_head")}
+    extra = {k: v for k, v in plan.builder_options().items()
+             if k not in ("hf_token", "hf_remote", "prune_lm_head", "include_hidden_states")}
     if plan.prune_head:
-        notes.append("prune_lm_head left out: Olive's ModelBuilder cannot add the all-positions logits output that "
-                     "accuracy checks read (its artifact computes the head over every prompt position)")
+        notes.append("prune_lm_head left out: Olive's ModelBuilder does not write the lm_head.onnx that scores every "
+                     "position for accuracy checks (its artifact computes the head over every prompt position)")
     for key in _BUILDER_TOP_LEVEL:
         if key in extra:
             mb[key] = extra.pop(key)

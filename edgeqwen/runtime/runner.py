@@ -222,14 +222,33 @@ def _nucleus(scaled: np.ndarray, probs: np.ndarray, top_p: float) -> np.ndarray:
     cand = np.flatnonzero(probs >= np.float32((1.0 - top_p) * total / probs.size))
     cs, cp = scaled[cand], probs[cand]
     span = float(-cs.min()) or 1.0
-    bins = np.minimum((cs * np.float32(-NUCLEUS_BINS / span)).astype(np.int32), NUCLEUS_BINS - 1)
-    cum = np.cumsum(np.bincount(bins, weights=cp, minlength=NUCLEUS_BINS))
+    bins = np.minimum((cs * np.float32(-NUCLEUS_BINS / span)).astype(np.intp), NUCLEUS_BINS - 1)
+    # intp bins and float64 weights: bincount converts anything else element by element (6x slower)
+    cum = np.cumsum(np.bincount(bins, weights=cp.astype(np.float64), minlength=NUCLEUS_BINS))
     edge_bin = min(int(np.searchsorted(cum, want)), NUCLEUS_BINS - 1)
     edge = np.flatnonzero(bins == edge_bin)
     edge = edge[np.argsort(-cp[edge], kind="stable")]
     above = cum[edge_bin - 1] if edge_bin else 0.0
     cut = min(int(np.searchsorted(above + np.cumsum(cp[edge], dtype=np.float64), want)) + 1, edge.size)
     return cand[np.concatenate([np.flatnonzero(bins < edge_bin), edge[:cut]])]
+
+
+def _draw(weights: np.ndarray, u: float, block: int = 1024) -> int:
+    """The index where u x total falls in the running sum of weights: block sums first, then one block's running sum
+    (a float64 cumsum over a whole 151 936-wide row costs ~1.4 ms, block sums a tenth of that)."""
+    if weights.size <= 4 * block:
+        cdf = np.cumsum(weights, dtype=np.float64)
+        return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), weights.size - 1)
+    full = weights.size // block * block
+    sums = weights[:full].reshape(-1, block).sum(axis=1, dtype=np.float64)
+    if full < weights.size:
+        sums = np.append(sums, weights[full:].sum(dtype=np.float64))
+    cum = np.cumsum(sums)
+    target = u * cum[-1]
+    b = min(int(np.searchsorted(cum, target, side="right")), sums.size - 1)
+    inner = np.cumsum(weights[b * block:(b + 1) * block], dtype=np.float64)
+    rest = target - (cum[b - 1] if b else 0.0)
+    return min(b * block + int(np.searchsorted(inner, rest, side="right")), weights.size - 1)
 
 
 def sample_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator, history=()) -> int:
@@ -253,8 +272,7 @@ def sample_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator, hist
     probs = np.exp(scaled)
     keep = _nucleus(scaled, probs, s.top_p) if s.top_p < 1.0 else None
     weights = probs if keep is None else probs[keep]
-    cdf = np.cumsum(weights, dtype=np.float64)
-    j = min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), weights.size - 1)
+    j = _draw(weights, rng.random())
     choice = j if keep is None else int(keep[j])
     return int(choice if pool is None else pool[choice])
 
