@@ -581,17 +581,14 @@ class Runner:
             return logits if all_logits else logits[-1]
         # first, so get_outputs()[0] is the logits (or, to score a pruned head, the hidden states lm_head.onnx reads)
         io.bind_output(self._logits_output(all_logits and n > 1), "cpu")
-        for i, (k, v) in enumerate(self._kv):
-            if self.growing_kv:
+        if self.growing_kv:
+            for i, (k, v) in enumerate(self._kv):
                 io.bind_cpu_input(f"past_key_values.{i}.key", k)
                 io.bind_cpu_input(f"past_key_values.{i}.value", v)
                 io.bind_output(f"present.{i}.key", "cpu")
                 io.bind_output(f"present.{i}.value", "cpu")
-            else:
-                io.bind_ortvalue_input(f"past_key_values.{i}.key", k)
-                io.bind_ortvalue_input(f"past_key_values.{i}.value", v)
-                io.bind_ortvalue_output(f"present.{i}.key", k)
-                io.bind_ortvalue_output(f"present.{i}.value", v)
+        else:
+            self._bind_kv_in_place(io)
         self.session.run_with_iobinding(io)
         outs = io.get_outputs()
         logits = outs[0].numpy()
@@ -609,16 +606,20 @@ class Runner:
         and present, the logits into a buffer of ours (no per-step allocation, no fetch of 2 x layers outputs)."""
         if self._io is None:
             io = self.session.io_binding()
-            for i, (k, v) in enumerate(self._kv):
-                io.bind_ortvalue_input(f"past_key_values.{i}.key", k)
-                io.bind_ortvalue_input(f"past_key_values.{i}.value", v)
-                io.bind_ortvalue_output(f"present.{i}.key", k)
-                io.bind_ortvalue_output(f"present.{i}.value", v)
+            self._bind_kv_in_place(io)
             out = self.session.get_outputs()[self._out_index["logits"]]
             self._logits_buf = np.empty((1, 1, self.vocab_size), np.float16 if "float16" in out.type else np.float32)
             io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits_buf))
             self._io = io
         return self._io
+
+    def _bind_kv_in_place(self, io) -> None:
+        """The in-place KV cache: each layer's buffers are both its past input and its present output."""
+        for i, (k, v) in enumerate(self._kv):
+            io.bind_ortvalue_input(f"past_key_values.{i}.key", k)
+            io.bind_ortvalue_input(f"past_key_values.{i}.value", v)
+            io.bind_ortvalue_output(f"present.{i}.key", k)
+            io.bind_ortvalue_output(f"present.{i}.value", v)
 
     def _logits_output(self, every_position: bool) -> str:
         if not every_position or not self.last_position_only:
