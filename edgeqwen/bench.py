@@ -87,14 +87,14 @@ def run_edgeqwen_vision(artifact: str, ids: list[int], gen: int, threads: int) -
 
 def run_pytorch_vision(reference: str, ids: list[int], gen: int, threads: int, artifact: str = "") -> dict:
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from .architectures import load_reference
     from .export.vision_export import reference_image_processor
 
     if threads:
         torch.set_num_threads(threads)
     image, cfg = _bench_image(artifact)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(reference, dtype=torch.float32).eval()
+    model = load_reference(reference)
     inputs = reference_image_processor(cfg)(images=[image], return_tensors="pt")
     times = []
     with torch.inference_mode():
@@ -135,11 +135,12 @@ def run_genai(artifact: str, ids: list[int], gen: int, threads: int) -> dict:
 
 def run_pytorch(reference: str, ids: list[int], gen: int, threads: int) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from .architectures import load_reference
 
     if threads:
         torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(reference, dtype=torch.float32).eval()
+    model = load_reference(reference)
     with torch.inference_mode():
         def once(p, n):
             t0 = time.perf_counter()

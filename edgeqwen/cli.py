@@ -193,9 +193,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiny", help="create a small random-weight Qwen checkpoint (tests, shapes)")
     p.add_argument("output")
-    from .architectures import families
+    from .architectures import DEFAULT_FAMILY, families
 
-    p.add_argument("--family", choices=families(), default="qwen2")
+    p.add_argument("--family", choices=families(), default=DEFAULT_FAMILY)
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--intermediate-size", type=int, default=352)
     p.add_argument("--layers", type=int, default=4)

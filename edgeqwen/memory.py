@@ -146,10 +146,9 @@ BUILD_PEAK_PER_FP32_BYTE = {"normal": 3.5, "low_memory": 1.7}
 
 
 def parameter_count(config: dict) -> int:
-    from .architectures import get_architecture
+    from .architectures import architecture_of
 
-    arch = (config.get("architectures") or ["Qwen2ForCausalLM"])[0]
-    linears = sum(k * n for k, n in get_architecture(arch).linear_shapes(config, "builder").values())
+    linears = sum(k * n for k, n in architecture_of(config).linear_shapes(config, "builder").values())
     embed = 0 if config.get("tie_word_embeddings") else config["vocab_size"] * config["hidden_size"]
     vision = config.get("vision_config")  # Qwen2.5-VL: the exporters load the vision tower too
     if isinstance(vision, dict):

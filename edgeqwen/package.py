@@ -8,6 +8,7 @@ import shutil
 from importlib import metadata
 from pathlib import Path
 
+from .architectures import get_architecture
 from .checkpoint import Checkpoint
 from .errors import EdgeQwenError
 from .recipe import Resolved
@@ -67,6 +68,11 @@ def _token_ids(artifact: Path, ckpt: Checkpoint) -> dict:
 def finalize_genai_config(artifact: Path, resolved: Resolved, ckpt: Checkpoint) -> dict:
     path = artifact / "genai_config.json"
     cfg = json.loads(path.read_text())
+    genai_type = get_architecture(ckpt.architecture).genai_type
+    if cfg["model"].get("type") != genai_type:  # onnxruntime-genai dispatches its C++ model on this name
+        raise EdgeQwenError(f"the exporter wrote model type {cfg['model'].get('type')!r} for {ckpt.architecture}; "
+                            f"onnxruntime-genai loads it as {genai_type!r}", where=str(path),
+                            hint="the architecture registry (edgeqwen/architectures.py) and the exporter disagree")
     recipe = resolved.recipe
     ctx = min(recipe.context_length, int(cfg["model"].get("context_length") or recipe.context_length))
     cfg["model"]["context_length"] = ctx
@@ -111,7 +117,6 @@ def write_chat_template(artifact: Path, ckpt: Checkpoint) -> str:
 
 def write_inference_model(artifact: Path, name: str, template: str, architecture: str) -> None:
     """Foundry Local's inference_model.json: {"Name", "PromptTemplate"} with a {Content} slot."""
-    from .architectures import get_architecture
     from .runtime.runner import render_chat_template
 
     fmt = get_architecture(architecture).prompt_format

@@ -13,18 +13,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .architectures import DEFAULT_FAMILY, by_family
+
 _TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
-# Qwen's own chat templates (as published with Qwen2.5-Instruct and Qwen3), tool calling and thinking included, so the
-# fixtures render prompts, tool definitions, tool calls and tool results exactly as the real models do.
-QWEN2_CHAT_TEMPLATE = (_TEMPLATES / "qwen2.5.jinja").read_text(encoding="utf-8")
-QWEN3_CHAT_TEMPLATE = (_TEMPLATES / "qwen3.jinja").read_text(encoding="utf-8")
-QWEN2_VL_CHAT_TEMPLATE = (_TEMPLATES / "qwen2.5-vl.jinja").read_text(encoding="utf-8")
+
+
+def chat_template(family: str) -> str:
+    """The family's own published chat template (Qwen2.5-Instruct's, Qwen3's, Qwen2.5-VL's; tool calling and thinking
+    included), named by its architecture entry, so fixtures render prompts, tool definitions, tool calls and tool
+    results exactly as the real models do."""
+    return (_TEMPLATES / by_family(family).chat_template).read_text(encoding="utf-8")
+
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 # Qwen2.5-Coder's fill-in-the-middle and repository tokens (`TinySpec(fim=True)` fixtures carry them too)
 FIM_TOKENS = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
-# Qwen2.5-VL's image and video tokens (`family="qwen2_5_vl"` fixtures)
-VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 QWEN_PRETOKENIZE_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
@@ -34,7 +37,7 @@ QWEN_PRETOKENIZE_REGEX = (
 class TinySpec:
     """Shape of a tiny checkpoint. Defaults give a ~1 M-parameter model that trains in minutes."""
 
-    family: str = "qwen2"  # qwen2 | qwen3 | qwen2_5_vl (a Qwen2 decoder after a small windowed ViT)
+    family: str = DEFAULT_FAMILY  # a registered family (edgeqwen.architectures.families())
     vocab_size: int = 1024
     hidden_size: int = 128
     intermediate_size: int = 352
@@ -46,6 +49,11 @@ class TinySpec:
     seed: int = 0
     tied: bool | None = None  # tie_word_embeddings; None: the family's default (qwen2 tied, qwen3 untied)
     fim: bool = False  # Qwen2.5-Coder's fill-in-the-middle tokens in the tokenizer
+
+
+def fixture_spec(family: str, **overrides) -> TinySpec:
+    """The family's test fixture shape (its architecture entry's `tiny` fields), with `overrides` on top."""
+    return TinySpec(family=family, **{**by_family(family).tiny, **overrides})
 
 
 def corpus_text(split: str = "train") -> str:
@@ -91,8 +99,8 @@ def train_tokenizer(vocab_size: int, specials: list[str] = SPECIAL_TOKENS):
 def save_tokenizer(out: Path, family: str, vocab_size: int, fim: bool = False) -> dict[str, int]:
     from transformers import PreTrainedTokenizerFast
 
-    vision = family == "qwen2_5_vl"
-    raw = train_tokenizer(vocab_size, SPECIAL_TOKENS + (FIM_TOKENS if fim else []) + (VISION_TOKENS if vision else []))
+    extra = list(by_family(family).extra_tokens)  # e.g. Qwen2.5-VL's image and video tokens
+    raw = train_tokenizer(vocab_size, SPECIAL_TOKENS + (FIM_TOKENS if fim else []) + extra)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=raw,
         eos_token="<|im_end|>",
@@ -100,7 +108,7 @@ def save_tokenizer(out: Path, family: str, vocab_size: int, fim: bool = False) -
         unk_token=None,
         bos_token=None,
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-        chat_template={"qwen3": QWEN3_CHAT_TEMPLATE, "qwen2_5_vl": QWEN2_VL_CHAT_TEMPLATE}.get(family, QWEN2_CHAT_TEMPLATE),
+        chat_template=chat_template(family),
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
@@ -110,7 +118,7 @@ def save_tokenizer(out: Path, family: str, vocab_size: int, fim: bool = False) -
     cfg["tokenizer_class"] = "Qwen2Tokenizer"
     cfg["split_special_tokens"] = False
     cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
-    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS + (VISION_TOKENS if vision else [])}
+    ids = {t: raw.token_to_id(t) for t in SPECIAL_TOKENS + extra}
     if len(raw.get_vocab()) > vocab_size:
         raise RuntimeError(f"tokenizer has {len(raw.get_vocab())} tokens, more than vocab_size={vocab_size}")
     return ids
@@ -133,8 +141,6 @@ def make_config(spec: TinySpec, ids: dict[str, int]):
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    from .architectures import by_family
-
     arch = by_family(spec.family)  # raises for an unknown family, naming the known ones
     extra = {}
     if arch.explicit_head_dim:
@@ -162,20 +168,19 @@ def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=No
     dtype "bfloat16" mirrors how Qwen checkpoints are published (weights initialised directly in bf16).
     """
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ids = save_tokenizer(out, spec.family, spec.vocab_size, spec.fim)
     config = make_config(spec, ids)
     torch.manual_seed(spec.seed)
-    if spec.family == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
-
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=getattr(torch, dtype))
-        Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(out)
-    else:
-        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    arch = by_family(spec.family)
+    model_class = arch.transformers_class("torch")
+    make = model_class.from_config if hasattr(model_class, "from_config") else model_class._from_config
+    model = make(config, dtype=getattr(torch, dtype))
+    if arch.vision:
+        arch.transformers_class("image")(patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(out)
     if state_dict is not None:
         model.load_state_dict(state_dict)
     model.eval()

@@ -19,24 +19,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
+
 from .log import stage_log
 from .tiny import TinySpec, corpus_text, create_tiny_qwen
 
-SPECS = {
-    "tiny-qwen2": TinySpec(family="qwen2", hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=2, seed=0),
-    "tiny-qwen3": TinySpec(family="qwen3", hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, seed=1),
-}
-# Shapes no recipe was tuned on, for the quality-by-default evidence (benchmarks/holdout_eval.py): other layer counts,
-# widths that are not a multiple of 128, one KV head, a larger vocabulary, untied and tied. Trained on demand, cached.
-HOLDOUT = {
-    "holdout-qwen2-6l": TinySpec(family="qwen2", vocab_size=2048, hidden_size=192, intermediate_size=512,
-                                 num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2, seed=2),
-    "holdout-qwen3-3l": TinySpec(family="qwen3", vocab_size=3000, hidden_size=160, intermediate_size=480,
-                                 num_hidden_layers=3, num_attention_heads=5, num_key_value_heads=1, head_dim=32,
-                                 seed=3),
-}
+_MODELS = yaml.safe_load((Path(__file__).resolve().parent / "data" / "tiny_models.yaml").read_text())
+SPECS = {name: TinySpec(**fields) for name, fields in _MODELS["embedded"].items()}  # shipped, trained
+# Shapes no recipe was tuned on (benchmarks/holdout_eval.py); trained on demand, cached.
+HOLDOUT = {name: TinySpec(**fields) for name, fields in _MODELS["holdout"].items()}
 
 
 def cache_root() -> Path:

@@ -21,7 +21,7 @@ os.environ.setdefault("EDGEQWEN_CACHE", os.path.join(tempfile.gettempdir(), f"ed
 
 from edgeqwen.build import BuildOptions, build  # noqa: E402
 from edgeqwen.checkpoint import embedded_dir  # noqa: E402
-from edgeqwen.tiny import TinySpec, create_tiny_qwen  # noqa: E402
+from edgeqwen.tiny import TinySpec, create_tiny_qwen, fixture_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,18 +33,18 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def random_qwen2(tiny_dir) -> Path:
-    return create_tiny_qwen(tiny_dir / "qwen2", TinySpec(family="qwen2"))
+    return create_tiny_qwen(tiny_dir / "qwen2", fixture_spec("qwen2"))
 
 
 @pytest.fixture(scope="session")
 def random_qwen3(tiny_dir) -> Path:
-    return create_tiny_qwen(tiny_dir / "qwen3", TinySpec(family="qwen3", head_dim=32))
+    return create_tiny_qwen(tiny_dir / "qwen3", fixture_spec("qwen3"))
 
 
 @pytest.fixture(scope="session")
 def random_qwen2_vl(tiny_dir) -> Path:
     """Qwen2.5-VL: a tiny Qwen2 decoder (hidden 128, 4 layers) after a 4-block windowed ViT (hidden 64)."""
-    return create_tiny_qwen(tiny_dir / "qwen2_5_vl", TinySpec(family="qwen2_5_vl"))
+    return create_tiny_qwen(tiny_dir / "qwen2_5_vl", fixture_spec("qwen2_5_vl"))
 
 
 @pytest.fixture(scope="session")

@@ -63,15 +63,11 @@ def _check_reference(model, runner) -> None:
 
 def load_reference(path: Path):
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from ..architectures import load_reference as load
 
     torch.manual_seed(0)
-    archs = json.loads((Path(path) / "config.json").read_text()).get("architectures") or []
-    if "Qwen2_5_VLForConditionalGeneration" in archs:  # not an AutoModelForCausalLM class in transformers 4.57
-        from transformers import Qwen2_5_VLForConditionalGeneration as AutoModelForCausalLM  # noqa: N814
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
-    model.eval()
-    return model
+    return load(path)
 
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:

@@ -119,11 +119,13 @@ def load_parts(checkpoint: Path):
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    from ..architectures import get_architecture
 
     config = AutoConfig.from_pretrained(checkpoint, local_files_only=True)
     text = config.get_text_config()
-    visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(config.vision_config, dtype=torch.float32).eval()
+    tower = get_architecture(config.architectures[0]).transformers_class("vision")
+    visual = tower._from_config(config.vision_config, dtype=torch.float32).eval()
     embed = torch.nn.Embedding(text.vocab_size, text.hidden_size)
     want = {k: v for k, v in visual.state_dict().items()}
     vis_state, table = {}, None
@@ -254,11 +256,13 @@ def vision_config_for(config, preprocessor: dict | None = None):
                         tokens_per_second=float(getattr(v, "tokens_per_second", 2.0)), **extra)
 
 
-def reference_image_processor(cfg):
-    """transformers' Qwen2VLImageProcessor with an artifact's settings (`runtime.vision.VisionConfig`): the
-    reference the runner's numpy preprocessing is held to (evaluation, bench)."""
-    from transformers import Qwen2VLImageProcessor
+def reference_image_processor(cfg, architecture: str | None = None):
+    """transformers' image processor of the architecture (the registered vision family's when not given) with an
+    artifact's settings (`runtime.vision.VisionConfig`): the reference the runner's numpy preprocessing is held to
+    (evaluation, bench)."""
+    from ..architectures import architectures, get_architecture
 
-    return Qwen2VLImageProcessor(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, patch_size=cfg.patch_size,
+    arch = get_architecture(architecture) if architecture else next(a for a in architectures() if a.vision)
+    return arch.transformers_class("image")(min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, patch_size=cfg.patch_size,
                                  merge_size=cfg.merge_size, temporal_patch_size=cfg.temporal_patch_size,
                                  image_mean=list(cfg.image_mean), image_std=list(cfg.image_std))

@@ -83,18 +83,15 @@ def _kld(ref_logp, logits) -> float:
 
 def measure(cfg: dict) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM
 
+    from ..architectures import load_reference
     from .sizes import fit_block
 
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(0)
     t0 = time.perf_counter()
     x = _calibration_batch(cfg["model"], cfg["calib_text"], cfg["samples"], cfg["seq_len"])
-    archs = json.loads((Path(cfg["model"]) / "config.json").read_text()).get("architectures") or []
-    if "Qwen2_5_VLForConditionalGeneration" in archs:  # its decoder, measured on text as the text models are
-        from transformers import Qwen2_5_VLForConditionalGeneration as AutoModelForCausalLM  # noqa: N814
-    model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype=torch.float32, local_files_only=True).eval()
+    model = load_reference(cfg["model"])  # a VL model's decoder is measured on text as the text models are
     body = getattr(model.model, "language_model", model.model)
     layers = body.layers
     inputs: dict[int, torch.Tensor] = {}
