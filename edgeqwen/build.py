@@ -24,7 +24,8 @@ from .package import (
     write_manifest,
 )
 from .quantize.registry import get_algorithm, resolve_callable
-from .recipe import load_recipe
+from .quantize.request import CheckpointRequest
+from .recipe import Exporter, load_recipe
 from .targets import ArtifactFormat
 
 STAGES = 5
@@ -90,7 +91,7 @@ def _fit_build_in_ram(plan, resolved, ckpt):
     from .errors import DoesNotFit
     from .memory import available_mb, build_peak_mb
 
-    if not plan.quantized or plan.exporter != "builder":
+    if not plan.quantized or plan.exporter != Exporter.BUILDER:
         return plan
     have = available_mb()
     need = build_peak_mb(ckpt.config, plan.low_memory)
@@ -120,7 +121,7 @@ def _require_stack(plan) -> None:
     spec = get_algorithm(plan.algorithm) if plan.quantized else None
     if spec is not None and spec.extra:
         require(spec.extra, f"algorithm {spec.name}")
-    if plan.exporter == "portable":
+    if plan.exporter == Exporter.PORTABLE:
         require("portable", "the portable exporter")
     require("plots", "the accuracy report's picture")
 
@@ -207,10 +208,10 @@ def _replan_after_miss(plan, resolved, ckpt, sensitivity: dict, summary: dict | 
 
     from .planner import Decision
 
-    planned = plan.mixed.get("planned_kld") or 0.0
+    planned = plan.mixed.planned_kld or 0.0
     measured = (summary or {}).get("kld_mean")
     gate = resolved.recipe.accuracy.max_kld
-    target = plan.mixed.get("target_kld") or 0.01
+    target = plan.mixed.target_kld or 0.01
     scale = sensitivity.get("kld_scale", 1.0)
     factor = max(1.25, measured / planned) if measured and planned else 1.5
     kld_missed = measured is not None and gate is not None and measured > gate
@@ -237,10 +238,13 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
         stage_log(f"[2/{STAGES}] calibrate + {spec.summary.split(' on ')[0]}, int{plan.matmul_bits}, block "
                   f"{plan.block_size}, {'sym' if plan.symmetric else 'asym'}")
         quantize_checkpoint = resolve_callable(spec.checkpoint_quantizer)
-        export_input, extra[spec.name], more = quantize_checkpoint(plan, resolved, ckpt, work, opts.calib)
-        decisions.extend(more)
-    exporter_name = {"builder": "onnxruntime-genai builder", "portable": "optimum-onnx + ORT fusions"}[plan.exporter]
-    stage_log(f"[2/{STAGES}] export + quantize ({exporter_name}, {plan.execution_provider}, "
+        cal = resolved.recipe.quantization.calibration
+        job = CheckpointRequest(plan.quant_request(), ckpt.path, work, opts.calib, samples=cal.samples,
+                                seq_len=cal.seq_len, damp_percent=cal.damp_percent, iters=cal.iters)
+        export_input, extra[spec.name], notes = quantize_checkpoint(job)
+        decisions.extend(Decision(code, message) for code, message in notes)
+    exporter_name = {"builder": "onnxruntime-genai builder", "portable": "optimum-onnx + ORT fusions"}[plan.exporter.value]
+    stage_log(f"[2/{STAGES}] export + quantize ({exporter_name}, {plan.execution_provider.value}, "
               f"{resolved.recipe.precision.value}, block {plan.block_size})")
     result = run_export(plan, export_input, staging, work / "cache")
     stage_log(f"        exported in {result.wall_s:.1f}s, exporter peak RSS {result.peak_rss_mb:.0f} MB")
@@ -251,10 +255,10 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
         from .export.vision_export import export_vision
 
         stage_log(f"[2/{STAGES}] export the vision encoder + embedding merge (torch.onnx, "
-                  f"{'int%d' % plan.vision['bits'] if plan.vision['bits'] else 'float'} encoder)")
+                  f"{'int%d' % plan.vision.bits if plan.vision.bits else 'float'} encoder)")
         t0 = time.perf_counter()
-        info = export_vision(ckpt.path, staging, vision_bits=plan.vision["bits"], block=plan.vision["block"],
-                             int8_table=plan.vision["int8_table"], max_pixels=plan.vision["max_pixels"])
+        info = export_vision(ckpt.path, staging, vision_bits=plan.vision.bits, block=plan.vision.block,
+                             int8_table=plan.vision.int8_table, max_pixels=plan.vision.max_pixels)
         stage_log(f"        vision exported in {time.perf_counter() - t0:.1f}s")
         decisions.extend(Decision("vision.export", n) for n in info["notes"])
     stage_log(f"[3/{STAGES}] package: genai_config, chat template, inference_model.json, runner")
@@ -281,7 +285,7 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     if result.report is not None:
         extra["portable"] = result.report
     export_info = {
-        "exporter": plan.exporter,
+        "exporter": plan.exporter.value,
         "algorithm": plan.algorithm,
         "builder_extra_options": plan.builder_options(),
         "matmul_bits": plan.matmul_bits,

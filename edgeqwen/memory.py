@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from .architectures import HEAD_NODE, get_architecture
 from .errors import DoesNotFit
-from .planner import ExportPlan
+from .planner import ExportPlan, TableMode
 from .planner.sizes import matrix_bytes
 from .quantize.registry import get_algorithm
+from .quantize.request import Scheme
 from .recipe import Resolved
-from .targets import ExecutionProvider
+from .targets import ExecutionProvider, Precision
 
 RUNTIME_BASELINE_MB = 70.0  # python + onnxruntime + numpy + tokenizers: the runner's peak RSS on a 1 MB artifact
 # onnxruntime's CPU provider keeps the loaded initializers and adds prepacked copies for its MatMul
@@ -65,26 +66,26 @@ def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstima
     hd = config.get("head_dim") or h // heads
     inter = config["intermediate_size"]
     vocab = config["vocab_size"]
-    fp32_io = target.execution_provider in (ExecutionProvider.CPU, ExecutionProvider.QNN)  # QNN graphs here: fp32 I/O
-    io_bytes = 2 if not fp32_io or plan.precision == "fp16" else 4
-    float_bytes = {"fp32": 4, "fp16": 2}.get(plan.precision, io_bytes)
+    fp32_io = target.execution_provider.fp32_graph
+    io_bytes = 2 if not fp32_io or plan.precision == Precision.FP16 else 4
+    float_bytes = {Precision.FP32: 4, Precision.FP16: 2}.get(plan.precision, io_bytes)
     spec = get_algorithm(plan.algorithm) if plan.quantized else None
     zp_bytes = io_bytes if spec is not None and spec.float_zero_points else None
     weights = 0.0
-    for node, (k, n) in get_architecture(plan.architecture).linear_shapes(config, plan.exporter).items():
+    for node, (k, n) in get_architecture(plan.architecture).linear_shapes(config, plan.exporter.value).items():
         if not plan.quantized or node in plan.exclude_nodes:
             weights += k * n * float_bytes
             continue
         s = plan.node_setting(node)
-        weights += matrix_bytes(k, n, s["bits"], s["group_size"], s["scheme"] == "asym", io_bytes,
+        weights += matrix_bytes(k, n, s.bits, s.group_size, s.scheme == Scheme.ASYM, io_bytes,
                                  None if node == HEAD_NODE else zp_bytes, float_bytes)
     table = plan.table
     tied = bool(config.get("tie_word_embeddings", False))
-    if table.mode == "separate":
+    if table.mode == TableMode.SEPARATE:
         weights += matrix_bytes(h, vocab, table.bits, table.block_size, not plan.symmetric, io_bytes, None, float_bytes)
-    elif table.mode == "float" and not (tied and not plan.quantized):
+    elif table.mode == TableMode.FLOAT and not (tied and not plan.quantized):
         weights += vocab * h * float_bytes  # a float table beside a quantized head (a tied float model shares one)
-    elif table.mode == "rows":  # Qwen2.5-VL: embedding.onnx's int8 rows + one float scale each
+    elif table.mode == TableMode.ROWS:  # Qwen2.5-VL: embedding.onnx's int8 rows + one float scale each
         weights += vocab * (h + 4)
     vision_acts = 0.0
     if plan.vision:
@@ -104,11 +105,11 @@ def _vision(plan: ExportPlan, config: dict, float_bytes: int) -> tuple[float, fl
     attention scores of every head over every patch pair, float32, plus a few [patches, hidden] tensors)."""
     v = config["vision_config"]
     vh, inter, heads = v["hidden_size"], v["intermediate_size"], v["num_heads"]
-    bits = plan.vision.get("bits")
-    weights = sum(matrix_bytes(k, n, bits, plan.vision["block"], False, 4, None, float_bytes) if bits else k * n * float_bytes
+    bits = plan.vision.bits
+    weights = sum(matrix_bytes(k, n, bits, plan.vision.block, False, 4, None, float_bytes) if bits else k * n * float_bytes
                   for k, n in vision_linears(v))
     weights += vision_patch_embed(v) * 4  # the float patch embedding
-    patches = plan.vision["max_pixels"] // v["patch_size"] ** 2
+    patches = plan.vision.max_pixels // v["patch_size"] ** 2
     acts = heads * patches * patches * 4 * 2 + patches * (4 * vh + inter) * 4 * 2
     return weights, acts
 

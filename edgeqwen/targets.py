@@ -27,6 +27,12 @@ class ExecutionProvider(str, enum.Enum):
     DML = "dml"
     QNN = "qnn"  # Qualcomm NPUs (Hexagon HTP) through onnxruntime's QNN execution provider
 
+    @property
+    def fp32_graph(self) -> bool:
+        """Graphs for this provider keep fp32 activations, inputs/outputs and quantization scales: the CPU's, and the
+        QNN graphs here (the NPU's compiler quantizes them itself); the GPU providers take fp16 graphs."""
+        return self in (ExecutionProvider.CPU, ExecutionProvider.QNN)
+
 
 @dataclass(frozen=True)
 class ProviderSpec:

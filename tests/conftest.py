@@ -1,11 +1,13 @@
-"""Shared fixtures: tiny Qwen checkpoints made locally, built artifacts cached per session."""
+"""Shared fixtures: tiny Qwen checkpoints made locally, built artifacts shared by every worker of a run.
+
+Helpers that are not fixtures live in tests/helpers/ (imported by the test modules; never import one test module from
+another)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -19,90 +21,55 @@ _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 os.environ.setdefault("EDGEQWEN_CACHE", os.path.join(tempfile.gettempdir(), f"edgeqwen-test-cache-{_RUN}") if _RUN
                       else tempfile.mkdtemp(prefix="edgeqwen-test-cache-"))
 
-from edgeqwen.build import BuildOptions, build  # noqa: E402
 from edgeqwen.checkpoint import embedded_dir  # noqa: E402
-from edgeqwen.tiny import TinySpec, create_tiny_qwen, fixture_spec  # noqa: E402
+from edgeqwen.tiny import create_tiny_qwen, fixture_spec  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny")
+from .helpers.artifacts import ArtifactCache, run_dir, shared_checkpoint  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def random_qwen2(tiny_dir) -> Path:
-    return create_tiny_qwen(tiny_dir / "qwen2", fixture_spec("qwen2"))
+def pytest_sessionfinish(session, exitstatus):
+    """The run's shared folders go with the run (the controller removes them once every worker is done)."""
+    if _RUN and not hasattr(session.config, "workerinput"):
+        for kind in ("artifacts", "models", "cache"):
+            shutil.rmtree(os.path.join(tempfile.gettempdir(), f"edgeqwen-test-{kind}-{_RUN}"), ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def random_qwen3(tiny_dir) -> Path:
-    return create_tiny_qwen(tiny_dir / "qwen3", fixture_spec("qwen3"))
+def _random(family: str):
+    return shared_checkpoint(family, lambda out: create_tiny_qwen(out, fixture_spec(family)))
 
 
 @pytest.fixture(scope="session")
-def random_qwen2_vl(tiny_dir) -> Path:
+def random_qwen2():
+    return _random("qwen2")
+
+
+@pytest.fixture(scope="session")
+def random_qwen3():
+    return _random("qwen3")
+
+
+@pytest.fixture(scope="session")
+def random_qwen2_vl():
     """Qwen2.5-VL: a tiny Qwen2 decoder (hidden 128, 4 layers) after a 4-block windowed ViT (hidden 64)."""
-    return create_tiny_qwen(tiny_dir / "qwen2_5_vl", fixture_spec("qwen2_5_vl"))
+    return _random("qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")
-def trained_qwen2() -> Path:
+def trained_qwen2():
     return embedded_dir() / "tiny-qwen2"
 
 
 @pytest.fixture(scope="session")
-def trained_qwen3() -> Path:
+def trained_qwen3():
     return embedded_dir() / "tiny-qwen3"
 
 
-class ArtifactCache:
-    """Build each (recipe, model, eval) once per test session."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.built: dict[tuple, Path] = {}
-
-    def get(self, recipe: str, model: Path | str | None = None, evaluate: bool = False) -> Path:
-        key = (recipe, str(model), evaluate)
-        if key not in self.built:
-            out = self.root / f"a{len(self.built)}"
-            build(BuildOptions(recipe=recipe, output=out, model=str(model) if model else None, evaluate=evaluate))
-            self.built[key] = out
-        return self.built[key]
+@pytest.fixture(scope="session")
+def artifacts() -> ArtifactCache:
+    return ArtifactCache(run_dir("artifacts"))
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> ArtifactCache:
-    return ArtifactCache(tmp_path_factory.mktemp("artifacts"))
-
-
-@pytest.fixture(scope="session")
-def recipe_dir(tmp_path_factory) -> Path:
-    """Test recipes written here keep one path per content, so `artifacts` builds each once per session."""
+def recipe_dir(tmp_path_factory):
+    """Test recipes are written here, one path per content (the artifact cache keys them by content)."""
     return tmp_path_factory.mktemp("recipes")
-
-
-BASE_RECIPE = """\
-version: 1
-model: embedded:{model}
-target: cpu-x86_64
-precision: {precision}
-context_length: 1024
-quantization:
-  algorithm: {algo}
-  symmetric: false
-  lm_head: int8
-  block_size: 32
-"""
-ALGO_RECIPE = BASE_RECIPE + "  calibration: {{samples: 16, seq_len: 128, iters: 20}}\naccuracy: {{max_windows: 3}}\n"
-
-
-def algo_recipe(recipe_dir: Path, algo: str) -> str:
-    """One algorithm on the default int4 layout (asym, block 32, int8 head), light calibration: the recipe the
-    algorithm tests share, so each algorithm is built once per session."""
-    text = ALGO_RECIPE.format(model="tiny-qwen2", precision="int4", algo=algo)
-    path = recipe_dir / f"{algo}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
-    path.write_text(text)
-    return str(path)

@@ -13,8 +13,8 @@ from edgeqwen.quantize.graph_quant import ort_block_quant
 from edgeqwen.quantize.registry import AlgorithmSpec, algorithm_names, get_algorithm, register
 from edgeqwen.runtime import Runner, Sampling
 
-from .conftest import algo_recipe
-from .test_build import genai_generate
+from .helpers.artifacts import algo_recipe
+from .helpers.genai import genai_generate
 
 def dequant(packed, scales, zero_points, bits, block, k, symmetric):
     """MatMulNBits' layout back to (K, N) floats: low nibble first, zero points two per byte for 4 bits."""

@@ -22,7 +22,8 @@ from edgeqwen.runtime import Runner, Sampling
 from edgeqwen.targets import known_targets
 from edgeqwen.tiny import TinySpec, create_tiny_qwen
 
-from .conftest import REPO
+from .helpers.artifacts import REPO
+from .helpers.genai import genai_generate
 
 
 def family_fixture(recipe_name: str) -> str:
@@ -38,20 +39,18 @@ def op_counts(path):
     return m, counts
 
 
-def genai_generate(path, ids, n=8):
-    import onnxruntime_genai as og
-
-    model = og.Model(str(path))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + n, do_sample=False, repetition_penalty=1.0)  # plain greedy, like the runner here
-    gen = og.Generator(model, params)
-    gen.append_tokens(ids)
-    while not gen.is_done():
-        gen.generate_next_token()
-    return [int(t) for t in gen.get_sequence(0)][len(ids):]
+_GRAPH_KEYS: dict[str, str] = {}
 
 
-_FIRST_WITH_PLAN: dict[str, str] = {}
+def first_with_same_graph(recipe: str, request) -> str:
+    """The first recipe (in `known_recipes()` order) whose plan gives the same graph as `recipe`'s: the same in every
+    xdist worker, so the run builds that graph once (the artifact cache is shared by the workers)."""
+    def key(name):
+        if name not in _GRAPH_KEYS:
+            _GRAPH_KEYS[name] = graph_key(load_recipe(name), request.getfixturevalue(family_fixture(name)))
+        return _GRAPH_KEYS[name]
+
+    return next(other for other in known_recipes() if key(other) == key(recipe))
 
 
 def graph_key(resolved, ckpt) -> str:
@@ -76,7 +75,7 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
     packaging on that artifact instead of exporting the same graph again."""
     ckpt = request.getfixturevalue(family_fixture(recipe))
     resolved = load_recipe(recipe)
-    first = _FIRST_WITH_PLAN.setdefault(graph_key(resolved, ckpt), recipe)
+    first = first_with_same_graph(recipe, request)
     if first != recipe:
         from edgeqwen.package import finalize_genai_config
 
@@ -124,9 +123,9 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
         elif prec == "int4":
             plan = ExportPlan.from_json(manifest["export"]["plan"])
             for name, b in bits.items():  # what the plan says for that node (4-bit unless an override or the
-                assert b == plan.node_setting(name)["bits"], name  # measured mixed-precision plan says otherwise)
+                assert b == plan.node_setting(name).bits, name  # measured mixed-precision plan says otherwise)
             assert 4 in bits.values() and (8 in bits.values()) == any(
-                plan.node_setting(n)["bits"] == 8 for n in bits) and len(bits) >= 4 * 5
+                plan.node_setting(n).bits == 8 for n in bits) and len(bits) >= 4 * 5
             assert head == (8 if resolved.recipe.quantization.lm_head.value == "int8" else 4)
             outputs = {o.name for o in model.graph.output}
             assert ("hidden_states" in outputs) == (path / "lm_head.onnx").exists() == plan.prune_head == (

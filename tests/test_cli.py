@@ -13,7 +13,7 @@ import pytest
 from edgeqwen import __version__
 from edgeqwen.cli import main
 
-from .conftest import REPO
+from .helpers.artifacts import REPO
 
 CLI = [sys.executable, "-m", "edgeqwen"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from edgeqwen.runtime import Runner, Sampling
 
-from .conftest import REPO
+from .helpers.artifacts import REPO
 
 FOUNDRY_PYTHON = os.environ.get("EDGEQWEN_FOUNDRY_PYTHON")
 pytestmark = pytest.mark.skipif(

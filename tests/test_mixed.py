@@ -7,26 +7,10 @@ import json
 
 import pytest
 
-from edgeqwen.architectures import get_architecture
 from edgeqwen.planner.mixed import choose
 from edgeqwen.planner.sensitivity import grid_for
 
-NODES = get_architecture("Qwen2ForCausalLM").module_nodes["builder"]
-KINDS = {"attn/qkv_proj": (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], [[128, 128], [128, 64], [128, 64]]),
-         "attn/o_proj": (["self_attn.o_proj"], [[128, 128]]), "mlp/gate_proj": (["mlp.gate_proj"], [[128, 384]]),
-         "mlp/up_proj": (["mlp.up_proj"], [[128, 384]]), "mlp/down_proj": (["mlp.down_proj"], [[384, 128]])}
-FORMATS = [(4, 64), (4, 32), (8, 128)]
-
-
-def record(layers: int, kld=lambda layer, kind: 0.001, base_block=128) -> dict:
-    """A measurement as planner/sensitivity.py writes it: err grows with the block, int8 is ~256x smaller."""
-    groups = []
-    for i in range(layers):
-        for kind, (modules, shapes) in KINDS.items():
-            err = {f"int{b}/b{s}": (s / 128) * (1.0 if b == 4 else 1 / 256) for b, s in grid_for((4, base_block), FORMATS)}
-            groups.append({"layer": i, "kind": kind, "modules": modules, "shapes": shapes, "kld": kld(i, kind), "err": err})
-    return {"base_block": base_block, "groups": groups}
-
+from .helpers.sensitivity import FORMATS, NODES, record
 
 def pick(sens, target=0.01, cap=None, objective="fewest_bytes", whole=True, base_block=128, strict=True):
     return choose(sens, nodes_for=NODES, base_bits=4, base_block=base_block, symmetric=False, formats=FORMATS,
@@ -159,7 +143,7 @@ def test_auto_builds_on_a_layer_count_no_fixture_has(tmp_path):
     sens, plan = manifest["sensitivity"], manifest["export"]["plan"]
     assert len(sens["groups"]) == 3 * 5 and {g["layer"] for g in sens["groups"]} == {0, 1, 2}
     assert sens["picture"] == "sensitivity.png" and (out / "sensitivity.png").stat().st_size > 1000
-    assert plan["algorithm"] == "gptq" and plan["mixed"]["groups"] == 15 and "pending" not in plan["mixed"]
+    assert plan["algorithm"] == "gptq" and plan["mixed"]["groups"] == 15 and plan["mixed"]["pending"] is False
     assert all(s["group_size"] == 32 for n, s in plan["node_settings"].items() if "/mlp/down_proj" not in n)  # K=160
     assert any("mixed precision auto:" in d for d in manifest["export"]["decisions"])
     runner = Runner(out)

@@ -6,16 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from edgeqwen.architectures import HEAD_NODE, architectures, get_architecture
+from edgeqwen.architectures import HEAD_NODE, architectures, by_family, get_architecture
 from edgeqwen.checkpoint import Checkpoint
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.memory import estimate
-from edgeqwen.planner import ExportPlan, plan
-from edgeqwen.recipe import load_recipe
+from edgeqwen.planner import ExportPlan, MixedPlan, TableMode, plan
+from edgeqwen.quantize.request import NodeSetting, Scheme
+from edgeqwen.recipe import known_recipes, load_recipe
+from edgeqwen.schema import to_dict
+
+from .helpers.sensitivity import record
 
 
 def config(family="qwen2", hidden=128, layers=4, heads=4, kv=2, inter=384, vocab=1024, head_dim=None, tied=None):
-    arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}[family]
+    arch = by_family(family).hf_class
     cfg = dict(architectures=[arch], hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab, max_position_embeddings=2048,
                tie_word_embeddings=(family == "qwen2") if tied is None else tied)
@@ -39,11 +43,11 @@ def test_default_int4_recipe_plans_intent_on_any_layer_count():
     for layers in (3, 4, 6, 28):
         p = plan(load_recipe("tiny-qwen2/cpu-x86_64-int4"), config(layers=layers))
         assert p.algorithm == "gptq" and p.matmul_bits == 4 and not p.symmetric
-        int8 = sorted({n.split("/")[2] for n, s in p.node_settings.items() if s.get("bits") == 8})
+        int8 = sorted({n.split("/")[2] for n, s in p.node_settings.items() if s.bits == 8})
         assert int8 == ["layers.0", f"layers.{layers - 1}"], (layers, int8)
         assert p.head.bits == 8 and p.head.block_size == 128
-        assert p.table.mode == "shared" and p.table.bits == 8 and p.table.block_size == 128
-        assert p.node_setting(HEAD_NODE) == {"bits": 8, "group_size": 128, "scheme": "asym"}
+        assert p.table.mode == TableMode.SHARED and p.table.bits == 8 and p.table.block_size == 128
+        assert p.node_setting(HEAD_NODE) == NodeSetting(8, 128, Scheme.ASYM)
         assert p.builder_options()["int4_algo_config"] == "rtn_last" and p.builder_options()["shared_embeddings"]
 
 
@@ -81,12 +85,12 @@ def test_algorithm_rules_come_from_the_registry(tmp_path, algorithm, low_memory,
 def test_shapes_that_need_fallbacks(tmp_path):
     odd = plan(load_recipe("tiny-qwen2/cpu-x86_64-int4"), config(hidden=96, heads=3, kv=1, inter=200, layers=3))
     assert odd.algorithm == "rtn" and "algorithm.fallback" in codes(odd)  # GPTQ needs whole groups: K=200
-    assert odd.node_settings["/model/layers.1/mlp/down_proj/MatMul"] == {"scheme": "sym"}  # 4-bit, 7 blocks
-    assert "scheme" not in odd.node_settings["/model/layers.0/mlp/down_proj/MatMul"]  # int8 there: no packing issue
+    assert odd.node_settings["/model/layers.1/mlp/down_proj/MatMul"] == NodeSetting(scheme=Scheme.SYM)  # 4-bit, 7 blocks
+    assert odd.node_settings["/model/layers.0/mlp/down_proj/MatMul"].scheme is None  # int8 there: no packing issue
     assert any("K=200 is 7 blocks of 32 (odd) -> symmetric" in d.message for d in odd.decisions)
     flt = plan(load_recipe("tiny-qwen3/cpu-x86_64-int4"), config("qwen3", hidden=100, heads=4, kv=2, inter=250,
                                                                    head_dim=16, layers=2))
-    assert flt.table.mode == "float" and "table.float_shape" in codes(flt)
+    assert flt.table.mode == TableMode.FLOAT and "table.float_shape" in codes(flt)
     fit = plan(recipe(tmp_path, "  embeddings: quantized\n"), config(hidden=80, heads=2, kv=1, inter=160))
     assert fit.block_size == 32 and fit.table.block_size == fit.head.block_size == 16  # only the table needs K whole
     assert "block.table_fit" in codes(fit) and "head.table_fit" in codes(fit)
@@ -94,8 +98,8 @@ def test_shapes_that_need_fallbacks(tmp_path):
     unseen = plan(recipe(tmp_path, "  algorithm: gptq\n  block_size: 128\n  lm_head: int8\n"),
                   config("qwen3", hidden=160, heads=5, kv=1, head_dim=32, inter=512, layers=3, vocab=3000))
     assert unseen.algorithm == "gptq" and unseen.block_size == 128 and "block.fit_k" in codes(unseen)
-    assert unseen.node_setting("/model/layers.2/attn/qkv_proj/MatMul")["group_size"] == 32  # K=160
-    assert unseen.node_setting("/model/layers.2/mlp/down_proj/MatMul")["group_size"] == 128  # K=512
+    assert unseen.node_setting("/model/layers.2/attn/qkv_proj/MatMul").group_size == 32  # K=160
+    assert unseen.node_setting("/model/layers.2/mlp/down_proj/MatMul").group_size == 128  # K=512
 
 
 @pytest.mark.parametrize("quant, precision, target, exporter, match", [
@@ -124,7 +128,7 @@ def test_head_dim_and_architecture_checks(tmp_path):
 def test_int8_and_float_plans(tmp_path):
     i8 = plan(load_recipe("tiny-qwen3/cpu-x86_64-int8"), config("qwen3", head_dim=32))
     assert i8.matmul_bits == 8 and i8.head.bits == 8 and i8.builder_precision == "int4" and i8.precision == "int8"
-    assert i8.table.mode == "separate" and i8.table.bits == 8
+    assert i8.table.mode == TableMode.SEPARATE and i8.table.bits == 8
     f32 = plan(load_recipe("tiny-qwen2/cpu-x86_64-fp32"), config())
     assert not f32.quantized and f32.algorithm == "none" and f32.builder_options() == {"hf_token": "false", "hf_remote": False}
 
@@ -161,3 +165,35 @@ def test_every_registered_architecture_has_a_node_map_for_every_exporter():
             assert set(shapes) == set(arch.matmul_nodes(exporter, 4))
     assert get_architecture("Qwen2ForCausalLM").module_for_node("builder", "attn/qkv_proj") == [
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+
+
+def _family_of(resolved) -> str:
+    model = resolved.recipe.model.lower()
+    return "qwen3" if "qwen3" in model else "qwen2_5_vl" if "-vl-" in model else "qwen2"
+
+
+def test_every_recipe_plan_round_trips_typed_through_json():
+    """What a worker receives (JSON) restores to the same frozen, typed plan: enums stay enums, node settings, the
+    mixed-precision summary and the vision part stay dataclasses. An auto plan made from a measurement included."""
+    import enum
+    import json
+
+    plans = []
+    for name in known_recipes():
+        resolved = load_recipe(name)
+        ckpt = config(_family_of(resolved), head_dim=32 if _family_of(resolved) == "qwen3" else None)
+        plans.append(plan(resolved, ckpt))
+    measured = plan(load_recipe("qwen2.5-0.5b-instruct/cpu-x86_64-int4"), config(),
+                    sensitivity={**record(4, kld=lambda layer, kind: 0.02 if layer == 0 else 0.001), "head": {},
+                                 "table": {}, "cache_key": "k"})
+    assert measured.mixed.groups == 20 and not measured.mixed.pending and measured.mixed.choice
+    assert measured.node_settings and all(isinstance(s, NodeSetting) for s in measured.node_settings.values())
+    for p in plans + [measured]:
+        back = ExportPlan.from_json(json.loads(json.dumps(p.to_json())))
+        assert back == p, p.recipe
+        assert isinstance(back.exporter, enum.Enum) and isinstance(back.precision, enum.Enum)
+        assert isinstance(back.table.mode, TableMode) and isinstance(back.mixed, MixedPlan)
+        assert all(isinstance(s.scheme, (Scheme, type(None))) for s in back.node_settings.values())
+        assert to_dict(back) == p.to_json()
+    vl = [p for p in plans if p.vision is not None]
+    assert vl and all(p.table.mode == TableMode.ROWS for p in vl if p.quantized)

@@ -17,7 +17,7 @@ from edgeqwen.evaluate.core import EvalConfig, evaluate
 from edgeqwen.recipe import load_recipe
 from edgeqwen.tiny import corpus_text
 
-from .conftest import BASE_RECIPE, algo_recipe
+from .helpers.artifacts import BASE_RECIPE, algo_recipe
 
 GPTQ_RECIPE = BASE_RECIPE  # layout shared with the algorithm tests (asym, block 32, int8 head)
 

@@ -13,7 +13,7 @@ import pytest
 from edgeqwen.runtime import Runner, RunnerError, Sampling
 from edgeqwen.runtime.runner import _Detokenizer
 
-from .test_build import genai_generate
+from .helpers.genai import genai_generate
 
 PROMPTS = ["The assert statement", "Class definitions", "A for loop iterates over", "Exceptions are raised when"]
 
@@ -66,8 +66,9 @@ def test_pruned_head_scores_every_position_through_lm_head_onnx(trained_qwen3, a
     runner = Runner(path)
     ids = runner.encode("The assert statement is a convenient way to insert debugging assertions")
     runner.generate(ids, Sampling(max_new_tokens=4, ignore_eos=True))
-    assert runner.last_position_only and runner._scoring_head is None
+    assert runner.last_position_only and not runner.scoring_head_loaded
     every = runner.score(ids)
+    assert runner.scoring_head_loaded
     prefixes = []
     for i in range(len(ids)):
         runner.reset()

@@ -24,25 +24,29 @@ def _install_quant_hook(plan) -> list[str]:
     import onnxruntime_genai.models.builder  # noqa: F401
 
     from edgeqwen.architectures import HEAD_NODE
+    from edgeqwen.planner.plan import TableMode
     from edgeqwen.quantize.graph_quant import (ort_block_quant, quantize_embedding_table, quantize_in_place,
                                                require_planned_nodes, sync_shared_table)
     from edgeqwen.quantize.registry import get_algorithm, resolve_callable
+    from edgeqwen.quantize.request import NodeSetting, Scheme
 
     base = sys.modules["builders.base"]
     original = base.Model.to_int4
     spec = get_algorithm(plan.algorithm)
+    request = plan.quant_request()
+    head_only = spec.stage == "checkpoint"
     notes: list[str] = []  # what only the graph could tell, for the manifest
 
     def graph_quantize(self, model, block_quant=ort_block_quant) -> None:
         """edgeqwen's block quantizer on every MatMul still in float (all of them, or what a graph quantizer left)."""
-        notes.extend(quantize_in_place(model, plan, exclude=set(self.quant_attrs["int4"]["nodes_to_exclude"]),
+        notes.extend(quantize_in_place(model, request, exclude=set(self.quant_attrs["int4"]["nodes_to_exclude"]),
                                        shared_lm_head=bool(self.shared_embeddings) and not self.unquantized_lm_head,
                                        block_quant=block_quant))
 
     def tables(model):
         """Every path ends here: the shared lookup re-pointed at the head's blocks, untied tables quantized."""
         notes.extend(sync_shared_table(model))
-        if plan.table.mode == "separate":
+        if plan.table.mode == TableMode.SEPARATE:
             notes.extend(quantize_embedding_table(model, bits=plan.table.bits, block=plan.table.block_size,
                                                   symmetric=plan.symmetric))
         return model
@@ -50,12 +54,12 @@ def _install_quant_hook(plan) -> list[str]:
     def to_int4_graph(self):
         """Low-memory path and "graph"-stage algorithms: edgeqwen quantizes the builder's graph itself."""
         model = self.model
-        require_planned_nodes(model, plan, "builder")
+        require_planned_nodes(model, request, "builder", head_only)
         if spec.graph_quantizer:
-            default = {"bits": plan.matmul_bits, "group_size": plan.block_size, "scheme": "asym"}
+            default = NodeSetting(plan.matmul_bits, plan.block_size, Scheme.ASYM)
             skip = set(self.quant_attrs["int4"]["nodes_to_exclude"]) | {HEAD_NODE} | {
-                n.name for n in model.graph if n.op_type == "MatMul" and plan.node_setting(n.name) != default}
-            model = resolve_callable(spec.graph_quantizer)(model, plan, skip, notes)
+                n.name for n in model.graph if n.op_type == "MatMul" and request.node_setting(n.name) != default}
+            model = resolve_callable(spec.graph_quantizer)(model, request, skip, notes)
         block_quant = resolve_callable(spec.block_quantizer) if spec.block_quantizer else ort_block_quant
         graph_quantize(self, model, block_quant)
         return tables(model)
@@ -63,13 +67,13 @@ def _install_quant_hook(plan) -> list[str]:
     def to_int4_builder(self):
         """The builder's own quantizer ("builder" stage, and lm_head after a "checkpoint" stage) with the plan's
         per-node settings."""
-        require_planned_nodes(self.model, plan, "builder")
+        require_planned_nodes(self.model, request, "builder", head_only)
         cfg = self.quant_attrs["int4"]["algo_config"]
         if cfg is not None:
             custom = dict(cfg.customized_weight_config or {})
             for node in self.model.graph:
                 if node.op_type == "MatMul" and node.name in plan.node_settings:
-                    custom[node.name] = {**custom.get(node.name, {}), **plan.node_setting(node.name)}
+                    custom[node.name] = {**custom.get(node.name, {}), **request.node_setting(node.name).as_dict()}
                 elif node.op_type == "MatMul":
                     custom[node.name] = {"bits": plan.matmul_bits, **custom.get(node.name, {})}
             if plan.head.bits is not None and HEAD_NODE in custom:
@@ -107,7 +111,7 @@ def main(argv: list[str]) -> int:
     from onnxruntime_genai.models.builder import create_model
 
     create_model(model_name=None, input_path=job.input, output_dir=job.output, precision=plan.builder_precision,
-                 execution_provider=plan.execution_provider, cache_dir=job.cache_dir, **plan.builder_options())
+                 execution_provider=plan.execution_provider.value, cache_dir=job.cache_dir, **plan.builder_options())
     if plan.prune_head:
         from edgeqwen.export.scoring_head import write_scoring_head
 

@@ -81,11 +81,66 @@ def trim_rotary_caches(model, context: int) -> list[str]:
     return notes
 
 
+def _export_and_fuse(job, cfg: dict, work: Path, static_shapes: bool) -> tuple[Path, dict, dict, dict, float]:
+    """optimum-onnx's export, then onnxruntime's fusions (skipped for static NPU graphs, which keep standard ops).
+    Returns the graph to quantize, the fusion counts, op histograms before/after and the fused-vs-unfused logit diff."""
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+    from optimum.exporters.onnx import main_export
+
+    print("Exporting with optimum-onnx (text-generation-with-past)", flush=True)
+    main_export(job.input, output=str(work / "exported"), task="text-generation-with-past", device="cpu",
+                do_validation=False)
+    exported = work / "exported" / "model.onnx"
+    before = op_histogram(onnx.load(str(exported), load_external_data=False))
+    if static_shapes:
+        # NPU graphs keep standard operators: onnxruntime's fusions produce com.microsoft contrib ops.
+        print("Fusion skipped: the target compiles standard ONNX operators only", flush=True)
+        return exported, {}, before, before, 0.0
+    print("Fusing with onnxruntime.transformers.optimizer", flush=True)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    opt = optimize_model(str(exported), model_type="gpt2", num_heads=cfg["num_attention_heads"],
+                         hidden_size=cfg["num_attention_heads"] * head_dim, opt_level=0)
+    fused_stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    fused_path = work / "fused" / "model.onnx"
+    fused_path.parent.mkdir(parents=True, exist_ok=True)
+    opt.save_model_to_file(str(fused_path), use_external_data_format=True)
+    after = op_histogram(onnx.load(str(fused_path), load_external_data=False))
+    ids = (np.arange(1, 17, dtype=np.int64) * 37 % cfg["vocab_size"])[None]
+    diff = float(np.abs(_logits(exported, cfg, ids) - _logits(fused_path, cfg, ids)).max())
+    print(f"Fusion: {sum(before.values())} -> {sum(after.values())} nodes, {fused_stats}, "
+          f"max |logits diff| {diff:.2e}", flush=True)
+    return fused_path, fused_stats, before, after, diff
+
+
+def _quantize(model, plan) -> list[str]:
+    """The plan's weights: QDQ int8 for NPU targets, else MatMulNBits (+ a separately quantized table)."""
+    from edgeqwen.planner.plan import TableMode
+    from edgeqwen.targets import WeightEncoding
+
+    exclude = set(plan.exclude_nodes)
+    if plan.weight_encoding == WeightEncoding.QDQ:
+        from edgeqwen.quantize.qdq import qdq_weights_in_place
+
+        return qdq_weights_in_place(model, exclude=exclude)
+    from edgeqwen.quantize.graph_quant import (ort_block_quant, quantize_embedding_table, quantize_in_place,
+                                               require_planned_nodes)
+    from edgeqwen.quantize.registry import get_algorithm, resolve_callable
+
+    spec = get_algorithm(plan.algorithm)
+    request = plan.quant_request()
+    require_planned_nodes(model, request, "portable", spec.stage == "checkpoint")
+    block_quant = resolve_callable(spec.block_quantizer) if spec.block_quantizer else ort_block_quant
+    notes = quantize_in_place(model, request, exclude=exclude, shared_lm_head=False, block_quant=block_quant)
+    if plan.table.mode == TableMode.SEPARATE:
+        notes.extend(quantize_embedding_table(model, bits=plan.table.bits, block=plan.table.block_size,
+                                              symmetric=plan.symmetric))
+    return notes
+
+
 def main(argv: list[str]) -> int:
     import onnx
     import onnx_ir as ir
-    from onnxruntime.transformers.optimizer import optimize_model
-    from optimum.exporters.onnx import main_export
 
     from edgeqwen.export.job import WorkerJob, WorkerResult, notes_to_decisions
 
@@ -93,51 +148,12 @@ def main(argv: list[str]) -> int:
     plan = job.plan
     out, work = Path(job.output), Path(job.cache_dir) / "portable"
     cfg = json.loads((Path(job.input) / "config.json").read_text())
-    print("Exporting with optimum-onnx (text-generation-with-past)", flush=True)
-    main_export(job.input, output=str(work / "exported"), task="text-generation-with-past", device="cpu",
-                do_validation=False)
-    exported = work / "exported" / "model.onnx"
-    before = op_histogram(onnx.load(str(exported), load_external_data=False))
-
-    if plan.static_shapes:
-        # NPU graphs keep standard operators: onnxruntime's fusions produce com.microsoft contrib ops.
-        print("Fusion skipped: the target compiles standard ONNX operators only", flush=True)
-        fused_path, fused_stats, after, diff = exported, {}, before, 0.0
-    else:
-        print("Fusing with onnxruntime.transformers.optimizer", flush=True)
-        head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-        opt = optimize_model(str(exported), model_type="gpt2", num_heads=cfg["num_attention_heads"],
-                             hidden_size=cfg["num_attention_heads"] * head_dim, opt_level=0)
-        fused_stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-        fused_path = work / "fused" / "model.onnx"
-        fused_path.parent.mkdir(parents=True, exist_ok=True)
-        opt.save_model_to_file(str(fused_path), use_external_data_format=True)
-        after = op_histogram(onnx.load(str(fused_path), load_external_data=False))
-        ids = (np.arange(1, 17, dtype=np.int64) * 37 % cfg["vocab_size"])[None]
-        diff = float(np.abs(_logits(exported, cfg, ids) - _logits(fused_path, cfg, ids)).max())
-        print(f"Fusion: {sum(before.values())} -> {sum(after.values())} nodes, {fused_stats}, "
-              f"max |logits diff| {diff:.2e}", flush=True)
-
+    fused_path, fused_stats, before, after, diff = _export_and_fuse(job, cfg, work, plan.static_shapes)
     model = ir.load(str(fused_path))
     notes = trim_rotary_caches(model, plan.context_length)
     notes.extend(fold_constant_transposes(model))
-    exclude = set(plan.exclude_nodes)
-    if plan.quantized and plan.weight_encoding == "qdq":
-        from edgeqwen.quantize.qdq import qdq_weights_in_place
-
-        notes.extend(qdq_weights_in_place(model, exclude=exclude))
-    elif plan.quantized:  # int4 and int8 recipes (the plan's matmul_bits says which)
-        from edgeqwen.quantize.graph_quant import (ort_block_quant, quantize_embedding_table, quantize_in_place,
-                                                   require_planned_nodes)
-        from edgeqwen.quantize.registry import get_algorithm, resolve_callable
-
-        spec = get_algorithm(plan.algorithm)
-        require_planned_nodes(model, plan, "portable")
-        block_quant = resolve_callable(spec.block_quantizer) if spec.block_quantizer else ort_block_quant
-        notes.extend(quantize_in_place(model, plan, exclude=exclude, shared_lm_head=False, block_quant=block_quant))
-        if plan.table.mode == "separate":
-            notes.extend(quantize_embedding_table(model, bits=plan.table.bits, block=plan.table.block_size,
-                                                  symmetric=plan.symmetric))
+    if plan.quantized:  # int4 and int8 recipes (the plan's matmul_bits says which)
+        notes.extend(_quantize(model, plan))
     if plan.static_shapes:
         from edgeqwen.quantize.qdq import fix_static_shapes
 
@@ -162,7 +178,7 @@ def main(argv: list[str]) -> int:
               "ops_exported": before, "ops_fused": after, "ops_final": final, "fusions": fused_stats,
               "nodes": {"exported": sum(before.values()), "fused": sum(after.values()), "final": sum(final.values())},
               "fused_vs_unfused_max_abs_logit_diff": diff, "fusion_skipped": plan.static_shapes,
-              "static_shapes": plan.static_shapes, "weight_encoding": plan.weight_encoding}
+              "static_shapes": plan.static_shapes, "weight_encoding": plan.weight_encoding.value}
     WorkerResult(notes_to_decisions("exporter", notes), report).write(job.result_path)
     return 0
 

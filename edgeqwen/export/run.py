@@ -17,8 +17,9 @@ def run_export(plan: ExportPlan, input_dir: Path, output: Path, cache_dir: Path)
     job = WorkerJob(plan, str(input_dir), str(output), str(cache_dir))
     job_path = cache_dir / "job.json"
     job.write(job_path)
-    log_path = cache_dir.parent / f"{plan.exporter}.log"
-    run = run_child(f"edgeqwen.export.{plan.exporter}_worker", job_path, log_path, progress=_PROGRESS,
-                    what=_WHAT[plan.exporter],
+    exporter = plan.exporter.value
+    log_path = cache_dir.parent / f"{exporter}.log"
+    run = run_child(f"edgeqwen.export.{exporter}_worker", job_path, log_path, progress=_PROGRESS,
+                    what=_WHAT[exporter],
                     hint="see the full log; an unusual layer shape or an option the exporter lacks is the usual cause")
     return WorkerResult.read(job.result_path, wall_s=run.wall_s, peak_rss_mb=run.peak_rss_mb, log_path=str(log_path))

@@ -222,18 +222,14 @@ def quantize_vision(path: Path, bits: int, block: int, out: Path | None = None) 
     import onnx_ir as ir
 
     from ..quantize.graph_quant import quantize_in_place
+    from ..quantize.request import QuantRequest
 
-    class _Setting:  # the one setting every encoder linear gets (graph_quant reads a plan's per-node settings)
-        accuracy_level = 4
-
-        @staticmethod
-        def node_setting(_name):
-            return {"bits": bits, "group_size": block, "scheme": "sym"}
+    every = QuantRequest(architecture="vision encoder", bits=bits, block_size=block, symmetric=True, accuracy_level=4)
 
     model = ir.load(path)
     patch = {n.name for n in model.graph if n.op_type == "MatMul" and n.inputs[0] is not None
              and n.inputs[0].name == "pixel_values"}
-    notes = quantize_in_place(model, _Setting, exclude=patch, shared_lm_head=False)
+    notes = quantize_in_place(model, every, exclude=patch, shared_lm_head=False)
     ir.save(model, out or path)
     return [f"vision encoder int{bits} (block {block}, symmetric RTN; the patch embedding float): " + "; ".join(notes)]
 

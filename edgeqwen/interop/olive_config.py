@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..checkpoint import resolve_checkpoint
 from ..errors import EdgeQwenError
+from ..planner import TableMode
 from ..planner import plan as make_plan
 from ..quantize.calibration import prepare_calibration
 from ..quantize.olive_gptq import module_overrides, workflow, workflow_config
@@ -60,7 +61,7 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     for key in _BUILDER_TOP_LEVEL:
         if key in extra:
             mb[key] = extra.pop(key)
-    if plan.table.mode == "separate":
+    if plan.table.mode == TableMode.SEPARATE:
         mb["int4_op_types_to_quantize"] = ["MatMul", "Gather"]
     if extra:
         mb["extra_options"] = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in extra.items()}
@@ -68,7 +69,7 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     provider = PROVIDERS[resolved.target.execution_provider]
     system = {"device": provider.device, "execution_provider": provider.ort_name}
     pre: dict = {}
-    overrides = module_overrides(plan) if quantized else {}
+    overrides = module_overrides(plan.quant_request()) if quantized else {}
     if spec is not None and spec.olive.pre_pass == "Gptq":
         cal = q.calibration
         calib_out = calib_out or out / "calibration.jsonl"

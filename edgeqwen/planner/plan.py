@@ -1,13 +1,21 @@
 """The build plan as a value: made once by `planner.plan()`, read by the memory estimate, the calibrate stage,
-the exporter workers (serialized), `olive-config` and the manifest. Nothing mutates it after it is made."""
+the exporter workers (serialized), `olive-config` and the manifest. Nothing mutates it after it is made.
+
+Typed end to end: every field is a frozen dataclass, an enum or a plain value, in this process and in the exporter
+workers alike — `ExportPlan.to_json()` / `ExportPlan.from_json()` are the one serialization (schema.to_dict /
+schema.from_dict), round-trip tested."""
 
 from __future__ import annotations
 
-import dataclasses
+import enum
 import json
 from dataclasses import dataclass, field
 
 from ..architectures import HEAD_NODE
+from ..quantize.request import NodeSetting, QuantRequest
+from ..recipe import Exporter
+from ..schema import from_dict, to_dict
+from ..targets import ExecutionProvider, Precision, WeightEncoding
 
 
 @dataclass(frozen=True)
@@ -27,39 +35,84 @@ class HeadPlan:
     block_size: int
 
 
+class TableMode(str, enum.Enum):
+    SHARED = "shared"  # tied model: one quantized table read by the embedding Gather and the lm_head MatMul
+    SEPARATE = "separate"  # quantized on its own (GatherBlockQuantized), apart from the lm_head
+    FLOAT = "float"  # left in float
+    ROWS = "rows"  # Qwen2.5-VL: int8 per row (one float scale each) in embedding.onnx; the decoder takes inputs_embeds
+
+
 @dataclass(frozen=True)
 class TablePlan:
-    """The embedding table: shared with a quantized lm_head (tied models), quantized on its own, or float."""
+    """The embedding table (see TableMode)."""
 
-    mode: str  # "shared" | "separate" | "float"
+    mode: TableMode
     bits: int | None = None
     block_size: int | None = None
+
+
+@dataclass(frozen=True)
+class VisionPlan:
+    """Qwen2.5-VL's image side: the encoder's linears (bits None: float), embedding.onnx's table, the image cap."""
+
+    bits: int | None
+    block: int
+    int8_table: bool
+    max_pixels: int
+
+
+@dataclass(frozen=True)
+class MixedPlan:
+    """`mixed_precision: auto`: what was chosen and why (planner/mixed.py), or `pending` before the measurement."""
+
+    pending: bool = False  # planned at the base format; the build measures sensitivity, then plans again
+    target_kld: float | None = None  # the whole model's KLD target
+    planned_kld: float | None = None  # predicted KLD of the choice, lm_head and table included
+    layer_target_kld: float | None = None  # the decoder layers' share of the target
+    head_table_kld: float | None = None  # measured KLD of the lm_head and an untied table, taken off the target
+    sensitivity_key: str | None = None
+    base: str | None = None  # e.g. "int4/b128"
+    formats: tuple[str, ...] = ()  # the upgrade formats offered
+    objective: str | None = None
+    met: bool | None = None
+    groups: int = 0  # decoder-layer matrix groups planned
+    bits_per_weight: float | None = None
+    base_bits_per_weight: float | None = None
+    max_bits_per_weight: float | None = None
+    cap_exceeded: bool = False
+    kld_scale: float = 1.0  # > 1 after a measured miss
+    upgraded: dict[str, tuple[str, ...]] = field(default_factory=dict)  # format → "layers.N/kind" upgraded to it
+    choice: dict[str, str] = field(default_factory=dict)  # "layers.N/kind" → format
+
+    @property
+    def active(self) -> bool:
+        return self.pending or self.groups > 0 or self.target_kld is not None
 
 
 @dataclass(frozen=True)
 class ExportPlan:
     recipe: str
     architecture: str
-    exporter: str  # "builder" | "portable"
-    precision: str  # the recipe's: int4 | int8 | fp16 | fp32
+    exporter: Exporter
+    precision: Precision  # the recipe's
     algorithm: str  # what really runs ("none" for float precisions); may differ from the recipe's (see decisions)
-    execution_provider: str
+    execution_provider: ExecutionProvider
     matmul_bits: int | None  # decoder-layer default (None: float)
     block_size: int
     symmetric: bool
     accuracy_level: int
     head: HeadPlan
     table: TablePlan
-    node_settings: dict = field(default_factory=dict)  # exact node → {bits, group_size, scheme} where not the default
+    node_settings: dict[str, NodeSetting] = field(default_factory=dict)  # exact node → what differs from the default
     exclude_nodes: tuple[str, ...] = ()  # MatMuls left float
     low_memory: bool = False
     context_length: int = 4096
-    weight_encoding: str = "matmulnbits"
+    weight_encoding: WeightEncoding = WeightEncoding.MATMULNBITS
     static_shapes: bool = False
     num_layers: int = 0
     prune_head: bool = False  # logits for the last position only (+ lm_head.onnx over every position, for eval)
-    mixed: dict = field(default_factory=dict)  # `mixed_precision: auto`: what was chosen and why (planner/mixed.py)
-    vision: dict = field(default_factory=dict)  # Qwen2.5-VL: the encoder's bits and the image-size cap (empty: text only)
+    mixed: MixedPlan = field(default_factory=MixedPlan)  # `mixed_precision: auto` (inactive: default)
+    vision: VisionPlan | None = None  # Qwen2.5-VL's image side (None: text only)
     decisions: tuple[Decision, ...] = ()
 
     @property
@@ -69,20 +122,25 @@ class ExportPlan:
     @property
     def needs_sensitivity(self) -> bool:
         """An auto mixed-precision plan made before its sensitivity measurement (planned at the base format)."""
-        return bool(self.mixed.get("pending"))
+        return self.mixed.pending
 
     @property
     def builder_precision(self) -> str:
         """onnxruntime-genai's precision flag: int8 weights are written through its int4 (MatMulNBits) path."""
         return "int4" if self.quantized else self.precision
 
-    def node_setting(self, node: str) -> dict:
-        """The full {bits, group_size, scheme} of one quantized MatMul."""
-        entry = {"bits": self.matmul_bits, "group_size": self.block_size, "scheme": "sym" if self.symmetric else "asym"}
-        if node == HEAD_NODE and self.head.bits is not None:
-            entry.update(bits=self.head.bits, group_size=self.head.block_size)
-        entry.update(self.node_settings.get(node, {}))
-        return entry
+    def quant_request(self) -> QuantRequest:
+        """What a quantizer needs of this plan (quantizers never see the planner's types)."""
+        head = NodeSetting(self.head.bits, self.head.block_size) if self.head.bits is not None else NodeSetting()
+        settings = dict(self.node_settings)
+        if self.head.bits is not None:
+            settings[HEAD_NODE] = head.over(settings.get(HEAD_NODE, NodeSetting()))
+        return QuantRequest(architecture=self.architecture, bits=self.matmul_bits, block_size=self.block_size,
+                            symmetric=self.symmetric, accuracy_level=self.accuracy_level, node_settings=settings)
+
+    def node_setting(self, node: str) -> NodeSetting:
+        """The full setting (bits, group_size, scheme) of one quantized MatMul."""
+        return self.quant_request().node_setting(node)
 
     def builder_options(self) -> dict:
         """The builder's `extra_options` for this plan (its own vocabulary: an int8 head is `<algo>_last`)."""
@@ -100,22 +158,18 @@ class ExportPlan:
                     int4_algo_config=builder_algo + ("_last" if head_int8 else ""))
         if self.exclude_nodes:
             opts["int4_nodes_to_exclude"] = list(self.exclude_nodes)
-        opts["shared_embeddings"] = self.table.mode == "shared" and not self.vision
+        opts["shared_embeddings"] = self.table.mode == TableMode.SHARED and not self.vision
         if self.prune_head:  # + the final norm's output, which the separate scoring head (lm_head.onnx) reads
             opts.update(prune_lm_head=True, include_hidden_states=True)
         return opts
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain JSON data (enums as their values); `from_json` restores the same typed value."""
+        return to_dict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> "ExportPlan":
-        data = dict(data)
-        data["head"] = HeadPlan(**data["head"])
-        data["table"] = TablePlan(**data["table"])
-        data["exclude_nodes"] = tuple(data["exclude_nodes"])
-        data["decisions"] = tuple(Decision(**d) for d in data["decisions"])
-        return cls(**data)
+        return from_dict(cls, data, where="plan")
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..schema import to_dict
+
 KIND_COLORS = {"attn/qkv_proj": "#4c72b0", "attn/o_proj": "#55a868", "mlp/gate_proj": "#c44e52",
                "mlp/up_proj": "#8172b2", "mlp/down_proj": "#ccb974"}
 
 
 def manifest_section(sensitivity: dict, plan) -> dict:
-    choice = plan.mixed.get("choice", {})
-    upgraded = {name for names in plan.mixed.get("upgraded", {}).values() for name in names}
+    choice = plan.mixed.choice
+    upgraded = {name for names in plan.mixed.upgraded.values() for name in names}
     rows = [{"layer": g["layer"], "kind": g["kind"], "kld": round(g["kld"], 7),
              "format": choice.get(f"layers.{g['layer']}/{g['kind']}"),
              "upgraded": f"layers.{g['layer']}/{g['kind']}" in upgraded} for g in sensitivity["groups"]]
@@ -22,7 +24,7 @@ def manifest_section(sensitivity: dict, plan) -> dict:
         "threads": sensitivity["threads"], "wall_s": sensitivity["wall_s"], "cache_key": sensitivity.get("cache_key"),
         "noise_floor_kld": sensitivity["noise_floor_kld"], "tied": sensitivity["tied"],
         "head_kld": sensitivity["head"], "table_kld": sensitivity["table"],
-        "plan": {k: v for k, v in plan.mixed.items() if k != "choice"}, "groups": rows,
+        "plan": {k: v for k, v in to_dict(plan.mixed).items() if k != "choice"}, "groups": rows,
     }
 
 

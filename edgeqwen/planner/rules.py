@@ -7,10 +7,12 @@ from ..architectures import HEAD_NODE, get_architecture
 from ..checkpoint import Checkpoint
 from ..errors import EdgeQwenError
 from ..quantize.registry import AlgorithmSpec, get_algorithm
+from ..quantize.request import NodeSetting
 from ..recipe import EmbeddingMode, Exporter, HeadMode, Resolved
-from ..targets import ArtifactFormat, Precision
+from ..schema import from_dict
+from ..targets import ArtifactFormat, ExecutionProvider, Precision, WeightEncoding
 from .overrides import expand_overrides
-from .plan import Decision, ExportPlan, HeadPlan, TablePlan
+from .plan import Decision, ExportPlan, HeadPlan, MixedPlan, TableMode, TablePlan, VisionPlan
 from .sizes import fit_block
 
 BLOCK_SIZES = (256, 128, 64, 32, 16)
@@ -35,18 +37,18 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
         raise EdgeQwenError(str(exc.args[0]), where=str(ckpt.path / "config.json")) from None
     spec = get_algorithm(q.algorithm)
     _check_exporter(resolved, ckpt, spec, low_memory)
-    vision = _vision(resolved, ckpt, arch, spec) if arch.vision else {}
+    vision = _vision(resolved, ckpt, arch, spec) if arch.vision else None
     cfg = ckpt.config
     layers = cfg["num_hidden_layers"]
-    common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=recipe.exporter.value,
-                  precision=recipe.precision.value, execution_provider=target.execution_provider.value,
-                  accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding.value,
+    common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=recipe.exporter,
+                  precision=recipe.precision, execution_provider=target.execution_provider,
+                  accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding,
                   static_shapes=target.static_shapes, num_layers=layers,
                   context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)),
                   vision=vision)
     if recipe.precision not in (Precision.INT4, Precision.INT8):
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
-                          head=HeadPlan(None, resolved.block_size), table=TablePlan("float"), **common)
+                          head=HeadPlan(None, resolved.block_size), table=TablePlan(TableMode.FLOAT), **common)
     log = _Log()
     bits = 8 if recipe.precision == Precision.INT8 else 4
     shapes = arch.linear_shapes(cfg, recipe.exporter.value)
@@ -54,9 +56,9 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     table_block, want_table = _fit_block_to_table(block, cfg["hidden_size"], q.embeddings != EmbeddingMode.FLOAT, log)
     if vision:  # the table lives in embedding.onnx (int8 rows, see _vision); the decoder's head is on its own
         want_table = False
-        log("vision.encoder", f"vision encoder {'int%d' % vision['bits'] if vision['bits'] else 'float'} (block "
-            f"{vision['block']}, symmetric RTN, patch embedding float); embedding table int8 per row in embedding.onnx; "
-            f"images capped at {vision['max_pixels']} pixels")
+        log("vision.encoder", f"vision encoder {'int%d' % vision.bits if vision.bits else 'float'} (block "
+            f"{vision.block}, symmetric RTN, patch embedding float); embedding table int8 per row in embedding.onnx; "
+            f"images capped at {vision.max_pixels} pixels")
     spec, fitted = _algorithm_that_runs(spec, shapes, block, low_memory, log)
     head_bits = _head_bits(resolved, spec, bits, ckpt.tied_embeddings and want_table, log)
     symmetric = _symmetry(resolved, spec, log)
@@ -70,14 +72,15 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
         head_block = table_block
     default = {"bits": bits, "group_size": block, "scheme": "sym" if symmetric else "asym"}
     _odd_block_fallback(spec, shapes, settings, default, head_bits, head_block, low_memory, recipe.exporter.value, log)
-    table = TablePlan("rows", 8) if vision else _table(
+    table = TablePlan(TableMode.ROWS, 8) if vision else _table(
         ckpt.tied_embeddings, want_table, head_bits, head_block, table_block,
         8 if bits == 8 or q.embeddings == EmbeddingMode.INT8 else auto_table_bits or 4,
         recipe.exporter == Exporter.PORTABLE, log)
     if low_memory:
         log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
             "its float weight dropped")
-    prune = recipe.exporter == Exporter.BUILDER and target.execution_provider.value == "cpu" and head_bits is not None
+    prune = (recipe.exporter == Exporter.BUILDER and target.execution_provider == ExecutionProvider.CPU
+             and head_bits is not None)
     if prune and target.artifact_format == ArtifactFormat.ORT:
         prune = False
         log("head.prune", "lm_head over every position (not pruned): an ORT-format artifact keeps its weights inside "
@@ -87,7 +90,8 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
         log("head.prune", "prefill computes the lm_head for the last position only (the builder's prune_lm_head); "
             "accuracy checks score every position through lm_head.onnx, the head alone over the same stored weights")
     return ExportPlan(prune_head=prune, algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
-                      head=HeadPlan(head_bits, head_block), table=table, node_settings=settings,
+                      head=HeadPlan(head_bits, head_block), table=table,
+                      node_settings={n: NodeSetting.from_entry(v) for n, v in settings.items()},
                       exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
                       mixed=mixed, decisions=tuple(log.items), **common)
 
@@ -95,7 +99,7 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
 VISION_MAX_PIXELS = 28 * 28 * 256  # default image cap on a device: 448x448, 256 image tokens, 1024 encoder patches
 
 
-def _vision(resolved: Resolved, ckpt: Checkpoint, arch, spec: AlgorithmSpec) -> dict:
+def _vision(resolved: Resolved, ckpt: Checkpoint, arch, spec: AlgorithmSpec) -> VisionPlan:
     """Qwen2.5-VL: what the image side gets. The encoder's linears are int8 when the decoder is quantized (int4 costs
     ~10x its error for a few MB); the image area is capped (the encoder's attention grows with patches squared)."""
     recipe = resolved.recipe
@@ -110,7 +114,7 @@ def _vision(resolved: Resolved, ckpt: Checkpoint, arch, spec: AlgorithmSpec) -> 
                             "the VL decoder and works with rtn")
     quantized = recipe.precision in (Precision.INT4, Precision.INT8)
     pixels = recipe.vision.max_pixels or VISION_MAX_PIXELS
-    return {"bits": 8 if quantized else None, "block": 32, "int8_table": quantized, "max_pixels": int(pixels)}
+    return VisionPlan(bits=8 if quantized else None, block=32, int8_table=quantized, max_pixels=int(pixels))
 
 
 def _fit_block_to_table(block: int, hidden: int, want_table: bool, log: _Log) -> tuple[int, bool]:
@@ -206,7 +210,7 @@ TABLE_SHARE = 0.1  # an int4 embedding table may cost at most this share of the 
 
 def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits: int, block: int, symmetric: bool,
                 head_bits: int | None, separate_table: bool, sensitivity: dict | None, log: _Log
-                ) -> tuple[dict, dict, int | None]:
+                ) -> tuple[dict, MixedPlan, int | None]:
     """`mixed_precision: auto` → per-node {bits, group_size} from the measured sensitivity (planner/mixed.py), the
     summary the plan carries, and the bits of an untied embedding table (`embeddings: quantized`: int4 where its
     measured KLD is small, else int8). The lm_head's and the table's measured KLD are taken off the target before the
@@ -214,7 +218,7 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
     recipe = resolved.recipe
     mp = recipe.quantization.mixed_precision
     if not mp.auto:
-        return {}, {}, None
+        return {}, MixedPlan(), None
     where = f"recipe {recipe.name}: quantization.mixed_precision"
     if bits != 4:
         raise EdgeQwenError("mixed_precision: auto plans int4 recipes (it upgrades sensitive matrices from the int4 "
@@ -228,7 +232,7 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
     if sensitivity is None:
         log("mixed.pending", f"mixed precision auto: per-matrix bits from a sensitivity measurement on calibration "
             f"text (made by `edgeqwen build`; planned KLD target {target:.4f})")
-        return {}, {"pending": True, "target_kld": target}, None
+        return {}, MixedPlan(pending=True, target_kld=target), None
     from .mixed import choose
 
     scale = float(sensitivity.get("kld_scale", 1.0))
@@ -247,18 +251,17 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
             f"{t8:.4f}; int4 is kept only below {TABLE_SHARE:.0%} of the target)")
     layer_target = max(target - reserved, 0.25 * target)
 
-    cpu_like = resolved.target.execution_provider.value in ("cpu", "qnn")
     choice = choose(sensitivity, nodes_for=get_architecture(ckpt.architecture).module_nodes[recipe.exporter.value],
                     base_bits=bits, base_block=block, symmetric=symmetric,
                     formats=[(f.bits, f.block_size) for f in mp.formats], whole_groups=spec.whole_groups,
-                    scale_bytes=4 if cpu_like else 2, target_kld=layer_target,
+                    scale_bytes=4 if resolved.target.execution_provider.fp32_graph else 2, target_kld=layer_target,
                     max_bits_per_weight=mp.max_bits_per_weight, objective=mp.objective.value, strict_cap=mp.strict_cap)
     for code, message in choice.decisions:
         log(code, message)
     summary = {**choice.summary, "target_kld": target, "layer_target_kld": round(layer_target, 6),
                "head_table_kld": round(reserved, 6), "sensitivity_key": sensitivity.get("cache_key")}
     summary["planned_kld"] = round(choice.summary.get("planned_kld", 0.0) + reserved, 6)
-    return choice.node_settings, summary, table_bits
+    return choice.node_settings, from_dict(MixedPlan, summary, where="mixed precision summary"), table_bits
 
 
 def _node_settings(resolved: Resolved, spec: AlgorithmSpec, shapes: dict, layers: int, bits: int, block: int,
@@ -268,7 +271,7 @@ def _node_settings(resolved: Resolved, spec: AlgorithmSpec, shapes: dict, layers
     q, target = resolved.recipe.quantization, resolved.target
     head_block = block
     if (head_bits == 8 and bits == 4 and not spec.head_bits and shapes[HEAD_NODE][0] % HEAD_BLOCK == 0
-            and target.execution_provider.value == "cpu"):
+            and target.execution_provider == ExecutionProvider.CPU):
         # 8 bits need no small blocks: one scale + zero point per 128 weights, no measurable accuracy change (tested),
         # and onnxruntime's CPU 8-bit kernel decodes the 0.5B head 26 % faster. Recipe overrides still win.
         head_block = HEAD_BLOCK
@@ -311,16 +314,16 @@ def _table(tied: bool, want_table: bool, head_bits: int | None, head_block: int,
            portable: bool, log: _Log) -> TablePlan:
     if tied and want_table and head_bits is not None and not portable:
         log("table.shared", f"embeddings tied to lm_head: one shared int{head_bits} table (GatherBlockQuantized)")
-        return TablePlan("shared", head_bits, head_block)
+        return TablePlan(TableMode.SHARED, head_bits, head_block)
     if want_table:
         if tied:
             log("table.twice", "tied embeddings stored twice (portable exporter): a quantized lm_head and a "
                 "separately quantized embedding table")
         log("table.separate", f"embeddings quantized separately to int{table_bits} (GatherBlockQuantized, uint8 storage)")
-        return TablePlan("separate", table_bits, block)
+        return TablePlan(TableMode.SEPARATE, table_bits, block)
     if tied:
         log("table.float", "embeddings in float")
-    return TablePlan("float")
+    return TablePlan(TableMode.FLOAT)
 
 
 def _check_exporter(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, low_memory: bool) -> None:
@@ -329,7 +332,7 @@ def _check_exporter(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, l
     cfg = ckpt.config
     if recipe.exporter == Exporter.PORTABLE:
         where = f"recipe {recipe.name}: exporter portable"
-        if target.execution_provider.value not in ("cpu", "qnn") or recipe.precision == Precision.FP16:
+        if not target.execution_provider.fp32_graph or recipe.precision == Precision.FP16:
             raise EdgeQwenError(f"the portable exporter builds CPU/NPU fp32/int4/int8 artifacts; this recipe asks for "
                                 f"{recipe.precision.value} on {target.name}", where=where,
                                 hint="use exporter: builder for GPU/WebGPU targets")
@@ -339,11 +342,11 @@ def _check_exporter(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, l
                                 where=where, hint="set quantization.algorithm: rtn, or use exporter: builder")
         if low_memory:
             raise EdgeQwenError("--low-memory is a builder-exporter option", where=where, hint="drop --low-memory")
-        if target.artifact_format.value != "onnx":
+        if target.artifact_format != ArtifactFormat.ONNX:
             raise EdgeQwenError("the portable exporter writes .onnx artifacts only", where=where,
                                 hint="use exporter: builder for ort-mobile")
         return
-    if target.static_shapes or target.weight_encoding.value != "matmulnbits":
+    if target.static_shapes or target.weight_encoding != WeightEncoding.MATMULNBITS:
         raise EdgeQwenError(f"target {target.name} needs static shapes / QDQ weights, which the model builder does not write",
                             where=f"recipe {recipe.name}: exporter builder", hint="use exporter: portable")
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]

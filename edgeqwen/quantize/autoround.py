@@ -21,26 +21,24 @@ from pathlib import Path
 from ..child import calibrated_threads_env, calibration_threads, run_child
 from ..errors import EdgeQwenError
 from ..log import stage_log
-from ..planner import Decision, ExportPlan
+from .request import CheckpointRequest
 from .result_cache import cache_key, cached
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                    "generation_config.json")
 
 
-def quantize_checkpoint(plan: ExportPlan, resolved, ckpt, work: Path, calib_path: Path | None
-                        ) -> tuple[Path, dict, list[Decision]]:
+def quantize_checkpoint(job: CheckpointRequest) -> tuple[Path, dict, list[tuple[str, str]]]:
     """The build's AutoRound step: check calibration text, run AutoRound, return the quantized checkpoint folder."""
     from .calibration import prepare_calibration
 
-    q = resolved.recipe.quantization
-    cal = q.calibration
-    calib = prepare_calibration(calib_path, ckpt.path, work / "calibration.jsonl", cal.samples, cal.seq_len)
+    req, work = job.quant, job.work
+    calib = prepare_calibration(job.calibration_text, job.model, work / "calibration.jsonl", job.samples, job.seq_len)
     stage_log(f"        calibration: {calib.samples} × {calib.seq_len} tokens from {calib.source} ({calib.tokens} tokens)")
-    settings = {"bits": plan.matmul_bits, "group_size": plan.block_size, "sym": plan.symmetric, "iters": cal.iters, "samples": calib.samples,
-                "seq_len": calib.seq_len, "batch_size": min(8, calib.samples), "seed": 42}
-    config = {"model": str(ckpt.path), "calib_jsonl": str(calib.jsonl), "output_dir": str(work / "autoround"), **settings}
-    key = cache_key(ckpt.path, calib.jsonl, settings, "auto-round")
+    settings = {"bits": req.bits, "group_size": req.block_size, "sym": req.symmetric, "iters": job.iters,
+                "samples": calib.samples, "seq_len": calib.seq_len, "batch_size": min(8, calib.samples), "seed": 42}
+    config = {"model": str(job.model), "calib_jsonl": str(calib.jsonl), "output_dir": str(work / "autoround"), **settings}
+    key = cache_key(job.model, calib.jsonl, settings, "auto-round")
 
     def run() -> tuple[Path, float]:
         cfg_path = work / "autoround.json"
@@ -52,11 +50,11 @@ def quantize_checkpoint(plan: ExportPlan, resolved, ckpt, work: Path, calib_path
         return _saved_model(Path(config["output_dir"]), work / "autoround.log"), run.wall_s
 
     model_dir, wall = cached("autoround", key, "AutoRound", run)
-    decision = Decision("autoround", f"autoround ({cal.iters} iterations per decoder layer, signed-gradient rounding + "
+    decision = ("autoround", f"autoround ({job.iters} iterations per decoder layer, signed-gradient rounding + "
                         f"min/max tuning) on every decoder-layer linear: {calib.samples} calibration sequences × "
                         f"{calib.seq_len} tokens from {Path(calib.source).name}; lm_head and embeddings quantized by RTN "
                         "in the builder")
-    return model_dir, {**calib.as_dict(), "iters": cal.iters, "wall_s": round(wall, 2), "threads": calibration_threads(),
+    return model_dir, {**calib.as_dict(), "iters": job.iters, "wall_s": round(wall, 2), "threads": calibration_threads(),
                        "cache_key": key}, [decision]
 
 

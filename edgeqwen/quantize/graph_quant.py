@@ -1,7 +1,7 @@
 """edgeqwen's graph quantizer: MatMul → MatMulNBits inside the exporter's IR, one MatMul at a time.
 
 Used by the low-memory builder path, the portable exporter and every "graph"-stage algorithm (whose registry
-entry may bring its own block quantizer, e.g. rtn_clip); the per-node settings come resolved from the plan.
+entry may bring its own block quantizer, e.g. rtn_clip); the per-node settings come resolved in a `QuantRequest`.
 
 The builder's own `to_int4` serializes the whole model to a protobuf (a second full-precision copy of
 every weight) before quantizing, so a build peaks at ~3× the fp32 checkpoint. Here each MatMul weight
@@ -21,21 +21,20 @@ import numpy as np
 
 from ..architectures import HEAD_NODE
 from .ir_edit import const, drop_if_unused, replace_node
+from .request import QuantRequest, Scheme
 
 
-def require_planned_nodes(model, plan, exporter: str) -> None:
+def require_planned_nodes(model, request: QuantRequest, exporter: str, head_only: bool = False) -> None:
     """The planner named every node it set from the architecture registry; a name the exporter's graph lacks means the
     registry and the exporter disagree — fail rather than quantize with the wrong settings. After a "checkpoint"
-    stage the layers arrive pre-quantized, so only the lm_head is the exporter's to quantize."""
-    from .registry import get_algorithm
-
-    planned = set(plan.node_settings)
-    if get_algorithm(plan.algorithm).stage == "checkpoint":
+    stage the layers arrive pre-quantized (`head_only`), so only the lm_head is the exporter's to quantize."""
+    planned = set(request.node_settings)
+    if head_only:
         planned &= {HEAD_NODE}
     missing = sorted(planned - {n.name for n in model.graph})
     if missing:
         raise RuntimeError(f"planned nodes not in the {exporter}'s graph: {', '.join(missing[:5])} — the architecture "
-                           f"registry's {exporter} node map for {plan.architecture} is out of date")
+                           f"registry's {exporter} node map for {request.architecture} is out of date")
 
 
 def ort_block_quant(w: np.ndarray, bits: int, block: int, symmetric: bool):
@@ -73,10 +72,10 @@ def ort_block_dequant(packed: np.ndarray, scales: np.ndarray, zero_points: np.nd
     return np.ascontiguousarray(w.reshape(cols, k_blocks * block)[:, :rows].T)
 
 
-def quantize_in_place(model, plan, *, exclude: set[str], shared_lm_head: bool,
+def quantize_in_place(model, request: QuantRequest, *, exclude: set[str], shared_lm_head: bool,
                       block_quant: Callable = ort_block_quant) -> list[str]:
-    """Replace every constant-weight MatMul in `model` (onnx_ir.Model) with MatMulNBits, each with the plan's
-    settings for that node (`plan.node_setting`). Returns notes."""
+    """Replace every constant-weight MatMul in `model` (onnx_ir.Model) with MatMulNBits, each with the request's
+    settings for that node (`request.node_setting`). Returns notes."""
     import onnx_ir as ir
 
     graph = model.graph
@@ -88,8 +87,8 @@ def quantize_in_place(model, plan, *, exclude: set[str], shared_lm_head: bool,
         weight = node.inputs[1]
         if weight is None or weight.const_value is None or len(weight.shape or ()) != 2:
             continue
-        entry = plan.node_setting(node.name)
-        bits, bsize, sym = entry["bits"], entry["group_size"], entry["scheme"] == "sym"
+        entry = request.node_setting(node.name)
+        bits, bsize, sym = entry.bits, entry.group_size, entry.scheme == Scheme.SYM
         count += 1
         tensor = weight.const_value
         dtype = tensor.dtype
@@ -111,8 +110,8 @@ def quantize_in_place(model, plan, *, exclude: set[str], shared_lm_head: bool,
             graph.register_initializer(v)
         inputs = [node.inputs[0], values[0], values[1]] + ([] if sym else [values[2]])
         attrs = [ir.AttrInt64("K", k), ir.AttrInt64("N", n), ir.AttrInt64("bits", bits), ir.AttrInt64("block_size", bsize)]
-        if plan.accuracy_level:
-            attrs.append(ir.AttrInt64("accuracy_level", plan.accuracy_level))
+        if request.accuracy_level:
+            attrs.append(ir.AttrInt64("accuracy_level", request.accuracy_level))
         new = ir.Node("com.microsoft", "MatMulNBits", inputs, attributes=attrs, name=f"{node.name}_Q{bits}", num_outputs=1)
         replace_node(graph, node, new)
         drop_if_unused(graph, weight)  # frees the float tensor (and, with it, the PyTorch parameter reference)

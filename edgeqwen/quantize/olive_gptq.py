@@ -19,26 +19,26 @@ from ..architectures import HEAD_NODE, get_architecture
 from ..child import calibrated_threads_env, calibration_threads, run_child
 from ..errors import EdgeQwenError
 from ..log import stage_log
-from ..planner import Decision, ExportPlan
+from .request import CheckpointRequest, QuantRequest, Scheme
 from .result_cache import cache_key, cached
 
 
-def module_overrides(plan: ExportPlan) -> dict[str, dict]:
-    """The plan's per-node settings (builder node names) → Olive's per-module overrides, so a recipe's mixed
+def module_overrides(request: QuantRequest) -> dict[str, dict]:
+    """The request's per-node settings (builder node names) → Olive's per-module overrides, so a recipe's mixed
     precision means the same under GPTQ as under RTN. A node with no module mapping raises."""
-    arch = get_architecture(plan.architecture)
+    arch = get_architecture(request.architecture)
     out: dict[str, dict] = {}
-    for node in plan.node_settings:
+    for node in request.node_settings:
         if node == HEAD_NODE:
             continue  # lm_head is quantized by the builder, not by the calibrated pass
-        entry = plan.node_setting(node)
+        entry = request.node_setting(node)
         olive = {}
-        if entry["bits"] != plan.matmul_bits:
-            olive["bits"] = entry["bits"]
-        if entry["group_size"] != plan.block_size:
-            olive["group_size"] = entry["group_size"]
-        if (entry["scheme"] == "sym") != plan.symmetric:
-            olive["symmetric"] = entry["scheme"] == "sym"
+        if entry.bits != request.bits:
+            olive["bits"] = entry.bits
+        if entry.group_size != request.block_size:
+            olive["group_size"] = entry.group_size
+        if (entry.scheme == Scheme.SYM) != request.symmetric:
+            olive["symmetric"] = entry.scheme == Scheme.SYM
         if not olive:
             continue
         layer, _, in_layer = node.removeprefix("/model/layers.").removesuffix("/MatMul").partition("/")
@@ -108,26 +108,24 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
-def quantize_checkpoint(plan: ExportPlan, resolved, ckpt, work: Path, calib_path: Path | None
-                        ) -> tuple[Path, dict, list[Decision]]:
+def quantize_checkpoint(job: CheckpointRequest) -> tuple[Path, dict, list[tuple[str, str]]]:
     """The build's GPTQ step: check calibration text, run Olive's Gptq, return the quantized checkpoint folder."""
     from .calibration import prepare_calibration
 
-    q = resolved.recipe.quantization
-    calib = prepare_calibration(calib_path, ckpt.path, work / "calibration.jsonl", q.calibration.samples,
-                                q.calibration.seq_len)
+    req, work = job.quant, job.work
+    calib = prepare_calibration(job.calibration_text, job.model, work / "calibration.jsonl", job.samples, job.seq_len)
     stage_log(f"        calibration: {calib.samples} × {calib.seq_len} tokens from {calib.source} ({calib.tokens} tokens)")
-    overrides = module_overrides(plan)
-    config = workflow_config(str(ckpt.path), str(calib.jsonl), bits=plan.matmul_bits, group_size=plan.block_size,
-                             symmetric=plan.symmetric, samples=calib.samples, seq_len=calib.seq_len,
-                             damp_percent=q.calibration.damp_percent, overrides=overrides,
+    overrides = module_overrides(req)
+    config = workflow_config(str(job.model), str(calib.jsonl), bits=req.bits, group_size=req.block_size,
+                             symmetric=req.symmetric, samples=calib.samples, seq_len=calib.seq_len,
+                             damp_percent=job.damp_percent, overrides=overrides,
                              output_dir=str(work / "gptq"), cache_dir=str(work / "olive-cache"))
-    key = _cache_key(ckpt.path, calib.jsonl, config)
+    key = _cache_key(job.model, calib.jsonl, config)
     model_dir, wall = cached("gptq", key, "GPTQ", lambda: run_gptq(config, work, work / "olive.log"))
-    decisions = [Decision("gptq.override", f"gptq {name}: override {o}") for name, o in overrides.items()]
-    decisions.append(Decision("gptq", f"gptq (Olive Gptq pass, damp {q.calibration.damp_percent}) on every decoder-layer "
-                              f"linear: {calib.samples} calibration sequences × {calib.seq_len} tokens from "
-                              f"{Path(calib.source).name}; lm_head and embeddings quantized by RTN in the builder"))
+    decisions = [("gptq.override", f"gptq {name}: override {o}") for name, o in overrides.items()]
+    decisions.append(("gptq", f"gptq (Olive Gptq pass, damp {job.damp_percent}) on every decoder-layer "
+                      f"linear: {calib.samples} calibration sequences × {calib.seq_len} tokens from "
+                      f"{Path(calib.source).name}; lm_head and embeddings quantized by RTN in the builder"))
     info = {**calib.as_dict(), "wall_s": round(wall, 2), "threads": calibration_threads(), "olive_overrides": overrides,
             "cache_key": key}
     return model_dir, info, decisions

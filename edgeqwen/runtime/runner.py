@@ -631,6 +631,11 @@ class Runner:
                               "has no lm_head.onnx to score every position; rebuild it with `edgeqwen build`")
         return "hidden_states"
 
+    @property
+    def scoring_head_loaded(self) -> bool:
+        """Whether lm_head.onnx (the every-position scoring head) has been loaded: only scoring loads it."""
+        return self._scoring_head is not None
+
     def _head_session(self):
         """lm_head.onnx, loaded on the first scoring call (its weights are the decoder's, read again: scoring only)."""
         if self._scoring_head is None:

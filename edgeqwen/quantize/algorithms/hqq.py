@@ -18,19 +18,20 @@ SPEC = register(AlgorithmSpec(
 ))
 
 
-def quantize_graph(model, plan, skip: set[str], notes: list[str]):
-    """onnxruntime's HQQ on every MatMul of the default layout; `skip` (lm_head — the shared table needs integer zero
-    points — and nodes the plan gives other settings) is left float for the shared RTN path. Returns the new model."""
+def quantize_graph(model, request, skip: set[str], notes: list[str]):
+    """onnxruntime's HQQ on every MatMul of the default layout (`request`: a QuantRequest); `skip` (lm_head — the shared
+    table needs integer zero points — and nodes given other settings) is left float for the shared RTN path. Returns
+    the new model."""
     import onnx_ir as ir
     from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     quant = MatMulNBitsQuantizer(ir.to_proto(model), nodes_to_exclude=sorted(skip),
-                                 algo_config=HQQWeightOnlyQuantConfig(block_size=plan.block_size, bits=4))
+                                 algo_config=HQQWeightOnlyQuantConfig(block_size=request.block_size, bits=4))
     quant.process()
     model = ir.from_proto(quant.model.model)
     done = [n for n in model.graph if n.op_type == "MatMulNBits"]
     for n in done:  # the HQQ quantizer writes no accuracy level; the target's applies as for RTN
-        n.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", plan.accuracy_level)
-    notes.append(f"hqq (onnxruntime HQQ, block {plan.block_size}, float zero points) on {len(done)} MatMuls; "
+        n.attributes["accuracy_level"] = ir.AttrInt64("accuracy_level", request.accuracy_level)
+    notes.append(f"hqq (onnxruntime HQQ, block {request.block_size}, float zero points) on {len(done)} MatMuls; "
                  f"rtn on the rest ({', '.join(sorted(skip))})")
     return model

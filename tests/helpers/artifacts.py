@@ -1,0 +1,116 @@
+"""Built artifacts and tiny checkpoints shared by every xdist worker of one test run.
+
+A build is keyed by what decides it — the recipe (its name, or a recipe file's content), the checkpoint's content
+(not its path: each worker makes the random fixtures in a folder of its own) and whether it was evaluated — and is
+made once per run: the first worker to need it builds it under a file lock, the others wait for it and reuse it.
+Tests treat these artifacts as read-only (a test that changes files copies the artifact into its tmp_path first).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one `pytest -n` run
+
+
+def run_dir(kind: str) -> Path:
+    """A folder shared by the workers of this run (a private one outside xdist), removed at the end of the run."""
+    if RUN:
+        path = Path(tempfile.gettempdir()) / f"edgeqwen-test-{kind}-{RUN}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(tempfile.mkdtemp(prefix=f"edgeqwen-test-{kind}-"))
+
+
+@contextmanager
+def exclusive(lock_path: Path):
+    """One holder at a time across processes (fcntl; released when the holder exits, even on a crash)."""
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_CONTENT: dict[str, str] = {}
+
+
+def content_digest(folder: Path | str) -> str:
+    """sha256 over a checkpoint folder's file names and bytes (memoized per path in this process)."""
+    folder = Path(folder)
+    if str(folder) not in _CONTENT:
+        h = hashlib.sha256()
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(folder)).encode())
+            h.update(f.read_bytes())
+        _CONTENT[str(folder)] = h.hexdigest()
+    return _CONTENT[str(folder)]
+
+
+def shared_checkpoint(name: str, make) -> Path:
+    """`make(folder)` once per run for all workers (the random tiny fixtures are deterministic, seeded)."""
+    root = run_dir("models")
+    out = root / name
+    with exclusive(root / f"{name}.lock"):
+        if not (out / "config.json").exists():
+            tmp = root / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            make(tmp)
+            tmp.rename(out)
+    return out
+
+
+class ArtifactCache:
+    """Each (recipe, checkpoint content, evaluate) built once per test run, whichever worker needs it first."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def key(self, recipe: str, model: Path | str | None, evaluate: bool) -> str:
+        path = Path(recipe)
+        what = {"recipe": hashlib.sha256(path.read_bytes()).hexdigest() if path.suffix in (".yaml", ".yml")
+                and path.exists() else recipe,
+                "model": content_digest(model) if model and Path(model).is_dir() else str(model), "evaluate": evaluate}
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+    def get(self, recipe: str, model: Path | str | None = None, evaluate: bool = False) -> Path:
+        from edgeqwen.build import BuildOptions, build
+
+        out = self.root / self.key(recipe, model, evaluate)
+        with exclusive(out.with_suffix(".lock")):
+            if not (out / "manifest.json").exists():
+                build(BuildOptions(recipe=recipe, output=out, model=str(model) if model else None, evaluate=evaluate))
+        return out
+
+
+BASE_RECIPE = """\
+version: 1
+model: embedded:{model}
+target: cpu-x86_64
+precision: {precision}
+context_length: 1024
+quantization:
+  algorithm: {algo}
+  symmetric: false
+  lm_head: int8
+  block_size: 32
+"""
+ALGO_RECIPE = BASE_RECIPE + "  calibration: {{samples: 16, seq_len: 128, iters: 20}}\naccuracy: {{max_windows: 3}}\n"
+
+
+def algo_recipe(recipe_dir: Path, algo: str) -> str:
+    """One algorithm on the default int4 layout (asym, block 32, int8 head), light calibration: the recipe the
+    algorithm tests share, so each algorithm is built once per run."""
+    text = ALGO_RECIPE.format(model="tiny-qwen2", precision="int4", algo=algo)
+    path = recipe_dir / f"{algo}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
+    path.write_text(text)
+    return str(path)
