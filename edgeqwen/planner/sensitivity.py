@@ -81,19 +81,12 @@ def _kld(ref_logp, logits) -> float:
     return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
 
 
-def measure(cfg: dict) -> dict:
+def _capture(model, body, layers, x):
+    """One fp32 forward over the calibration batch with hooks: every layer's input (and the first layer's keyword
+    arguments), each linear's Σ x² per input column with its row count, the final norm's output, and the reference
+    log-probabilities. Returns (inputs, kwargs, square sums, final hidden states, ref_logp)."""
     import torch
 
-    from ..architectures import load_reference
-    from .sizes import fit_block
-
-    torch.set_num_threads(int(cfg["threads"]))
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    x = _calibration_batch(cfg["model"], cfg["calib_text"], cfg["samples"], cfg["seq_len"])
-    model = load_reference(cfg["model"])  # a VL model's decoder is measured on text as the text models are
-    body = getattr(model.model, "language_model", model.model)
-    layers = body.layers
     inputs: dict[int, torch.Tensor] = {}
     kwargs: dict = {}
     sq: dict[str, list] = {}
@@ -125,7 +118,42 @@ def measure(cfg: dict) -> dict:
         ref_logp = torch.log_softmax(model(x, use_cache=False).logits.float(), dim=-1)
     for h in hooks:
         h.remove()
+    return inputs, kwargs, sq, final["h"], ref_logp
 
+
+def _format_errors(i: int, originals: dict, by_node: dict, grid: list, sq: dict, sym: bool) -> dict[str, dict]:
+    """Per node kind of layer i, each format's activation-weighted weight error Σ_k E[x_k²]·Σ_n (W−Q(W))²: the formats
+    asked for, and the blocks a whole-group quantizer fits to K."""
+    from .sizes import fit_block
+
+    err: dict[str, dict[str, float]] = {}
+    for kind, modules in by_node.items():
+        err[kind] = {}
+        k = originals[modules[0]].shape[1]
+        for bits, block in sorted({(b, f) for b, blk in grid for f in (blk, fit_block(k, blk, True) or 16)}):
+            total = 0.0
+            for module in modules:
+                s, count = sq[f"{i}.{module}"]
+                w = originals[module]
+                diff = w - _fake_quant(w, bits, block, sym)  # [N, K]; E[x_k²] weighs column k
+                total += float(((diff * diff).sum(0).double() * (s / max(count, 1)).double()).sum())
+            err[kind][f"int{bits}/b{block}"] = total
+    return err
+
+
+def measure(cfg: dict) -> dict:
+    import torch
+
+    from ..architectures import load_reference
+
+    torch.set_num_threads(int(cfg["threads"]))
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    x = _calibration_batch(cfg["model"], cfg["calib_text"], cfg["samples"], cfg["seq_len"])
+    model = load_reference(cfg["model"])  # a VL model's decoder is measured on text as the text models are
+    body = getattr(model.model, "language_model", model.model)
+    layers = body.layers
+    inputs, kwargs, sq, final_h, ref_logp = _capture(model, body, layers, x)
     scored = slice(x.shape[1] // 2, None, 2)  # every other position of each sequence's second half (the first half
     # is context): the 151936-wide head then costs a quarter of the whole batch, and neighbours add little information
     ref_logp = ref_logp[:, scored].contiguous()
@@ -153,19 +181,7 @@ def measure(cfg: dict) -> dict:
     groups = []
     for i, layer in enumerate(layers):
         originals = {m: layer.get_submodule(m).weight.data.clone() for m in nodes_for}
-        err: dict[str, dict[str, float]] = {}
-        for kind, modules in by_node.items():
-            err[kind] = {}
-            k = originals[modules[0]].shape[1]
-            for bits, block in sorted({(b, f) for b, blk in grid for f in (blk, fit_block(k, blk, True) or 16)}):
-                total = 0.0
-                for module in modules:  # the formats asked for, and the blocks a whole-group quantizer fits to K
-                    s, count = sq[f"{i}.{module}"]
-                    w = originals[module]
-                    diff = w - _fake_quant(w, bits, block, sym)  # [N, K]; E[x_k²] weighs column k
-                    total += float(((diff * diff).sum(0).double() * (s / max(count, 1)).double()).sum())
-                err[kind][f"int{bits}/b{block}"] = total
-        base = f"int{base_bits}/b{base_block}"
+        err = _format_errors(i, originals, by_node, grid, sq, sym)
         local = _local_errors(layer, inputs[i], kwargs, by_node, originals, resolution,
                               lambda w: _fake_quant(w, base_bits, base_block, sym))
         for unit in units(list(by_node), resolution):
@@ -183,7 +199,7 @@ def measure(cfg: dict) -> dict:
                                "unit_kld": kld, "unit": list(unit), "err": err[kind],
                                "shapes": [list(originals[m].T.shape) for m in by_node[kind]]})
         print(f"sensitivity: layer {i + 1}/{len(layers)} measured ({time.perf_counter() - t0:.0f}s)", flush=True)
-    head = _head_and_table(model, body, cfg, final["h"][:, scored], ref_logp, full_run)
+    head = _head_and_table(model, body, cfg, final_h[:, scored], ref_logp, full_run)
     return {"version": 1, "resolution": resolution, "base_bits": base_bits, "base_block": base_block, "symmetric": sym,
             "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
             "noise_floor_kld": rerun(0), "groups": groups, **head, "wall_s": round(time.perf_counter() - t0, 2)}
