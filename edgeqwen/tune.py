@@ -124,18 +124,8 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
             stage_log(f"tune: {label}: {size:.2f} MB, KLD {acc['kld_mean']:.4f}, {candidates[-1].decode_tps:.1f} tok/s")
         if not candidates:
             raise EdgeQwenError("no tune candidate could be built", where=recipe, hint="see the errors above")
-        passing = [c for c in candidates if c.meets]
         write_frontier(candidates, work / "frontier.png", base.recipe.name, gate_keys)
-        if not passing:
-            best = min(candidates, key=lambda c: c.accuracy["kld_mean"])
-            raise EdgeQwenError(
-                f"no candidate meets the budget {gate_keys}; best found: {best.label} "
-                f"(KLD {best.accuracy['kld_mean']:.4f}, PPL ratio {best.accuracy['ppl_ratio']:.4f}, "
-                f"top-1 {best.accuracy['top1']:.3f}, {best.size_mb:.2f} MB)\n{format_frontier(candidates)}",
-                where="--budget", hint="loosen the budget, or try precision int8 / another model",
-            )
-        key = (lambda c: c.size_mb) if objective == "size" else (lambda c: -c.decode_tps)
-        chosen = min(passing, key=key)
+        chosen = select(candidates, budget, objective)
         shutil.copy(work / "frontier.png", chosen.path / "tune_frontier.png")
         (chosen.path / "tune.json").write_text(json.dumps(
             {"budget": gate_keys, "objective": objective, "chosen": chosen.label,
@@ -152,6 +142,24 @@ def tune(recipe: str, model: str | None, budget: Accuracy, output: Path, objecti
         return chosen, candidates
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def select(candidates: list[Candidate], budget: Accuracy, objective: str = "size") -> Candidate:
+    """The smallest (or fastest) candidate whose measured accuracy meets `budget`; none meeting it is an error that
+    names the best one found and prints the frontier."""
+    from .evaluate.stage import check_gate
+
+    passing = [c for c in candidates if not check_gate(c.accuracy, budget)]
+    if not passing:
+        best = min(candidates, key=lambda c: c.accuracy["kld_mean"])
+        raise EdgeQwenError(
+            f"no candidate meets the budget {budget.thresholds()}; best found: {best.label} "
+            f"(KLD {best.accuracy['kld_mean']:.4f}, PPL ratio {best.accuracy['ppl_ratio']:.4f}, "
+            f"top-1 {best.accuracy['top1']:.3f}, {best.size_mb:.2f} MB)\n{format_frontier(candidates)}",
+            where="--budget", hint="loosen the budget, or try precision int8 / another model",
+        )
+    key = (lambda c: c.size_mb) if objective == "size" else (lambda c: -c.decode_tps)
+    return min(passing, key=key)
 
 
 def format_frontier(cands: list[Candidate]) -> str:

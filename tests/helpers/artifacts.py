@@ -70,10 +70,20 @@ def shared_checkpoint(name: str, make) -> Path:
 
 
 class ArtifactCache:
-    """Each (recipe, checkpoint content, evaluate) built once per test run, whichever worker needs it first."""
+    """Each (recipe, checkpoint content, evaluate) built once per test run, whichever worker needs it first.
+
+    Builds of the trained embedded models are always evaluated (their accuracy is meaningful and most tests that use
+    one also read its report), so a recipe on a trained model is one build whether a test asks for the report or not;
+    builds of random-weight fixtures are evaluated only when asked."""
 
     def __init__(self, root: Path):
         self.root = root
+
+    @staticmethod
+    def trained(model: Path | str | None) -> bool:
+        from edgeqwen.checkpoint import embedded_dir
+
+        return model is None or Path(model).resolve().parent == embedded_dir().resolve()
 
     def key(self, recipe: str, model: Path | str | None, evaluate: bool) -> str:
         path = Path(recipe)
@@ -85,6 +95,7 @@ class ArtifactCache:
     def get(self, recipe: str, model: Path | str | None = None, evaluate: bool = False) -> Path:
         from edgeqwen.build import BuildOptions, build
 
+        evaluate = evaluate or self.trained(model)
         out = self.root / self.key(recipe, model, evaluate)
         with exclusive(out.with_suffix(".lock")):
             if not (out / "manifest.json").exists():
