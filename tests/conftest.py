@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 
 import pytest
 
@@ -16,20 +17,27 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("EDGEQWEN_QUIET", "1")
 # two xdist workers on 2 cores: calibrated steps get one thread each (their default is 2), not four on two cores
 os.environ.setdefault("EDGEQWEN_CALIB_THREADS", "1")
-# calibrated-quantizer results are cached per test run (shared by its xdist workers), never in ~/.cache/edgeqwen
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-os.environ.setdefault("EDGEQWEN_CACHE", os.path.join(tempfile.gettempdir(), f"edgeqwen-test-cache-{_RUN}") if _RUN
-                      else tempfile.mkdtemp(prefix="edgeqwen-test-cache-"))
+# One id per test run: set here in the controller before xdist starts its workers, which inherit it, so every worker
+# shares the run's folders (built artifacts, tiny fixtures, calibrated-quantizer results; never ~/.cache/edgeqwen).
+_RUN = os.environ.setdefault("EDGEQWEN_TEST_RUN", uuid.uuid4().hex[:12])
+os.environ.setdefault("EDGEQWEN_CACHE", os.path.join(tempfile.gettempdir(), f"edgeqwen-test-cache-{_RUN}"))
 
 from edgeqwen.checkpoint import embedded_dir  # noqa: E402
 from edgeqwen.tiny import create_tiny_qwen, fixture_spec  # noqa: E402
 
-from .helpers.artifacts import ArtifactCache, run_dir, shared_checkpoint  # noqa: E402
+from .helpers.artifacts import ArtifactCache, build_summary, run_dir, shared_checkpoint  # noqa: E402
 
 
-def pytest_sessionfinish(session, exitstatus):
-    """The run's shared folders go with the run (the controller removes them once every worker is done)."""
-    if _RUN and not hasattr(session.config, "workerinput"):
+def pytest_terminal_summary(terminalreporter):
+    line = build_summary(run_dir("artifacts"))
+    if line:
+        terminalreporter.write_line(line)
+
+
+def pytest_unconfigure(config):
+    """The run's shared folders go with the run (the controller removes them once every worker is done and the
+    summary is written)."""
+    if not hasattr(config, "workerinput"):
         for kind in ("artifacts", "models", "cache"):
             shutil.rmtree(os.path.join(tempfile.gettempdir(), f"edgeqwen-test-{kind}-{_RUN}"), ignore_errors=True)
 

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import subprocess
+import shutil
 import sys
 
 import numpy as np
@@ -39,13 +40,14 @@ def _data_uri(png: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def vl(tmp_path_factory, random_qwen2_vl):
-    """The tiny VL checkpoint, its int4 artifact (evaluated, so the build's gate ran) and an fp32 one."""
+def vl(tmp_path_factory, random_qwen2_vl, artifacts):
+    """The tiny VL checkpoint, its int4 artifact (evaluated, so the build's gate ran; alone in a models folder for the
+    server) and an fp32 one."""
     root = tmp_path_factory.mktemp("vl")
     ckpt = random_qwen2_vl
-    int4 = build(BuildOptions(RECIPE, root / "models" / "vl-int4", model=str(ckpt), evaluate=True))
-    fp32 = build(BuildOptions("qwen2.5-vl-3b-instruct/cpu-x86_64-fp32", root / "fp32" / "vl-fp32", model=str(ckpt),
-                              evaluate=True))
+    int4 = root / "models" / "vl-int4"
+    shutil.copytree(artifacts.get(RECIPE, ckpt, evaluate=True), int4)
+    fp32 = artifacts.get("qwen2.5-vl-3b-instruct/cpu-x86_64-fp32", ckpt, evaluate=True)
     return ckpt, int4, fp32
 
 
@@ -213,17 +215,19 @@ def test_memory_estimate_counts_the_encoder_and_its_largest_image(vl):
 
     from edgeqwen.checkpoint import inspect_checkpoint
     from edgeqwen.memory import estimate
+    from edgeqwen.planner import VisionPlan
     from edgeqwen.planner import plan as make_plan
     from edgeqwen.recipe import load_recipe
 
     ckpt = inspect_checkpoint(vl[0])
     resolved = load_recipe(RECIPE)
     plan = make_plan(resolved, ckpt)
-    assert plan.vision == {"bits": 8, "block": 32, "int8_table": True, "max_pixels": 200704}
+    assert plan.vision == VisionPlan(bits=8, block=32, int8_table=True, max_pixels=200704)
     with_vision = estimate(plan, resolved, ckpt.config)
-    text_only = estimate(dataclasses.replace(plan, vision={}), resolved, ckpt.config)
+    text_only = estimate(dataclasses.replace(plan, vision=None), resolved, ckpt.config)
     assert with_vision.weights_mb > text_only.weights_mb
-    bigger = estimate(dataclasses.replace(plan, vision={**plan.vision, "max_pixels": 4 * 200704}), resolved, ckpt.config)
+    bigger = estimate(dataclasses.replace(plan, vision=dataclasses.replace(plan.vision, max_pixels=4 * 200704)),
+                      resolved, ckpt.config)
     assert bigger.activations_mb > 10 * with_vision.activations_mb  # attention over patches squared: 4x pixels, 16x
 
 

@@ -14,20 +14,19 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of one `pytest -n` run
 
 
 def run_dir(kind: str) -> Path:
-    """A folder shared by the workers of this run (a private one outside xdist), removed at the end of the run."""
-    if RUN:
-        path = Path(tempfile.gettempdir()) / f"edgeqwen-test-{kind}-{RUN}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return Path(tempfile.mkdtemp(prefix=f"edgeqwen-test-{kind}-"))
+    """A folder shared by the workers of this run (tests/conftest.py sets the run's id before the workers start),
+    removed at the end of the run."""
+    path = Path(tempfile.gettempdir()) / f"edgeqwen-test-{kind}-{os.environ['EDGEQWEN_TEST_RUN']}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @contextmanager
@@ -97,10 +96,33 @@ class ArtifactCache:
 
         evaluate = evaluate or self.trained(model)
         out = self.root / self.key(recipe, model, evaluate)
+        t0 = time.perf_counter()
         with exclusive(out.with_suffix(".lock")):
-            if not (out / "manifest.json").exists():
-                build(BuildOptions(recipe=recipe, output=out, model=str(model) if model else None, evaluate=evaluate))
+            waited = time.perf_counter() - t0
+            if (out / "manifest.json").exists():
+                self._log("reused", recipe, waited, 0.0)
+                return out
+            t1 = time.perf_counter()
+            build(BuildOptions(recipe=recipe, output=out, model=str(model) if model else None, evaluate=evaluate))
+            self._log("built", recipe, waited, time.perf_counter() - t1)
         return out
+
+    def _log(self, what: str, recipe: str, waited: float, built: float) -> None:
+        with open(self.root / "builds.jsonl", "a") as fh:
+            fh.write(json.dumps({"what": what, "recipe": Path(recipe).name if recipe.endswith(".yaml") else recipe,
+                                 "wait_s": round(waited, 2), "build_s": round(built, 2),
+                                 "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}) + "\n")
+
+
+def build_summary(root: Path) -> str | None:
+    """One line on the run's shared builds (how many, their time, time workers spent waiting for another's build)."""
+    path = root / "builds.jsonl"
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    built = [r for r in rows if r["what"] == "built"]
+    return (f"shared artifacts: {len(built)} built in {sum(r['build_s'] for r in built):.0f} s, "
+            f"{len(rows) - len(built)} reuses, {sum(r['wait_s'] for r in rows):.0f} s waited on another worker's build")
 
 
 BASE_RECIPE = """\
