@@ -75,14 +75,13 @@ def test_autoround_beats_rtn_and_is_cached(trained_qwen2, recipe_dir, artifacts,
     assert not (tmp_path / "ov").exists()
 
 
-def test_gptq_result_is_cached_per_weights_calibration_and_settings(random_qwen2, tmp_path, monkeypatch):
-    """Other targets and tune candidates with the same quantization reuse one GPTQ run; any change re-runs it."""
-    monkeypatch.setenv("EDGEQWEN_CACHE", str(tmp_path / "cache"))
-    opts = dict(model=str(random_qwen2), evaluate=False)
-    a = build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", tmp_path / "a", **opts))
-    b = build(BuildOptions("tiny-qwen2/cpu-arm64-int4", tmp_path / "b", **opts))
+def test_gptq_result_is_cached_per_weights_calibration_and_settings(random_qwen2, artifacts):
+    """Other targets and tune candidates with the same quantization reuse one GPTQ run (the run's cache is shared, so
+    whichever of the two targets built first ran GPTQ — or an earlier build did — and the other reused it); any change
+    re-runs it."""
+    a, b = (artifacts.get(r, random_qwen2) for r in ("tiny-qwen2/cpu-x86_64-int4", "tiny-qwen2/cpu-arm64-int4"))
     ga, gb = (json.loads((p / "manifest.json").read_text())["gptq"] for p in (a, b))
-    assert ga["cache_key"] == gb["cache_key"] and ga["wall_s"] > 0 and gb["wall_s"] == 0.0
+    assert ga["cache_key"] == gb["cache_key"] and min(ga["wall_s"], gb["wall_s"]) == 0.0
     assert (a / "model.onnx.data").read_bytes() == (b / "model.onnx.data").read_bytes()
     from edgeqwen.quantize.olive_gptq import _cache_key, workflow_config
 

@@ -10,8 +10,14 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent builds may repeat a run
+    fcntl = None
 
 from ..log import stage_log
 
@@ -56,21 +62,44 @@ def store(model_dir: Path, cached: Path) -> Path:
     return cached if (cached / "config.json").exists() else model_dir
 
 
+@contextmanager
+def _one_at_a_time(root: Path | None, key: str):
+    """Parallel builds that need the same result (build-all, tune, test workers) wait for the first one's run instead
+    of repeating it (an advisory file lock where the OS has fcntl; elsewhere they may both run, and the first
+    rename wins)."""
+    if root is None or fcntl is None:
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{key}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def cached(kind: str, key: str, what: str, run: Callable[[], tuple[Path, float]]) -> tuple[Path, float]:
     """The quantized checkpoint for `key`: from the cache (wall 0.0), or `run()` and store its result."""
     root = cache_dir(kind)
     hit = root / key if root else None
-    if hit is not None and (hit / "config.json").exists():
-        stage_log(f"        {what} result reused from the cache ({hit})")
-        return hit, 0.0
-    model_dir, wall = run()
-    stage_log(f"        {what} done in {wall:.1f}s")
-    return (store(model_dir, hit) if hit is not None else model_dir), wall
+    with _one_at_a_time(root, key):
+        if hit is not None and (hit / "config.json").exists():
+            stage_log(f"        {what} result reused from the cache ({hit})")
+            return hit, 0.0
+        model_dir, wall = run()
+        stage_log(f"        {what} done in {wall:.1f}s")
+        return (store(model_dir, hit) if hit is not None else model_dir), wall
 
 
 def cached_json(kind: str, key: str, what: str, run: Callable[[], dict]) -> dict:
     """A JSON record for `key` (a measurement, not a model): from the cache, or `run()` and store it atomically."""
     root = cache_dir(kind)
+    with _one_at_a_time(root, key):
+        return _cached_json(root, key, what, run)
+
+
+def _cached_json(root: Path | None, key: str, what: str, run: Callable[[], dict]) -> dict:
     hit = root / f"{key}.json" if root else None
     if hit is not None and hit.is_file():
         try:
