@@ -23,9 +23,8 @@ _RUN = os.environ.setdefault("EDGEQWEN_TEST_RUN", uuid.uuid4().hex[:12])
 os.environ.setdefault("EDGEQWEN_CACHE", os.path.join(tempfile.gettempdir(), f"edgeqwen-test-cache-{_RUN}"))
 
 from edgeqwen.checkpoint import embedded_dir  # noqa: E402
-from edgeqwen.tiny import create_tiny_qwen, fixture_spec  # noqa: E402
 
-from .helpers.artifacts import ArtifactCache, build_summary, run_dir, shared_checkpoint  # noqa: E402
+from .helpers.artifacts import ArtifactCache, build_summary, random_checkpoint, run_dir  # noqa: E402
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -42,24 +41,20 @@ def pytest_unconfigure(config):
             shutil.rmtree(os.path.join(tempfile.gettempdir(), f"edgeqwen-test-{kind}-{_RUN}"), ignore_errors=True)
 
 
-def _random(family: str):
-    return shared_checkpoint(family, lambda out: create_tiny_qwen(out, fixture_spec(family)))
-
-
 @pytest.fixture(scope="session")
 def random_qwen2():
-    return _random("qwen2")
+    return random_checkpoint("qwen2")
 
 
 @pytest.fixture(scope="session")
 def random_qwen3():
-    return _random("qwen3")
+    return random_checkpoint("qwen3")
 
 
 @pytest.fixture(scope="session")
 def random_qwen2_vl():
     """Qwen2.5-VL: a tiny Qwen2 decoder (hidden 128, 4 layers) after a 4-block windowed ViT (hidden 64)."""
-    return _random("qwen2_5_vl")
+    return random_checkpoint("qwen2_5_vl")
 
 
 @pytest.fixture(scope="session")

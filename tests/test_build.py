@@ -22,7 +22,7 @@ from edgeqwen.runtime import Runner, Sampling
 from edgeqwen.targets import known_targets
 from edgeqwen.tiny import TinySpec, create_tiny_qwen
 
-from .helpers.artifacts import REPO
+from .helpers.artifacts import REPO, random_checkpoint
 from .helpers.genai import genai_generate
 
 
@@ -39,18 +39,14 @@ def op_counts(path):
     return m, counts
 
 
-_GRAPH_KEYS: dict[str, str] = {}
-
-
-def first_with_same_graph(recipe: str, request) -> str:
-    """The first recipe (in `known_recipes()` order) whose plan gives the same graph as `recipe`'s: the same in every
-    xdist worker, so the run builds that graph once (the artifact cache is shared by the workers)."""
-    def key(name):
-        if name not in _GRAPH_KEYS:
-            _GRAPH_KEYS[name] = graph_key(load_recipe(name), request.getfixturevalue(family_fixture(name)))
-        return _GRAPH_KEYS[name]
-
-    return next(other for other in known_recipes() if key(other) == key(recipe))
+def _same_graph_groups() -> dict[str, str]:
+    """recipe → the first recipe (in `known_recipes()` order) whose plan gives the same graph on the same fixture.
+    Computed at collection, the same in every xdist worker: the tests of one graph form one xdist group, so they run
+    on one worker after each other, and that graph is built once per run without the other worker waiting for it."""
+    firsts: dict[str, str] = {}
+    family = {"random_qwen2": "qwen2", "random_qwen3": "qwen3", "random_qwen2_vl": "qwen2_5_vl"}
+    return {name: firsts.setdefault(graph_key(load_recipe(name), random_checkpoint(family[family_fixture(name)])), name)
+            for name in known_recipes()}
 
 
 def graph_key(resolved, ckpt) -> str:
@@ -68,14 +64,18 @@ def graph_key(resolved, ckpt) -> str:
                        to_dict(q.calibration) if q.spec.calibration else None], sort_keys=True)
 
 
-@pytest.mark.parametrize("recipe", known_recipes())
+_FIRST_WITH_GRAPH = _same_graph_groups()
+
+
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.xdist_group(f"graph-{_FIRST_WITH_GRAPH[r]}"))
+                                    for r in known_recipes()])
 def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, tmp_path):
     """Coverage: a recipe file without this test passing is a recipe users cannot trust. Recipes whose plan gives the
     same graph as one already built (e.g. Qwen2.5-1.5B and -3B cpu-x86_64-int4 on the same fixture) check their own
     packaging on that artifact instead of exporting the same graph again."""
     ckpt = request.getfixturevalue(family_fixture(recipe))
     resolved = load_recipe(recipe)
-    first = first_with_same_graph(recipe, request)
+    first = _FIRST_WITH_GRAPH[recipe]
     if first != recipe:
         from edgeqwen.package import finalize_genai_config
 

@@ -68,6 +68,13 @@ def shared_checkpoint(name: str, make) -> Path:
     return out
 
 
+def random_checkpoint(family: str) -> Path:
+    """The family's random-weight tiny fixture (its architecture entry's shape), made once per run for all workers."""
+    from edgeqwen.tiny import create_tiny_qwen, fixture_spec
+
+    return shared_checkpoint(family, lambda out: create_tiny_qwen(out, fixture_spec(family)))
+
+
 class ArtifactCache:
     """Each (recipe, checkpoint content, evaluate) built once per test run, whichever worker needs it first.
 
