@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EdgeQwenError
+from .runtime.runner import EXECUTION_PROVIDERS
 from .resources import search_dirs, shipped_dir
 from .schema import from_dict, read_yaml
 
@@ -38,12 +39,16 @@ class ProviderSpec:
     runs_here: bool = False  # this package's onnxruntime/onnxruntime-genai wheels include it
 
 
+def _ort(key: str) -> str:
+    return EXECUTION_PROVIDERS[key].ort_name  # the runner's table (it also names each provider's wheel)
+
+
 PROVIDERS: dict[ExecutionProvider, ProviderSpec] = {
-    ExecutionProvider.CPU: ProviderSpec("CPUExecutionProvider", "cpu", "cpu", runs_here=True),
-    ExecutionProvider.CUDA: ProviderSpec("CUDAExecutionProvider", "gpu", "cuda"),
-    ExecutionProvider.WEBGPU: ProviderSpec("WebGpuExecutionProvider", "gpu", "webgpu"),
-    ExecutionProvider.DML: ProviderSpec("DmlExecutionProvider", "gpu", "dml"),
-    ExecutionProvider.QNN: ProviderSpec("QNNExecutionProvider", "npu", "qnn"),
+    ExecutionProvider.CPU: ProviderSpec(_ort("cpu"), "cpu", "cpu", runs_here=True),
+    ExecutionProvider.CUDA: ProviderSpec(_ort("cuda"), "gpu", "cuda"),
+    ExecutionProvider.WEBGPU: ProviderSpec(_ort("webgpu"), "gpu", "webgpu"),
+    ExecutionProvider.DML: ProviderSpec(_ort("dml"), "gpu", "dml"),
+    ExecutionProvider.QNN: ProviderSpec(_ort("qnn"), "npu", "qnn"),
 }
 assert set(PROVIDERS) == set(ExecutionProvider), "every execution provider needs a ProviderSpec"
 

@@ -106,3 +106,14 @@ def algo_recipe(recipe_dir: Path, algo: str) -> str:
     path = recipe_dir / f"{algo}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
     path.write_text(text)
     return str(path)
+
+
+def pytest_report_header(config):
+    """The CPU's ISA in the test log: onnxruntime's CPU kernels (and so near-tie tokens) differ between AVX2, AVX-512
+    and NEON machines."""
+    import onnxruntime
+
+    from edgeqwen.runtime.isa import cpu_isa
+
+    return [f"edgeqwen: CPU ISA {cpu_isa()}, onnxruntime {onnxruntime.__version__} "
+            f"({', '.join(onnxruntime.get_available_providers())})"]
