@@ -65,7 +65,7 @@ def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstima
     hd = config.get("head_dim") or h // heads
     inter = config["intermediate_size"]
     vocab = config["vocab_size"]
-    fp32_io = target.execution_provider in (ExecutionProvider.CPU, ExecutionProvider.QNN)  # QNN graphs here: fp32 I/O
+    fp32_io = target.graph_ep in (ExecutionProvider.CPU.value, ExecutionProvider.QNN.value)  # QNN graphs here: fp32 I/O
     io_bytes = 2 if not fp32_io or plan.precision == "fp16" else 4
     float_bytes = {"fp32": 4, "fp16": 2}.get(plan.precision, io_bytes)
     spec = get_algorithm(plan.algorithm) if plan.quantized else None

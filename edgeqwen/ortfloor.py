@@ -47,7 +47,7 @@ MAX_IR = 10  # IR version 10 loads from 1.20.1 on (checked); newer ones count as
 
 
 def vkey(v: str) -> tuple[int, ...]:
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in v.split(".")[:3])
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in (v.split(".") + ["0", "0"])[:3])
 
 
 @dataclass

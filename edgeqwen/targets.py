@@ -80,6 +80,9 @@ class Target:
     weight_encoding: WeightEncoding = WeightEncoding.MATMULNBITS
     static_shapes: bool = False  # every graph dim fixed: batch 1, one token per step, KV of context - 1 slots
     serve_max_batch: int = 4  # `edgeqwen serve`: sequences decoded together per step (continuous batching)
+    # WebGPU only: true = fp16 activations and KV (the builder's WebGPU layout), which needs adapters with the
+    # `shader-f16` feature; false = fp32 activations (the CPU layout), which every WebGPU adapter runs
+    shader_f16: bool | None = None
 
     def __post_init__(self):
         if self.version != SCHEMA_VERSION:
@@ -96,6 +99,17 @@ class Target:
             raise ValueError("weight_encoding qdq is written for int8 (per-channel) weights: precisions int8/fp32 only")
         if self.artifact_format == ArtifactFormat.ORT and self.execution_provider != ExecutionProvider.CPU:
             raise ValueError("artifact_format ort is for the CPU execution provider of a minimal onnxruntime build")
+        if (self.shader_f16 is None) != (self.execution_provider != ExecutionProvider.WEBGPU):
+            raise ValueError("shader_f16 (true: fp16 graphs for adapters with shader-f16; false: fp32 graphs for every "
+                             "adapter) is required for the webgpu execution provider and only there")
+
+    @property
+    def graph_ep(self) -> str:
+        """The graph layout the exporter writes (the builder's -e): the provider's own, except WebGPU without
+        shader-f16, which takes the CPU layout (fp32 activations and KV; int4 MatMulNBits that WebGPU also runs)."""
+        if self.execution_provider == ExecutionProvider.WEBGPU and not self.shader_f16:
+            return ExecutionProvider.CPU.value
+        return self.execution_provider.value
 
 
 def targets_dir() -> Path:

@@ -60,6 +60,8 @@ class ExportPlan:
     prune_head: bool = False  # logits for the last position only (+ lm_head.onnx over every position, for eval)
     mixed: dict = field(default_factory=dict)  # `mixed_precision: auto`: what was chosen and why (planner/mixed.py)
     vision: dict = field(default_factory=dict)  # Qwen2.5-VL: the encoder's bits and the image-size cap (empty: text only)
+    graph_ep: str = ""  # the layout the exporter writes (builder -e); "" = execution_provider (plans made before it)
+    shader_f16: bool | None = None  # WebGPU: the graph needs adapters with shader-f16 (None: not a WebGPU target)
     decisions: tuple[Decision, ...] = ()
 
     @property
@@ -70,6 +72,10 @@ class ExportPlan:
     def needs_sensitivity(self) -> bool:
         """An auto mixed-precision plan made before its sensitivity measurement (planned at the base format)."""
         return bool(self.mixed.get("pending"))
+
+    @property
+    def builder_ep(self) -> str:
+        return self.graph_ep or self.execution_provider
 
     @property
     def builder_precision(self) -> str:

@@ -42,12 +42,19 @@ class ProviderInfo:
     key: str  # the name targets and genai_config.json use
     ort_name: str  # onnxruntime's provider name
     wheel: str  # the pip package whose onnxruntime carries it (each replaces plain onnxruntime)
+    # KV buffers bound in place (one CPU buffer as both past and present). On a device provider onnxruntime copies a
+    # bound CPU input and output into two device buffers, so GroupQueryAttention no longer sees one buffer: measured
+    # wrong on onnxruntime-webgpu 1.27.0 (step 0 logits off by 1.2). Those providers get a KV that grows each step.
+    kv_in_place: bool = True
+    # most tokens per forward pass (None: any): onnxruntime-webgpu 1.27.0 over SwiftShader computes steps of 2+ tokens
+    # wrongly from position 4 on (logits off by ~1; one token per step agrees with the CPU within 1e-5)
+    max_step_tokens: int | None = None
 
 
 # every execution provider an artifact can name; edgeqwen.targets reads the same table
 EXECUTION_PROVIDERS = {p.key: p for p in (
     ProviderInfo("cpu", "CPUExecutionProvider", "onnxruntime"),
-    ProviderInfo("webgpu", "WebGpuExecutionProvider", "onnxruntime-webgpu"),
+    ProviderInfo("webgpu", "WebGpuExecutionProvider", "onnxruntime-webgpu", kv_in_place=False, max_step_tokens=1),
     ProviderInfo("cuda", "CUDAExecutionProvider", "onnxruntime-gpu"),
     ProviderInfo("qnn", "QNNExecutionProvider", "onnxruntime-qnn"),
     ProviderInfo("dml", "DmlExecutionProvider", "onnxruntime-directml"),
@@ -97,7 +104,7 @@ def choose_providers(wanted: list[str], fallback: str | None, explicit: bool) ->
 
 
 def _vkey(v: str) -> tuple[int, ...]:
-    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in str(v).split(".")[:3])
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in (str(v).split(".") + ["0", "0"])[:3])
 
 
 def check_runtime(manifest: dict, wheel: str = "onnxruntime") -> None:
@@ -558,7 +565,9 @@ class Runner:
         kv_type = self.input_names["past_key_values.0.key"].type
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
         # genai_config's own switch: false for portable-exporter graphs, which concatenate past and new KV.
-        self.growing_kv = not cfg["search"].get("past_present_share_buffer", True)
+        on = provider_info(self.providers[0])
+        self.growing_kv = not cfg["search"].get("past_present_share_buffer", True) or not on.kv_in_place
+        self.max_step_tokens = on.max_step_tokens
         search = cfg["search"]  # the recipe's `generation:` block, as onnxruntime-genai reads it too
         self.generation = {"do_sample": bool(search.get("do_sample", False)),
                            "temperature": float(search.get("temperature", 1.0)), "top_p": float(search.get("top_p", 1.0)),
@@ -672,6 +681,10 @@ class Runner:
         if self.static_slots is not None:
             rows = [self._static_step(int(t)) for t in token_ids]
             return np.stack(rows) if all_logits else rows[-1]
+        k = self.max_step_tokens
+        if k and n > k and prepared is None:  # this provider takes at most k tokens per pass (see ProviderInfo)
+            rows = [self.step(list(token_ids[i:i + k]), all_logits) for i in range(0, n, k)]
+            return np.concatenate([r.reshape(-1, r.shape[-1]) for r in rows]) if all_logits else rows[-1]
         self.reserve(self.pos + n)
         one_token = n == 1 and not self.growing_kv
         io = self._decode_binding() if one_token else self.session.io_binding()
