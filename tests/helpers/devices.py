@@ -74,6 +74,33 @@ def run_emulated_x86(args: list[str], cpu: str = "Haswell", timeout: float = 900
     return result
 
 
+# ---- foreign Pythons (aarch64 under qemu-user, a venv with onnxruntime-webgpu) --------------------------------------
+GREEDY_DUMP = Path(__file__).with_name("greedy_dump.py")
+WEBGPU_VENV = CI_CACHE / "webgpu-venv"
+SWIFTSHADER_ICD = Path("/usr/lib/chromium/vk_swiftshader_icd.json")  # Debian's chromium-common
+
+
+def greedy_dump(python: list[str], artifact, out: Path, *args: str, env: dict | None = None, timeout: float = 900):
+    """Run greedy_dump.py (the artifact's own runner.py) under `python` (a command prefix); its tokens, per-step
+    logits and meta (providers, onnxruntime version, machine, texts, times)."""
+    import numpy as np
+
+    proc = subprocess.run([*python, str(GREEDY_DUMP), str(artifact), str(out), *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(python)} greedy_dump failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    data = np.load(out)
+    return data["tokens"], data["logits"], json.loads(str(data["meta"])), proc.stderr
+
+
+def webgpu_env(tmp: Path) -> dict:
+    """SwiftShader as the Vulkan adapter Dawn finds (without VK_ICD_FILENAMES, XDG_RUNTIME_DIR and libvulkan1 it finds
+    none and onnxruntime runs on the CPU with only a warning)."""
+    runtime_dir = tmp / "xdg"
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    return {"VK_ICD_FILENAMES": str(SWIFTSHADER_ICD), "XDG_RUNTIME_DIR": str(runtime_dir)}
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["batch"]:
         print(json.dumps({"isa": cpu_isa(), "greedy": batch_comparison(argv[1], sampled=False),

@@ -3,7 +3,7 @@
 Needs only what runner.py needs (onnxruntime, numpy, tokenizers, jinja2): it runs under foreign Pythons — an aarch64
 one under qemu-user, a venv with onnxruntime-webgpu — and the x86 test compares the result with a CPU run.
 
-    python greedy_dump.py ARTIFACT OUT.npz [--provider NAME] [--tokens N]
+    python greedy_dump.py ARTIFACT OUT.npz [--provider NAME] [--tokens N] [--prompts N]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--provider")
     ap.add_argument("--tokens", type=int, default=24)
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS))
     args = ap.parse_args(argv)
     sys.path.insert(0, args.artifact)
     import numpy as np
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     load_s = time.perf_counter() - t0
     tokens, logits, texts = [], [], []
     t0 = time.perf_counter()
-    for prompt in PROMPTS:
+    for prompt in PROMPTS[:args.prompts]:
         ids = r.encode(r.apply_chat_template([{"role": "user", "content": prompt}]))
         s = runner.Sampling(max_new_tokens=args.tokens, ignore_eos=True, keep_logits=True)
         recs = list(r.stream(ids, s))
