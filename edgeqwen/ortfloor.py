@@ -99,9 +99,15 @@ def model_floor(path: Path, built_with: str, floor: Floor | None = None) -> Floo
     return floor
 
 
-def artifact_floor(folder: Path, built_with: str) -> Floor:
-    """The floor over every .onnx graph in an artifact folder."""
+def artifact_floor(folder: Path, built_with: str, ort_format: bool = False) -> Floor:
+    """The floor over every .onnx graph in an artifact folder; an ORT-format artifact (model.ort written by
+    `built_with`) needs that onnxruntime itself: the ORT format stores every attribute the writer's schemas give a
+    default, which older readers refuse (a model.ort from 1.32.0 carries MatMulNBits `weight_prepacked`; 1.24.4, 1.26.0
+    and 1.27.0 refuse it, checked)."""
     floor = Floor(TESTED_FLOOR, [f"oldest onnxruntime checked ({TESTED_FLOOR})"])
     for path in sorted(Path(folder).glob("*.onnx")):
         model_floor(path, built_with, floor)
+    if ort_format:
+        floor.need(built_with, f"model.ort written by onnxruntime {built_with} (the ORT format stores the writer's "
+                   "default attributes, e.g. MatMulNBits weight_prepacked, which 1.27.0 refuses)")
     return floor

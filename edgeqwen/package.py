@@ -160,7 +160,7 @@ def runtime_block(artifact: Path, target) -> dict:
 
     from .ortfloor import artifact_floor
 
-    floor = artifact_floor(artifact, onnxruntime.__version__)
+    floor = artifact_floor(artifact, onnxruntime.__version__, ort_format=target.artifact_format.value == "ort")
     return {"providers": [target.execution_provider.value], "fallback": "cpu",
             "min_onnxruntime": floor.version, "min_onnxruntime_why": floor.reasons}
 

@@ -4,6 +4,7 @@ kernels compute the right thing; it says nothing about speed. Run by .ci/device_
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -54,3 +55,16 @@ def test_webgpu_artifact_without_its_provider_says_what_to_install(artifacts, tr
     assert proc.returncode == 0, proc.stderr
     assert "pip install onnxruntime-webgpu" in proc.stderr and "declared fallback" in proc.stderr
     assert "on CPUExecutionProvider" in proc.stderr
+
+
+def test_shader_f16_artifact_on_an_adapter_without_it_says_what_to_build(webgpu_python, artifacts, trained_qwen2,
+                                                                         tmp_path):
+    """The webgpu target's fp16 graph on SwiftShader (no shader-f16): a message naming the fp32 target, not a
+    shader compiler error."""
+    import subprocess
+
+    art = artifacts.get("tiny-qwen2/webgpu-int4", trained_qwen2)
+    proc = subprocess.run([webgpu_python, str(art / "runner.py"), "-p", "hi", "--max-new-tokens", "2"],
+                          capture_output=True, text=True, env={**os.environ, **webgpu_env(tmp_path)},
+                          timeout=600)
+    assert proc.returncode == 2 and "no shader-f16 feature; build the webgpu-fp32 target" in proc.stderr, proc.stderr

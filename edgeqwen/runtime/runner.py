@@ -61,6 +61,12 @@ EXECUTION_PROVIDERS = {p.key: p for p in (
     ProviderInfo("openvino", "OpenVINOExecutionProvider", "onnxruntime-openvino"),
 )}
 FALLBACK = "cpu"
+# onnxruntime errors an execution provider raises at run time that have a known cause here, and what to do
+KNOWN_RUN_FAILURES = {
+    "requires f16 but the device does not support it": (
+        "this artifact computes in fp16 and the WebGPU adapter has no shader-f16 feature; build the webgpu-fp32 "
+        "target (fp32 activations, every adapter) or run with --provider cpu"),
+}
 
 
 def provider_info(name: str) -> ProviderInfo:
@@ -698,7 +704,7 @@ class Runner:
         self.bind_inputs(io, np.asarray([token_ids], dtype=np.int64), np.ones((1, self.pos + n), dtype=np.int64),
                          positions, feats)
         if one_token:  # KV and logits stay bound between decode steps: only the three small inputs change
-            self.session.run_with_iobinding(io)
+            self._run(io)
             self.pos += 1
             self.ids.append(int(token_ids[0]))
             logits = self._logits_buf[0].copy()
@@ -713,7 +719,7 @@ class Runner:
                 io.bind_output(f"present.{i}.value", "cpu")
         else:
             self._bind_kv_in_place(io)
-        self.session.run_with_iobinding(io)
+        self._run(io)
         outs = io.get_outputs()
         logits = outs[0].numpy()
         if all_logits and n > 1 and self.last_position_only and "logits_all" not in self._out_index:
@@ -724,6 +730,15 @@ class Runner:
         self.pos += n
         self.ids.extend(int(t) for t in token_ids)
         return logits if all_logits else logits[-1]
+
+    def _run(self, io) -> None:
+        try:
+            self.session.run_with_iobinding(io)
+        except Exception as exc:  # noqa: BLE001 - a known provider failure becomes a RunnerError saying what to do
+            hint = next((h for key, h in KNOWN_RUN_FAILURES.items() if key in str(exc)), None)
+            if hint is None:
+                raise
+            raise RunnerError(f"{self.providers[0]}: {hint} ({str(exc).splitlines()[-1][-160:]})") from None
 
     def _decode_binding(self):
         """One IOBinding for one-token steps, made once per KV allocation: the in-place KV buffers bound as both past

@@ -93,6 +93,24 @@ def greedy_dump(python: list[str], artifact, out: Path, *args: str, env: dict | 
     return data["tokens"], data["logits"], json.loads(str(data["meta"])), proc.stderr
 
 
+ARM64 = CI_CACHE / "arm64"  # rootfs/ (Debian bookworm arm64, python3) and site/ (aarch64 wheels), see device_arm64.sh
+ARM64_ORT = "1.24.4"  # the newest aarch64 onnxruntime that imports under Debian 12's qemu 7.2 (1.25+ segfault)
+
+
+def aarch64_python() -> list[str] | None:
+    """qemu-aarch64 running Debian's arm64 python3 (None when the emulator or the root filesystem is missing)."""
+    qemu, python = shutil.which("qemu-aarch64-static"), ARM64 / "rootfs" / "usr" / "bin" / "python3"
+    if qemu is None or not python.exists() or not (ARM64 / "site" / "onnxruntime").is_dir():
+        return None
+    return [qemu, "-L", str(ARM64 / "rootfs"), str(python)]
+
+
+def aarch64_env(with_edgeqwen: bool = False) -> dict:
+    """The aarch64 packages (onnxruntime, numpy, tokenizers, jinja2, pyyaml, ...), and this checkout's edgeqwen (pure
+    Python: the runtime profile's verify/serve) when asked."""
+    return {"PYTHONPATH": os.pathsep.join([str(ARM64 / "site"), *([str(REPO)] if with_edgeqwen else [])])}
+
+
 def webgpu_env(tmp: Path) -> dict:
     """SwiftShader as the Vulkan adapter Dawn finds (without VK_ICD_FILENAMES, XDG_RUNTIME_DIR and libvulkan1 it finds
     none and onnxruntime runs on the CPU with only a warning)."""
