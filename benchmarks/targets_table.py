@@ -26,6 +26,7 @@ PROVEN_ON = {
                   "which does not import under qemu 7.2 (the floor check refuses 1.24.4 there, tested)",
     "webgpu-fp32": "WebGPU EP (onnxruntime-webgpu 1.27.0, SwiftShader, no shader-f16): greedy text = CPU, logits 9e-6",
     "webgpu": "built, not run on its EP: needs a shader-f16 adapter (SwiftShader has none)",
+    "openvino-cpu": "OpenVINO EP (onnxruntime-openvino 1.24.1, x86 CPU): greedy text = CPU provider, logits 1e-5",
     "cuda": "built, not run on its EP (no GPU here)",
     "qnn-npu": "built, not run on its EP (no Qualcomm NPU here)",
 }

@@ -27,6 +27,7 @@ class ExecutionProvider(str, enum.Enum):
     WEBGPU = "webgpu"
     DML = "dml"
     QNN = "qnn"  # Qualcomm NPUs (Hexagon HTP) through onnxruntime's QNN execution provider
+    OPENVINO = "openvino"  # Intel CPUs/GPUs/NPUs through onnxruntime-openvino
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ PROVIDERS: dict[ExecutionProvider, ProviderSpec] = {
     ExecutionProvider.WEBGPU: ProviderSpec(_ort("webgpu"), "gpu", "webgpu"),
     ExecutionProvider.DML: ProviderSpec(_ort("dml"), "gpu", "dml"),
     ExecutionProvider.QNN: ProviderSpec(_ort("qnn"), "npu", "qnn"),
+    ExecutionProvider.OPENVINO: ProviderSpec(_ort("openvino"), "cpu", "cpu"),  # the builder has no -e openvino
 }
 assert set(PROVIDERS) == set(ExecutionProvider), "every execution provider needs a ProviderSpec"
 
@@ -109,7 +111,7 @@ class Target:
         shader-f16, which takes the CPU layout (fp32 activations and KV; int4 MatMulNBits that WebGPU also runs)."""
         if self.execution_provider == ExecutionProvider.WEBGPU and not self.shader_f16:
             return ExecutionProvider.CPU.value
-        return self.execution_provider.value
+        return PROVIDERS[self.execution_provider].builder_ep
 
 
 def targets_dir() -> Path:

@@ -44,7 +44,8 @@ class Agreement:
         return self.failure is None
 
     def summary(self) -> str:
-        head = f"{self.steps} steps, max |logit diff| {self.max_diff:.3g} (tol {self.tol:g})"
+        diff = "text only" if self.max_diff != self.max_diff else f"max |logit diff| {self.max_diff:.3g}"  # NaN: text
+        head = f"{self.steps} steps, {diff} (tol {self.tol:g})"
         if self.diverged_at is not None:
             head += f", tokens part at step {self.diverged_at} (near-tie, top-2 margin {self.margin_at_divergence:.3g})"
         return head if self.ok else f"{head}: {self.failure}"

@@ -77,6 +77,7 @@ def run_emulated_x86(args: list[str], cpu: str = "Haswell", timeout: float = 900
 # ---- foreign Pythons (aarch64 under qemu-user, a venv with onnxruntime-webgpu) --------------------------------------
 GREEDY_DUMP = Path(__file__).with_name("greedy_dump.py")
 WEBGPU_VENV = CI_CACHE / "webgpu-venv"
+OPENVINO_VENV = CI_CACHE / "openvino-venv"
 SWIFTSHADER_ICD = Path("/usr/lib/chromium/vk_swiftshader_icd.json")  # Debian's chromium-common
 
 
