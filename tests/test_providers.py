@@ -74,3 +74,48 @@ def test_an_older_onnxruntime_is_refused_with_the_floor(int4, tmp_path):
         Runner(art)
     proc = subprocess.run([sys.executable, "-m", "edgeqwen", "verify", str(art)], capture_output=True, text=True)
     assert proc.returncode == 1 and "needs onnxruntime >= 99.1.0" in proc.stdout
+
+
+def test_the_plan_knows_whether_webgpu_needs_shader_f16(trained_qwen2):
+    from edgeqwen.checkpoint import inspect_checkpoint
+    from edgeqwen.planner import plan
+    from edgeqwen.recipe import load_recipe
+
+    ckpt = inspect_checkpoint(trained_qwen2)
+    f16, f32 = plan(load_recipe("tiny-qwen2/webgpu-int4"), ckpt), plan(load_recipe("tiny-qwen2/webgpu-fp32-int4"), ckpt)
+    assert (f16.shader_f16, f16.builder_ep) == (True, "webgpu")
+    assert (f32.shader_f16, f32.builder_ep, f32.accuracy_level) == (False, "cpu", 0)  # fp32 graph: every adapter
+    assert any(d.code == "webgpu.shader_f16" and "every WebGPU adapter" in d.message for d in f32.decisions)
+    ov = plan(load_recipe("tiny-qwen2/openvino-cpu-int4"), ckpt)
+    assert (ov.execution_provider, ov.builder_ep) == ("openvino", "cpu")
+
+
+def _graph(tmp_path, nodes, opset=21):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", [], [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "model.onnx")
+    return tmp_path
+
+
+@pytest.mark.parametrize("node, opset, ort_format, want", [
+    (("MatMulNBits", {"bits": 4}), 21, False, "1.20.1"),
+    (("MatMulNBits", {"bits": 8}), 21, False, "1.22.0"),
+    (("GatherBlockQuantized", {"bits": 4}), 21, False, "1.23.0"),
+    (("GroupQueryAttention", {"softcap": 0.0}), 21, False, "1.20.1"),
+    (("SomeFutureOp", {}), 21, False, "9.9.9"),  # not in the table: the building onnxruntime's version
+    (("MatMulNBits", {"future_attr": 1}), 21, False, "9.9.9"),
+    (("MatMulNBits", {"bits": 4}), 22, False, "1.21.1"),
+    (("MatMulNBits", {"bits": 4}), 21, True, "9.9.9"),  # model.ort: the writer's default attributes
+])
+def test_runtime_floor_rules(tmp_path, node, opset, ort_format, want):
+    from onnx import helper
+
+    from edgeqwen.ortfloor import artifact_floor
+
+    op, attrs = node
+    folder = _graph(tmp_path, [helper.make_node(op, [], [], domain="com.microsoft", **attrs)], opset)
+    assert artifact_floor(folder, "9.9.9", ort_format=ort_format).version == want
