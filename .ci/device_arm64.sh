@@ -22,7 +22,7 @@ if [ ! -f "$ARM/rootfs.done" ]; then
 fi
 if [ ! -f "$ARM/site.done" ]; then
   rm -rf "$ARM/site"
-  "$PYTHON" -m pip install -q --cache-dir "$CACHE/pip" --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
+  "$PYTHON" -m pip install -q --no-warn-conflicts --cache-dir "$CACHE/pip" --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
     --only-binary=:all: --python-version 311 --implementation cp --target "$ARM/site" \
     onnxruntime==1.24.4 numpy tokenizers jinja2 pyyaml llguidance prometheus-client
   touch "$ARM/site.done"
