@@ -25,7 +25,7 @@ PROMPTS = ["What does the assert statement do?", "Explain the for loop.", "x",
            "What is a class? Tell me about inheritance, methods and attributes in some detail."]
 MAX_NEW = (40, 12, 60, 25)
 # Batched vs lone decoding: the int8-activation tolerance (measured max |logit diff| 4e-6 on an AVX-512 host,
-# 0.088 under qemu -cpu Haswell on tiny-qwen2 int4, where batch shapes take other MatMulNBits paths).
+# up to 0.134 under qemu -cpu Haswell on tiny-qwen2 int4, where batch shapes take other MatMulNBits paths).
 BATCH_TOL = INT8_ACTIVATION_TOL
 
 
