@@ -53,7 +53,7 @@ def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int, sampling
     for last in runner.stream(ids, s):
         pass
     return {"ttft_s": last.ttft_s, "prefill_tps": last.prefill_tps, "decode_tps": last.decode_tps,
-            "generated": last.generated_tokens, "providers": runner.providers}
+            "generated": last.generated_tokens, "providers": runner.providers, "provider_notes": runner.provider_notes}
 
 
 def _bench_image(artifact: str):
@@ -224,6 +224,8 @@ def format_bench(report: dict) -> str:
         ratio = r["decode_tps"] / anchor["decode_tps"] if anchor.get("decode_tps") else float("nan")
         lines.append(f"{engine:<18} {r['prefill_tps']:>13.1f} {r['decode_tps']:>12.1f} {r['ttft_s'] * 1000:>8.0f} "
                      f"{r['peak_rss_mb']:>11.0f} {ratio:>15.2f}x")
+    notes = {n for r in res.values() for n in r.get("provider_notes") or ()}
+    lines.extend(f"note: {n}" for n in sorted(notes))  # a declared fallback: these figures are not its provider's
     vision = {e: r for e, r in res.items() if "encode_ms" in r}
     if vision:
         torch_ms = vision.get("pytorch-vision", {}).get("encode_ms")
