@@ -18,6 +18,20 @@ from edgeqwen.build import BuildOptions, build  # noqa: E402
 from edgeqwen.recipe import known_recipes, load_recipe  # noqa: E402
 
 
+# where each target's artifacts ran on their own kernels (the device checks: .ci/device_*.sh, pytest -m device)
+PROVEN_ON = {
+    "cpu-x86_64": "x86-64 CPU EP: AVX-512 natively, AVX2 under qemu-x86_64 -cpu Haswell (batched vs lone)",
+    "cpu-arm64": "aarch64 CPU EP (onnxruntime 1.24.4 under qemu-aarch64): run, verify, serve; logits within 0.25 of x86",
+    "ort-mobile": "x86 CPU EP (model.ort = ONNX logits); not on arm64: a 1.32 model.ort needs onnxruntime >= 1.32, "
+                  "which does not import under qemu 7.2 (the floor check refuses 1.24.4 there, tested)",
+    "webgpu-fp32": "WebGPU EP (onnxruntime-webgpu 1.27.0, SwiftShader, no shader-f16): greedy text = CPU, logits 9e-6",
+    "webgpu": "built, not run on its EP: needs a shader-f16 adapter (SwiftShader has none)",
+    "openvino-cpu": "OpenVINO EP (onnxruntime-openvino 1.24.1, x86 CPU): greedy text = CPU provider, logits 1e-5",
+    "cuda": "built, not run on its EP (no GPU here)",
+    "qnn-npu": "built, not run on its EP (no Qualcomm NPU here)",
+}
+
+
 def ops_of(path: Path) -> str:
     if (path / "required_operators.config").exists():
         lines = [x for x in (path / "required_operators.config").read_text().splitlines() if x and not x.startswith("#")]
@@ -33,7 +47,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", default="tiny-qwen2")
     args = ap.parse_args()
-    rows = ["| recipe | exporter / algorithm | size MB | mean KLD (CPU EP) | operators | ran here |", "|---|---|---|---|---|---|"]
+    rows = ["| recipe | exporter / algorithm | size MB | mean KLD (CPU EP) | operators | ran here | proven on |",
+            "|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         for name in known_recipes():
             if not name.startswith(args.family + "/"):
@@ -45,7 +60,9 @@ def main() -> int:
             ep = r.target.execution_provider.value
             ran = "runner + onnxruntime-genai (CPU)" if ep == "cpu" else f"runner on the CPU provider ({ep} kernels not run)"
             how = f"{r.recipe.exporter.value} / {r.recipe.quantization.algorithm if r.recipe.precision.value in ('int4', 'int8') else '-'}"
-            rows.append(f"| {name.split('/')[1]} | {how} | {size:.2f} | {acc['kld_mean']:.4f} | {ops_of(out)} | {ran} |")
+            proven = PROVEN_ON.get(r.target.name, "built, not run on its EP")
+            rows.append(f"| {name.split('/')[1]} | {how} | {size:.2f} | {acc['kld_mean']:.4f} | {ops_of(out)} | {ran} | "
+                        f"{proven} |")
     print("\n".join(rows))
     return 0
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runtime.isa import cpu_isa
+
 ENGINES = ("edgeqwen", "onnxruntime-genai", "pytorch")
 
 
@@ -37,12 +39,13 @@ def peak_rss_mb() -> float:
 # top-k 20, repetition penalty 1.05), seeded. (Top-p alone on random weights keeps ~95 % of a flat vocabulary, which
 # a trained model never does: ~2 ms per token of sampling that says nothing about a real model.)
 SAMPLED = {"seed": 0}
+PROVIDER_ENV = "EDGEQWEN_BENCH_PROVIDER"  # bench --provider, passed to the runner's worker processes
 
 
 def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int, sampling: dict | None = None) -> dict:
     from .runtime.runner import Runner, Sampling
 
-    runner = Runner(artifact, threads=threads, verify=False)
+    runner = Runner(artifact, threads=threads, verify=False, providers=os.environ.get(PROVIDER_ENV) or None)
     runner.generate(ids, Sampling(max_new_tokens=4, ignore_eos=True))  # warm-up at full size: kernels, arenas
     last = None
     s = Sampling(max_new_tokens=gen, ignore_eos=True) if sampling is None else runner.default_sampling(
@@ -50,7 +53,7 @@ def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int, sampling
     for last in runner.stream(ids, s):
         pass
     return {"ttft_s": last.ttft_s, "prefill_tps": last.prefill_tps, "decode_tps": last.decode_tps,
-            "generated": last.generated_tokens}
+            "generated": last.generated_tokens, "providers": runner.providers, "provider_notes": runner.provider_notes}
 
 
 def _bench_image(artifact: str):
@@ -169,7 +172,8 @@ def worker(argv: list[str]) -> int:
     return 0
 
 
-def bench(artifact: Path, prompt_len: int, gen_len: int, threads: int, reference: str | None = None) -> dict:
+def bench(artifact: Path, prompt_len: int, gen_len: int, threads: int, reference: str | None = None,
+          provider: str | None = None) -> dict:
     cfg = json.loads((Path(artifact) / "genai_config.json").read_text())
     vocab = cfg["model"]["vocab_size"]
     jobs = [("edgeqwen", str(artifact)), ("edgeqwen-sampled", str(artifact)), ("onnxruntime-genai", str(artifact))]
@@ -181,6 +185,7 @@ def bench(artifact: Path, prompt_len: int, gen_len: int, threads: int, reference
             jobs.append(("pytorch-vision", reference))
     results = {}
     env = dict(os.environ, OMP_NUM_THREADS=str(threads or ""), HF_HUB_OFFLINE="1") if threads else dict(os.environ)
+    env[PROVIDER_ENV] = provider or ""
     for engine, target in jobs:
         proc = subprocess.run([sys.executable, "-m", "edgeqwen.bench", "--worker", engine, target, str(prompt_len),
                                str(gen_len), str(threads), str(vocab), str(artifact)], capture_output=True, text=True,
@@ -193,14 +198,23 @@ def bench(artifact: Path, prompt_len: int, gen_len: int, threads: int, reference
     data = Path(artifact) / "model.onnx.data"
     return {"artifact": str(artifact), "size_mb": sum(p.stat().st_size for p in Path(artifact).iterdir() if p.is_file()) / 1e6,
             "weights_mb": data.stat().st_size / 1e6 if data.exists() else None,
-            "prompt_len": prompt_len, "gen_len": gen_len, "threads": threads, "results": results}
+            "prompt_len": prompt_len, "gen_len": gen_len, "threads": threads, "cpu_isa": cpu_isa(),
+            "onnxruntime": _ort_version(), "results": results}
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def format_bench(report: dict) -> str:
     res = report["results"]
     anchor = res.get("onnxruntime-genai", {})
+    ran_on = next((r["providers"][0] for r in res.values() if r.get("providers")), "?")
     lines = [f"{report['artifact']}  ({report['size_mb']:.1f} MB, prompt {report['prompt_len']}, "
-             f"generate {report['gen_len']}, threads {report['threads'] or 'default'})",
+             f"generate {report['gen_len']}, threads {report['threads'] or 'default'}, CPU {report.get('cpu_isa', '?')}, "
+             f"onnxruntime {report.get('onnxruntime', '?')}, edgeqwen on {ran_on})",
              f"{'engine':<18} {'prefill tok/s':>13} {'decode tok/s':>12} {'TTFT ms':>8} {'peak RSS MB':>11} {'decode vs genai':>16}"]
     for engine, r in res.items():
         if "error" in r:
@@ -211,6 +225,8 @@ def format_bench(report: dict) -> str:
         ratio = r["decode_tps"] / anchor["decode_tps"] if anchor.get("decode_tps") else float("nan")
         lines.append(f"{engine:<18} {r['prefill_tps']:>13.1f} {r['decode_tps']:>12.1f} {r['ttft_s'] * 1000:>8.0f} "
                      f"{r['peak_rss_mb']:>11.0f} {ratio:>15.2f}x")
+    notes = {n for r in res.values() for n in r.get("provider_notes") or ()}
+    lines.extend(f"note: {n}" for n in sorted(notes))  # a declared fallback: these figures are not its provider's
     vision = {e: r for e, r in res.items() if "encode_ms" in r}
     if vision:
         torch_ms = vision.get("pytorch-vision", {}).get("encode_ms")
@@ -224,7 +240,7 @@ def format_bench(report: dict) -> str:
 
 
 def cmd_bench(args) -> int:
-    report = bench(Path(args.artifact), args.prompt_len, args.gen_len, args.threads, args.reference)
+    report = bench(Path(args.artifact), args.prompt_len, args.gen_len, args.threads, args.reference, args.provider)
     print(json.dumps(report, indent=2) if args.json else format_bench(report))
     return 0
 
@@ -236,6 +252,7 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--gen-len", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = library default)")
     p.add_argument("--reference", help="source checkpoint for a PyTorch eager row")
+    p.add_argument("--provider", help="execution provider of this runner's rows (default: the artifact's own)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench)
 

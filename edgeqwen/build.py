@@ -19,6 +19,7 @@ from .package import (
     convert_to_ort,
     copy_runner,
     finalize_genai_config,
+    runtime_block,
     write_chat_template,
     write_inference_model,
     write_manifest,
@@ -77,7 +78,7 @@ def smoke_test(artifact: Path) -> None:
     from .runtime.runner import Runner
 
     try:
-        runner = Runner(artifact, verify=False)
+        runner = Runner(artifact, verify=False, providers=["cpu"])
         runner.step([0])
     except Exception as exc:  # noqa: BLE001 - any load/run failure means the build is broken
         raise EdgeQwenError(f"the built model does not run in onnxruntime: {exc}", where=str(artifact / "model.onnx"),
@@ -266,6 +267,7 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     template = write_chat_template(staging, ckpt)
     write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template, ckpt.architecture)
     copy_runner(staging)
+    extra["runtime"] = runtime_block(staging, resolved.target)  # before the ORT conversion removes the .onnx graphs
     if resolved.target.artifact_format == ArtifactFormat.ORT:
         extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)
         stage_log(f"        ORT format: model.ort {extra['ort_format']['ort_bytes'] / 1e6:.2f} MB "

@@ -61,21 +61,49 @@ def cmd_build(args) -> int:
     return 0
 
 
+def runtime_here(artifact: Path, provider: str | None = None) -> dict:
+    """Can this machine run the artifact? Its providers and onnxruntime floor against the installed onnxruntime."""
+    import onnxruntime
+
+    from .package import read_manifest
+    from .runtime.runner import RunnerError, artifact_providers, check_runtime, choose_providers
+
+    manifest = read_manifest(artifact)
+    genai = json.loads((artifact / "genai_config.json").read_text())
+    wanted, fallback = ([provider], None) if provider else artifact_providers(manifest, genai)
+    out = {"onnxruntime": onnxruntime.__version__, "providers": wanted, "fallback": fallback,
+           "min_onnxruntime": (manifest.get("runtime") or {}).get("min_onnxruntime"), "problems": []}
+    try:
+        out["session_providers"], out["notes"] = choose_providers(wanted, fallback, explicit=provider is not None)
+        check_runtime(manifest)
+    except RunnerError as exc:
+        out["problems"].append(str(exc))
+    return out
+
+
 def cmd_verify(args) -> int:
     from .package import verify_artifact
 
     problems = verify_artifact(Path(args.artifact))
+    runtime = runtime_here(Path(args.artifact), args.provider)
     bad = {k: v for k, v in problems.items() if v}
     if args.json:
-        _emit_json({"artifact": args.artifact, "ok": not bad, **problems})
-        return EXIT_CHECK_FAILED if bad else 0
-    if not bad:
-        print(f"OK: {args.artifact}: every file matches manifest.json")
+        _emit_json({"artifact": args.artifact, "ok": not bad and not runtime["problems"], **problems, "runtime": runtime})
+        return EXIT_CHECK_FAILED if bad or runtime["problems"] else 0
+    for note in runtime.get("notes") or ():
+        print(f"NOTE: {note}")
+    for problem in runtime["problems"]:
+        print(f"RUNTIME: {problem}")
+    if not bad and not runtime["problems"]:
+        print(f"OK: {args.artifact}: every file matches manifest.json; runs here on "
+              f"{runtime['session_providers'][0]} (onnxruntime {runtime['onnxruntime']}, "
+              f"needs >= {runtime['min_onnxruntime'] or 'unrecorded'})")
         return 0
     for kind, files in bad.items():
         for f in files:
             print(f"{kind.upper()}: {f}")
-    print(f"FAILED: {args.artifact} does not match its manifest", file=sys.stderr)
+    print(f"FAILED: {args.artifact} " + ("does not match its manifest" if bad else "cannot run here as installed"),
+          file=sys.stderr)
     return EXIT_CHECK_FAILED
 
 
@@ -99,6 +127,8 @@ def cmd_run(args) -> int:
         argv += ["--json-schema", args.json_schema]
     for image in args.image or ():
         argv += ["--image", image]
+    if args.provider:
+        argv += ["--provider", args.provider]
     return runner_main(argv)
 
 
@@ -168,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="re-hash an artifact against its manifest")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--provider", help="check this execution provider instead of the artifact's own")
     p.set_defaults(fn=cmd_verify)
 
     p = sub.add_parser("run", help="generate text with the minimal onnxruntime runner")
@@ -182,6 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema")
     p.add_argument("--image", action="append", metavar="FILE", help="Qwen2.5-VL artifacts: an image the prompt asks "
                    "about (repeat for several; they come before the prompt's text)")
+    p.add_argument("--provider", help="execution provider (default: the artifact's own, CPU as its declared fallback)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("plan", help="memory estimate and quantization plan of a recipe on a model, before building")

@@ -66,7 +66,7 @@ def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstima
     hd = config.get("head_dim") or h // heads
     inter = config["intermediate_size"]
     vocab = config["vocab_size"]
-    fp32_io = target.execution_provider.fp32_graph
+    fp32_io = target.fp32_graph
     io_bytes = 2 if not fp32_io or plan.precision == Precision.FP16 else 4
     float_bytes = {Precision.FP32: 4, Precision.FP16: 2}.get(plan.precision, io_bytes)
     spec = get_algorithm(plan.algorithm) if plan.quantized else None

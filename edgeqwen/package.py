@@ -158,6 +158,18 @@ def convert_to_ort(artifact: Path, platform: str) -> dict:
             "ort_bytes": (artifact / "model.ort").stat().st_size, "required_operators": ops}
 
 
+def runtime_block(artifact: Path, target) -> dict:
+    """What the artifact needs to run: the execution provider(s) it was built for, its declared fallback, and the
+    oldest onnxruntime its graphs load in (read by the runner before it opens a session)."""
+    import onnxruntime
+
+    from .ortfloor import artifact_floor
+
+    floor = artifact_floor(artifact, onnxruntime.__version__, ort_format=target.artifact_format.value == "ort")
+    return {"providers": [target.execution_provider.value], "fallback": "cpu",
+            "min_onnxruntime": floor.version, "min_onnxruntime_why": floor.reasons}
+
+
 def copy_runner(artifact: Path) -> None:
     shutil.copyfile(RUNNER_SOURCE, artifact / "runner.py")
     if (artifact / "vision.onnx").exists():  # the image path's numpy code, imported by runner.py

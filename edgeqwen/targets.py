@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EdgeQwenError
+from .runtime.runner import EXECUTION_PROVIDERS
 from .resources import search_dirs, shipped_dir
 from .schema import from_dict, read_yaml
 
@@ -26,12 +27,7 @@ class ExecutionProvider(str, enum.Enum):
     WEBGPU = "webgpu"
     DML = "dml"
     QNN = "qnn"  # Qualcomm NPUs (Hexagon HTP) through onnxruntime's QNN execution provider
-
-    @property
-    def fp32_graph(self) -> bool:
-        """Graphs for this provider keep fp32 activations, inputs/outputs and quantization scales: the CPU's, and the
-        QNN graphs here (the NPU's compiler quantizes them itself); the GPU providers take fp16 graphs."""
-        return self in (ExecutionProvider.CPU, ExecutionProvider.QNN)
+    OPENVINO = "openvino"  # Intel CPUs/GPUs/NPUs through onnxruntime-openvino
 
 
 @dataclass(frozen=True)
@@ -44,12 +40,17 @@ class ProviderSpec:
     runs_here: bool = False  # this package's onnxruntime/onnxruntime-genai wheels include it
 
 
+def _ort(key: str) -> str:
+    return EXECUTION_PROVIDERS[key].ort_name  # the runner's table (it also names each provider's wheel)
+
+
 PROVIDERS: dict[ExecutionProvider, ProviderSpec] = {
-    ExecutionProvider.CPU: ProviderSpec("CPUExecutionProvider", "cpu", "cpu", runs_here=True),
-    ExecutionProvider.CUDA: ProviderSpec("CUDAExecutionProvider", "gpu", "cuda"),
-    ExecutionProvider.WEBGPU: ProviderSpec("WebGpuExecutionProvider", "gpu", "webgpu"),
-    ExecutionProvider.DML: ProviderSpec("DmlExecutionProvider", "gpu", "dml"),
-    ExecutionProvider.QNN: ProviderSpec("QNNExecutionProvider", "npu", "qnn"),
+    ExecutionProvider.CPU: ProviderSpec(_ort("cpu"), "cpu", "cpu", runs_here=True),
+    ExecutionProvider.CUDA: ProviderSpec(_ort("cuda"), "gpu", "cuda"),
+    ExecutionProvider.WEBGPU: ProviderSpec(_ort("webgpu"), "gpu", "webgpu"),
+    ExecutionProvider.DML: ProviderSpec(_ort("dml"), "gpu", "dml"),
+    ExecutionProvider.QNN: ProviderSpec(_ort("qnn"), "npu", "qnn"),
+    ExecutionProvider.OPENVINO: ProviderSpec(_ort("openvino"), "cpu", "cpu"),  # the builder has no -e openvino
 }
 assert set(PROVIDERS) == set(ExecutionProvider), "every execution provider needs a ProviderSpec"
 
@@ -81,6 +82,9 @@ class Target:
     weight_encoding: WeightEncoding = WeightEncoding.MATMULNBITS
     static_shapes: bool = False  # every graph dim fixed: batch 1, one token per step, KV of context - 1 slots
     serve_max_batch: int = 4  # `edgeqwen serve`: sequences decoded together per step (continuous batching)
+    # WebGPU only: true = fp16 activations and KV (the builder's WebGPU layout), which needs adapters with the
+    # `shader-f16` feature; false = fp32 activations (the CPU layout), which every WebGPU adapter runs
+    shader_f16: bool | None = None
 
     def __post_init__(self):
         if self.version != SCHEMA_VERSION:
@@ -97,6 +101,24 @@ class Target:
             raise ValueError("weight_encoding qdq is written for int8 (per-channel) weights: precisions int8/fp32 only")
         if self.artifact_format == ArtifactFormat.ORT and self.execution_provider != ExecutionProvider.CPU:
             raise ValueError("artifact_format ort is for the CPU execution provider of a minimal onnxruntime build")
+        if (self.shader_f16 is None) != (self.execution_provider != ExecutionProvider.WEBGPU):
+            raise ValueError("shader_f16 (true: fp16 graphs for adapters with shader-f16; false: fp32 graphs for every "
+                             "adapter) is required for the webgpu execution provider and only there")
+
+    @property
+    def graph_ep(self) -> str:
+        """The graph layout the exporter writes (the builder's -e): the provider's own, except WebGPU without
+        shader-f16, which takes the CPU layout (fp32 activations and KV; int4 MatMulNBits that WebGPU also runs)."""
+        if self.execution_provider == ExecutionProvider.WEBGPU and not self.shader_f16:
+            return ExecutionProvider.CPU.value
+        return PROVIDERS[self.execution_provider].builder_ep
+
+    @property
+    def fp32_graph(self) -> bool:
+        """The graph keeps fp32 activations, inputs/outputs and quantization scales: the CPU layout (CPU, OpenVINO,
+        WebGPU without shader-f16) and the QNN graphs here (the NPU's compiler quantizes them itself); the GPU layouts
+        are fp16. The one rule the planner, the portable exporter's check and the memory estimate read."""
+        return self.graph_ep in (ExecutionProvider.CPU.value, ExecutionProvider.QNN.value)
 
 
 def targets_dir() -> Path:

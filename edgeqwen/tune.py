@@ -67,7 +67,7 @@ class Candidate:
 def _decode_tps(path: Path) -> float:
     from .runtime.runner import Runner, Sampling
 
-    runner = Runner(path, verify=False)
+    runner = Runner(path, verify=False, providers=["cpu"])  # tuning measures the CPU kernels
     ids = runner.encode("The assert statement is a convenient way to insert debugging assertions")
     runner.generate(ids, Sampling(max_new_tokens=8, ignore_eos=True))
     return runner.generate(ids, Sampling(max_new_tokens=48, ignore_eos=True)).decode_tps

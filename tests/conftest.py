@@ -76,3 +76,14 @@ def artifacts() -> ArtifactCache:
 def recipe_dir(tmp_path_factory):
     """Test recipes are written here, one path per content (the artifact cache keys them by content)."""
     return tmp_path_factory.mktemp("recipes")
+
+
+def pytest_report_header(config):
+    """The CPU's ISA in the test log: onnxruntime's CPU kernels (and so near-tie tokens) differ between AVX2, AVX-512
+    and NEON machines."""
+    import onnxruntime
+
+    from edgeqwen.runtime.isa import cpu_isa
+
+    return [f"edgeqwen: CPU ISA {cpu_isa()}, onnxruntime {onnxruntime.__version__} "
+            f"({', '.join(onnxruntime.get_available_providers())})"]

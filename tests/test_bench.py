@@ -21,3 +21,6 @@ def test_bench_reports_all_engines(trained_qwen2, artifacts):
     table = subprocess.run([sys.executable, "-m", "edgeqwen.cli", "bench", str(path), "--prompt-len", "16", "--gen-len", "8"],
                            capture_output=True, text=True)
     assert table.returncode == 0 and "decode vs genai" in table.stdout and "onnxruntime-genai" in table.stdout
+    from edgeqwen.runtime.isa import cpu_isa
+
+    assert report["cpu_isa"] == cpu_isa() and f"CPU {cpu_isa()}" in table.stdout  # every figure says which kernels

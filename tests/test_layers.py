@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "edgeqwen"
 # Lowest first. A room is a top-level module or subpackage of edgeqwen.
 LAYERS = [
     {"__init__", "errors", "log", "schema", "resources", "extras"},  # no edgeqwen imports but these
-    {"child", "architectures", "targets", "runtime"},  # runtime: the torch-free device side, imports nothing above
+    {"child", "architectures", "targets", "runtime", "ortfloor"},  # runtime: the torch-free device side
     {"tiny", "checkpoint", "quantize"},  # quantizers take a typed request; they know no recipe or plan
     {"recipe"},
     {"planner"},

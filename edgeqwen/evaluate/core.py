@@ -94,7 +94,7 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
     from ..runtime.runner import Runner, Sampling
 
     text = load_eval_text(cfg.eval_text)
-    runner = Runner(artifact, verify=False)
+    runner = Runner(artifact, verify=False, providers=["cpu"])  # the accuracy gate runs on the CPU EP here
     ids = runner.encode(text)
     window = min(cfg.window, runner.context_length)
     if len(ids) < window:

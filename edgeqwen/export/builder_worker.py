@@ -111,7 +111,7 @@ def main(argv: list[str]) -> int:
     from onnxruntime_genai.models.builder import create_model
 
     create_model(model_name=None, input_path=job.input, output_dir=job.output, precision=plan.builder_precision,
-                 execution_provider=plan.execution_provider.value, cache_dir=job.cache_dir, **plan.builder_options())
+                 execution_provider=plan.builder_ep, cache_dir=job.cache_dir, **plan.builder_options())
     if plan.prune_head:
         from edgeqwen.export.scoring_head import write_scoring_head
 

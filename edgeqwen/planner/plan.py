@@ -113,6 +113,8 @@ class ExportPlan:
     prune_head: bool = False  # logits for the last position only (+ lm_head.onnx over every position, for eval)
     mixed: MixedPlan = field(default_factory=MixedPlan)  # `mixed_precision: auto` (inactive: default)
     vision: VisionPlan | None = None  # Qwen2.5-VL's image side (None: text only)
+    graph_ep: str = ""  # the layout the exporter writes (the builder's -e); "" = execution_provider's own
+    shader_f16: bool | None = None  # WebGPU: the graph needs adapters with shader-f16 (None: not a WebGPU target)
     decisions: tuple[Decision, ...] = ()
 
     @property
@@ -123,6 +125,10 @@ class ExportPlan:
     def needs_sensitivity(self) -> bool:
         """An auto mixed-precision plan made before its sensitivity measurement (planned at the base format)."""
         return self.mixed.pending
+
+    @property
+    def builder_ep(self) -> str:
+        return self.graph_ep or self.execution_provider.value
 
     @property
     def builder_precision(self) -> str:

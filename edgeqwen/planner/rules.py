@@ -42,6 +42,7 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     layers = cfg["num_hidden_layers"]
     common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=recipe.exporter,
                   precision=recipe.precision, execution_provider=target.execution_provider,
+                  graph_ep=target.graph_ep, shader_f16=target.shader_f16,
                   accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding,
                   static_shapes=target.static_shapes, num_layers=layers,
                   context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)),
@@ -50,6 +51,10 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
                           head=HeadPlan(None, resolved.block_size), table=TablePlan(TableMode.FLOAT), **common)
     log = _Log()
+    if target.shader_f16 is not None:
+        log("webgpu.shader_f16", "WebGPU adapters with shader-f16 only: fp16 activations and KV (on an adapter without "
+            "it the first step fails; target webgpu-fp32 runs on every adapter)" if target.shader_f16 else
+            "every WebGPU adapter, shader-f16 or not: fp32 activations and KV (the CPU graph layout), int4 weights")
     bits = 8 if recipe.precision == Precision.INT8 else 4
     shapes = arch.linear_shapes(cfg, recipe.exporter.value)
     block = resolved.block_size
@@ -79,8 +84,7 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     if low_memory:
         log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
             "its float weight dropped")
-    prune = (recipe.exporter == Exporter.BUILDER and target.execution_provider == ExecutionProvider.CPU
-             and head_bits is not None)
+    prune = recipe.exporter == Exporter.BUILDER and target.graph_ep == "cpu" and head_bits is not None
     if prune and target.artifact_format == ArtifactFormat.ORT:
         prune = False
         log("head.prune", "lm_head over every position (not pruned): an ORT-format artifact keeps its weights inside "
@@ -254,7 +258,7 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
     choice = choose(sensitivity, nodes_for=get_architecture(ckpt.architecture).module_nodes[recipe.exporter.value],
                     base_bits=bits, base_block=block, symmetric=symmetric,
                     formats=[(f.bits, f.block_size) for f in mp.formats], whole_groups=spec.whole_groups,
-                    scale_bytes=4 if resolved.target.execution_provider.fp32_graph else 2, target_kld=layer_target,
+                    scale_bytes=4 if resolved.target.fp32_graph else 2, target_kld=layer_target,
                     max_bits_per_weight=mp.max_bits_per_weight, objective=mp.objective.value, strict_cap=mp.strict_cap)
     for code, message in choice.decisions:
         log(code, message)
@@ -271,7 +275,7 @@ def _node_settings(resolved: Resolved, spec: AlgorithmSpec, shapes: dict, layers
     q, target = resolved.recipe.quantization, resolved.target
     head_block = block
     if (head_bits == 8 and bits == 4 and not spec.head_bits and shapes[HEAD_NODE][0] % HEAD_BLOCK == 0
-            and target.execution_provider == ExecutionProvider.CPU):
+            and target.graph_ep == "cpu"):
         # 8 bits need no small blocks: one scale + zero point per 128 weights, no measurable accuracy change (tested),
         # and onnxruntime's CPU 8-bit kernel decodes the 0.5B head 26 % faster. Recipe overrides still win.
         head_block = HEAD_BLOCK
@@ -332,7 +336,7 @@ def _check_exporter(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, l
     cfg = ckpt.config
     if recipe.exporter == Exporter.PORTABLE:
         where = f"recipe {recipe.name}: exporter portable"
-        if not target.execution_provider.fp32_graph or recipe.precision == Precision.FP16:
+        if not target.fp32_graph or recipe.precision == Precision.FP16:
             raise EdgeQwenError(f"the portable exporter builds CPU/NPU fp32/int4/int8 artifacts; this recipe asks for "
                                 f"{recipe.precision.value} on {target.name}", where=where,
                                 hint="use exporter: builder for GPU/WebGPU targets")

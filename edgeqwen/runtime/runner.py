@@ -29,11 +29,107 @@ import onnxruntime as ort
 
 KV_BLOCK = 256  # the in-place KV cache grows in steps of this many positions
 
-__all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main", "render_chat_template"]
+__all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main", "render_chat_template", "EXECUTION_PROVIDERS"]
 
 
 class RunnerError(Exception):
     """Bad artifact or bad request: the message says what and what to do."""
+
+
+# ---- execution providers ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProviderInfo:
+    key: str  # the name targets and genai_config.json use
+    ort_name: str  # onnxruntime's provider name
+    wheel: str  # the pip package whose onnxruntime carries it (each replaces plain onnxruntime)
+    # KV buffers bound in place (one CPU buffer as both past and present). On a device provider onnxruntime copies a
+    # bound CPU input and output into two device buffers, so GroupQueryAttention no longer sees one buffer: measured
+    # wrong on onnxruntime-webgpu 1.27.0 (step 0 logits off by 1.2). Those providers get a KV that grows each step.
+    kv_in_place: bool = True
+    # most tokens per forward pass (None: any): onnxruntime-webgpu 1.27.0 over SwiftShader computes steps of 2+ tokens
+    # wrongly from position 4 on (logits off by ~1; one token per step agrees with the CPU within 1e-5)
+    max_step_tokens: int | None = None
+
+
+# every execution provider an artifact can name; edgeqwen.targets reads the same table
+EXECUTION_PROVIDERS = {p.key: p for p in (
+    ProviderInfo("cpu", "CPUExecutionProvider", "onnxruntime"),
+    ProviderInfo("webgpu", "WebGpuExecutionProvider", "onnxruntime-webgpu", kv_in_place=False, max_step_tokens=1),
+    ProviderInfo("cuda", "CUDAExecutionProvider", "onnxruntime-gpu"),
+    ProviderInfo("qnn", "QNNExecutionProvider", "onnxruntime-qnn"),
+    ProviderInfo("dml", "DmlExecutionProvider", "onnxruntime-directml"),
+    ProviderInfo("openvino", "OpenVINOExecutionProvider", "onnxruntime-openvino"),
+)}
+FALLBACK = "cpu"
+# onnxruntime errors an execution provider raises at run time that have a known cause here, and what to do
+KNOWN_RUN_FAILURES = {
+    "requires f16 but the device does not support it": (
+        "this artifact computes in fp16 and the WebGPU adapter has no shader-f16 feature; build the webgpu-fp32 "
+        "target (fp32 activations, every adapter) or run with --provider cpu"),
+}
+
+
+def provider_info(name: str) -> ProviderInfo:
+    """A provider by its short name ("webgpu") or onnxruntime's ("WebGpuExecutionProvider")."""
+    for p in EXECUTION_PROVIDERS.values():
+        if name.lower() in (p.key, p.ort_name.lower()):
+            return p
+    raise RunnerError(f"unknown execution provider {name!r}; known: {', '.join(EXECUTION_PROVIDERS)}")
+
+
+def artifact_providers(manifest: dict, genai: dict) -> tuple[list[str], str | None]:
+    """(providers the artifact was built for, its declared fallback): the manifest's `runtime` block, else its target's
+    execution provider, else genai_config's provider_options; CPU when none says."""
+    runtime = manifest.get("runtime") or {}
+    if runtime.get("providers"):
+        return list(runtime["providers"]), runtime.get("fallback")
+    target = (manifest.get("target") or {}).get("execution_provider")
+    options = genai["model"]["decoder"].get("session_options", {}).get("provider_options") or []
+    named = [target] if target else [k for entry in options for k in entry]
+    return (named or [FALLBACK]), FALLBACK
+
+
+def choose_providers(wanted: list[str], fallback: str | None, explicit: bool) -> tuple[list[str], list[str]]:
+    """onnxruntime provider names to open a session with, and notes on what could not be had. A provider the installed
+    onnxruntime lacks is an error when asked for explicitly, else the declared fallback takes its place (noted)."""
+    have = set(ort.get_available_providers())
+    chosen, notes = [], []
+    for p in map(provider_info, wanted):
+        if p.ort_name in have:
+            chosen.append(p.ort_name)
+            continue
+        missing = (f"{p.ort_name} is not in this onnxruntime {ort.__version__} (it has {', '.join(sorted(have))}): "
+                   f"pip install {p.wheel} (in place of onnxruntime)")
+        if explicit or fallback is None:
+            raise RunnerError(missing)
+        notes.append(f"{missing}; running on {provider_info(fallback).ort_name}, this artifact's declared fallback")
+    cpu = provider_info(fallback or FALLBACK).ort_name
+    if cpu not in chosen:
+        chosen.append(cpu)  # nodes the first provider does not take run here (onnxruntime does this anyway)
+    return chosen, notes
+
+
+def _vkey(v: str) -> tuple[int, ...]:
+    return tuple(int("".join(c for c in p if c.isdigit()) or 0) for p in (str(v).split(".") + ["0", "0"])[:3])
+
+
+def check_runtime(manifest: dict, wheel: str = "onnxruntime") -> None:
+    """Refuse, with what to install, an onnxruntime older than the artifact's recorded floor (the manifest's
+    runtime.min_onnxruntime, computed at build time from the operators and attributes its graphs use)."""
+    runtime = manifest.get("runtime") or {}
+    need = runtime.get("min_onnxruntime")
+    if need and _vkey(ort.__version__) < _vkey(need):
+        why = "; ".join(runtime.get("min_onnxruntime_why") or [])
+        raise RunnerError(f"this artifact needs onnxruntime >= {need}; found {ort.__version__}"
+                          + (f" ({why})" if why else "") + f": pip install -U '{wheel}>={need}'")
+
+
+def provider_options(genai: dict, ort_names: list[str]) -> list:
+    """(name, options) pairs: genai_config's provider_options for the providers it configures (string values)."""
+    entries = genai["model"]["decoder"].get("session_options", {}).get("provider_options") or []
+    given = {provider_info(k).ort_name: v for entry in entries for k, v in entry.items()
+             if k.lower() in {q.key for q in EXECUTION_PROVIDERS.values()}}
+    return [(n, {k: str(v) for k, v in given.get(n, {}).items()}) for n in ort_names]
 
 
 def sha256_file(path: Path) -> str:
@@ -108,6 +204,7 @@ class Sampling:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False  # benchmarks and greedy-match checks generate exactly max_new_tokens
     constraint: "GrammarConstraint | None" = None  # constrained decoding (JSON schema, forced tool calls)
+    keep_logits: bool = False  # each Record carries the logits row its token came from (agreement checks)
 
     def validate(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -137,6 +234,7 @@ class Record:
     ttft_s: float = 0.0
     prefill_tps: float = 0.0
     decode_tps: float = 0.0
+    logits: np.ndarray | None = None  # with Sampling(keep_logits=True): the row this token was chosen from
 
 
 @dataclass
@@ -320,6 +418,7 @@ class Decoding:
 
     def next(self, logits: np.ndarray) -> tuple[int, Record]:
         s = self.s
+        raw = logits
         if s.constraint is not None:
             logits = s.constraint.mask(logits)
         tok = sample_token(logits, s, self.rng, self.history)
@@ -329,6 +428,8 @@ class Decoding:
         self.history.append(tok)
         rec = Record(token_ids=[tok], prompt_tokens=self.prompt_tokens, generated_tokens=len(self.generated),
                      ttft_s=self.ttft, prefill_tps=self.prefill_tps)
+        if s.keep_logits:
+            rec.logits = np.array(raw, dtype=np.float32)
         finish = None
         if tok in self.stops:
             finish = "stop"
@@ -465,12 +566,14 @@ class Runner:
         threads = threads or dec.get("session_options", {}).get("intra_op_num_threads") or 0
         so.intra_op_num_threads = int(threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(self.path / dec["filename"]), so, providers=providers or ["CPUExecutionProvider"])
+        self.session = self._open_session(self.path / dec["filename"], so, cfg, providers)
         self.input_names = {i.name: i for i in self.session.get_inputs()}
         kv_type = self.input_names["past_key_values.0.key"].type
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
         # genai_config's own switch: false for portable-exporter graphs, which concatenate past and new KV.
-        self.growing_kv = not cfg["search"].get("past_present_share_buffer", True)
+        on = provider_info(self.providers[0])
+        self.growing_kv = not cfg["search"].get("past_present_share_buffer", True) or not on.kv_in_place
+        self.max_step_tokens = on.max_step_tokens
         search = cfg["search"]  # the recipe's `generation:` block, as onnxruntime-genai reads it too
         self.generation = {"do_sample": bool(search.get("do_sample", False)),
                            "temperature": float(search.get("temperature", 1.0)), "top_p": float(search.get("top_p", 1.0)),
@@ -483,7 +586,7 @@ class Runner:
             self.context_length = min(self.context_length, self.static_slots + 1)
         self._out_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
         # a pruned head (last position only) scores every position through lm_head.onnx, over the same weight bytes
-        self._so, self._providers = so, providers or ["CPUExecutionProvider"]
+        self._so = so
         self._scoring_head = None
         logits_shape = self.session.get_outputs()[self._out_index["logits"]].shape
         self.last_position_only = len(logits_shape) == 3 and logits_shape[1] == 1
@@ -496,6 +599,29 @@ class Runner:
         self.ids: list[int] = []
         # Qwen2.5-VL: an image encoder and an embedding merge before the decoder (which takes inputs_embeds)
         self.vision = VisionPath(self.path, model, so) if "vision" in model else None
+
+    def _open_session(self, file: Path, so, genai: dict, providers):
+        """The decoder's session on the providers the artifact names (or on `providers`, asked for explicitly, with no
+        silent fallback). `self.providers`: what onnxruntime really gave it; `self.provider_notes`: why that differs
+        from what the artifact names (printed to stderr)."""
+        explicit = providers is not None
+        if explicit:
+            wanted, fallback = [providers] if isinstance(providers, str) else list(providers), FALLBACK
+        else:
+            wanted, fallback = artifact_providers(self.manifest or {}, genai)
+        names, self.provider_notes = choose_providers(wanted, fallback, explicit)
+        check_runtime(self.manifest or {}, provider_info(names[0]).wheel)
+        session = ort.InferenceSession(str(file), so, providers=provider_options(genai, names))
+        self.providers = session.get_providers()
+        if names[0] not in self.providers:  # onnxruntime itself falls back with only a warning (no adapter/driver)
+            why = (f"onnxruntime could not start {names[0]} (no adapter or driver?) and runs on "
+                   f"{', '.join(self.providers)}")
+            if explicit:
+                raise RunnerError(why)
+            self.provider_notes.append(why)
+        for note in self.provider_notes:
+            print(f"edgeqwen: {note}", file=sys.stderr)
+        return session
 
     # ---- layer 1: one forward pass -------------------------------------------------------
     def reset(self) -> None:
@@ -561,6 +687,10 @@ class Runner:
         if self.static_slots is not None:
             rows = [self._static_step(int(t)) for t in token_ids]
             return np.stack(rows) if all_logits else rows[-1]
+        k = self.max_step_tokens
+        if k and n > k and prepared is None:  # this provider takes at most k tokens per pass (see ProviderInfo)
+            rows = [self.step(list(token_ids[i:i + k]), all_logits) for i in range(0, n, k)]
+            return np.concatenate([r.reshape(-1, r.shape[-1]) for r in rows]) if all_logits else rows[-1]
         self.reserve(self.pos + n)
         one_token = n == 1 and not self.growing_kv
         io = self._decode_binding() if one_token else self.session.io_binding()
@@ -574,7 +704,7 @@ class Runner:
         self.bind_inputs(io, np.asarray([token_ids], dtype=np.int64), np.ones((1, self.pos + n), dtype=np.int64),
                          positions, feats)
         if one_token:  # KV and logits stay bound between decode steps: only the three small inputs change
-            self.session.run_with_iobinding(io)
+            self._run(io)
             self.pos += 1
             self.ids.append(int(token_ids[0]))
             logits = self._logits_buf[0].copy()
@@ -589,7 +719,7 @@ class Runner:
                 io.bind_output(f"present.{i}.value", "cpu")
         else:
             self._bind_kv_in_place(io)
-        self.session.run_with_iobinding(io)
+        self._run(io)
         outs = io.get_outputs()
         logits = outs[0].numpy()
         if all_logits and n > 1 and self.last_position_only and "logits_all" not in self._out_index:
@@ -600,6 +730,15 @@ class Runner:
         self.pos += n
         self.ids.extend(int(t) for t in token_ids)
         return logits if all_logits else logits[-1]
+
+    def _run(self, io) -> None:
+        try:
+            self.session.run_with_iobinding(io)
+        except Exception as exc:  # noqa: BLE001 - a known provider failure becomes a RunnerError saying what to do
+            hint = next((h for key, h in KNOWN_RUN_FAILURES.items() if key in str(exc)), None)
+            if hint is None:
+                raise
+            raise RunnerError(f"{self.providers[0]}: {hint} ({str(exc).splitlines()[-1][-160:]})") from None
 
     def _decode_binding(self):
         """One IOBinding for one-token steps, made once per KV allocation: the in-place KV buffers bound as both past
@@ -639,7 +778,7 @@ class Runner:
     def _head_session(self):
         """lm_head.onnx, loaded on the first scoring call (its weights are the decoder's, read again: scoring only)."""
         if self._scoring_head is None:
-            self._scoring_head = ort.InferenceSession(str(self.path / "lm_head.onnx"), self._so, providers=self._providers)
+            self._scoring_head = ort.InferenceSession(str(self.path / "lm_head.onnx"), self._so, providers=self.providers)
         return self._scoring_head
 
     def _static_step(self, token: int) -> np.ndarray:
@@ -813,13 +952,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--no-think", action="store_true", help="Qwen3: switch thinking off")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--provider", help="execution provider to run on (webgpu, cuda, qnn, openvino, cpu, ...); default: "
+                    "the artifact's own, with its declared CPU fallback when the installed onnxruntime lacks it")
     ap.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema "
                     "(needs `pip install llguidance`)")
     ap.add_argument("--image", action="append", metavar="FILE", help="vision artifacts (Qwen2.5-VL): an image file the "
                     "prompt is about; repeat for several (needs Pillow)")
     args = ap.parse_args(argv)
     try:
-        runner = Runner(args.artifact, threads=args.threads)
+        runner = Runner(args.artifact, threads=args.threads, providers=args.provider)
         s = runner.default_sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
         s.validate()
@@ -867,7 +1008,8 @@ def main(argv=None) -> int:
             last = rec
         print()
         print(f"[{last.prompt_tokens} prompt tokens, {last.generated_tokens} generated, finish={last.finish_reason}, "
-              f"ttft {last.ttft_s * 1000:.0f} ms, prefill {last.prefill_tps:.1f} tok/s, decode {last.decode_tps:.1f} tok/s]",
+              f"ttft {last.ttft_s * 1000:.0f} ms, prefill {last.prefill_tps:.1f} tok/s, decode {last.decode_tps:.1f} tok/s, "
+              f"on {runner.providers[0]}]",
               file=sys.stderr)
         return 0
     except RunnerError as exc:

@@ -515,8 +515,8 @@ def _handle_stream(handle):
 def make_server(root: Path, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
                 rate_limit: int | None = None, threads: int | None = None, max_body: int = 1 << 20,
                 max_connections: int = 256, cors_origin: str | None = None, max_batch: int | None = None,
-                allow_local_images: bool = False) -> EdgeServer:
-    cache = ModelCache(root, threads=threads, max_batch=max_batch)
+                allow_local_images: bool = False, provider: str | None = None) -> EdgeServer:
+    cache = ModelCache(root, threads=threads, max_batch=max_batch, provider=provider)
     if any(_has_vision(m.path) for m in cache.models.values()):
         max_body = max(max_body, VISION_MAX_BODY)  # images arrive as data URIs inside the JSON body
     return EdgeServer((host, port), cache, api_key=api_key, rate_limit=rate_limit, max_body=max_body,

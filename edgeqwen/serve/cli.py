@@ -21,7 +21,7 @@ def cmd_serve(args) -> int:
         server = make_server(Path(args.models), host=args.host, port=args.port, api_key=args.api_key,
                              rate_limit=args.rate_limit, threads=args.threads, max_connections=args.max_connections,
                              cors_origin=args.cors, max_batch=args.max_batch,
-                             allow_local_images=args.allow_local_images)
+                             allow_local_images=args.allow_local_images, provider=args.provider)
     except OSError as exc:
         raise EdgeQwenError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", where="--host/--port",
                             hint="another process may hold the port; --port 0 picks a free one") from None
@@ -43,6 +43,8 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY'")
     p.add_argument("--rate-limit", type=int, help="requests per minute per key (429 beyond)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads per model")
+    p.add_argument("--provider", help="execution provider for every model (default: each artifact's own, CPU as its "
+                   "declared fallback)")
     p.add_argument("--max-connections", type=int, default=256, help="open connections served at once (503 beyond)")
     p.add_argument("--max-batch", type=int, help="sequences decoded together per model (continuous batching; "
                    "default: the artifact's target, 4 on CPU targets; 1 = one request at a time)")

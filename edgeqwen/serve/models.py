@@ -57,7 +57,8 @@ def _model_name(p: Path) -> str:
 class ModelCache:
     """One artifact folder, or a Foundry Local-style cache folder holding many."""
 
-    def __init__(self, root: Path, threads: int | None = None, max_batch: int | None = None):
+    def __init__(self, root: Path, threads: int | None = None, max_batch: int | None = None,
+                 provider: str | None = None):
         root = Path(root)
         if not root.is_dir():
             raise EdgeQwenError(f"model folder not found: {root}", where="edgeqwen serve", hint="pass an artifact or a folder of artifacts")
@@ -76,6 +77,7 @@ class ModelCache:
                                     hint="rename one (inference_model.json Name)")
             self.models[name] = ServedModel(name, f)
         self.threads = threads
+        self.provider = provider  # None: each artifact's own execution provider (CPU as its declared fallback)
         self.max_batch_override = max_batch
         self._load_lock = threading.Lock()
 
@@ -89,7 +91,7 @@ class ModelCache:
         model = self.get(name)
         with self._load_lock:
             if model.runner is None:
-                runner = Runner(model.path, threads=self.threads)
+                runner = Runner(model.path, threads=self.threads, providers=self.provider)
                 batch = model.max_batch(self.max_batch_override)
                 if batch > 1 and not runner.growing_kv and runner.static_slots is None:
                     model.engine = BatchEngine(runner, max_batch=batch)
