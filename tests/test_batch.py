@@ -12,7 +12,7 @@ from edgeqwen.runtime import Runner, Sampling
 from edgeqwen.runtime.batch import BatchEngine
 from edgeqwen.runtime.runner import RunnerError
 
-from .test_serve import client, raw, serving
+from tests.helpers.serving import client, raw, serving
 
 PROMPTS = ["What does the assert statement do?", "Explain the for loop.", "x",
            "What is a class? Tell me about inheritance, methods and attributes in some detail."]
