@@ -72,6 +72,9 @@ class Guard:
             self.state.pending_bytes -= reserved
 
     def _check(self, scope, headers: dict) -> None:
+        if scope.get("http_version") not in ("1.0", "1.1"):
+            raise ApiError(505, f"HTTP/{scope.get('http_version')} is not supported: send HTTP/1.1",
+                           "invalid_request_error", code="http_version_not_supported")
         host = headers.get("host")
         if host is not None and not self.any_host:
             name = host_name(host)

@@ -66,12 +66,21 @@ class EdgeServer:
                                 timeout_keep_alive=options.keep_alive,
                                 timeout_graceful_shutdown=options.grace + 5)
         self.uvicorn = _Uvicorn(config, self._begin_drain)
+        self.budget = budget
+        for name in ("uvicorn", "uvicorn.error"):  # malformed requests are answered, not printed (see /metrics)
+            if not logging.getLogger(name).handlers:
+                logging.getLogger(name).addHandler(logging.NullHandler())
         self._stopped = threading.Event()
 
     @property
     def url(self) -> str:
         host, port = self.server_address
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    @property
+    def open_connections(self) -> dict[str, int]:
+        """Open connections by client address."""
+        return dict(self.budget.open)
 
     def _begin_drain(self) -> None:
         """Shutdown has begun: refuse new work; after the grace period, interrupt what still runs."""
