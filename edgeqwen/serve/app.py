@@ -4,14 +4,13 @@ OpenAI: GET /v1/models, POST /v1/chat/completions (JSON or SSE), POST /v1/comple
 /openai/models, /openai/loadedmodels, /openai/status, /openai/load/NAME, /openai/unload/NAME. Ollama: POST /api/chat,
 /api/generate (NDJSON streams or one object), /api/show; GET /api/tags, /api/ps, /api/version. GET /health, GET
 /metrics (Prometheus text; behind the key when one is set). Every request passes `guard.Guard` first; connections are
-`connections.EdgeProtocol`; `server.EdgeServer` runs it all on uvicorn.
+`connections.EdgeProtocol`; `server.EdgeServer` (`server.make_server`) runs it all on uvicorn.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from starlette.requests import Request
 
@@ -107,10 +106,3 @@ class App:
 
 def build_app(state):
     return Guard(App(state), state)
-
-
-def make_server(root: Path, **options):
-    """A server over an artifact folder (or a folder of them); see server.ServeOptions for the options."""
-    from .server import make_server as _make
-
-    return _make(root, **options)

@@ -12,7 +12,7 @@ import socket
 import openai
 import pytest
 
-from edgeqwen.serve.app import make_server
+from edgeqwen.serve.server import make_server
 
 QWEN2 = "tiny-qwen2-cpu-x86_64-fp32"
 QWEN3 = "tiny-qwen3-cpu-x86_64-int4"
