@@ -86,6 +86,9 @@ class Ctx:
         except KeyError:
             raise ApiError(404, f"model {name!r} not found; available: {', '.join(cache.models)}",
                            "invalid_request_error", param="model", code="model_not_found") from None
+        served = cache.get(name)
+        if served.runner is not None:  # loaded: no worker thread needed
+            return served
         try:
             return await asyncio.to_thread(cache.load, name)
         except Exception:  # noqa: BLE001 - a listed model whose files are broken or gone; the path stays in the log

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from ..runtime.runner import RunnerError, Sampling
@@ -134,7 +135,10 @@ class Generation:
 
     def __init__(self, job: Job, loop: asyncio.AbstractEventLoop, reload=None, on_record=None):
         self.job, self.loop, self.reload, self.on_record = job, loop, reload, on_record
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.items: deque = deque()  # records (and the end, or an error) handed over by the pump thread
+        self.ready = asyncio.Event()
+        self._wake_pending = False  # one loop wake-up at a time: records that arrive meanwhile ride along
+        self._lock = threading.Lock()
         self.cancelled = threading.Event()
         self.started: float | None = None  # when it reached the model (batch slot or lock)
         self.first_token_s: float | None = None
@@ -143,10 +147,20 @@ class Generation:
 
     # ---- worker side ------------------------------------------------------------------------------
     def _push(self, item) -> None:
+        with self._lock:
+            self.items.append(item)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._wake)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             self.cancelled.set()
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        self.ready.set()
 
     def _pump(self) -> None:
         try:
@@ -201,16 +215,28 @@ class Generation:
 
     def interrupt(self) -> None:
         self.cancel()
-        self.queue.put_nowait(Interrupted("the server is shutting down"))
+        with self._lock:
+            self.items.appendleft(Interrupted("the server is shutting down"))
+        self.ready.set()
+
+    @property
+    def pending(self) -> int:
+        """Records already handed over and not yet read (read them without waiting)."""
+        n = len(self.items)
+        return n - 1 if n and self.items[-1] is _END else n
 
     def __aiter__(self):
         return self
 
     async def __anext__(self):
-        item = await self.queue.get()
-        if item is _END:
-            self.queue.put_nowait(_END)  # later reads end too
+        while not self.items:
+            self.ready.clear()
+            if not self.items:
+                await self.ready.wait()
+        item = self.items[0]
+        if item is _END:  # left in place: later reads end too
             raise StopAsyncIteration
+        self.items.popleft()
         if isinstance(item, BaseException):
             raise item
         if self.first_token_s is None:

@@ -12,6 +12,8 @@ from .generation import Generation, prepare
 from .limits import RateLimiter
 from .metrics import Metrics
 
+QUICK_BODY = 4096  # bytes: a request body this small is prepared without a worker thread
+
 
 @dataclass
 class ServeOptions:
@@ -53,10 +55,13 @@ class ServerState:
         if self.draining:
             raise ApiError(503, "the server is shutting down", "server_error", code="server_shutdown")
         served = await ctx.model(req.model)
-        if self._gate is None:
-            self._gate = asyncio.Semaphore(self.options.prepare_concurrency)
-        async with self._gate:
-            job = await asyncio.to_thread(prepare, served, req, chat, self.options.allow_local_images)
+        if self._quick(ctx, req):  # a small plain prompt: templated and tokenized in well under a millisecond
+            job = prepare(served, req, chat, self.options.allow_local_images)
+        else:
+            if self._gate is None:
+                self._gate = asyncio.Semaphore(self.options.prepare_concurrency)
+            async with self._gate:
+                job = await asyncio.to_thread(prepare, served, req, chat, self.options.allow_local_images)
         if req.ignored:  # request fields that changed nothing (see protocol.UNSUPPORTED for what is refused)
             ctx.headers["x-edgeqwen-ignored"] = ", ".join(req.ignored)[:1000]
         ctx.headers["x-edgeqwen-sampling"] = job.sampling_header
@@ -65,6 +70,12 @@ class ServerState:
                          on_record=lambda rec: self.metrics.tokens(model, 1))
         self.live.add(gen)
         return gen
+
+    @staticmethod
+    def _quick(ctx, req) -> bool:
+        """Prepared on the event loop: a short body, no grammar to compile, no image to decode."""
+        small = int(ctx.request.headers.get("content-length") or 0) <= QUICK_BODY
+        return small and req.schema is None and not req.tools and not req.images
 
     def forget(self, gen: Generation) -> None:
         self.live.discard(gen)

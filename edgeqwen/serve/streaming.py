@@ -90,6 +90,8 @@ class StreamResponse(Response):
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.events:
+                while self.gen.pending:  # records that arrived together leave in one write
+                    chunk += await self.events.__anext__()
                 if watcher.done():
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
