@@ -100,12 +100,16 @@ class BatchEngine:
 
     # ---- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False,
-               prepared=None) -> Handle:
-        """`prepared` (vision artifacts): `VisionPath.prepare`'s (features, positions) for an expanded prompt."""
+               prepared=None, sink=None) -> Handle:
+        """`prepared` (vision artifacts): `VisionPath.prepare`'s (features, positions) for an expanded prompt. `sink`:
+        an object whose `put(item)` receives the request's Records, an exception if it fails, then one end marker (any
+        other object), called from the engine's thread — instead of iterating the handle (the server's event loop)."""
         budget = self.runner.check_prompt(prompt_ids, sampling)
         if self.runner.vision is not None and prepared is None:
             self.runner.vision.check_text_only(prompt_ids)
         seq = _Seq(list(prompt_ids), sampling, thinking_open, budget)
+        if sink is not None:
+            seq.out = sink
         if prepared is not None:
             seq.features, seq.positions = prepared
         with self._lock:

@@ -2,8 +2,8 @@
 
 `prepare` (run in a worker thread: loading, templating and tokenizing take milliseconds to seconds) turns a Request into
 a Job — the prompt ids, the sampling, the grammar — or raises ApiError. `Generation` runs the Job beside the event
-loop: a pump thread reads the batch engine's handle (or, for graphs served one at a time, the runner's stream under
-the model's lock) and hands each Record to the loop. `cancel()` (a client that went away) and `interrupt()` (the
+loop: records come straight from the batch engine's thread (`put`), or, for graphs served one at a time, from a pump
+thread running the runner's stream under the model's lock; a burst of records costs the loop one wake-up. `cancel()` (a client that went away) and `interrupt()` (the
 shutdown grace is over) stop it at the next token and free its batch slot.
 """
 
@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..runtime.runner import RunnerError, Sampling
+from ..runtime.runner import Record, RunnerError, Sampling
 from .constraints import check_tool_schemas, constraint_for
 from .errors import ApiError, bad
 from .prompt import PromptTooLong, encode_chat, encode_raw
@@ -39,7 +39,7 @@ class Job:
     prepared: tuple | None = None  # vision: (expanded ids, (features, positions))
     parser: ToolCallParser | None = None
     sampling_header: str = ""
-    handle: object = None  # the batch engine's handle once submitted
+    handle: object = None  # the batch engine's handle once submitted (its close() cancels)
     queued: float = field(default_factory=time.perf_counter)
 
 
@@ -122,12 +122,17 @@ def prepare(served, req: Request, chat: bool, allow_files: bool = False) -> Job:
         chat and req.tools and req.tool_choice != "none") else None
     job = Job(req.model, served, ids, sampling, chat and prompt.rstrip().endswith("<think>"),
               prepared and prepared[1], parser, header)
-    if served.engine is not None:  # continuous batching: submitted now, so a refusal is still an HTTP error
-        try:
-            job.handle = served.engine.submit(ids, sampling, thinking_open=job.thinking_open, prepared=job.prepared)
-        except RunnerError as exc:
-            raise ApiError(503 if "unloaded" in str(exc) else 400, str(exc), "invalid_request_error") from None
     return job
+
+
+def submit(job: Job, sink) -> None:
+    """Continuous batching: the job joins the engine now (a refusal is still an HTTP error); `sink` gets its records
+    straight from the engine's thread."""
+    try:
+        job.handle = job.served.engine.submit(job.ids, job.sampling, thinking_open=job.thinking_open,
+                                              prepared=job.prepared, sink=sink)
+    except RunnerError as exc:
+        raise ApiError(503 if "unloaded" in str(exc) else 400, str(exc), "invalid_request_error") from None
 
 
 class Generation:
@@ -142,10 +147,18 @@ class Generation:
         self.cancelled = threading.Event()
         self.started: float | None = None  # when it reached the model (batch slot or lock)
         self.first_token_s: float | None = None
-        self.thread = threading.Thread(target=self._pump, name="edgeqwen-request", daemon=True)
-        self.thread.start()
+        if job.served.engine is not None:
+            submit(job, self)  # the engine calls put() from its thread
+        else:
+            threading.Thread(target=self._pump, name="edgeqwen-request", daemon=True).start()
 
     # ---- worker side ------------------------------------------------------------------------------
+    def put(self, item) -> None:
+        """The batch engine's side: a Record, an exception, or its end marker (anything else)."""
+        if self.started is None:
+            self.started = self.job.queued + self.job.handle.queue_s if self.job.handle else time.perf_counter()
+        self._push(item if isinstance(item, (Record, BaseException)) else _END)
+
     def _push(self, item) -> None:
         with self._lock:
             self.items.append(item)
@@ -164,26 +177,11 @@ class Generation:
 
     def _pump(self) -> None:
         try:
-            if self.job.handle is not None:
-                self._pump_batched()
-            else:
-                self._pump_locked()
+            self._pump_locked()
         except Exception as exc:  # noqa: BLE001 - the loop side turns it into an error response or event
             self._push(exc)
         finally:
             self._push(_END)
-
-    def _pump_batched(self) -> None:
-        handle = self.job.handle
-        try:
-            for rec in handle:
-                if self.started is None:
-                    self.started = self.job.queued + handle.queue_s
-                if self.cancelled.is_set():
-                    return
-                self._push(rec)
-        finally:
-            handle.close()
 
     def _pump_locked(self) -> None:
         served = self.job.served
