@@ -5,7 +5,8 @@
 The old server is the package as it was at `--old-ref` (the last commit on http.server), unpacked with `git archive`
 into a temporary folder and run from there; the new one is this checkout. Each runs as `edgeqwen serve` in its own
 process; rounds alternate old/new. Per round: one stream (time to first token, tokens/s after it), then four
-concurrent streams (mean time to first token, aggregate tokens/s). Greedy, the same prompt, `max_tokens` tokens.
+concurrent streams (mean time to first token, aggregate tokens/s; tokens from the usage chunk). Greedy, the same
+prompt, `max_tokens` tokens.
 Prints medians side by side and the new/old ratio.
 """
 
@@ -46,16 +47,17 @@ def stream(host, port, model, tokens) -> tuple[float, float, int]:
     """(time to first token, decode tokens/s after it, tokens) of one SSE completion, measured at the client."""
     conn = http.client.HTTPConnection(host, port, timeout=300)
     body = {"model": model, "prompt": "The history of the for statement", "max_tokens": tokens, "temperature": 0,
-            "stream": True}
+            "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     conn.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
     resp = conn.getresponse()
     first, n = None, 0
     for line in resp:
         if line.startswith(b"data: {"):
-            n += 1
             if first is None:
                 first = time.perf_counter()
+            usage = json.loads(line[6:]).get("usage")
+            n = usage["completion_tokens"] if usage else n  # tokens, not chunks (a token may add no text)
     end = time.perf_counter()
     conn.close()
     return first - t0, (n - 1) / max(end - first, 1e-9), n
