@@ -5,6 +5,7 @@ request-validation cases."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import threading
@@ -220,3 +221,31 @@ def test_serve_flags_out_of_range_are_refused(one_model, flag, capsys):  # noqa:
 
     assert main(["serve", str(one_model), "--port", "0", *flag]) != 0
     assert flag[0] in capsys.readouterr().err
+
+
+def test_a_free_batch_slot_goes_to_the_client_with_fewest_running(one_model):  # noqa: F811
+    """127.0.0.2 fills both batch slots and queues two more long requests; 127.0.0.1's short one takes the first free
+    slot (was: first come, first served — it waited behind the whole backlog of the other client)."""
+    with serving(one_model, max_batch=2) as s:
+        host, port = s.server_address
+        ends = {}
+
+        def long(i):
+            conn = http.client.HTTPConnection(host, port, timeout=120, source_address=("127.0.0.2", 0))
+            conn.request("POST", "/v1/completions", body=json.dumps({"model": QWEN2, "prompt": "x",
+                                                                     "max_tokens": 600}),
+                         headers={"Content-Type": "application/json"})
+            conn.getresponse().read()
+            ends[f"long{i}"] = time.perf_counter()
+
+        assert raw(s, "POST", "/v1/completions", {"model": QWEN2, "prompt": "warm", "max_tokens": 1})[0] == 200
+        threads = [threading.Thread(target=long, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+            time.sleep(0.1)
+        assert raw(s, "POST", "/v1/completions", {"model": QWEN2, "prompt": "y", "max_tokens": 2})[0] == 200
+        ends["short"] = time.perf_counter()
+        for t in threads:
+            t.join(120)
+        order = sorted(ends, key=ends.get)
+        assert order.index("short") <= 1, order  # right after the first long one (first come: after three)

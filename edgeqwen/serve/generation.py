@@ -125,12 +125,12 @@ def prepare(served, req: Request, chat: bool, allow_files: bool = False) -> Job:
     return job
 
 
-def submit(job: Job, sink) -> None:
+def submit(job: Job, sink, owner: str | None = None) -> None:
     """Continuous batching: the job joins the engine now (a refusal is still an HTTP error); `sink` gets its records
     straight from the engine's thread."""
     try:
         job.handle = job.served.engine.submit(job.ids, job.sampling, thinking_open=job.thinking_open,
-                                              prepared=job.prepared, sink=sink)
+                                              prepared=job.prepared, sink=sink, owner=owner)
     except RunnerError as exc:
         raise ApiError(503 if "unloaded" in str(exc) else 400, str(exc), "invalid_request_error") from None
 
@@ -138,7 +138,7 @@ def submit(job: Job, sink) -> None:
 class Generation:
     """A Job running beside the loop; iterate it (async) for Records."""
 
-    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop, reload=None, on_record=None):
+    def __init__(self, job: Job, loop: asyncio.AbstractEventLoop, reload=None, on_record=None, owner=None):
         self.job, self.loop, self.reload, self.on_record = job, loop, reload, on_record
         self.items: deque = deque()  # records (and the end, or an error) handed over by the pump thread
         self.ready = asyncio.Event()
@@ -148,7 +148,7 @@ class Generation:
         self.started: float | None = None  # when it reached the model (batch slot or lock)
         self.first_token_s: float | None = None
         if job.served.engine is not None:
-            submit(job, self)  # the engine calls put() from its thread
+            submit(job, self, owner)  # the engine calls put() from its thread
         else:
             threading.Thread(target=self._pump, name="edgeqwen-request", daemon=True).start()
 

@@ -67,7 +67,7 @@ class ServerState:
         ctx.headers["x-edgeqwen-sampling"] = job.sampling_header
         model = req.model
         gen = Generation(job, asyncio.get_running_loop(), reload=lambda: self.cache.load(model),
-                         on_record=lambda rec: self.metrics.tokens(model, 1))
+                         on_record=lambda rec: self.metrics.tokens(model, 1), owner=ctx.client)
         self.live.add(gen)
         return gen
 
