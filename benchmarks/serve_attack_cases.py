@@ -26,7 +26,7 @@ def send(host, port, data: bytes, timeout=10, source=None) -> bytes:
 
 
 def statuses(reply: bytes) -> list[int]:
-    return [int(part.split(b" ", 2)[1]) for part in reply.split(b"HTTP/1.1 ")[1:] if part[:3].isdigit()]
+    return [int(part[:3]) for part in reply.split(b"HTTP/1.1 ")[1:] if part[:3].isdigit()]
 
 
 def request(host, port, method, path, body=None, headers=None) -> tuple[int, bytes]:
