@@ -67,7 +67,7 @@ class Guard:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_cors)
+            await self.app(scope, receive, send_with_cors if extra else send)
         finally:
             self.state.pending_bytes -= reserved
 
