@@ -42,8 +42,8 @@ def cmd_serve(args) -> int:
     except OSError as exc:
         raise EdgeQwenError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", where="--host/--port",
                             hint="another process may hold the port; --port 0 picks a free one") from None
-    print(f"edgeqwen serving {', '.join(server.cache.models)} at {server.url}/v1 (Ollama API at {server.url}/api)",
-          flush=True)
+    print(f"edgeqwen serving {', '.join(server.cache.models)} at {server.url}/v1", flush=True)  # scripts read this line
+    print(f"Ollama API at {server.url}/api", flush=True)
     server.serve_forever()  # SIGTERM/SIGINT: a graceful stop (see server.EdgeServer), then exit 0
     print("edgeqwen serve: stopped", flush=True)
     return 0
