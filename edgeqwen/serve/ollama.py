@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from .. import __version__
 from .context import Ctx, json_response
-from .errors import ApiError, bad
+from .errors import bad
 from .generation import Interrupted
 from .ollama_meta import details, model_entry, model_info, template_capabilities
 from .protocol import parse_chat, parse_completion
@@ -220,5 +220,3 @@ async def ps(ctx: Ctx) -> Response:
 async def version(ctx: Ctx) -> Response:
     return json_response({"version": __version__})
 
-
-__all__ = ["chat", "generate", "show", "tags", "ps", "version", "ApiError"]

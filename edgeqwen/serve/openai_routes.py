@@ -7,8 +7,7 @@ import time
 
 from starlette.responses import Response
 
-from .context import LOG, Ctx, json_response
-from .errors import ApiError
+from .context import Ctx, json_response
 from .generation import Interrupted
 from .protocol import parse_chat, parse_completion
 from .streaming import Outcome, StreamResponse, collect
@@ -129,5 +128,3 @@ async def _sse_events(info: _Info, gen):
                     "choices": [], "usage": info.usage(n)})
     yield _sse("[DONE]")
 
-
-__all__ = ["chat_completions", "completions", "ApiError", "LOG"]
