@@ -21,7 +21,7 @@ from pathlib import Path
 import openai
 
 from edgeqwen.runtime import Runner, Sampling
-from edgeqwen.serve.app import make_server
+from edgeqwen.serve.server import make_server
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -239,7 +239,27 @@ def format_bench(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_bench_args(args) -> None:
+    """Numbers in range and a verified artifact, before any worker starts (was: a hang at --threads 99999, raw worker
+    errors and exit 0 at --prompt-len -5, a traceback on a non-artifact folder, a tampered artifact benchmarked)."""
+    from .errors import EdgeQwenError
+    from .runtime.runner import RunnerError, check_artifact
+
+    most_threads = max(64, 4 * (os.cpu_count() or 1))
+    for flag, value, lo, hi in (("--threads", args.threads, 0, most_threads), ("--prompt-len", args.prompt_len, 1, 1 << 20),
+                                ("--gen-len", args.gen_len, 1, 1 << 20)):
+        if not lo <= value <= hi:
+            raise EdgeQwenError(f"{flag} {value} must be in {lo}-{hi}", where=flag,
+                                hint="--threads 0 is the library default" if flag == "--threads" else None)
+    try:
+        check_artifact(Path(args.artifact), full_hash=True)
+    except RunnerError as exc:
+        raise EdgeQwenError(f"cannot benchmark {args.artifact}: {exc}", where=str(args.artifact),
+                            hint="benchmark an artifact folder made by `edgeqwen build`, as built") from None
+
+
 def cmd_bench(args) -> int:
+    _check_bench_args(args)
     report = bench(Path(args.artifact), args.prompt_len, args.gen_len, args.threads, args.reference, args.provider)
     print(json.dumps(report, indent=2) if args.json else format_bench(report))
     return 0

@@ -51,15 +51,36 @@ def _check_output(output: Path, force: bool) -> None:
                             hint="pass --force to replace it, or choose another -o folder")
     if output.exists() and not output.is_dir():
         raise EdgeQwenError(f"output path exists and is not a folder: {output}", where=str(output))
-    if output.exists() and not (output / "manifest.json").is_file() and any(output.iterdir()):
-        # --force replaces an artifact, never an arbitrary folder of the user's
-        raise EdgeQwenError(f"refusing to replace {output}: it holds files but is not an edgeqwen artifact (no "
-                            "manifest.json)", where=str(output), hint="choose another -o folder, or empty this one")
+    if output.exists() and any(output.iterdir()):
+        _check_replaceable(output)  # --force replaces an artifact, never an arbitrary folder of the user's
     parent = output.parent if str(output.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=f".{output.name}.probe-", dir=parent).cleanup()
     except OSError as exc:
-        raise EdgeQwenError(f"cannot create the output's parent folder: {exc.strerror}", where=str(parent)) from None
+        raise EdgeQwenError(f"cannot write the output's parent folder: {exc.strerror or exc}", where=str(parent),
+                            hint="choose an -o folder you can write to") from None
+
+
+def _check_replaceable(output: Path) -> None:
+    """A folder --force may replace: its manifest verifies as an edgeqwen artifact's (format version, listed files
+    present at their sizes) and it holds nothing the manifest does not list (a user's notes are never deleted)."""
+    from .runtime.runner import RunnerError, check_artifact
+
+    try:
+        manifest = check_artifact(output, full_hash=False)
+        if "format_version" not in manifest or not manifest.get("files"):
+            raise RunnerError("its manifest.json is not an edgeqwen manifest")
+    except RunnerError as exc:
+        raise EdgeQwenError(f"refusing to replace {output}: it holds files but is not an edgeqwen artifact ({exc})",
+                            where=str(output), hint="choose another -o folder, or empty this one") from None
+    listed = set(manifest["files"]) | {"manifest.json"}
+    extra = sorted(str(p.relative_to(output)) for p in output.rglob("*") if not p.is_dir()
+                   and str(p.relative_to(output)) not in listed)
+    if extra:
+        raise EdgeQwenError(f"refusing to replace {output}: it holds files its manifest does not list "
+                            f"({', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''})", where=str(output),
+                            hint="move those files out of the artifact folder, or choose another -o folder")
 
 
 def _publish(staging: Path, output: Path) -> None:
@@ -132,6 +153,8 @@ MAX_REPLANS = 2  # auto mixed precision: re-plans after a missed gate, each from
 
 def build(opts: BuildOptions) -> Path:
     output = Path(opts.output).expanduser().absolute()
+    if output.is_symlink():  # -o LINK: replace the folder it points to; the link stays
+        output = output.resolve()
     stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
     resolved = load_recipe(opts.recipe)
     _check_output(output, opts.force)

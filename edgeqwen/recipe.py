@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from .resources import search_dirs, shipped_dir
 from .targets import Precision, Target, load_target
 
 SCHEMA_VERSION = 1
+MAX_CONTEXT = 1 << 20  # tokens: above every Qwen model's own maximum (Qwen2.5-1M: 1,010,000)
 
 
 class Exporter(str, enum.Enum):
@@ -164,6 +167,18 @@ class Generation:
     max_new_tokens: int = 256
     system_prompt: str | None = None  # used when a conversation has no system message (runner, server)
 
+    def __post_init__(self):
+        """The ranges every request to the artifact is held to (runtime Sampling.validate), so no recipe builds an
+        artifact whose own defaults are refused."""
+        checks = (("temperature", self.temperature, lambda v: v == 0 or 1e-4 <= v <= 5, "0 (greedy) or in [0.0001, 5]"),
+                  ("top_p", self.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
+                  ("top_k", self.top_k, lambda v: v >= 0, ">= 0"),
+                  ("repetition_penalty", self.repetition_penalty, lambda v: 0 < v <= 10, "in (0, 10]"),
+                  ("max_new_tokens", self.max_new_tokens, lambda v: v >= 1, ">= 1"))
+        for name, value, ok, want in checks:
+            if not ok(value):  # NaN fails every comparison
+                raise ValueError(f"generation.{name} must be {want}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class Vision:
@@ -187,6 +202,16 @@ class Accuracy:
     min_top1: float | None = None
     window: int = 512
     max_windows: int = 8
+
+    def __post_init__(self):
+        for name in ("max_ppl_ratio", "max_kld", "max_kld_p99", "min_top1"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"accuracy.{name} must be a finite number >= 0, got {value!r}")
+        if self.min_top1 is not None and self.min_top1 > 1:
+            raise ValueError(f"accuracy.min_top1 is a share in [0, 1], got {self.min_top1!r}")
+        if self.window < 2 or self.max_windows < 1:
+            raise ValueError(f"accuracy.window must be >= 2 and max_windows >= 1 (got {self.window}, {self.max_windows})")
 
     def thresholds(self) -> dict[str, float]:
         """The gate's set thresholds (evaluation settings such as window sizes are not thresholds)."""
@@ -212,8 +237,9 @@ class Recipe:
     def __post_init__(self):
         if self.version != SCHEMA_VERSION:
             raise ValueError(f"recipe schema version {self.version} is not supported (this edgeqwen reads {SCHEMA_VERSION})")
-        if self.context_length < 16:
-            raise ValueError(f"context_length {self.context_length} is too small")
+        if not 16 <= self.context_length <= MAX_CONTEXT:
+            raise ValueError(f"context_length {self.context_length} is outside [16, {MAX_CONTEXT}] (the KV cache is "
+                             "preallocated at it; the build caps it at the model's own maximum)")
         spec = self.quantization.spec
         if self.precision.value in ("int4", "int8") and self.precision.value not in spec.precisions:
             raise ValueError(f"quantization.algorithm {spec.name} is for {'/'.join(spec.precisions)} recipes (this one "
@@ -290,8 +316,10 @@ def recipe_path(name_or_path: str) -> Path:
     hit = _recipe_files().get(name_or_path)
     if hit is not None:
         return hit[0]
+    close = difflib.get_close_matches(name_or_path, list(_recipe_files()), n=3, cutoff=0.6)
     raise EdgeQwenError(
-        f"unknown recipe {name_or_path!r}", where=", ".join(str(d) for d in search_dirs("recipes")),
+        f"unknown recipe {name_or_path!r}" + (f"; did you mean {' or '.join(close)}?" if close else ""),
+        where=", ".join(str(d) for d in search_dirs("recipes")),
         hint="`edgeqwen recipes` lists them; or pass a path to a .yaml file (add your own folder with --recipes DIR "
         "or EDGEQWEN_RECIPES)",
     )

@@ -14,7 +14,7 @@ from edgeqwen.runtime.batch import BatchEngine
 from edgeqwen.runtime.runner import RunnerError
 
 from .helpers.devices import BATCH_TOL, MAX_NEW, PROMPTS, batch_comparison, qemu_x86, run_emulated_x86
-from .test_serve import client, raw, serving
+from .helpers.serving import client, raw, serving
 
 
 @pytest.fixture(scope="module")

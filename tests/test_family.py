@@ -15,7 +15,7 @@ from edgeqwen.recipe import known_recipes, load_recipe
 from edgeqwen.runtime import Runner
 from edgeqwen.tiny import FIM_TOKENS, TinySpec, create_tiny_qwen
 
-from .test_serve import client, serving
+from tests.helpers.serving import client, serving
 
 FP32 = """\
 version: 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import shutil
@@ -12,58 +11,14 @@ import urllib.request
 import openai
 import pytest
 
-from edgeqwen.runtime import Runner, Sampling
-from edgeqwen.serve.app import make_server
+from edgeqwen.runtime import Runner
+from tests.helpers.serving import QWEN2, QWEN3, cache_dir, client, raw, serving, start  # noqa: F401 - cache_dir: fixture
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory, artifacts, trained_qwen2, trained_qwen3):
-    root = tmp_path_factory.mktemp("models")
-    shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), root / "tiny-qwen2")
-    shutil.copytree(artifacts.get("tiny-qwen3/cpu-x86_64-int4", trained_qwen3), root / "tiny-qwen3")
-    return root
-
-
-def start(root, **kw):
-    server = make_server(root, port=0, **kw)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-@contextlib.contextmanager
-def serving(root, **kw):
-    """A server on an ephemeral port for the duration of a `with` block."""
-    s = start(root, **kw)
-    try:
-        yield s
-    finally:
-        s.shutdown()
-        s.server_close()
-
-
-@pytest.fixture(scope="module")
-def server(cache_dir):
+def server(cache_dir):  # noqa: F811
     with serving(cache_dir) as s:
         yield s
-
-
-QWEN2 = "tiny-qwen2-cpu-x86_64-fp32"
-QWEN3 = "tiny-qwen3-cpu-x86_64-int4"
-
-
-def client(server, key="unused"):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=60)
-
-
-def raw(server, method, path, body=None, headers=None):
-    host, port = server.server_address[:2]
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
-    resp = conn.getresponse()
-    out = resp.status, resp.read()
-    conn.close()
-    return out
 
 
 def test_models_list(server):

@@ -13,58 +13,29 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgeqwen.serve.errors import ApiError
 from edgeqwen.serve.limits import RateLimiter
-from edgeqwen.serve.protocol import ApiError, parse_chat, parse_completion
-
-from .test_serve import QWEN2, raw, serving
-
-
-@pytest.fixture(scope="module")
-def one_model(tmp_path_factory, artifacts, trained_qwen2):
-    root = tmp_path_factory.mktemp("hardening")
-    shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), root / "tiny-qwen2")
-    return root
+from edgeqwen.serve.protocol import parse_chat, parse_completion
+from tests.helpers.serving import QWEN2, one_model, raw, raw_bytes, serving, status_and_error  # noqa: F401 - fixture
 
 
 @pytest.fixture(scope="module")
-def server(one_model):
+def server(one_model):  # noqa: F811
     with serving(one_model) as s:
         yield s
-
-
-def raw_bytes(server, data: bytes, timeout=30) -> bytes:
-    """Send exactly these bytes; return everything the server answers until it closes."""
-    host, port = server.server_address[:2]
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        while True:
-            try:
-                block = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not block:
-                break
-            chunks.append(block)
-    return b"".join(chunks)
-
-
-def status_and_error(reply: bytes) -> tuple[int, dict]:
-    head, _, body = reply.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)["error"]
 
 
 CHAT = {"model": QWEN2, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
 
 @pytest.mark.parametrize("headers, status, needle", [
-    ("Content-Length: -1", 400, "invalid Content-Length"),
-    ("Content-Length: abc", 400, "invalid Content-Length"),
+    ("Content-Length: -1", 400, "bad Content-Length"),
+    ("Content-Length: abc", 400, "bad Content-Length"),
     ("Transfer-Encoding: chunked", 411, "chunked request bodies are not accepted"),
     ("Content-Length: 99999999999", 413, "exceeds the limit"),
 ])
 def test_content_length_is_validated(server, headers, status, needle):
-    reply = raw_bytes(server, f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{headers}\r\n\r\n{{}}".encode())
+    reply = raw_bytes(server, f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n\r\n{{}}".encode())
     got, err = status_and_error(reply)
     assert got == status and needle in err["message"]
 
@@ -87,8 +58,8 @@ def test_inputs_that_used_to_drop_the_connection(server, body, needle):
 def test_unknown_methods_and_bad_request_lines_answer_json(server):
     got, payload = raw(server, "PUT", "/v1/models", b"")
     assert got == 405 and "not allowed" in json.loads(payload)["error"]["message"]
-    got, err = status_and_error(raw_bytes(server, b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n"))
-    assert got == 501 and "BREW" in err["message"]  # the standard library's own error, as JSON (was HTML)
+    got, err = status_and_error(raw_bytes(server, b"BREW /pot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
+    assert got == 405 and "BREW" in err["message"]
 
 
 def test_broken_and_vanished_artifacts(tmp_path, artifacts, trained_qwen2):
@@ -101,13 +72,15 @@ def test_broken_and_vanished_artifacts(tmp_path, artifacts, trained_qwen2):
         assert sorted(m["id"] for m in json.loads(raw(s, "GET", "/v1/models")[1])["data"]) == ["a", "b"]
         (root / "a" / "genai_config.json").write_text("{broken")
         got, payload = raw(s, "POST", "/v1/chat/completions", {**CHAT, "model": "a"})
-        assert got == 500 and "listed but failed to load" in json.loads(payload)["error"]["message"]
+        message = json.loads(payload)["error"]["message"]
+        assert got == 500 and "listed but failed to load" in message
+        assert str(root) not in payload.decode() and "genai_config" not in message  # no server paths in errors
         shutil.rmtree(root / "b")
         got, payload = raw(s, "GET", "/v1/models")
         assert got == 200 and len(json.loads(payload)["data"]) == 2  # still answers for everyone
 
 
-def test_rate_limit_cannot_be_dodged_and_says_when_to_retry(one_model):
+def test_rate_limit_cannot_be_dodged_and_says_when_to_retry(one_model):  # noqa: F811
     with serving(one_model, rate_limit=5) as s:
         codes = [raw(s, "GET", "/v1/models", headers={"Authorization": f"Bearer invented-{i}"})[0] for i in range(20)]
         assert codes.count(200) == 5 and codes[5:] == [429] * 15  # keyed on the address, not invented tokens
@@ -131,29 +104,27 @@ def test_rate_limit_cannot_be_dodged_and_says_when_to_retry(one_model):
     assert len(limiter.hits) <= RateLimiter.MAX_CLIENTS  # bounded table
 
 
-def test_connections_are_bounded_and_slow_clients_time_out(one_model, monkeypatch):
-    from edgeqwen.serve.app import Handler
-
-    monkeypatch.setattr(Handler, "timeout", 1.0)
-    with serving(one_model, max_connections=4) as s:
+def test_connections_are_bounded_and_slow_clients_time_out(one_model):  # noqa: F811
+    with serving(one_model, max_connections=4, request_timeout=1.0) as s:
         host, port = s.server_address[:2]
         slow = [socket.create_connection((host, port), timeout=5) for _ in range(4)]
         for sock in slow:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # never finishes its headers
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finishes its headers
         deadline = time.time() + 10
-        while s._slots._value > 0 and time.time() < deadline:  # until the server holds all four
+        while sum(s.open_connections.values()) < 4 and time.time() < deadline:  # until the server holds all four
             time.sleep(0.02)
-        got, err = status_and_error(raw_bytes(s, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5))
+        got, err = status_and_error(raw_bytes(s, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", timeout=5))
         assert got == 503 and "too many open connections" in err["message"]
-        deadline = time.time() + 15  # the slow clients are dropped after the 1 s handler timeout
-        while s._slots._value < 4 and time.time() < deadline:
+        deadline = time.time() + 15  # the slow clients are dropped after the 1 s request deadline
+        while s.open_connections and time.time() < deadline:
             time.sleep(0.05)
         assert raw(s, "GET", "/health")[0] == 200
         for sock in slow:
+            assert sock.recv(1000).startswith(b"HTTP/1.1 408 ")
             sock.close()
 
 
-def test_cors_is_opt_in(one_model):
+def test_cors_is_opt_in(one_model):  # noqa: F811
     with serving(one_model, cors_origin="http://localhost:8080") as s:
         host, port = s.server_address[:2]
         import http.client

@@ -14,7 +14,7 @@ import pytest
 from edgeqwen.serve.protocol import chat_prompt, parse_chat
 from edgeqwen.serve.tools import ToolCallParser
 
-from .test_serve import QWEN2, QWEN3, cache_dir, client, serving  # noqa: F401 - fixtures shared with test_serve
+from tests.helpers.serving import QWEN2, QWEN3, cache_dir, client, serving  # noqa: F401 - cache_dir: fixture
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather for a city",

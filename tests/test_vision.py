@@ -22,7 +22,7 @@ from edgeqwen.runtime import Runner
 from edgeqwen.runtime.runner import RunnerError, Sampling
 from edgeqwen.runtime.vision import ImageError, ImageProcessor, VisionConfig, encoder_inputs, load_image, rope_index
 
-from .test_serve import client, serving
+from tests.helpers.serving import client, serving
 
 RECIPE = "qwen2.5-vl-3b-instruct/cpu-x86_64-int4"
 

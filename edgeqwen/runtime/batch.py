@@ -50,6 +50,7 @@ class _Seq:
     positions: np.ndarray | None = None
     rope_pos: int = 0
     fed_features: int = 0  # image feature rows already fed with the prompt
+    owner: str | None = None  # who asked (the server: the client's address); admission is fair between owners
 
 
 class Handle:
@@ -90,6 +91,7 @@ class BatchEngine:
         self.running: list[_Seq] = []  # slot i holds running[i]
         self.prefilling: _Seq | None = None  # its slot is len(running)
         self.waiting: list[_Seq] = []
+        self._last_owner = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
@@ -100,12 +102,18 @@ class BatchEngine:
 
     # ---- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False,
-               prepared=None) -> Handle:
-        """`prepared` (vision artifacts): `VisionPath.prepare`'s (features, positions) for an expanded prompt."""
+               prepared=None, sink=None, owner: str | None = None) -> Handle:
+        """`prepared` (vision artifacts): `VisionPath.prepare`'s (features, positions) for an expanded prompt. `sink`:
+        an object whose `put(item)` receives the request's Records, an exception if it fails, then one end marker (any
+        other object), called from the engine's thread — instead of iterating the handle (the server's event loop).
+        `owner`: a free slot goes to the waiting request whose owner has the fewest running (first come among equals),
+        so one client's many requests cannot keep another's waiting behind all of them."""
         budget = self.runner.check_prompt(prompt_ids, sampling)
         if self.runner.vision is not None and prepared is None:
             self.runner.vision.check_text_only(prompt_ids)
-        seq = _Seq(list(prompt_ids), sampling, thinking_open, budget)
+        seq = _Seq(list(prompt_ids), sampling, thinking_open, budget, owner=owner)
+        if sink is not None:
+            seq.out = sink
         if prepared is not None:
             seq.features, seq.positions = prepared
         with self._lock:
@@ -158,10 +166,26 @@ class BatchEngine:
         with self._lock:
             if not self.waiting:
                 return
-            seq = self.waiting.pop(0)
+            seq = self._next_waiting()
+            self.waiting.remove(seq)
+            self._last_owner = seq.owner
         self._reserve(len(seq.prompt) + seq.budget)  # the running ones are already within the capacity
         seq.started = time.perf_counter()
         self.prefilling = seq
+
+    def _next_waiting(self) -> _Seq:
+        """Round robin between owners: fewest running plus waiting ahead of it from the same owner, then not the owner
+        admitted last, then first come."""
+        load: dict = {}
+        for r in self.running:
+            load[r.owner] = load.get(r.owner, 0) + 1
+        best, best_key = None, None
+        for w in self.waiting:
+            key = (load.get(w.owner, 0), w.owner == self._last_owner)
+            load[w.owner] = load.get(w.owner, 0) + 1  # the owner's next waiting request ranks behind this one
+            if best_key is None or key < best_key:
+                best, best_key = w, key
+        return best
 
     def _drop_cancelled(self) -> None:
         with self._lock:

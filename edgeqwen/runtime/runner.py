@@ -19,13 +19,19 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
+try:
+    import numpy as np
+    import onnxruntime as ort
+except ImportError as _missing:  # `python runner.py` under a bare Python: say what to install, not a traceback
+    if __name__ == "__main__":
+        sys.exit(f"error: runner.py needs {_missing.name} (pip install onnxruntime numpy tokenizers jinja2)")
+    raise
 
 KV_BLOCK = 256  # the in-place KV cache grows in steps of this many positions
 
@@ -209,6 +215,9 @@ class Sampling:
     def validate(self) -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise RunnerError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every `<=` test below by failing it
+                raise RunnerError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         if not (self.temperature == 0.0 or 1e-4 <= self.temperature <= 5.0):
             raise RunnerError(f"temperature must be 0 (greedy) or in [0.0001, 5], got {self.temperature!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
@@ -991,6 +1000,8 @@ def main(argv=None) -> int:
         images = list(args.image or ())
         if images and (args.chat or args.raw or args.suffix is not None):
             ap.error("--image goes with a chat-formatted --prompt (not --chat, --raw or --suffix)")
+        if images and runner.vision is None:
+            raise RunnerError("this artifact has no vision encoder: --image needs a Qwen2.5-VL artifact")
         if args.suffix is not None:
             prompt = runner.fim_prompt(args.prompt, args.suffix)
         else:

@@ -5,16 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers or {}
-
-    def payload(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+from .errors import ApiError
+from .tools import history_message, parse_tools, response_schema
 
 
 @dataclass
@@ -59,6 +51,8 @@ UNSUPPORTED = {
 }
 
 
+# OpenAI's roles → the chat template's: "developer" is OpenAI's newer name for the system message
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
@@ -115,13 +109,12 @@ def _common(body: dict) -> dict:
         seed=_get(body, "seed", int, None, lambda v: 0 <= v < 2**63),
         stop=stop or [],
         stream=_get(body, "stream", bool, False),
-        include_usage=bool(opts.get("include_usage", False)),
+        include_usage=_get({"stream_options.include_usage": opts.get("include_usage")}, "stream_options.include_usage",
+                           bool, False),
     )
 
 
 def parse_chat(body: dict) -> Request:
-    from .tools import history_message, parse_tools, response_schema
-
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise ApiError(400, "'messages' must be a non-empty list", "invalid_request_error", param="messages")
@@ -130,13 +123,13 @@ def parse_chat(body: dict) -> Request:
         if isinstance(m, dict) and (m.get("role") == "tool" or (m.get("role") == "assistant" and m.get("tool_calls"))):
             clean.append(history_message(i, m))  # the tool-call history, as Qwen's template renders it
             continue
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), (str, list)):
-            raise ApiError(400, f"messages[{i}] needs a role (system/user/assistant/tool) and string content",
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), (str, list)):
+            raise ApiError(400, f"messages[{i}] needs a role (system/developer/user/assistant/tool) and string content",
                            "invalid_request_error", param=f"messages[{i}]")
         content = m["content"]
         if isinstance(content, list):  # [{"type": "text", "text": ...}, {"type": "image_url", "image_url": {...}}]
             content = _content_parts(i, content, images)
-        clean.append({"role": m["role"], "content": content})
+        clean.append({"role": ROLES[m["role"]], "content": content})
     kwargs = body.get("chat_template_kwargs") or {}
     if not isinstance(kwargs, dict):
         raise ApiError(400, "'chat_template_kwargs' must be an object", "invalid_request_error", param="chat_template_kwargs")

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..runtime.runner import JSON_LAYOUT
-from .protocol import ApiError
+from .errors import ApiError
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 
