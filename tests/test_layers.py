@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "edgeqwen"
 
 # Lowest first. A room is a top-level module or subpackage of edgeqwen.
 LAYERS = [
-    {"__init__", "errors", "log", "schema", "resources", "extras"},  # no edgeqwen imports but these
+    {"__init__", "errors", "log", "schema", "resources", "extras", "warm"},  # no edgeqwen imports but these
     {"child", "architectures", "targets", "runtime", "ortfloor"},  # runtime: the torch-free device side
     {"tiny", "checkpoint", "quantize"},  # quantizers take a typed request; they know no recipe or plan
     {"recipe"},

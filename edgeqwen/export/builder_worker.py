@@ -16,6 +16,9 @@ import os
 import sys
 from pathlib import Path
 
+# imported once by the warm zygote (edgeqwen/warm.py) before it forks this worker's jobs
+PRELOAD = ("torch", "transformers", "onnx", "onnx_ir", "onnxruntime", "onnxruntime_genai.models.builder")
+
 
 def _install_quant_hook(plan) -> list[str]:
     # builder.py puts its own folder on sys.path and imports `builders` as a top-level package,

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+# imported once by the warm zygote (edgeqwen/warm.py) before it forks this worker's jobs
+PRELOAD = ("torch", "transformers", "onnx", "onnx_ir", "onnxruntime", "onnxruntime.transformers.optimizer",
+           "optimum.exporters.onnx")
+
 
 def op_histogram(model) -> dict[str, int]:
     counts = collections.Counter(n.op_type for n in model.graph.node)

@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+# imported once by the warm zygote (edgeqwen/warm.py) before it forks this worker's jobs
+PRELOAD = ("torch", "transformers")
+
 BLOCKS = (16, 32, 64, 128, 256)
 
 

@@ -24,6 +24,9 @@ from ..log import stage_log
 from .request import CheckpointRequest
 from .result_cache import cache_key, cached
 
+# imported once by the warm zygote (edgeqwen/warm.py) before it forks this worker's jobs
+PRELOAD = ("torch", "transformers", "auto_round")
+
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
                    "generation_config.json")
 

@@ -22,6 +22,9 @@ from ..log import stage_log
 from .request import CheckpointRequest, QuantRequest, Scheme
 from .result_cache import cache_key, cached
 
+# imported once by the warm zygote (edgeqwen/warm.py) before it forks this worker's jobs
+PRELOAD = ("torch", "transformers", "olive.workflows")
+
 
 def module_overrides(request: QuantRequest) -> dict[str, dict]:
     """The request's per-node settings (builder node names) → Olive's per-module overrides, so a recipe's mixed

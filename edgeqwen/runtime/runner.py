@@ -944,7 +944,26 @@ def _schema_constraint(runner: Runner, path: Path) -> GrammarConstraint:
         raise RunnerError("--json-schema needs llguidance: pip install llguidance") from None
 
 
-def main(argv=None) -> int:
+def _chat_loop(runner: "Runner", s: "Sampling", think) -> int:
+    """--chat: an interactive conversation on stdin/stdout until end of input."""
+    history: list[dict] = []
+    while True:
+        try:
+            user = input("> ")
+        except EOFError:
+            return 0
+        history.append({"role": "user", "content": user})
+        prompt = runner.apply_chat_template(history, think)
+        answer = []
+        for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>")):
+            sys.stdout.write(rec.text)
+            sys.stdout.flush()
+            answer.append(rec.text)
+        print()
+        history.append({"role": "assistant", "content": "".join(answer)})
+
+
+def _parser() -> argparse.ArgumentParser:
     here = Path(__file__).resolve().parent
     ap = argparse.ArgumentParser(description="Run an edgeqwen artifact with onnxruntime only.")
     ap.add_argument("artifact", nargs="?", default=str(here), help="artifact folder (default: this file's folder)")
@@ -967,6 +986,11 @@ def main(argv=None) -> int:
                     "(needs `pip install llguidance`)")
     ap.add_argument("--image", action="append", metavar="FILE", help="vision artifacts (Qwen2.5-VL): an image file the "
                     "prompt is about; repeat for several (needs Pillow)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     try:
         runner = Runner(args.artifact, threads=args.threads, providers=args.provider)
@@ -980,21 +1004,7 @@ def main(argv=None) -> int:
             s.constraint = _schema_constraint(runner, Path(args.json_schema))
             think = False if runner.think_ids[0] is not None else think  # a <think> block cannot be constrained
         if args.chat:
-            history: list[dict] = []
-            while True:
-                try:
-                    user = input("> ")
-                except EOFError:
-                    return 0
-                history.append({"role": "user", "content": user})
-                prompt = runner.apply_chat_template(history, think)
-                answer = []
-                for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>")):
-                    sys.stdout.write(rec.text)
-                    sys.stdout.flush()
-                    answer.append(rec.text)
-                print()
-                history.append({"role": "assistant", "content": "".join(answer)})
+            return _chat_loop(runner, s, think)
         if args.prompt is None:
             ap.error("give --prompt TEXT or --chat")
         images = list(args.image or ())
