@@ -43,6 +43,7 @@ def _child(job: dict) -> None:
         os.environ.clear()
         os.environ.update(job["env"])
         sys.argv = [job["module"], *job["args"]]
+        sys.modules.pop(job["module"], None)  # runs afresh as __main__, as `python -m` would (its imports stay warm)
         try:
             runpy.run_module(job["module"], run_name="__main__", alter_sys=True)
             code = 0
