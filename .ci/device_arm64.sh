@@ -20,12 +20,15 @@ if [ ! -f "$ARM/rootfs.done" ]; then
   for deb in "$ARM"/rootfs/var/cache/apt/archives/*.deb; do dpkg -x "$deb" "$ARM/rootfs"; done
   touch "$ARM/rootfs.done"
 fi
-if [ ! -f "$ARM/site.done" ]; then
+# the runtime profile's packages (pyproject's dependencies) for aarch64; the cache is keyed by this list
+PACKAGES="onnxruntime==1.24.4 numpy tokenizers jinja2 pyyaml llguidance prometheus-client uvicorn==0.54.* starlette>=1.10,<2"
+if [ "$(cat "$ARM/site.done" 2>/dev/null)" != "$PACKAGES" ]; then
   rm -rf "$ARM/site"
+  set -f  # the list is split into words, never globbed
   "$PYTHON" -m pip install -q --no-warn-conflicts --cache-dir "$CACHE/pip" --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
-    --only-binary=:all: --python-version 311 --implementation cp --target "$ARM/site" \
-    onnxruntime==1.24.4 numpy tokenizers jinja2 pyyaml llguidance prometheus-client
-  touch "$ARM/site.done"
+    --only-binary=:all: --python-version 311 --implementation cp --target "$ARM/site" $PACKAGES
+  set +f
+  echo "$PACKAGES" > "$ARM/site.done"
 fi
 qemu-aarch64-static -L "$ARM/rootfs" "$ARM/rootfs/usr/bin/python3" -c "import platform; assert platform.machine() == 'aarch64'"
 "$PYTHON" -m pytest -q -p no:cacheprovider -n 0 -m "device and arm64" -rA tests/

@@ -215,7 +215,7 @@ def test_failed_build_leaves_nothing_and_keeps_old_artifact(random_qwen2, tmp_pa
 def test_unwritable_output_location(random_qwen2, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(EdgeQwenError, match="cannot create the output's parent folder"):
+    with pytest.raises(EdgeQwenError, match="cannot write the output's parent folder: Not a directory"):
         build(BuildOptions("tiny-qwen2/cpu-x86_64-int4", blocker / "sub" / "art", model=str(random_qwen2), evaluate=False))
 
 

@@ -28,10 +28,11 @@ def config(family="qwen2", hidden=128, layers=4, heads=4, kv=2, inter=384, vocab
     return Checkpoint(path=Path("/config-only"), source="config", architecture=arch, family=family, config=cfg)
 
 
-def recipe(tmp_path, quant="", precision="int4", target="cpu-x86_64", exporter="builder", model="embedded:tiny-qwen2"):
+def recipe(tmp_path, quant="", precision="int4", target="cpu-x86_64", exporter="builder", model="embedded:tiny-qwen2",
+           block=32):
     p = tmp_path / "r.yaml"
     p.write_text(f"version: 1\nmodel: {model}\ntarget: {target}\nprecision: {precision}\nexporter: {exporter}\n"
-                 f"context_length: 1024\nquantization:\n  block_size: 32\n{quant}")
+                 f"context_length: 1024\nquantization:\n  block_size: {block}\n{quant}")
     return load_recipe(str(p))
 
 
@@ -95,7 +96,7 @@ def test_shapes_that_need_fallbacks(tmp_path):
     assert fit.block_size == 32 and fit.table.block_size == fit.head.block_size == 16  # only the table needs K whole
     assert "block.table_fit" in codes(fit) and "head.table_fit" in codes(fit)
     # GPTQ needs whole groups: an uneven K takes the largest block that divides it on those nodes alone
-    unseen = plan(recipe(tmp_path, "  algorithm: gptq\n  block_size: 128\n  lm_head: int8\n"),
+    unseen = plan(recipe(tmp_path, "  algorithm: gptq\n  lm_head: int8\n", block=128),
                   config("qwen3", hidden=160, heads=5, kv=1, head_dim=32, inter=512, layers=3, vocab=3000))
     assert unseen.algorithm == "gptq" and unseen.block_size == 128 and "block.fit_k" in codes(unseen)
     assert unseen.node_setting("/model/layers.2/attn/qkv_proj/MatMul").group_size == 32  # K=160

@@ -75,7 +75,7 @@ def test_autoround_beats_rtn_and_is_cached(trained_qwen2, recipe_dir, artifacts,
     assert not (tmp_path / "ov").exists()
 
 
-def test_gptq_result_is_cached_per_weights_calibration_and_settings(random_qwen2, artifacts):
+def test_gptq_result_is_cached_per_weights_calibration_and_settings(random_qwen2, artifacts, tmp_path):
     """Other targets and tune candidates with the same quantization reuse one GPTQ run (the run's cache is shared, so
     whichever of the two targets built first ran GPTQ — or an earlier build did — and the other reused it); any change
     re-runs it."""
