@@ -61,3 +61,50 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+GREEDY_JS = """async ([ids, n]) => {
+  const m = window.edgeqwenModel, tokens = [], logits = [];
+  const t0 = performance.now();
+  for await (const r of m.stream(ids, {maxNewTokens: n, ignoreEos: true, logits: true,
+                                       sampling: {do_sample: false, repetition_penalty: 1}})) {
+    tokens.push(r.token); logits.push(Array.from(r.logits));
+  }
+  return {tokens, logits, stats: m.stats, seconds: (performance.now() - t0) / 1000};
+}"""
+
+
+def open_page(browser, url: str, backend: str, timeout_s: float = 180, **query):
+    """The artifact's page on `backend` ('auto', 'wasm', 'webgpu'), once its model is loaded; console lines collected
+    in page.console_lines."""
+    page = browser.new_page()
+    page.console_lines = []
+    page.on("console", lambda m: page.console_lines.append(m.text))
+    page.on("pageerror", lambda e: page.console_lines.append(f"pageerror: {e}"))
+    params = "&".join(f"{k}={v}" for k, v in {"backend": backend, **query}.items())
+    page.goto(f"{url}?{params}")
+    page.wait_for_function("['ready', 'error', 'file'].includes(document.body.dataset.state)", timeout=timeout_s * 1000)
+    state = page.evaluate("document.body.dataset.state")
+    assert state == "ready", f"page state {state}: {page.inner_text('#status')}; console: {page.console_lines[-5:]}"
+    return page
+
+
+def page_greedy(page, ids: list[int], n: int) -> dict:
+    """n greedy tokens after `ids` through the page's model (EOS ignored), with the logits row of each."""
+    return page.evaluate(GREEDY_JS, [ids, n])
+
+
+def chat_turn(page, text: str, timeout_s: float = 240) -> tuple[str, str]:
+    """Type `text`, send it, wait for the answer: (assistant text in the DOM, the tokens/s line)."""
+    page.fill("#prompt", text)
+    page.click("#send")
+    page.wait_for_function("document.body.dataset.state === 'ready' && document.querySelector('#tps').textContent",
+                           timeout=timeout_s * 1000)
+    return page.inner_text(".msg.assistant"), page.inner_text("#tps")
+
+
+def log_dir() -> Path:
+    """Where screenshots go beside the test log (EDGEQWEN_TEST_LOG_DIR, else /tmp/edgeqwen-test-log)."""
+    path = Path(os.environ.get("EDGEQWEN_TEST_LOG_DIR") or "/tmp/edgeqwen-test-log")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -163,7 +163,7 @@ export class Model {
     let shown = '', finish = 'length';
     while (out.length < maxNew) {
       const token = sampleToken(logits, s, random, [...promptIds, ...out]);
-      if (this.eos.has(token)) { finish = 'stop'; break; }
+      if (this.eos.has(token) && !options.ignoreEos) { finish = 'stop'; break; }
       out.push(token);
       const full = this.decode(out);
       const text = full.endsWith('\uFFFD') ? '' : full.slice(shown.length);
