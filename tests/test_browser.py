@@ -99,7 +99,34 @@ def test_a_chat_turn_appears_in_the_page(web_art, browser, url):
     page.close()
 
 
-def test_wasm_chat_turn_and_its_speed(web_art, browser, url):
+def test_a_browser_without_webgpu_gets_wasm_and_is_told(web_art, browser, url):
+    page = browser.new_page()
+    page.add_init_script("Object.defineProperty(Navigator.prototype, 'gpu', {get: () => undefined})")
+    page.goto(f"{url}?backend=auto")
+    page.wait_for_function("['ready', 'error'].includes(document.body.dataset.state)", timeout=120000)
+    assert page.inner_text("#backend") == "backend: WebAssembly (no WebGPU adapter in this browser)"
+    page.close()
+
+
+def test_wasm_speed_beside_the_python_runner(web_art, browser, url):
+    """Same machine, same run, same prompt and greedy tokens: the page on WebAssembly (threads as the page picks them)
+    and the Python runner (onnxruntime CPU EP), each warmed once; printed, not asserted (machines differ)."""
+    page = open_page(browser, url, "wasm")
+    _, _, _, _, runner = python_greedy(web_art, [1], 1)
+    ids = runner.encode(runner.apply_chat_template([{"role": "user", "content": PROMPT}]))
+    page_greedy(page, ids, 8, logits=False)
+    got = page_greedy(page, ids, 64, logits=False)["stats"]
+    python_greedy(web_art, ids, 8)
+    last = python_greedy(web_art, ids, 64)[2]
+    threads = page.evaluate("(async () => (await import('./vendor/ort.wasm.min.mjs')).env.wasm.numThreads)()")
+    print(f"tiny-qwen2/web-int4, {len(ids)}-token prompt + 64 tokens: page WASM ({threads} threads) prefill "
+          f"{got['prefillTokensPerSecond']:.0f} tok/s, decode {got['tokensPerSecond']:.1f} tok/s; Python runner (CPU EP) "
+          f"prefill {last.prefill_tps:.0f} tok/s, decode {last.decode_tps:.1f} tok/s")
+    assert got["tokens"] == 64
+    page.close()
+
+
+def test_wasm_chat_turn_in_the_page(web_art, browser, url):
     page = open_page(browser, url, "wasm", max_tokens=64)
     assert page.inner_text("#backend") == "backend: WebAssembly (asked for)"
     answer, tps = chat_turn(page, PROMPT)

@@ -63,12 +63,12 @@ def chromium():
             browser.close()
 
 
-GREEDY_JS = """async ([ids, n]) => {
+GREEDY_JS = """async ([ids, n, keep]) => {
   const m = window.edgeqwenModel, tokens = [], logits = [];
   const t0 = performance.now();
-  for await (const r of m.stream(ids, {maxNewTokens: n, ignoreEos: true, logits: true,
+  for await (const r of m.stream(ids, {maxNewTokens: n, ignoreEos: true, logits: keep,
                                        sampling: {do_sample: false, repetition_penalty: 1}})) {
-    tokens.push(r.token); logits.push(Array.from(r.logits));
+    tokens.push(r.token); if (keep) logits.push(Array.from(r.logits));
   }
   return {tokens, logits, stats: m.stats, seconds: (performance.now() - t0) / 1000};
 }"""
@@ -89,9 +89,9 @@ def open_page(browser, url: str, backend: str, timeout_s: float = 180, **query):
     return page
 
 
-def page_greedy(page, ids: list[int], n: int) -> dict:
-    """n greedy tokens after `ids` through the page's model (EOS ignored), with the logits row of each."""
-    return page.evaluate(GREEDY_JS, [ids, n])
+def page_greedy(page, ids: list[int], n: int, logits: bool = True) -> dict:
+    """n greedy tokens after `ids` through the page's model (EOS ignored), with the logits row of each (`logits`)."""
+    return page.evaluate(GREEDY_JS, [ids, n, logits])
 
 
 def chat_turn(page, text: str, timeout_s: float = 240) -> tuple[str, str]:
