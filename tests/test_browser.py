@@ -136,6 +136,28 @@ def test_wasm_chat_turn_in_the_page(web_art, browser, url):
     page.close()
 
 
+API_EXAMPLE = """async (base) => {
+  const { load } = await import(base + 'web/edgeqwen.mjs');
+  const model = await load(base, { backend: 'wasm' });
+  const messages = [{ role: 'user', content: 'What does the assert statement do?' }];
+  let answer = '', pieces = 0;
+  for await (const text of model.generate(messages, { maxNewTokens: 12 })) { answer += text; pieces++; }
+  return { answer, pieces, stats: model.stats, reason: model.reason };
+}"""
+
+
+def test_the_readme_javascript_api_example(web_art, browser, url):
+    """load(url) -> generate(messages) as an async iterator of text, imported as the README shows (same origin)."""
+    page = browser.new_page()
+    page.goto(url + "config.json")  # any page of the served origin; the API needs no DOM of ours
+    base = url.rsplit("web/", 1)[0]
+    got = page.evaluate(API_EXAMPLE, base)
+    print(f"API: {got['answer']!r} in {got['pieces']} pieces; {got['stats']}")
+    assert got["answer"].strip() and got["pieces"] >= 2 and got["stats"]["tokens"] >= 1
+    assert got["stats"]["finishReason"] in ("stop", "length") and got["reason"] == "WebAssembly (asked for)"
+    page.close()
+
+
 def test_a_page_opened_from_a_file_says_to_use_edgeqwen_web(web_art, browser):
     page = browser.new_page()
     page.goto((web_art / "web" / "index.html").as_uri())
