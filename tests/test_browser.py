@@ -86,6 +86,24 @@ def test_the_page_computes_what_the_python_runner_does(web_art, browser, url, ba
     page.close()
 
 
+def test_qwen3_on_wasm_computes_what_the_python_runner_does(web_art, artifacts, trained_qwen3, browser):
+    """Qwen3 (q/k norms; a chat template with thinking) through the same page on WebAssembly."""
+    art = artifacts.get("tiny-qwen3/web-int4", trained_qwen3)
+    with serving(art) as url3:
+        page = open_page(browser, url3, "wasm")
+        _, _, _, _, runner = python_greedy(art, [1], 1)
+        ids = runner.encode(runner.apply_chat_template([{"role": "user", "content": PROMPT}]))
+        js_ids = page.evaluate("(p) => Array.from(window.edgeqwenModel.encodeChat([{role: 'user', content: p}]))",
+                               PROMPT)
+        assert js_ids == ids
+        got = page_greedy(page, ids, 16)
+        ref_toks, ref_logits, *_ = python_greedy(art, ids, 16)
+        agreement = compare_runs(ref_logits, ref_toks, np.array(got["logits"], np.float32), got["tokens"], BROWSER_TOL)
+        print(f"tiny-qwen3 browser wasm vs Python runner: {agreement.summary()}; tokens equal: {got['tokens'] == ref_toks}")
+        assert agreement.ok and got["tokens"] == ref_toks, agreement.summary()
+        page.close()
+
+
 def test_a_chat_turn_appears_in_the_page(web_art, browser, url):
     """`auto`: WebGPU where the adapter has what the graph needs (SwiftShader does: fp32 graph), said on the page."""
     page = open_page(browser, url, "auto", max_tokens=6)
