@@ -8,10 +8,14 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export EDGEQWEN_TEST_LOG_DIR=${EDGEQWEN_TEST_LOG_DIR:-$PWD/.ci/logs/browser}
-if [ ! -x /usr/bin/chromium ] || [ ! -f /usr/lib/chromium/vk_swiftshader_icd.json ] || ! ldconfig -p | grep -q libvulkan.so.1 \
-   || ! command -v npm >/dev/null; then
+need=()  # only what is missing (Node's own npm, e.g. NodeSource's, conflicts with Debian's npm package)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -f /usr/lib/chromium/vk_swiftshader_icd.json ] || need+=(chromium-common)
+ldconfig -p | grep libvulkan.so.1 >/dev/null || need+=(libvulkan1)  # no grep -q: SIGPIPE under pipefail
+command -v npm >/dev/null || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-common libvulkan1 npm >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 "$PYTHON" -c "import playwright" 2>/dev/null || "$PYTHON" -m pip install -q playwright
 # the pinned onnxruntime-web / transformers.js, into the cache builds read (offline afterwards)
