@@ -266,8 +266,7 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     if resolved.target.web_max_file_mb is not None:
         from .web.bundle import write_web
 
-        extra["web"] = write_web(staging, resolved.target, resolved.recipe.name,
-                                 resolved.recipe.generation.system_prompt)
+        extra["web"] = write_web(staging, resolved.target, resolved.recipe.name, resolved.recipe.generation)
         stage_log(f"        web/: page + JavaScript API, onnxruntime-web {extra['web']['packages']['onnxruntime-web']}")
     extra["runtime"] = runtime_block(staging, resolved.target)  # before the ORT conversion removes the .onnx graphs
     if resolved.target.artifact_format == ArtifactFormat.ORT:

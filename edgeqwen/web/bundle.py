@@ -64,12 +64,13 @@ def _copy_vendor(modules: Path, out: Path) -> None:
         (out / name).write_text(text, encoding="utf-8")
 
 
-def web_config(artifact: Path, target, name: str, system_prompt: str | None) -> dict:
+def web_config(artifact: Path, target, name: str, recipe_generation) -> dict:
     genai = json.loads((artifact / "genai_config.json").read_text())
     search = genai["search"]  # the recipe's generation settings, as the Python runner reads them
     generation = {"do_sample": bool(search.get("do_sample", False)), "temperature": float(search.get("temperature", 1.0)),
                   "top_p": float(search.get("top_p", 1.0)), "top_k": int(search.get("top_k", 0)),
-                  "repetition_penalty": float(search.get("repetition_penalty", 1.0))}
+                  "repetition_penalty": float(search.get("repetition_penalty", 1.0)),
+                  "max_new_tokens": int(recipe_generation.max_new_tokens)}
     model, dec = genai["model"], genai["model"]["decoder"]
     eos = model["eos_token_id"]
     return {
@@ -78,7 +79,7 @@ def web_config(artifact: Path, target, name: str, system_prompt: str | None) -> 
         "chat_template": "chat_template.jinja", "eos_token_id": [eos] if isinstance(eos, int) else eos,
         "context_length": int(genai["search"]["max_length"]), "num_layers": dec["num_hidden_layers"],
         "kv_heads": dec["num_key_value_heads"], "head_size": dec["head_size"], "vocab_size": model["vocab_size"],
-        "generation": generation, "system_prompt": system_prompt,
+        "generation": generation, "system_prompt": recipe_generation.system_prompt,
         "backends": {name: {"module": MODULES[name], "max_step_tokens": p.max_step_tokens,
                             "requires_features": ["shader-f16"] if name == "webgpu" and target.shader_f16 else []}
                      for name, p in BACKENDS.items()},
@@ -97,12 +98,13 @@ def _check_sizes(artifact: Path, config: dict, budget_mb: int) -> None:
                                 hint="use a smaller model or int4 embeddings; sharding external data is not done yet")
 
 
-def write_web(artifact: Path, target, name: str, system_prompt: str | None = None) -> dict:
-    """Write web/ into a finished artifact folder; returns the config the page reads (also recorded in the manifest)."""
+def write_web(artifact: Path, target, name: str, recipe_generation) -> dict:
+    """Write web/ into a finished artifact folder; returns the config the page reads (also recorded in the manifest).
+    `recipe_generation`: the recipe's `generation:` block (system prompt, answer length)."""
     out = artifact / WEB_DIR
     shutil.copytree(ASSETS, out, dirs_exist_ok=True)
     _copy_vendor(ensure_packages(), out / "vendor")
-    config = web_config(artifact, target, name, system_prompt)
+    config = web_config(artifact, target, name, recipe_generation)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _check_sizes(artifact, config, target.web_max_file_mb)
     return config

@@ -28,7 +28,7 @@ async function main() {
   $('prompt').disabled = $('send').disabled = false;
   document.body.dataset.state = 'ready';
   const history = [];
-  const maxNewTokens = Number(params.get('max_tokens') || 256);
+  const maxNewTokens = params.get('max_tokens') ? Number(params.get('max_tokens')) : undefined;  // else the recipe's
   $('chat').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const text = $('prompt').value.trim();

@@ -153,7 +153,7 @@ export class Model {
   async *stream(promptIds, options = {}) {
     const s = { ...this.config.generation, ...options.sampling };
     if (options.temperature !== undefined) Object.assign(s, { temperature: options.temperature, do_sample: options.temperature > 0 });
-    const maxNew = Math.min(options.maxNewTokens ?? 128, this.config.context_length - promptIds.length);
+    const maxNew = Math.min(options.maxNewTokens ?? s.max_new_tokens ?? 256, this.config.context_length - promptIds.length);
     if (maxNew <= 0) throw new Error(`the prompt's ${promptIds.length} tokens fill the artifact's context of ${this.config.context_length}`);
     const random = rng(options.seed ?? (Math.random() * 2 ** 32));
     const t0 = performance.now();
