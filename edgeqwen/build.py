@@ -290,6 +290,11 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     template = write_chat_template(staging, ckpt)
     write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template, ckpt.architecture)
     copy_runner(staging)
+    if resolved.target.web_max_file_mb is not None:
+        from .web.bundle import write_web
+
+        extra["web"] = write_web(staging, resolved.target, resolved.recipe.name, resolved.recipe.generation)
+        stage_log(f"        web/: page + JavaScript API, onnxruntime-web {extra['web']['packages']['onnxruntime-web']}")
     extra["runtime"] = runtime_block(staging, resolved.target)  # before the ORT conversion removes the .onnx graphs
     if resolved.target.artifact_format == ArtifactFormat.ORT:
         extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)

@@ -248,9 +248,10 @@ def _extra_verbs():
     from .planner.cli import add_sensitivity_parser
     from .serve.cli import add_serve_parser
     from .tune import add_tune_parser
+    from .web.cli import add_web_parser
 
     return [add_build_all_parser, add_eval_parser, add_bench_parser, add_tune_parser, add_serve_parser,
-            add_olive_config_parser, add_sensitivity_parser]
+            add_olive_config_parser, add_sensitivity_parser, add_web_parser]
 
 
 def _interrupt_on_termination() -> None:

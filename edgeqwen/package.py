@@ -81,7 +81,7 @@ def finalize_genai_config(artifact: Path, resolved: Resolved, ckpt: Checkpoint) 
     cfg["search"].update(
         max_length=ctx,  # never the 32k default: onnxruntime-genai pre-allocates KV for max_length
         # builder graphs (GroupQueryAttention) write KV in place; portable graphs return a longer present
-        past_present_share_buffer=recipe.exporter.value == "builder",
+        past_present_share_buffer=recipe.exporter.value == "builder" and resolved.target.kv_in_place,
         do_sample=False,
         temperature=g.temperature,
         top_p=g.top_p,

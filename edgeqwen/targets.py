@@ -85,6 +85,13 @@ class Target:
     # WebGPU only: true = fp16 activations and KV (the builder's WebGPU layout), which needs adapters with the
     # `shader-f16` feature; false = fp32 activations (the CPU layout), which every WebGPU adapter runs
     shader_f16: bool | None = None
+    # KV cache layout the runtime feeds: true = one buffer bound as both past and present (GroupQueryAttention in
+    # place, the native runner's default); false = the present comes back one position longer each step and is fed
+    # as the next past (what onnxruntime-web runs; genai_config's past_present_share_buffer says which)
+    kv_in_place: bool = True
+    # browser artifacts: the artifact carries web/ (page + onnxruntime-web + transformers.js) and no file the page
+    # fetches may exceed this many MB (browsers cap one ArrayBuffer/fetch; CDNs cap one file). None: no web page
+    web_max_file_mb: int | None = None
 
     def __post_init__(self):
         if self.version != SCHEMA_VERSION:
@@ -104,6 +111,13 @@ class Target:
         if (self.shader_f16 is None) != (self.execution_provider != ExecutionProvider.WEBGPU):
             raise ValueError("shader_f16 (true: fp16 graphs for adapters with shader-f16; false: fp32 graphs for every "
                              "adapter) is required for the webgpu execution provider and only there")
+
+        if self.web_max_file_mb is not None and (self.execution_provider != ExecutionProvider.WEBGPU or self.shader_f16
+                                                 or self.int4_accuracy_level != 0 or self.kv_in_place):
+            raise ValueError("a web target (web_max_file_mb) runs in onnxruntime-web: execution_provider webgpu with "
+                             "shader_f16 false, int4_accuracy_level 0 (the browser computes fp32) and kv_in_place false")
+        if self.web_max_file_mb is not None and not 1 <= self.web_max_file_mb <= 2047:
+            raise ValueError(f"web_max_file_mb {self.web_max_file_mb} must be 1-2047 (a browser ArrayBuffer is < 2 GiB)")
 
     @property
     def graph_ep(self) -> str:

@@ -129,7 +129,7 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
             assert head == (8 if resolved.recipe.quantization.lm_head.value == "int8" else 4)
             outputs = {o.name for o in model.graph.output}
             assert ("hidden_states" in outputs) == (path / "lm_head.onnx").exists() == plan.prune_head == (
-                resolved.target.execution_provider.value == "cpu" and plan.exporter == "builder")
+                plan.builder_ep == "cpu" and plan.exporter == "builder")  # the CPU graph layout (webgpu-fp32, web too)
             # the scoring head is a file of its own: model.onnx runs the head once per step, never twice
             assert sum(n.output[0] == "logits" or n.name.startswith("/lm_head/") and n.op_type.startswith("MatMul")
                        for n in model.graph.node) == 1

@@ -44,13 +44,15 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
                   precision=recipe.precision, execution_provider=target.execution_provider,
                   graph_ep=target.graph_ep, shader_f16=target.shader_f16,
                   accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding,
-                  static_shapes=target.static_shapes, num_layers=layers,
+                  static_shapes=target.static_shapes, num_layers=layers, kv_in_place=target.kv_in_place,
+                  web_max_file_mb=target.web_max_file_mb,
                   context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)),
                   vision=vision)
     if recipe.precision not in (Precision.INT4, Precision.INT8):
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
                           head=HeadPlan(None, resolved.block_size), table=TablePlan(TableMode.FLOAT), **common)
     log = _Log()
+    _runtime_decisions(target, log)
     if target.shader_f16 is not None:
         log("webgpu.shader_f16", "WebGPU adapters with shader-f16 only: fp16 activations and KV (on an adapter without "
             "it the first step fails; target webgpu-fp32 runs on every adapter)" if target.shader_f16 else
@@ -98,6 +100,16 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
                       node_settings={n: NodeSetting.from_entry(v) for n, v in settings.items()},
                       exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
                       mixed=mixed, decisions=tuple(log.items), **common)
+
+
+def _runtime_decisions(target, log: _Log) -> None:
+    """What the target's runtime needs from the graph's surroundings: its KV layout and, for a web page, file sizes."""
+    if not target.kv_in_place:
+        log("kv.growing", "KV cache fed as past and returned one position longer as present each step (no shared "
+            "past/present buffer): the layout onnxruntime-web runs; genai_config past_present_share_buffer false")
+    if target.web_max_file_mb is not None:
+        log("web.page", f"web page: onnxruntime-web on WebGPU (fp32, no shader-f16) or WebAssembly, accuracy level 0 "
+            f"(the gate measures the fp32 compute the browser does); no fetched file over {target.web_max_file_mb} MB")
 
 
 VISION_MAX_PIXELS = 28 * 28 * 256  # default image cap on a device: 448x448, 256 image tokens, 1024 encoder patches
