@@ -16,7 +16,7 @@ LAYERS = [
     {"tiny", "checkpoint", "quantize"},  # quantizers take a typed request; they know no recipe or plan
     {"recipe"},
     {"planner"},
-    {"memory", "export", "package", "interop"},
+    {"memory", "export", "package", "interop", "web"},  # web: the browser page bundled into artifacts, `edgeqwen web`
     {"evaluate"},
     {"build", "bench", "train"},
     {"matrix", "tune", "serve"},
