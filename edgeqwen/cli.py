@@ -163,7 +163,7 @@ def cmd_tiny(args) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgeqwen", description="Small Qwen models → accuracy-checked ONNX artifacts for "
                                  "edge devices.", epilog="exit codes: 0 ok, 1 a check failed (accuracy gate, verify, "
                                  "memory fit), 2 bad input or missing extra, 130 interrupted")
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     from .log import setup
     from .resources import add_user_dir
 
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     setup(-1 if args.quiet else 1 if args.verbose else None)
     if argv is None:  # the real command line, not a caller's own process (tests, notebooks)
         _interrupt_on_termination()

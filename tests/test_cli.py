@@ -28,7 +28,7 @@ def test_version_and_module_entry_point():
 
 
 def test_startup_imports_nothing_heavy():
-    code = ("import sys; from edgeqwen.cli import _parser; _parser(); "
+    code = ("import sys; from edgeqwen.cli import build_parser; build_parser(); "
             "print([m for m in ('torch', 'transformers', 'onnxruntime_genai', 'olive', 'matplotlib', 'optimum', "
             "'auto_round', 'ray') if m in sys.modules])")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

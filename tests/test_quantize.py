@@ -83,14 +83,14 @@ def test_gptq_result_is_cached_per_weights_calibration_and_settings(random_qwen2
     ga, gb = (json.loads((p / "manifest.json").read_text())["gptq"] for p in (a, b))
     assert ga["cache_key"] == gb["cache_key"] and min(ga["wall_s"], gb["wall_s"]) == 0.0
     assert (a / "model.onnx.data").read_bytes() == (b / "model.onnx.data").read_bytes()
-    from edgeqwen.quantize.olive_gptq import _cache_key, workflow_config
+    from edgeqwen.quantize.olive_gptq import gptq_cache_key, workflow_config
 
     calib = tmp_path / "c.jsonl"
     calib.write_text('{"text": "x"}\n')
     def key(**kw):
         args = dict(bits=4, group_size=32, symmetric=False, samples=128, seq_len=256, damp_percent=0.01, overrides={},
                     output_dir="o", cache_dir="c")
-        return _cache_key(random_qwen2, calib, workflow_config(str(random_qwen2), str(calib), **{**args, **kw}))
+        return gptq_cache_key(random_qwen2, calib, workflow_config(str(random_qwen2), str(calib), **{**args, **kw}))
     assert len({key(), key(group_size=64), key(damp_percent=0.1), key(samples=64),
                 key(overrides={"model.layers.0.mlp.up_proj": {"bits": 8}})}) == 5
     assert key() == key(output_dir="elsewhere")  # paths do not matter, content does

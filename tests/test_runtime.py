@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeqwen.runtime import Runner, RunnerError, Sampling
-from edgeqwen.runtime.runner import _Detokenizer
+from edgeqwen.runtime.runner import Detokenizer
 
 from .helpers.genai import genai_generate
 
@@ -91,7 +91,7 @@ def test_streaming_detokenizer_never_splits_utf8(trained_qwen2, artifacts):
     text = "你好，世界 😀🚀 naïve café — 日本語のテキスト 👩‍👩‍👧"
     ids = runner.encode(text)
     assert len(ids) > len(text) // 2  # byte-level pieces: many characters span several tokens
-    detok = _Detokenizer(runner.tokenizer)
+    detok = Detokenizer(runner.tokenizer)
     pieces = [detok.add(t) for t in ids]
     assert all("\ufffd" not in p for p in pieces)
     assert "".join(pieces) == text
@@ -218,18 +218,18 @@ def test_sampling_without_a_full_sort_keeps_the_distribution():
 
 
 def test_top_k_and_nucleus_equal_a_full_sort_on_qwen_sized_rows():
-    from edgeqwen.runtime.runner import _nucleus, _top_k
+    from edgeqwen.runtime.runner import nucleus, top_k_indices
 
     rng = np.random.default_rng(3)
     for scale, top_p, k in [(3.0, 0.95, 20), (0.3, 0.8, 50), (12.0, 0.5, 1), (1.0, 0.99, 100)]:  # flat .. peaked
         logits = (rng.standard_normal(151936) * scale).astype(np.float32)
-        assert np.array_equal(np.sort(logits[_top_k(logits, k)]), np.sort(logits)[-k:])
+        assert np.array_equal(np.sort(logits[top_k_indices(logits, k)]), np.sort(logits)[-k:])
         scaled = logits / np.float32(0.7)
         scaled -= scaled.max()
         probs = np.exp(scaled)
         order = np.argsort(-probs, kind="stable")
         full = order[: int(np.searchsorted(np.cumsum(probs[order], dtype=np.float64), top_p * probs.sum(dtype=np.float64))) + 1]
-        assert set(_nucleus(scaled, probs, top_p).tolist()) == set(full.tolist()), (scale, top_p)
+        assert set(nucleus(scaled, probs, top_p).tolist()) == set(full.tolist()), (scale, top_p)
 
 
 def test_kv_cache_sized_to_the_work_and_grown_in_place(trained_qwen2, artifacts):

@@ -240,7 +240,7 @@ def test_an_export_with_external_tensors_is_saved_self_contained(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgeqwen.export.vision_export import _save
+    from edgeqwen.export.vision_export import save_self_contained
 
     w = np.arange(12, dtype=np.float32).reshape(3, 4)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
@@ -253,7 +253,7 @@ def test_an_export_with_external_tensors_is_saved_self_contained(tmp_path):
               size_threshold=0)
     assert len(list(scratch.iterdir())) == 2  # the graph and one tensor file
     (tmp_path / "art").mkdir()
-    _save(scratch / "m.onnx", tmp_path / "art" / "m.onnx")
+    save_self_contained(scratch / "m.onnx", tmp_path / "art" / "m.onnx")
     shutil.rmtree(scratch)
     got = ort.InferenceSession(str(tmp_path / "art" / "m.onnx")).run(None, {"x": np.ones((1, 3), np.float32)})[0]
     np.testing.assert_array_equal(got, np.ones((1, 3), np.float32) @ w)

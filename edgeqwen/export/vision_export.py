@@ -147,7 +147,7 @@ def load_parts(checkpoint: Path):
     return config, visual, embed
 
 
-def _save(model_path: Path, out: Path) -> None:
+def save_self_contained(model_path: Path, out: Path) -> None:
     """A scratch export into the artifact as graph + one weights file (.onnx.data), never pointing back into the
     scratch folder (torch.onnx writes one file per tensor past 2 GB). Weights in a separate file are memory-mapped by
     onnxruntime instead of parsed onto the heap: the 3B's int8 encoder loads at 976 MB resident instead of 1538 MB."""
@@ -207,8 +207,8 @@ def export_vision(checkpoint: Path, out_dir: Path, opset: int = 17, vision_bits:
         if vision_bits:
             notes += quantize_vision(exported, vision_bits, block, out=scratch / "vision-q.onnx")
             exported = scratch / "vision-q.onnx"
-        _save(exported, out_dir / "vision.onnx")
-        _save(scratch / "embedding.onnx", out_dir / "embedding.onnx")
+        save_self_contained(exported, out_dir / "vision.onnx")
+        save_self_contained(scratch / "embedding.onnx", out_dir / "embedding.onnx")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if int8_table:

@@ -123,7 +123,7 @@ def quantize_checkpoint(job: CheckpointRequest) -> tuple[Path, dict, list[tuple[
                              symmetric=req.symmetric, samples=calib.samples, seq_len=calib.seq_len,
                              damp_percent=job.damp_percent, overrides=overrides,
                              output_dir=str(work / "gptq"), cache_dir=str(work / "olive-cache"))
-    key = _cache_key(job.model, calib.jsonl, config)
+    key = gptq_cache_key(job.model, calib.jsonl, config)
     model_dir, wall = cached("gptq", key, "GPTQ", lambda: run_gptq(config, work, work / "olive.log"))
     decisions = [("gptq.override", f"gptq {name}: override {o}") for name, o in overrides.items()]
     decisions.append(("gptq", f"gptq (Olive Gptq pass, damp {job.damp_percent}) on every decoder-layer "
@@ -134,6 +134,6 @@ def quantize_checkpoint(job: CheckpointRequest) -> tuple[Path, dict, list[tuple[
     return model_dir, info, decisions
 
 
-def _cache_key(model: Path, calib_jsonl: Path, config: dict) -> str:
+def gptq_cache_key(model: Path, calib_jsonl: Path, config: dict) -> str:
     settings = {"passes": config["passes"], "data": config["data_configs"][0]["pre_process_data_config"]}
     return cache_key(model, calib_jsonl, settings, "olive-ai")

@@ -307,7 +307,7 @@ class GrammarConstraint:
 NUCLEUS_BINS = 2048  # top-p: probability mass histogram over the logit range (see sample_token)
 
 
-def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
+def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest logits (any order). The k-th largest of every 32nd logit is a floor at or under the
     true k-th largest, so the full top-k lies among the logits at or over it: a partial selection over those few."""
     if logits.size >= 64 * k:
@@ -318,7 +318,7 @@ def _top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(logits, logits.size - k)[logits.size - k:]
 
 
-def _nucleus(scaled: np.ndarray, probs: np.ndarray, top_p: float) -> np.ndarray:
+def nucleus(scaled: np.ndarray, probs: np.ndarray, top_p: float) -> np.ndarray:
     """Indices of the smallest set of most probable tokens holding top_p of the mass (a full sort's nucleus, ties
     aside), without sorting the vocabulary. Tokens under (1 - top_p) * total / n carry less than 1 - top_p of the mass
     together, so they all lie past the nucleus and are dropped first (a weighted bincount over the whole vocabulary
@@ -362,7 +362,7 @@ def sample_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator, hist
     """One token from a logits row: repetition penalty, greedy, or temperature + top-k + top-p.
 
     No full-vocabulary sort (≈ 13 ms per token over Qwen's 151 936 logits): top-k is a partial selection over the
-    few logits above a sampled floor (_top_k), top-p a histogram over the tokens that can reach the nucleus (_nucleus);
+    few logits above a sampled floor (top_k_indices), top-p a histogram over the tokens that can reach the nucleus (nucleus);
     both keep exactly the set a full sort would (ties aside)."""
     logits = np.asarray(logits, dtype=np.float32)
     if s.repetition_penalty != 1.0 and len(history):
@@ -373,18 +373,18 @@ def sample_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator, hist
     if s.temperature == 0.0:
         return int(np.argmax(logits))
     n = logits.size
-    pool = _top_k(logits, s.top_k) if 0 < s.top_k < n else None
+    pool = top_k_indices(logits, s.top_k) if 0 < s.top_k < n else None
     scaled = (logits if pool is None else logits[pool]) / np.float32(s.temperature)
     scaled -= scaled.max()
     probs = np.exp(scaled)
-    keep = _nucleus(scaled, probs, s.top_p) if s.top_p < 1.0 else None
+    keep = nucleus(scaled, probs, s.top_p) if s.top_p < 1.0 else None
     weights = probs if keep is None else probs[keep]
     j = _draw(weights, rng.random())
     choice = j if keep is None else int(keep[j])
     return int(choice if pool is None else pool[choice])
 
 
-class _Detokenizer:
+class Detokenizer:
     """Incremental decoding that never emits half a UTF-8 character."""
 
     def __init__(self, tokenizer):
@@ -413,7 +413,7 @@ class Decoding:
         self.s, self.budget, self.think_ids = s, budget, runner.think_ids
         self.rng = np.random.default_rng(s.seed)
         self.stops = set(s.stop_token_ids) | (set() if s.ignore_eos else runner.eos_ids)
-        self.detok = _Detokenizer(runner.tokenizer)
+        self.detok = Detokenizer(runner.tokenizer)
         self.in_think = thinking_open
         self.hold = max((len(x) for x in s.stop), default=1) - 1
         self.pending = ""  # answer text held back while it could still be the start of a stop string
