@@ -113,6 +113,9 @@ def test_management_endpoints_and_metrics(server):
     metrics = raw(server, "GET", "/metrics")[1].decode()
     assert f'edgeqwen_requests_total{{model="{QWEN2}",outcome="completed"}}' in metrics
     assert "edgeqwen_tokens_per_second" in metrics and f'edgeqwen_queue_seconds_total{{model="{QWEN2}"}}' in metrics
+    # the provider each loaded model's session got (a CPU artifact: its own provider, no fallback)
+    assert (f'edgeqwen_model_provider{{fallback="false",model="{QWEN2}",provider="CPUExecutionProvider"}} 1.0'
+            in metrics), [line for line in metrics.splitlines() if "provider" in line]
 
 
 @pytest.mark.parametrize("body, status, needle", [

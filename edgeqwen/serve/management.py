@@ -18,7 +18,7 @@ async def health(ctx: Ctx) -> Response:
 
 async def metrics(ctx: Ctx) -> Response:
     state = ctx.state
-    text = state.metrics.render(state.cache.loaded(), state.cache.engines())
+    text = state.metrics.render(state.cache.loaded(), state.cache.engines(), state.cache.providers())
     return Response(text, media_type="text/plain; version=0.0.4")
 
 

@@ -20,8 +20,14 @@ class _Engines:
 
     def __init__(self):
         self.source = dict
+        self.providers = dict
 
     def collect(self):
+        provider = GaugeMetricFamily("edgeqwen_model_provider", "1 per loaded model: the execution provider its "
+                                     "session got, and whether that is the artifact's declared fallback (the provider "
+                                     "it names is missing here).", labels=["model", "provider", "fallback"])
+        for name, (got, fell_back) in self.providers().items():
+            provider.add_metric([name, got, "true" if fell_back else "false"], 1)
         engines = self.source()
         active = GaugeMetricFamily("edgeqwen_batch_active_sequences", "Sequences decoding or prefilling now.", labels=["model"])
         waiting = GaugeMetricFamily("edgeqwen_batch_waiting_requests", "Requests waiting for a batch slot.", labels=["model"])
@@ -35,7 +41,7 @@ class _Engines:
             slots.add_metric([name], e.max_batch)
             steps.add_metric([name], e.steps)
             rows.add_metric([name], e.batch_tokens)
-        return [active, waiting, slots, steps, rows]
+        return [provider, active, waiting, slots, steps, rows]
 
 
 class Metrics:
@@ -87,7 +93,8 @@ class Metrics:
             if busy + generate_s > 0:
                 self.tps.labels(model).set(round(tokens / (busy + generate_s), 2))
 
-    def render(self, loaded: list[str], engines: dict | None = None) -> str:
+    def render(self, loaded: list[str], engines: dict | None = None, providers: dict | None = None) -> str:
         self.loaded.set(len(loaded))
         self.engines.source = lambda: engines or {}
+        self.engines.providers = lambda: providers or {}
         return generate_latest(self.registry).decode()

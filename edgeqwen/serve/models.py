@@ -113,5 +113,11 @@ class ModelCache:
         """name → the batch engine of each loaded, batched model (for /metrics)."""
         return {n: m.engine for n, m in self.models.items() if m.engine is not None}
 
+    def providers(self) -> dict[str, tuple[str, bool]]:
+        """name → (the execution provider its session got, whether that is a fallback from what the artifact names)
+        for each loaded model (for /metrics)."""
+        return {n: (m.runner.providers[0], bool(m.runner.provider_notes)) for n, m in self.models.items()
+                if m.runner is not None}
+
     def loaded(self) -> list[str]:
         return [n for n, m in self.models.items() if m.runner is not None]
