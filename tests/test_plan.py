@@ -198,3 +198,14 @@ def test_every_recipe_plan_round_trips_typed_through_json():
         assert to_dict(back) == p.to_json()
     vl = [p for p in plans if p.vision is not None]
     assert vl and all(p.table.mode == TableMode.ROWS for p in vl if p.quantized)
+
+
+def test_a_context_past_the_model_is_clamped_and_says_so(tmp_path):
+    p = tmp_path / "long.yaml"
+    for precision in ("int4", "fp32"):
+        p.write_text(f"version: 1\nmodel: embedded:tiny-qwen2\ntarget: cpu-x86_64\nprecision: {precision}\n"
+                     "context_length: 100000\n")
+        made = plan(load_recipe(str(p)), config())
+        assert made.context_length == 2048 and "context.clamp" in codes(made)
+        assert any("context_length 100000 -> 2048" in d.message for d in made.decisions)
+    assert "context.clamp" not in codes(plan(recipe(tmp_path), config()))  # 1024 fits: nothing to say

@@ -40,18 +40,22 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     vision = _vision(resolved, ckpt, arch, spec) if arch.vision else None
     cfg = ckpt.config
     layers = cfg["num_hidden_layers"]
+    log = _Log()
+    model_max = int(cfg.get("max_position_embeddings") or recipe.context_length)
+    if recipe.context_length > model_max:
+        log("context.clamp", f"context_length {recipe.context_length} -> {model_max}: the model's own "
+            f"max_position_embeddings (positions past it were never trained)")
     common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=recipe.exporter,
                   precision=recipe.precision, execution_provider=target.execution_provider,
                   graph_ep=target.graph_ep, shader_f16=target.shader_f16,
                   accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding,
                   static_shapes=target.static_shapes, num_layers=layers, kv_in_place=target.kv_in_place,
                   web_max_file_mb=target.web_max_file_mb,
-                  context_length=min(recipe.context_length, int(cfg.get("max_position_embeddings") or recipe.context_length)),
-                  vision=vision)
+                  context_length=min(recipe.context_length, model_max), vision=vision)
     if recipe.precision not in (Precision.INT4, Precision.INT8):
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
-                          head=HeadPlan(None, resolved.block_size), table=TablePlan(TableMode.FLOAT), **common)
-    log = _Log()
+                          head=HeadPlan(None, resolved.block_size), table=TablePlan(TableMode.FLOAT),
+                          decisions=tuple(log.items), **common)
     _runtime_decisions(target, log)
     if target.shader_f16 is not None:
         log("webgpu.shader_f16", "WebGPU adapters with shader-f16 only: fp16 activations and KV (on an adapter without "
