@@ -7,10 +7,8 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 CACHE=${EDGEQWEN_CI_CACHE:-$HOME/.cache/edgeqwen-ci}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 EDGEQWEN_CI_CACHE="$CACHE"
-VENV="$CACHE/openvino-venv"
-if ! "$VENV/bin/python" -c "import onnxruntime as o, numpy, tokenizers, jinja2; assert 'OpenVINOExecutionProvider' in o.get_available_providers()" 2>/dev/null; then
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --cache-dir "$CACHE/pip" onnxruntime-openvino==1.24.1 numpy tokenizers jinja2
-fi
+source .ci/lib.sh
+ensure_venv "$CACHE/openvino-venv" \
+  "import onnxruntime as o, numpy, tokenizers, jinja2; assert 'OpenVINOExecutionProvider' in o.get_available_providers()" \
+  onnxruntime-openvino==1.24.1 numpy tokenizers jinja2
 "$PYTHON" -m pytest -q -p no:cacheprovider -n 0 -m "device and openvino" -rA tests/

@@ -12,10 +12,7 @@ if [ ! -f /usr/lib/chromium/vk_swiftshader_icd.json ] || ! ldconfig -p | grep -q
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium-common libvulkan1 >/dev/null
 fi
-VENV="$CACHE/webgpu-venv"
-if ! "$VENV/bin/python" -c "import onnxruntime, numpy, tokenizers, jinja2; assert onnxruntime.__version__ == '1.27.0'" 2>/dev/null; then
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --cache-dir "$CACHE/pip" onnxruntime-webgpu==1.27.0 numpy tokenizers jinja2
-fi
+source .ci/lib.sh
+ensure_venv "$CACHE/webgpu-venv" "import onnxruntime, numpy, tokenizers, jinja2; assert onnxruntime.__version__ == '1.27.0'" \
+  onnxruntime-webgpu==1.27.0 numpy tokenizers jinja2
 "$PYTHON" -m pytest -q -p no:cacheprovider -n 0 -m "device and webgpu" -rA tests/

@@ -63,20 +63,30 @@ def store(model_dir: Path, cached: Path) -> Path:
 
 
 @contextmanager
-def _one_at_a_time(root: Path | None, key: str):
-    """Parallel builds that need the same result (build-all, tune, test workers) wait for the first one's run instead
-    of repeating it (an advisory file lock where the OS has fcntl; elsewhere they may both run, and the first
-    rename wins)."""
-    if root is None or fcntl is None:
+def file_lock(lock_path: Path):
+    """One holder at a time across processes: an advisory fcntl lock on `lock_path`, released when the holder exits,
+    even on a crash (where the OS has no fcntl, no lock)."""
+    if fcntl is None:
         yield
         return
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{key}.lock", "w") as fh:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _one_at_a_time(root: Path | None, key: str):
+    """Parallel builds that need the same result (build-all, tune, test workers) wait for the first one's run instead
+    of repeating it (elsewhere than fcntl's OSes they may both run, and the first rename wins)."""
+    if root is None:
+        yield
+        return
+    with file_lock(root / f".{key}.lock"):
+        yield
 
 
 def cached(kind: str, key: str, what: str, run: Callable[[], tuple[Path, float]]) -> tuple[Path, float]:

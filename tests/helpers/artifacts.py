@@ -8,15 +8,15 @@ Tests treat these artifacts as read-only (a test that changes files copies the a
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
+
+from edgeqwen.quantize.result_cache import file_lock  # the one cross-process lock, shared with the build caches
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,17 +27,6 @@ def run_dir(kind: str) -> Path:
     path = Path(tempfile.gettempdir()) / f"edgeqwen-test-{kind}-{os.environ['EDGEQWEN_TEST_RUN']}"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@contextmanager
-def exclusive(lock_path: Path):
-    """One holder at a time across processes (fcntl; released when the holder exits, even on a crash)."""
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 _CONTENT: dict[str, str] = {}
@@ -59,7 +48,7 @@ def shared_checkpoint(name: str, make) -> Path:
     """`make(folder)` once per run for all workers (the random tiny fixtures are deterministic, seeded)."""
     root = run_dir("models")
     out = root / name
-    with exclusive(root / f"{name}.lock"):
+    with file_lock(root / f"{name}.lock"):
         if not (out / "config.json").exists():
             tmp = root / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -104,7 +93,7 @@ class ArtifactCache:
         evaluate = evaluate or self.trained(model)
         out = self.root / self.key(recipe, model, evaluate)
         t0 = time.perf_counter()
-        with exclusive(out.with_suffix(".lock")):
+        with file_lock(out.with_suffix(".lock")):
             waited = time.perf_counter() - t0
             if (out / "manifest.json").exists():
                 self._log("reused", recipe, waited, 0.0)
