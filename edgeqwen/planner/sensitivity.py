@@ -42,19 +42,6 @@ def _fake_quant(w_nk, bits: int, block: int, symmetric: bool):
     return torch.from_numpy(ort_block_dequant(packed, scales, zps, bits, block, symmetric, w.shape[0]).T.copy())
 
 
-def _calibration_batch(tokenizer_dir: str, text_path: str, samples: int, seq_len: int):
-    import torch
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = tok(Path(text_path).read_text(encoding="utf-8"), add_special_tokens=False, verbose=False)["input_ids"]
-    seq_len = min(seq_len, len(ids))
-    samples = max(1, min(samples, len(ids) // seq_len))
-    span = len(ids) - seq_len
-    starts = [round(i * span / max(samples - 1, 1)) for i in range(samples)]  # spread over the whole text
-    return torch.tensor([ids[s:s + seq_len] for s in starts], dtype=torch.long)
-
-
 def _local_errors(layer, h, kwargs, by_node: dict, originals: dict, resolution: str, quantize) -> dict[str, float]:
     """Per matrix kind: the squared error of this layer's output (the residual stream, after attention's softmax and
     the MLP's gate) with that one matrix quantized — how a unit's measured KLD is shared among its matrices."""
@@ -148,11 +135,12 @@ def measure(cfg: dict) -> dict:
     import torch
 
     from ..architectures import load_reference
+    from ..quantize.calibration import calibration_ids
 
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    x = _calibration_batch(cfg["model"], cfg["calib_text"], cfg["samples"], cfg["seq_len"])
+    x = calibration_ids(cfg["model"], cfg["calib_text"], cfg["samples"], cfg["seq_len"])
     model = load_reference(cfg["model"])  # a VL model's decoder is measured on text as the text models are
     body = getattr(model.model, "language_model", model.model)
     layers = body.layers

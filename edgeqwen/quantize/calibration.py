@@ -68,3 +68,17 @@ def prepare_calibration(path: Path | None, tokenizer_dir: Path, out: Path, sampl
         for para in filter(None, (p.strip() for p in text.split("\n\n"))):
             f.write(json.dumps({"text": para}) + "\n")
     return CalibrationSet(source=source, jsonl=out, tokens=n_tokens, samples=min(samples, available), seq_len=seq_len)
+
+
+def calibration_ids(tokenizer_dir: str, text_path: str, samples: int, seq_len: int):
+    """[samples, seq_len] token ids spread over the whole calibration text (fewer, shorter when the text is short)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tok(Path(text_path).read_text(encoding="utf-8"), add_special_tokens=False, verbose=False)["input_ids"]
+    seq_len = min(seq_len, len(ids))
+    samples = max(1, min(samples, len(ids) // seq_len))
+    span = len(ids) - seq_len
+    starts = [round(i * span / max(samples - 1, 1)) for i in range(samples)]
+    return torch.tensor([ids[s:s + seq_len] for s in starts], dtype=torch.long)

@@ -1,0 +1,122 @@
+"""GPTQ's arithmetic on one weight matrix (Frantar et al. 2022, the reference implementation's lazy-batch form), with
+Olive's unsigned group quantizer so the result is stored as Olive's format (`quant_method: olive`), which
+onnxruntime-genai's builder reads into MatMulNBits.
+
+Only torch; no model, no files. gptq_stream.py runs it one decoder layer at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GroupFormat:
+    bits: int
+    group_size: int
+    symmetric: bool
+
+    @property
+    def maxq(self) -> int:
+        return 2 ** self.bits - 1
+
+
+def find_qparams(w: torch.Tensor, fmt: GroupFormat) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of `w` [N, g]: (scale [N], zero point [N] int) of Olive's WeightQuantizer (unsigned levels 0..maxq, the
+    range always holding 0; symmetric: zero point at the middle level)."""
+    zero = torch.zeros(w.shape[0], dtype=w.dtype)
+    lo, hi = torch.minimum(w.min(1).values, zero), torch.maximum(w.max(1).values, zero)
+    if fmt.symmetric:
+        hi = torch.maximum(lo.abs(), hi)
+        lo = torch.where(lo < 0, -hi, lo)
+    empty = (lo == 0) & (hi == 0)
+    lo, hi = torch.where(empty, -1.0, lo), torch.where(empty, 1.0, hi)
+    scale = (hi - lo) / fmt.maxq
+    if fmt.symmetric:
+        zp = torch.full_like(scale, (fmt.maxq + 1) // 2)
+    else:
+        zp = torch.round(-lo / scale)
+    return scale, zp.clamp(0, fmt.maxq).to(torch.int32)
+
+
+def quantize_column(w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Integer levels of one column [N]."""
+    return torch.round(w / scale + zp).clamp(0, maxq)
+
+
+def inverse_hessian_factor(h: torch.Tensor, damp_percent: float) -> torch.Tensor:
+    """Upper-triangular U with (H + λI)⁻¹ = UᵀU (what GPTQ's column updates read), from ONE Cholesky and one triangular
+    inverse: with J the exchange matrix and J·H·J = L·Lᵀ, U = J·L⁻¹·J. (The reference implementation computes
+    cholesky → cholesky_inverse → cholesky, about twice the work; on a 11008-wide down_proj that is most of a layer.)"""
+    h = h.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    h.diagonal().add_(damp_percent * torch.mean(torch.diag(h)))
+    lower = torch.linalg.cholesky(h.flip(0, 1))
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
+
+
+@dataclass
+class QuantizedMatrix:
+    q: torch.Tensor  # [N, K] int levels (uint8 values)
+    scales: torch.Tensor  # [N, K / group] float32
+    zeros: torch.Tensor  # [N, K / group] int32
+    loss: float  # GPTQ's objective Σ (w − q)² / d², halved (the reference implementation's "error")
+
+    def dequantize(self, group_size: int) -> torch.Tensor:
+        s = self.scales.repeat_interleave(group_size, dim=1)
+        z = self.zeros.repeat_interleave(group_size, dim=1)
+        return (self.q - z) * s
+
+
+def gptq(weight: torch.Tensor, h: torch.Tensor, fmt: GroupFormat, damp_percent: float = 0.01,
+         block: int = 128) -> QuantizedMatrix:
+    """GPTQ of weight [N, K] (fp32) against the Hessian h [K, K] of its inputs, group-wise along K, no act-order."""
+    w = weight.detach().float().clone()
+    n, k = w.shape
+    if k % fmt.group_size:
+        raise ValueError(f"in_features {k} is not a multiple of group_size {fmt.group_size}")
+    w[:, torch.diag(h) == 0] = 0
+    hinv = inverse_hessian_factor(h.float(), damp_percent)
+    q = torch.zeros_like(w)
+    groups = k // fmt.group_size
+    scales = torch.zeros(n, groups)
+    zeros = torch.zeros(n, groups, dtype=torch.int32)
+    loss = 0.0
+    scale = zp = None
+    for i1 in range(0, k, block):
+        i2 = min(i1 + block, k)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        h1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % fmt.group_size == 0:
+                g = col // fmt.group_size
+                # as the reference implementation (and Olive's pass): the range from W as the last block update left it
+                scale, zp = find_qparams(w[:, col:col + fmt.group_size], fmt)
+                scales[:, g], zeros[:, g] = scale, zp
+            levels = quantize_column(w1[:, i], scale, zp, fmt.maxq)
+            q[:, col] = levels
+            d = h1[i, i]
+            e = (w1[:, i] - (levels - zp) * scale) / d
+            loss += float((e * e).sum()) / 2
+            w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+    return QuantizedMatrix(q.to(torch.uint8), scales, zeros, loss)
+
+
+def pack_uint8(levels: torch.Tensor, bits: int) -> torch.Tensor:
+    """[R, C] levels → [R, ceil(C / (8 / bits))] uint8, the first value in the lowest bits (Olive's / auto-gptq's
+    layout, MatMulNBits' blob order)."""
+    per = 8 // bits
+    pad = (-levels.shape[1]) % per
+    x = torch.nn.functional.pad(levels.to(torch.int32), (0, pad)).reshape(levels.shape[0], -1, per)
+    out = torch.zeros(x.shape[:2], dtype=torch.int32)
+    for j in range(per):
+        out |= x[:, :, j] << (bits * j)
+    return out.to(torch.uint8)
