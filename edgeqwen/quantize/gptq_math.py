@@ -72,42 +72,52 @@ class QuantizedMatrix:
         return (self.q - z) * s
 
 
-def gptq(weight: torch.Tensor, h: torch.Tensor, fmt: GroupFormat, damp_percent: float = 0.01,
-         block: int = 128) -> QuantizedMatrix:
-    """GPTQ of weight [N, K] (fp32) against the Hessian h [K, K] of its inputs, group-wise along K, no act-order."""
-    w = weight.detach().float().clone()
-    n, k = w.shape
+def gptq(weight: torch.Tensor, h: torch.Tensor, fmt: GroupFormat, damp_percent: float = 0.01, block: int = 128,
+         hinv: torch.Tensor | None = None) -> QuantizedMatrix:
+    """GPTQ of weight [N, K] (fp32) against the Hessian h [K, K] of its inputs, group-wise along K, no act-order.
+    `hinv`: inverse_hessian_factor(h, damp_percent) when the caller already has it (matrices sharing an input)."""
+    n, k = weight.shape
     if k % fmt.group_size:
         raise ValueError(f"in_features {k} is not a multiple of group_size {fmt.group_size}")
-    w[:, torch.diag(h) == 0] = 0
-    hinv = inverse_hessian_factor(h.float(), damp_percent)
-    q = torch.zeros_like(w)
+    wt = weight.detach().float().t().contiguous()  # [K, N]: column j of W is row j here, contiguous
+    wt[torch.diag(h) == 0] = 0
+    if hinv is None:
+        hinv = inverse_hessian_factor(h.float(), damp_percent)
+    qt = torch.zeros(k, n)
     groups = k // fmt.group_size
-    scales = torch.zeros(n, groups)
-    zeros = torch.zeros(n, groups, dtype=torch.int32)
+    scales = torch.zeros(groups, n)
+    zeros = torch.zeros(groups, n, dtype=torch.int32)
     loss = 0.0
-    scale = zp = None
+    threads = torch.get_num_threads()
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
-        w1 = w[:, i1:i2].clone()
+        w1 = wt[i1:i2].clone()
         err1 = torch.zeros_like(w1)
         h1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if col % fmt.group_size == 0:
-                g = col // fmt.group_size
-                # as the reference implementation (and Olive's pass): the range from W as the last block update left it
-                scale, zp = find_qparams(w[:, col:col + fmt.group_size], fmt)
-                scales[:, g], zeros[:, g] = scale, zp
-            levels = quantize_column(w1[:, i], scale, zp, fmt.maxq)
-            q[:, col] = levels
-            d = h1[i, i]
-            e = (w1[:, i] - (levels - zp) * scale) / d
-            loss += float((e * e).sum()) / 2
-            w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return QuantizedMatrix(q.to(torch.uint8), scales, zeros, loss)
+        torch.set_num_threads(1)  # vector-sized steps: thread hand-offs cost more than they save
+        try:
+            _columns(w1, err1, h1, qt, scales, zeros, i1, fmt, wt)
+        finally:
+            torch.set_num_threads(threads)
+        loss += float((err1 * err1).sum()) / 2
+        wt[i2:].addmm_(hinv[i1:i2, i2:].t(), err1, alpha=-1)
+    return QuantizedMatrix(qt.t().to(torch.uint8).contiguous(), scales.t().contiguous(), zeros.t().contiguous(), loss)
+
+
+def _columns(w1, err1, h1, qt, scales, zeros, i1: int, fmt: GroupFormat, wt) -> None:
+    """One lazy block's columns, in order: quantize, record the scaled error, push it onto the block's later columns."""
+    for i in range(w1.shape[0]):
+        col = i1 + i
+        g = col // fmt.group_size
+        if col % fmt.group_size == 0:
+            # as the reference implementation (and Olive's pass): the range from W as the last block update left it
+            scales[g], zeros[g] = find_qparams(wt[col:col + fmt.group_size].t(), fmt)
+        scale, zp = scales[g], zeros[g]
+        levels = quantize_column(w1[i], scale, zp, fmt.maxq)
+        qt[col] = levels
+        e = (w1[i] - (levels - zp) * scale) / h1[i, i]
+        w1[i:].addr_(h1[i, i:], e, alpha=-1)
+        err1[i] = e
 
 
 def pack_uint8(levels: torch.Tensor, bits: int) -> torch.Tensor:

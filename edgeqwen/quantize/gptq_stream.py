@@ -138,7 +138,7 @@ def quantize_layer(layer, prefix: str, hs, kw, formats: dict, damp: float) -> tu
     """GPTQ on one layer's linears: (tensors to save, next inputs, record)."""
     import torch
 
-    from .gptq_math import gptq, pack_uint8
+    from .gptq_math import gptq, inverse_hessian_factor, pack_uint8
 
     names = list(formats)
     t0 = time.perf_counter()
@@ -146,10 +146,14 @@ def quantize_layer(layer, prefix: str, hs, kw, formats: dict, damp: float) -> tu
     ref = run_layer(layer, hs, kw, hessians)
     hessians.close()
     t1 = time.perf_counter()
-    saved, losses = {}, {}
+    saved, losses, factors = {}, {}, {}
     for name in names:
         fmt, mod = formats[name], layer.get_submodule(name)
-        r = gptq(mod.weight.data, hessians.of(name), fmt, damp)
+        h = hessians.of(name)
+        key = hessians.key[name]
+        if key not in factors:  # one factor per distinct input: q/k/v share one, gate/up share one
+            factors[key] = inverse_hessian_factor(h, damp)
+        r = gptq(mod.weight.data, h, fmt, damp, hinv=factors[key])
         mod.weight.data = r.dequantize(fmt.group_size)
         saved[f"{prefix}{name}.qweight"] = pack_uint8(r.q, fmt.bits)
         saved[f"{prefix}{name}.scales"] = r.scales.contiguous()
