@@ -21,9 +21,9 @@ from edgeqwen.recipe import known_recipes, load_recipe  # noqa: E402
 # where each target's artifacts ran on their own kernels (the device checks: .ci/device_*.sh, pytest -m device)
 PROVEN_ON = {
     "cpu-x86_64": "x86-64 CPU EP: AVX-512 natively, AVX2 under qemu-x86_64 -cpu Haswell (batched vs lone)",
-    "cpu-arm64": "aarch64 CPU EP (onnxruntime 1.24.4 under qemu-aarch64): run, verify, serve; logits within 0.25 of x86",
-    "ort-mobile": "x86 CPU EP (model.ort = ONNX logits); not on arm64: a 1.32 model.ort needs onnxruntime >= 1.32, "
-                  "which does not import under qemu 7.2 (the floor check refuses 1.24.4 there, tested)",
+    "cpu-arm64": "aarch64 CPU EP (onnxruntime 1.32 under qemu-aarch64 10): run, verify, serve; logits within 0.25 of x86",
+    "ort-mobile": "aarch64 CPU EP (onnxruntime 1.32, model.ort's writer, under qemu-aarch64 10): run, verify, serve; "
+                  "logits within 0.25 of x86",
     "webgpu-fp32": "WebGPU EP (onnxruntime-webgpu 1.27.0, SwiftShader, no shader-f16): greedy text = CPU, logits 9e-6",
     "webgpu": "built, not run on its EP: needs a shader-f16 adapter (SwiftShader has none)",
     "openvino-cpu": "OpenVINO EP (onnxruntime-openvino 1.24.1, x86 CPU): greedy text = CPU provider, logits 1e-5",

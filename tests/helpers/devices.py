@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import onnxruntime
+
 from edgeqwen.runtime.agreement import INT8_ACTIVATION_TOL
 from edgeqwen.runtime.isa import cpu_isa
 
@@ -94,16 +96,19 @@ def greedy_dump(python: list[str], artifact, out: Path, *args: str, env: dict | 
     return data["tokens"], data["logits"], json.loads(str(data["meta"])), proc.stderr
 
 
-ARM64 = CI_CACHE / "arm64"  # rootfs/ (Debian bookworm arm64, python3) and site/ (aarch64 wheels), see device_arm64.sh
-ARM64_ORT = "1.24.4"  # the newest aarch64 onnxruntime that imports under Debian 12's qemu 7.2 (1.25+ segfault)
+ARM64 = CI_CACHE / "arm64"  # rootfs/ (Debian bookworm arm64, python3), site/ (aarch64 wheels), qemu/: device_arm64.sh
+QEMU_AARCH64 = ARM64 / "qemu" / "usr" / "bin" / "qemu-aarch64"  # bookworm-backports' qemu 10 (7.2 segfaults ORT 1.25+)
+ARM64_ORT = onnxruntime.__version__  # the aarch64 site's: device_arm64.sh installs this venv's, so its model.ort loads
+ARM64_CPU = "neoverse-n1"  # Armv8.2 + dotprod, no SVE/SME: the cores of Graviton2 and (as Cortex-A76) of the Pi 5
 
 
 def aarch64_python() -> list[str] | None:
-    """qemu-aarch64 running Debian's arm64 python3 (None when the emulator or the root filesystem is missing)."""
-    qemu, python = shutil.which("qemu-aarch64-static"), ARM64 / "rootfs" / "usr" / "bin" / "python3"
-    if qemu is None or not python.exists() or not (ARM64 / "site" / "onnxruntime").is_dir():
+    """qemu-aarch64 running Debian's arm64 python3 (None when the emulator, the root filesystem or the wheels are
+    missing)."""
+    python = ARM64 / "rootfs" / "usr" / "bin" / "python3"
+    if not QEMU_AARCH64.exists() or not python.exists() or not (ARM64 / "site" / "onnxruntime").is_dir():
         return None
-    return [qemu, "-L", str(ARM64 / "rootfs"), str(python)]
+    return [str(QEMU_AARCH64), "-cpu", ARM64_CPU, "-L", str(ARM64 / "rootfs"), str(python)]
 
 
 def aarch64_env(with_edgeqwen: bool = False) -> dict:
