@@ -125,10 +125,16 @@ def _format_errors(i: int, originals: dict, by_node: dict, grid: list, sq: dict,
             for module in modules:
                 s, count = sq[f"{i}.{module}"]
                 w = originals[module]
-                diff = w - _fake_quant(w, bits, block, sym)  # [N, K]; E[x_k²] weighs column k
-                total += float(((diff * diff).sum(0).double() * (s / max(count, 1)).double()).sum())
+                stride = max(1, w.shape[0] // SAMPLED_ROWS)  # blocks run along K, so every stride-th row is a fair sample
+                sample = w[::stride]
+                diff = sample - _fake_quant(sample, bits, block, sym)  # [n, K]; E[x_k²] weighs column k
+                scale = w.shape[0] / sample.shape[0]
+                total += scale * float(((diff * diff).sum(0).double() * (s / max(count, 1)).double()).sum())
             err[kind][f"int{bits}/b{block}"] = total
     return err
+
+
+SAMPLED_ROWS = 512  # output rows of a matrix whose weight error is computed (all of them up to twice that)
 
 
 def measure(cfg: dict) -> dict:
@@ -167,33 +173,180 @@ def measure(cfg: dict) -> dict:
     by_node: dict[str, list[str]] = {}
     for module, node in nodes_for.items():
         by_node.setdefault(node, []).append(module)
-    resolution = choose_resolution(model.config.get_text_config(), int(x.numel()), int(cfg.get("budget_tflop", BUDGET_TFLOP)),
-                                   cfg.get("resolution"))
+    config = model.config.get_text_config()
+    budget = float(cfg.get("budget_tflop", BUDGET_TFLOP))
+    resolution = choose_resolution(config, int(x.numel()), budget, cfg.get("resolution"))
+    quant = lambda w: _fake_quant(w, base_bits, base_block, sym)  # noqa: E731
+    layer_errors = _LayerErrors(layers, inputs, kwargs, by_node, nodes_for, grid, sq, sym, quant, (base_bits, base_block))
+    timing: dict[str, float] = {"capture_s": round(time.perf_counter() - t0, 2)}
+    if resolution == "proxy":
+        costs = rerun_costs(config, int(x.numel()))
+        groups, proxy = _measure_proxy(layer_errors, rerun, costs, lambda t: layer_tflop(config, t), budget, t0, timing)
+    else:
+        groups, proxy = _measure_reruns(layer_errors, rerun, resolution, t0, timing), None
+    t1 = time.perf_counter()
+    head = _head_and_table(model, body, cfg, final_h[:, scored], ref_logp, full_run)
+    timing["head_s"] = round(time.perf_counter() - t1, 2)
+    return {"version": 1, "resolution": resolution, "base_bits": base_bits, "base_block": base_block, "symmetric": sym,
+            "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
+            "noise_floor_kld": rerun(len(layers) - 1), "groups": groups, **head, **({"proxy": proxy} if proxy else {}),
+            "timing": timing, "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+class _LayerErrors:
+    """One layer's weight errors at every format (and, where asked, its output error per matrix kind)."""
+
+    def __init__(self, layers, inputs, kwargs, by_node, nodes_for, grid, sq, sym, quant, base: tuple[int, int]):
+        self.layers, self.inputs, self.kwargs, self.by_node = layers, inputs, kwargs, by_node
+        self.nodes_for, self.grid, self.sq, self.sym, self.quant, self.base = nodes_for, grid, sq, sym, quant, base
+
+    def originals(self, i: int) -> dict:
+        return {m: self.layers[i].get_submodule(m).weight.data.clone() for m in self.nodes_for}
+
+    def formats(self, i: int, originals: dict) -> dict:
+        return _format_errors(i, originals, self.by_node, self.grid, self.sq, self.sym)
+
+    def local(self, i: int, originals: dict, resolution: str, sequences: int | None = None) -> dict:
+        """Per matrix kind, the layer-output error with that kind quantized (on the first `sequences` sequences)."""
+        h, kwargs = self.inputs[i], self.kwargs
+        if sequences is not None and sequences < h.shape[0]:
+            batch = h.shape[0]
+            h = h[:sequences]
+            kwargs = {k: v[:sequences] if hasattr(v, "shape") and v.dim() > 0 and v.shape[0] == batch else v
+                      for k, v in kwargs.items()}
+            kwargs = {k: tuple(t[:sequences] if hasattr(t, "shape") and t.shape[0] == batch else t for t in v)
+                      if isinstance(v, tuple) else v for k, v in kwargs.items()}
+        return _local_errors(self.layers[i], h, kwargs, self.by_node, originals, resolution, self.quant)
+
+    def set_quantized(self, i: int, kinds, originals: dict, quantized: bool) -> None:
+        for kind in kinds:
+            for m in self.by_node[kind]:
+                self.layers[i].get_submodule(m).weight.data = self.quant(originals[m]) if quantized else originals[m]
+
+    def group(self, i: int, kind: str, kld: float, unit_kld: float, unit, err: dict, originals: dict) -> dict:
+        return {"layer": i, "kind": kind, "modules": self.by_node[kind], "kld": kld, "unit_kld": unit_kld,
+                "unit": list(unit), "err": err[kind], "shapes": [list(originals[m].T.shape) for m in self.by_node[kind]]}
+
+
+def _progress(what: str, done: int, total: int, t0: float, weights: list[float] | None = None) -> None:
+    """A per-layer progress line with an ETA from the measured rate (weighted by each step's planned cost)."""
+    elapsed = time.perf_counter() - t0
+    w = weights or [1.0] * total
+    left = sum(w[done:]) / max(sum(w[:done]), 1e-9) * elapsed
+    print(f"sensitivity: {what} {done}/{total} measured ({elapsed:.0f}s, ETA {left:.0f}s)", flush=True)
+
+
+def _measure_reruns(le: _LayerErrors, rerun, resolution: str, t0: float, timing: dict) -> list[dict]:
+    """Every unit's KLD measured by rerunning the model from its layer with that unit quantized."""
     groups = []
-    for i, layer in enumerate(layers):
-        originals = {m: layer.get_submodule(m).weight.data.clone() for m in nodes_for}
-        err = _format_errors(i, originals, by_node, grid, sq, sym)
-        local = _local_errors(layer, inputs[i], kwargs, by_node, originals, resolution,
-                              lambda w: _fake_quant(w, base_bits, base_block, sym))
-        for unit in units(list(by_node), resolution):
-            for kind in unit:
-                for m in by_node[kind]:
-                    layer.get_submodule(m).weight.data = _fake_quant(originals[m], base_bits, base_block, sym)
+    n = len(le.layers)
+    for i in range(n):
+        originals = le.originals(i)
+        err = le.formats(i, originals)
+        local = le.local(i, originals, resolution)
+        for unit in units(list(le.by_node), resolution):
+            le.set_quantized(i, unit, originals, True)
             kld = rerun(i)
-            for kind in unit:
-                for m in by_node[kind]:
-                    layer.get_submodule(m).weight.data = originals[m]
+            le.set_quantized(i, unit, originals, False)
             share_total = sum(local[k] for k in unit)
             for kind in unit:  # a unit's KLD split over its matrices by their share of the layer-output error
                 share = local[kind] / share_total if share_total > 0 else 1 / len(unit)
-                groups.append({"layer": i, "kind": kind, "modules": by_node[kind], "kld": kld * share,
-                               "unit_kld": kld, "unit": list(unit), "err": err[kind],
-                               "shapes": [list(originals[m].T.shape) for m in by_node[kind]]})
-        print(f"sensitivity: layer {i + 1}/{len(layers)} measured ({time.perf_counter() - t0:.0f}s)", flush=True)
-    head = _head_and_table(model, body, cfg, final_h[:, scored], ref_logp, full_run)
-    return {"version": 1, "resolution": resolution, "base_bits": base_bits, "base_block": base_block, "symmetric": sym,
-            "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
-            "noise_floor_kld": rerun(0), "groups": groups, **head, "wall_s": round(time.perf_counter() - t0, 2)}
+                groups.append(le.group(i, kind, kld * share, kld, unit, err, originals))
+        _progress("layer", i + 1, n, t0, [float(n - j) for j in range(n)])
+    timing["layers_s"] = round(time.perf_counter() - t0 - timing["capture_s"], 2)
+    return groups
+
+
+def _measure_proxy(le: _LayerErrors, rerun, costs: list[float], layer_cost, budget: float, t0: float,
+                   timing: dict) -> tuple[list[dict], dict]:
+    """Bounded cost for models whose per-layer reruns would not fit the budget: every matrix's activation-weighted
+    weight error at the base format (no forward passes), and the KLD of the whole layer quantized measured on a
+    few layers spread over the depth (as many as the budget pays for). A layer's KLD is its weight error times the
+    KLD/error ratio interpolated (in log space) between the measured layers; the ratio's leave-one-out prediction of
+    each measured layer is reported (`proxy.loo_log_corr`). Within a layer the KLD is shared by each matrix's
+    layer-output error, measured on as many calibration sequences as half the budget pays for."""
+    import math
+
+    n = len(le.layers)
+    batch, seq = le.inputs[0].shape[:2]
+    per_sequence = len(le.by_node) + 1  # layer forwards per layer for the local errors, per calibration sequence
+    sequences = int(max(1, min(batch, budget / 2 / (n * per_sequence * layer_cost(seq)))))
+    errs, locals_, totals = [], [], []
+    for i in range(n):
+        originals = le.originals(i)
+        err = le.formats(i, originals)
+        errs.append((err, originals))
+        locals_.append(le.local(i, originals, "layer", sequences))
+        totals.append(sum(e[_key(le, err)] for e in err.values()))
+        _progress("errors of layer", i + 1, n, t0)
+    t_err = time.perf_counter()
+    measured = pick_layers(costs, budget)
+    ratio = {}
+    for j, i in enumerate(measured):
+        originals = errs[i][1]
+        le.set_quantized(i, list(le.by_node), originals, True)
+        kld = rerun(i)
+        le.set_quantized(i, list(le.by_node), originals, False)
+        ratio[i] = max(kld, 1e-12) / max(totals[i], 1e-30)
+        _progress("KLD of layer", j + 1, len(measured), t_err, [costs[m] for m in measured])
+    groups = []
+    for i in range(n):
+        err, originals = errs[i]
+        layer_kld = _interp_log(ratio, i) * totals[i]
+        local_total = sum(locals_[i].values())
+        for kind in le.by_node:  # shared among the matrices by their layer-output error, as the per-layer reruns do
+            share = locals_[i][kind] / local_total if local_total > 0 else 1 / len(le.by_node)
+            groups.append(le.group(i, kind, layer_kld * share, layer_kld, list(le.by_node), err, originals))
+    timing.update(weight_errors_s=round(t_err - t0 - timing["capture_s"], 2),
+                  reruns_s=round(time.perf_counter() - t_err, 2))
+    loo = [(math.log(_interp_log({m: r for m, r in ratio.items() if m != i}, i) * totals[i]),
+            math.log(ratio[i] * totals[i])) for i in measured[1:-1]] if len(measured) >= 3 else []
+    return groups, {"measured_layers": measured, "local_error_sequences": sequences, "ratio": {str(i): r for i, r in ratio.items()},
+                    "loo_log_corr": _corr(loo) if len(loo) >= 3 else None,
+                    "loo_abs_log_err": [round(abs(p - m), 3) for p, m in loo]}
+
+
+def _key(le: _LayerErrors, err: dict) -> str:
+    """The base format's key in a layer's error table."""
+    return f"int{le.base[0]}/b{le.base[1]}"
+
+
+def _interp_log(points: dict[int, float], i: int) -> float:
+    """points (layer → positive value) interpolated linearly in log space at layer i, held flat beyond the ends."""
+    import math
+
+    xs = sorted(points)
+    if i <= xs[0]:
+        return points[xs[0]]
+    if i >= xs[-1]:
+        return points[xs[-1]]
+    hi = next(x for x in xs if x >= i)
+    lo = max(x for x in xs if x <= i)
+    if hi == lo:
+        return points[lo]
+    t = (i - lo) / (hi - lo)
+    return math.exp((1 - t) * math.log(points[lo]) + t * math.log(points[hi]))
+
+
+def _corr(pairs: list[tuple[float, float]]) -> float:
+    n = len(pairs)
+    mx, my = sum(p for p, _ in pairs) / n, sum(m for _, m in pairs) / n
+    sxy = sum((p - mx) * (m - my) for p, m in pairs)
+    sxx, syy = sum((p - mx) ** 2 for p, _ in pairs), sum((m - my) ** 2 for _, m in pairs)
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else 1.0
+
+
+def pick_layers(costs: list[float], budget: float) -> list[int]:
+    """The most layers, spread evenly over the depth (first and last included), whose reruns fit the budget (TFLOP);
+    at least the last layer (the cheapest rerun)."""
+    n = len(costs)
+    best = [n - 1]
+    for m in range(2, n + 1):
+        picked = sorted({round(j * (n - 1) / (m - 1)) for j in range(m)})
+        if sum(costs[i] for i in picked) > budget:
+            break
+        best = picked
+    return best
 
 
 def _head_and_table(model, body, cfg: dict, final_h, ref_logp, full_run) -> dict:
@@ -220,8 +373,8 @@ def _head_and_table(model, body, cfg: dict, final_h, ref_logp, full_run) -> dict
     return out
 
 
-BUDGET_TFLOP = 6  # reruns' multiply-adds allowed (≈ a minute on 2 cores) before the measurement coarsens
-RESOLUTIONS = ("matrix", "block", "layer")
+BUDGET_TFLOP = 6  # reruns' floating-point work allowed (≈ a minute on 2 cores) before the measurement coarsens
+RESOLUTIONS = ("matrix", "block", "layer", "proxy")
 
 
 def units(kinds: list[str], resolution: str) -> list[tuple[str, ...]]:
@@ -233,22 +386,33 @@ def units(kinds: list[str], resolution: str) -> list[tuple[str, ...]]:
     return [tuple(kinds)]
 
 
-def choose_resolution(config, tokens: int, budget_tflop: float, forced: str | None = None) -> str:
-    """The finest measurement whose reruns fit the budget: a rerun from layer l costs the layers after it over every
-    calibration token plus the lm_head over the scored half. Tiny models get every matrix, 0.5B+ coarser units."""
-    if forced:
-        return forced
-    h, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+def layer_tflop(config, tokens: int) -> float:
+    """One decoder layer's forward over `tokens` tokens (TFLOP, 2 per multiply-add)."""
+    h, inter = config.hidden_size, config.intermediate_size
     heads = config.num_attention_heads
     kvh = getattr(config, "num_key_value_heads", None) or heads
     hd = getattr(config, "head_dim", None) or h // heads
-    per_layer = 2 * tokens * (h * (heads + 2 * kvh) * hd + heads * hd * h + 3 * h * inter)
-    head = 2 * (tokens // 2) * h * vocab
-    tail = sum(per_layer * (layers - i) + head for i in range(layers))
+    return 2 * tokens * (h * (heads + 2 * kvh) * hd + heads * hd * h + 3 * h * inter) / 1e12
+
+
+def rerun_costs(config, tokens: int) -> list[float]:
+    """TFLOP of a rerun from each layer: the layers after it over every calibration token, the lm_head over the
+    scored half."""
+    layers = config.num_hidden_layers
+    head = 2 * (tokens // 2) * config.hidden_size * config.vocab_size / 1e12
+    return [layer_tflop(config, tokens) * (layers - i) + head for i in range(layers)]
+
+
+def choose_resolution(config, tokens: int, budget_tflop: float, forced: str | None = None) -> str:
+    """The finest measurement whose reruns fit the budget: tiny models get every matrix, 0.5B-sized ones a rerun per
+    layer; past that ("proxy") weight errors with a few measured layers, whatever the model's size."""
+    if forced:
+        return forced
+    tail = sum(rerun_costs(config, tokens))
     for resolution, reruns in (("matrix", 5), ("block", 2), ("layer", 1)):
-        if reruns * tail / 1e12 <= budget_tflop:
+        if reruns * tail <= budget_tflop:
             return resolution
-    return "layer"
+    return "proxy"
 
 
 def grid_for(base: tuple[int, int], formats: list[tuple[int, int]]) -> list[tuple[int, int]]:

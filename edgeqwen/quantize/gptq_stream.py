@@ -104,9 +104,11 @@ class Hessians:
                 return
             self._seen[id(x)] = (x, name)
             self.key[name] = name
-            x = x.reshape(-1, x.shape[-1]).float()
-            acc = self.h.get(name)
-            self.h[name] = x.T @ x if acc is None else acc.addmm_(x.T, x)
+            if name not in self.h:
+                from .gptq_math import GramAccumulator
+
+                self.h[name] = GramAccumulator(x.shape[-1])
+            self.h[name].add(x)
         return hook
 
     def new_batch(self, rows: int) -> None:
@@ -114,7 +116,7 @@ class Hessians:
         self.count += rows
 
     def of(self, name: str):
-        return self.h[self.key[name]] * (2 / self.count)
+        return self.h[self.key[name]].value() * (2 / self.count)
 
     def close(self) -> None:
         for handle in self.handles:
