@@ -173,24 +173,34 @@ def build(opts: BuildOptions) -> Path:
     plan = _fit_build_in_ram(plan, resolved, ckpt)
     _require_stack(plan)
     stage_log(f"        memory estimate {mem.total_mb:.0f} MB at {mem.context} tokens (budget {mem.budget_mb} MB)")
+    from .planner.cost import estimate as estimate_time, long_build_advice
+
+    eta = estimate_time(plan, resolved, ckpt.config, evaluate=opts.evaluate)
+    stage_log(f"        {eta.line()}")
+    if advice := long_build_advice(eta):
+        stage_log(f"        note: {advice}")
     for decision in plan.decisions:
         stage_log(f"        plan: {decision}")
     if not opts.evaluate:
         stage_log("        accuracy stage skipped (--no-eval): the artifact is not gated")
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.building-", dir=output.parent))
+    stage_s: dict[str, float] = {}  # measured, beside the estimate in the manifest
     try:
         sensitivity = None
         if plan.needs_sensitivity:
             stage_log(f"[2/{STAGES}] sensitivity: KLD of every decoder-layer matrix at int{plan.matmul_bits}/b{plan.block_size}")
             from .planner.sensitivity import sensitivity_for
 
+            t_sens = time.perf_counter()
             sensitivity = sensitivity_for(plan, resolved, ckpt, work, opts.calib)
+            stage_s["sensitivity"] = time.perf_counter() - t_sens
             plan = _replan(plan, resolved, ckpt, sensitivity)
             mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
         for attempt in range(MAX_REPLANS + 1):
             staging = work / f"artifact-{attempt}"
             try:
-                manifest = _make_artifact(plan, resolved, ckpt, opts, work, staging, mem, sensitivity)
+                manifest = _make_artifact(plan, resolved, ckpt, opts, work, staging, mem, sensitivity,
+                                          {"estimate": eta.as_dict(), "measured_s": stage_s})
                 break
             except AccuracyGateError as exc:
                 better = _replan_after_miss(plan, resolved, ckpt, sensitivity, exc.summary) if sensitivity else None
@@ -252,21 +262,33 @@ def _replan_after_miss(plan, resolved, ckpt, sensitivity: dict, summary: dict | 
     return dataclasses.replace(new, decisions=(why,) + new.decisions)
 
 
-def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging: Path, mem, sensitivity) -> dict:
+def _calibrate(plan, resolved, ckpt, opts: BuildOptions, work: Path, spec, extra: dict, decisions: list) -> Path:
+    """A checkpoint-stage algorithm (GPTQ, AutoRound): the quantized checkpoint folder the exporter reads."""
+    stage_log(f"[2/{STAGES}] calibrate + {spec.summary.split(' on ')[0]}, int{plan.matmul_bits}, block "
+              f"{plan.block_size}, {'sym' if plan.symmetric else 'asym'}")
+    quantize_checkpoint = resolve_callable(spec.checkpoint_quantizer)
+    cal = resolved.recipe.quantization.calibration
+    job = CheckpointRequest(plan.quant_request(), ckpt.path, work, opts.calib,
+                            samples=plan.calibration_samples or cal.samples, seq_len=cal.seq_len,
+                            damp_percent=cal.damp_percent, iters=cal.iters)
+    folder, extra[spec.name], notes = quantize_checkpoint(job)
+    decisions.extend(Decision(code, message) for code, message in notes)
+    return folder
+
+
+def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging: Path, mem, sensitivity,
+                   build_time: dict) -> dict:
     """Calibrate, export, package, smoke-test and evaluate one plan into `staging`; returns its manifest."""
-    extra = {"memory_estimate_mb": mem.as_dict()}
+    extra = {"memory_estimate_mb": mem.as_dict(), "build_time": build_time}
+    measured = build_time["measured_s"]
+    t_stage = time.perf_counter()
     decisions = list(plan.decisions)
     spec = get_algorithm(plan.algorithm) if plan.quantized else None
     export_input = ckpt.path
     if spec is not None and spec.stage == "checkpoint":
-        stage_log(f"[2/{STAGES}] calibrate + {spec.summary.split(' on ')[0]}, int{plan.matmul_bits}, block "
-                  f"{plan.block_size}, {'sym' if plan.symmetric else 'asym'}")
-        quantize_checkpoint = resolve_callable(spec.checkpoint_quantizer)
-        cal = resolved.recipe.quantization.calibration
-        job = CheckpointRequest(plan.quant_request(), ckpt.path, work, opts.calib, samples=cal.samples,
-                                seq_len=cal.seq_len, damp_percent=cal.damp_percent, iters=cal.iters)
-        export_input, extra[spec.name], notes = quantize_checkpoint(job)
-        decisions.extend(Decision(code, message) for code, message in notes)
+        export_input = _calibrate(plan, resolved, ckpt, opts, work, spec, extra, decisions)
+        measured[spec.name] = time.perf_counter() - t_stage
+        t_stage = time.perf_counter()
     exporter_name = {"builder": "onnxruntime-genai builder", "portable": "optimum-onnx + ORT fusions"}[plan.exporter.value]
     stage_log(f"[2/{STAGES}] export + quantize ({exporter_name}, {plan.execution_provider.value}, "
               f"{resolved.recipe.precision.value}, block {plan.block_size})")
@@ -309,9 +331,14 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
         stage_log(f"[4/{STAGES}] evaluate against the PyTorch fp32 reference")
         from .evaluate.stage import evaluate_stage
 
+        measured["export"] = time.perf_counter() - t_stage
+        t_stage = time.perf_counter()
         extra["accuracy"] = evaluate_stage(staging, ckpt, resolved, opts.eval_text)
+        measured["evaluate"] = time.perf_counter() - t_stage
     else:
+        measured["export"] = time.perf_counter() - t_stage
         extra["accuracy"] = {"status": "not evaluated"}
+    build_time["measured_s"] = {k: round(v, 1) for k, v in measured.items()}
     if result.report is not None:
         extra["portable"] = result.report
     export_info = {

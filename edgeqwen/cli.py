@@ -141,14 +141,21 @@ def cmd_plan(args) -> int:
     resolved = load_recipe(args.recipe)
     ckpt = resolve_checkpoint(args.model or resolved.recipe.model)
     plan = make_plan(resolved, ckpt, low_memory=args.low_memory)
+    from .planner.cost import estimate as estimate_time, long_build_advice
+
     est = estimate(plan, resolved, ckpt.config)
+    eta = estimate_time(plan, resolved, ckpt.config)
     fits = est.total_mb <= est.budget_mb
     if args.json:
         _emit_json({"recipe": resolved.recipe.name, "model": ckpt.source, "architecture": ckpt.architecture,
-                    "target": resolved.target.name, "memory_mb": est.as_dict(), "fits": fits, "plan": plan.to_json()})
+                    "target": resolved.target.name, "memory_mb": est.as_dict(), "fits": fits,
+                    "build_time": eta.as_dict(), "plan": plan.to_json()})
         return 0 if fits else EXIT_CHECK_FAILED
     print(f"{resolved.recipe.name} on {ckpt.source} ({ckpt.architecture}) for target {resolved.target.name}:")
     print(est.table())
+    print(f"  build {eta.line()}")
+    if advice := long_build_advice(eta):
+        print(f"  note: {advice}")
     for d in plan.decisions:
         print(f"  plan: {d}")
     return 0 if fits else EXIT_CHECK_FAILED

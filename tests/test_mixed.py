@@ -89,27 +89,42 @@ def test_measurement_on_a_trained_model(trained_qwen2, tmp_path):
 
 
 def test_per_layer_measurement_tracks_the_per_matrix_one(trained_qwen3):
-    """0.5B+ models are measured one layer at a time (the per-matrix reruns would take many minutes), the layer's KLD
-    shared among its matrices by their layer-output error. On a model small enough to measure every matrix, that
-    estimate ranks the matrices like the direct measurement does."""
+    """0.5B-sized models are measured one layer at a time (the per-matrix reruns would take many minutes), the layer's
+    KLD shared among its matrices by their layer-output error; past that (3B-sized) the bounded proxy reruns only a
+    few layers spread over the depth and carries the rest by weight error × an interpolated KLD/error ratio. On a
+    model small enough to measure every matrix, both rank the matrices like the direct measurement does, and where
+    the proxy reruns a layer it measures exactly what the per-layer measurement does."""
     import numpy as np
+    from transformers import AutoConfig
 
-    from edgeqwen.planner.sensitivity import measure
+    from edgeqwen.planner.sensitivity import PROXY_SHARE, measure, rerun_costs
 
-    got = {}
-    for resolution in ("matrix", "layer"):
+    def run(resolution, budget=6.0):
         cfg = {"model": str(trained_qwen3), "calib_text": str(trained_qwen3.parent.parent / "calib.txt"), "samples": 2,
                "seq_len": 96, "base_bits": 4, "base_block": 128, "symmetric": False, "grid": grid_for((4, 128), FORMATS),
                "nodes_for": NODES, "head_formats": [(8, 128)], "table_formats": [(8, 128)], "threads": 1,
-               "resolution": resolution}
+               "resolution": resolution, "budget_tflop": budget}
         rec = measure(cfg)
         assert rec["resolution"] == resolution and rec["table"]["int8/b128"] > 0  # Qwen3 fixture: untied table
-        got[resolution] = np.array([g["kld"] for g in rec["groups"]])
-    assert np.corrcoef(np.log(got["matrix"]), np.log(got["layer"]))[0, 1] > 0.85
-    top = {r: set(np.argsort(v)[-3:]) for r, v in got.items()}
-    assert len(top["matrix"] & top["layer"]) >= 2
-    assert np.argmax(got["matrix"].reshape(-1, 5).sum(1)) == np.argmax(got["layer"].reshape(-1, 5).sum(1))
-    assert got["layer"].sum() == pytest.approx(got["matrix"].sum(), rel=0.25)  # KLDs roughly add up
+        return rec, np.array([g["kld"] for g in rec["groups"]])
+
+    got, recs = {}, {}
+    for resolution in ("matrix", "layer", "proxy"):
+        recs[resolution], got[resolution] = run(resolution)
+    assert recs["proxy"]["proxy"]["measured_layers"] == [0, 1, 2, 3]  # a budget that pays for every layer
+    for resolution in ("layer", "proxy"):
+        assert np.corrcoef(np.log(got["matrix"]), np.log(got[resolution]))[0, 1] > 0.85
+        top = {r: set(np.argsort(v)[-3:]) for r, v in got.items()}
+        assert len(top["matrix"] & top[resolution]) >= 2
+        assert np.argmax(got["matrix"].reshape(-1, 5).sum(1)) == np.argmax(got[resolution].reshape(-1, 5).sum(1))
+        assert got[resolution].sum() == pytest.approx(got["matrix"].sum(), rel=0.25)  # KLDs roughly add up
+    costs = rerun_costs(AutoConfig.from_pretrained(trained_qwen3), 2 * 96)
+    budget = (costs[0] + costs[-1]) * 1.01 / PROXY_SHARE  # pays for the first and last layer's reruns, not a third
+    ends, _ = run("proxy", budget)
+    assert ends["proxy"]["measured_layers"] == [0, 3] and costs[0] + costs[-1] <= budget * PROXY_SHARE
+    layer_kld = {g["layer"]: g["unit_kld"] for g in recs["layer"]["groups"]}
+    for i in (0, 3):
+        assert next(g["unit_kld"] for g in ends["groups"] if g["layer"] == i) == pytest.approx(layer_kld[i], rel=1e-5)
 
 
 AUTO_RECIPE = """\

@@ -209,3 +209,26 @@ def test_a_context_past_the_model_is_clamped_and_says_so(tmp_path):
         assert made.context_length == 2048 and "context.clamp" in codes(made)
         assert any("context_length 100000 -> 2048" in d.message for d in made.decisions)
     assert "context.clamp" not in codes(plan(recipe(tmp_path), config()))  # 1024 fits: nothing to say
+
+
+
+def test_plan_estimates_the_build_time_and_bounds_gptq_work():
+    """Each stage's time on this machine, from the plan alone. On the Qwen2.5-3B shape GPTQ's calibration is cut to
+    the sequences its per-token work budget pays for (a recorded decision, the same on every machine); the 0.5B shape
+    keeps the recipe's 32. The larger model's estimate is larger in every stage; past 15 minutes the build names its
+    faster choices."""
+    from edgeqwen.planner.cost import estimate as estimate_time, long_build_advice
+
+    shapes = {"3b": config(hidden=2048, inter=11008, layers=36, heads=16, kv=2, vocab=151936, tied=True),
+              "0.5b": config(hidden=896, inter=4864, layers=24, heads=14, kv=2, vocab=151936, tied=True)}
+    plans = {n: plan(load_recipe(f"qwen2.5-{n}-instruct/cpu-x86_64-int4"), c) for n, c in shapes.items()}
+    assert plans["0.5b"].calibration_samples == 32 and "gptq.tokens" not in codes(plans["0.5b"])
+    assert plans["3b"].calibration_samples == 17 and "gptq.tokens" in codes(plans["3b"])
+    est = {n: estimate_time(p, load_recipe(p.recipe), shapes[n].config, gflops=200.0) for n, p in plans.items()}
+    stages = ["sensitivity", "gptq", "export", "evaluate"]
+    assert list(est["0.5b"].seconds) == list(est["3b"].seconds) == stages
+    assert all(est["3b"].seconds[s] > est["0.5b"].seconds[s] > 0 for s in stages)
+    half_speed = estimate_time(plans["3b"], load_recipe(plans["3b"].recipe), shapes["3b"].config, gflops=100.0)
+    assert half_speed.total_s == pytest.approx(2 * est["3b"].total_s)  # time is work over this machine's rate
+    assert long_build_advice(est["0.5b"]) is None and "fast variant" in long_build_advice(
+        estimate_time(plans["3b"], load_recipe(plans["3b"].recipe), shapes["3b"].config, gflops=20.0))

@@ -1,4 +1,4 @@
-"""Quantization algorithms (GPTQ through Olive, AutoRound, HQQ), calibration files, olive-config, int8 tables."""
+"""Quantization algorithms (GPTQ, AutoRound, HQQ), calibration files, olive-config, int8 tables."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def model_bytes(path):
 
 
 def test_gptq_and_hqq_beat_rtn(trained_qwen2, recipe_dir, artifacts):
-    """Olive's GPTQ and onnxruntime's HQQ on the trained tiny Qwen2 vs round-to-nearest with the same layout
+    """GPTQ and onnxruntime's HQQ on the trained tiny Qwen2 vs round-to-nearest with the same layout
     (asym, b32, int8 head). GPTQ at equal size; HQQ stores float zero points, so it is larger."""
     rtn, gptq, hqq = (artifacts.get(algo_recipe(recipe_dir, a), trained_qwen2, evaluate=True) for a in ("rtn", "gptq", "hqq"))
     assert abs(model_bytes(gptq) / model_bytes(rtn) - 1) < 0.01
@@ -49,8 +49,50 @@ def test_gptq_and_hqq_beat_rtn(trained_qwen2, recipe_dir, artifacts):
     assert {a.name: a.i for a in head.attribute}["bits"] == 8  # the shared int8 table, written by the RTN path
     manifest = json.loads((gptq / "manifest.json").read_text())
     assert manifest["gptq"]["source"].endswith("calib.txt") and manifest["gptq"]["samples"] == 16
-    assert any(d.startswith("gptq (Olive Gptq pass") for d in manifest["export"]["decisions"])
-    assert manifest["versions"]["olive-ai"] == "0.13.0"
+    assert any(d.startswith("gptq (edgeqwen, layer-streamed") for d in manifest["export"]["decisions"])
+    assert manifest["gptq"]["implementation"] == "edgeqwen gptq_stream" and len(manifest["gptq"]["output_rel_err"]) == 4
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gptq_matches_olives_pass_per_matrix(symmetric):
+    """edgeqwen's GPTQ arithmetic (one Cholesky and a blocked triangular inverse, the column loop on W transposed)
+    gives what Olive's Gptq pass gives on the same weights and Hessian — weights, scales, zero points — and packs
+    its levels as Olive does."""
+    import types
+
+    import torch
+    from olive.common.quant.utils import pack_to_uint8
+    from olive.passes.pytorch.gptq import Gptq
+
+    from edgeqwen.quantize.gptq_math import GroupFormat, gptq, pack_uint8
+
+    torch.manual_seed(0)
+    w, x = torch.randn(96, 256), torch.randn(512, 256) * torch.rand(256) * 3
+    h = 2 / 512 * x.T @ x
+    ours = gptq(w, h, GroupFormat(4, 32, symmetric))
+    info = types.SimpleNamespace(data={"H": h.clone(), "N": 512}, scales=None, zero_points=None,
+                                 quantizer=types.SimpleNamespace(bits=4, symmetric=symmetric, group_size=32))
+    olive = types.SimpleNamespace(weight=torch.nn.Parameter(w.clone()), quant_info=info)
+    Gptq.process_module(olive, percdamp=0.01, actorder=False)
+    assert torch.allclose(ours.dequantize(32), olive.weight.data, atol=1e-5)
+    assert torch.allclose(ours.scales, info.scales, rtol=1e-5) and torch.equal(ours.zeros, info.zero_points.to(torch.int32))
+    assert torch.equal(pack_uint8(ours.q, 4), pack_to_uint8(ours.q.to(torch.int32), 4))
+
+
+def test_gptq_building_blocks_are_exact():
+    """The lower-triangle Gram accumulation over several batches equals XᵀX; the blocked triangular inverse is one."""
+    import torch
+
+    from edgeqwen.quantize.gptq_math import GramAccumulator, lower_inverse
+
+    torch.manual_seed(0)
+    x = torch.randn(300, 1100)
+    gram = GramAccumulator(1100, block=256)
+    for part in x.split(100):
+        gram.add(part)
+    assert torch.allclose(gram.value(), x.T @ x, rtol=1e-4, atol=1e-3)
+    lower = torch.tril(torch.randn(700, 700)) + 30 * torch.eye(700)
+    assert torch.allclose(lower_inverse(lower, block=256) @ lower, torch.eye(700), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -83,17 +125,20 @@ def test_gptq_result_is_cached_per_weights_calibration_and_settings(random_qwen2
     ga, gb = (json.loads((p / "manifest.json").read_text())["gptq"] for p in (a, b))
     assert ga["cache_key"] == gb["cache_key"] and min(ga["wall_s"], gb["wall_s"]) == 0.0
     assert (a / "model.onnx.data").read_bytes() == (b / "model.onnx.data").read_bytes()
-    from edgeqwen.quantize.olive_gptq import gptq_cache_key, workflow_config
+    from edgeqwen.quantize.gptq_stream import gptq_cache_key, gptq_settings
+    from edgeqwen.quantize.request import NodeSetting, QuantRequest
 
-    calib = tmp_path / "c.jsonl"
-    calib.write_text('{"text": "x"}\n')
-    def key(**kw):
-        args = dict(bits=4, group_size=32, symmetric=False, samples=128, seq_len=256, damp_percent=0.01, overrides={},
-                    output_dir="o", cache_dir="c")
-        return gptq_cache_key(random_qwen2, calib, workflow_config(str(random_qwen2), str(calib), **{**args, **kw}))
-    assert len({key(), key(group_size=64), key(damp_percent=0.1), key(samples=64),
-                key(overrides={"model.layers.0.mlp.up_proj": {"bits": 8}})}) == 5
-    assert key() == key(output_dir="elsewhere")  # paths do not matter, content does
+    calib = tmp_path / "c.txt"
+    calib.write_text("x")
+    req = QuantRequest("Qwen2ForCausalLM", 4, 32, False)
+    def key(req=req, samples=128, damp=0.01, text=calib):
+        return gptq_cache_key(random_qwen2, text, gptq_settings(req, samples, 256, damp))
+    up8 = QuantRequest("Qwen2ForCausalLM", 4, 32, False, node_settings={"/model/layers.0/mlp/up_proj/MatMul": NodeSetting(8)})
+    assert len({key(), key(QuantRequest("Qwen2ForCausalLM", 4, 64, False)), key(damp=0.1), key(samples=64), key(up8)}) == 5
+    moved = tmp_path / "elsewhere" / "c.txt"
+    moved.parent.mkdir()
+    moved.write_text("x")
+    assert key() == key(text=moved)  # paths do not matter, content does
 
 
 def test_custom_calibration_file_is_used(random_qwen2, tmp_path):

@@ -106,6 +106,7 @@ class ExportPlan:
     node_settings: dict[str, NodeSetting] = field(default_factory=dict)  # exact node → what differs from the default
     exclude_nodes: tuple[str, ...] = ()  # MatMuls left float
     low_memory: bool = False
+    calibration_samples: int | None = None  # sequences a calibrated quantizer reads (the recipe's, or fewer: gptq.tokens)
     context_length: int = 4096
     weight_encoding: WeightEncoding = WeightEncoding.MATMULNBITS
     static_shapes: bool = False

@@ -90,6 +90,7 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     if low_memory:
         log("low_memory", "low-memory export: each MatMul is block-quantized in place (edgeqwen's block quantizer) and "
             "its float weight dropped")
+    samples = _calibration_samples(recipe, spec, cfg, log)
     prune = recipe.exporter == Exporter.BUILDER and target.graph_ep == "cpu" and head_bits is not None
     if prune and target.artifact_format == ArtifactFormat.ORT:
         prune = False
@@ -103,7 +104,29 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
                       head=HeadPlan(head_bits, head_block), table=table,
                       node_settings={n: NodeSetting.from_entry(v) for n, v in settings.items()},
                       exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
-                      mixed=mixed, decisions=tuple(log.items), **common)
+                      calibration_samples=samples, mixed=mixed, decisions=tuple(log.items), **common)
+
+
+def _calibration_samples(recipe, spec, cfg: dict, log: _Log) -> int | None:
+    """GPTQ's calibration sequences: the recipe's, or fewer where a model's per-token work (its forward passes and
+    input Gram matrices) would take the calibration past its work budget — deterministic (from the config, not the
+    machine), so the same recipe and checkpoint give the same artifact everywhere."""
+    from ..quantize.calibration import MIN_SEQUENCES
+    from .cost import GPTQ_TOKEN_BUDGET_TFLOP, gptq_tflop_per_token
+
+    if not spec.calibration:
+        return None
+    cal = recipe.quantization.calibration
+    if spec.name != "gptq":
+        return cal.samples
+    per_token = gptq_tflop_per_token(cfg)
+    fit = max(MIN_SEQUENCES, int(GPTQ_TOKEN_BUDGET_TFLOP / (per_token * cal.seq_len)))
+    if fit >= cal.samples:
+        return cal.samples
+    log("gptq.tokens", f"GPTQ calibration {fit} × {cal.seq_len} tokens (recipe: {cal.samples} × {cal.seq_len}): this "
+        f"model's forward passes and Hessians cost {per_token * 1e3:.1f} GFLOP per token, kept under "
+        f"{GPTQ_TOKEN_BUDGET_TFLOP} TFLOP (the 0.5B and 1.5B shapes keep every sequence)")
+    return fit
 
 
 def _runtime_decisions(target, log: _Log) -> None:

@@ -134,7 +134,8 @@ def _format_errors(i: int, originals: dict, by_node: dict, grid: list, sq: dict,
     return err
 
 
-SAMPLED_ROWS = 512  # output rows of a matrix whose weight error is computed (all of them up to twice that)
+SAMPLED_ROWS = 128  # output rows of a matrix whose weight error is computed (all of them up to twice that): the
+# errors only rank formats against each other, and 128 rows × K columns is already 10⁵ samples or more
 
 
 def measure(cfg: dict) -> dict:
@@ -181,7 +182,8 @@ def measure(cfg: dict) -> dict:
     timing: dict[str, float] = {"capture_s": round(time.perf_counter() - t0, 2)}
     if resolution == "proxy":
         costs = rerun_costs(config, int(x.numel()))
-        groups, proxy = _measure_proxy(layer_errors, rerun, costs, lambda t: layer_tflop(config, t), budget, t0, timing)
+        groups, proxy = _measure_proxy(layer_errors, rerun, costs, lambda t: layer_tflop(config, t),
+                                       budget * PROXY_SHARE, t0, timing)
     else:
         groups, proxy = _measure_reruns(layer_errors, rerun, resolution, t0, timing), None
     t1 = time.perf_counter()
@@ -374,6 +376,7 @@ def _head_and_table(model, body, cfg: dict, final_h, ref_logp, full_run) -> dict
 
 
 BUDGET_TFLOP = 6  # reruns' floating-point work allowed (≈ a minute on 2 cores) before the measurement coarsens
+PROXY_SHARE = 1 / 3  # of that budget, what the proxy spends (on reruns and layer-output errors, half each)
 RESOLUTIONS = ("matrix", "block", "layer", "proxy")
 
 
@@ -450,7 +453,7 @@ def sensitivity_for(plan, resolved, ckpt, work: Path, calib_path: Path | None) -
         cfg_path, out = work / "sensitivity.json", work / "sensitivity.out.json"
         cfg_path.write_text(json.dumps({**settings, "model": str(ckpt.path), "calib_text": source, "output": str(out)}))
         run_child("edgeqwen.planner.sensitivity", cfg_path, work / "sensitivity.log", progress=("sensitivity:",),
-                  what="sensitivity", env=calibrated_threads_env(),
+                  what="sensitivity", env=calibrated_threads_env(), clean=lambda t: t.removeprefix("sensitivity: "),
                   hint="set quantization.mixed_precision: off, or give another calibration file")
         return json.loads(out.read_text())
 

@@ -267,26 +267,40 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 
+def gptq_settings(req, samples: int, seq_len: int, damp_percent: float) -> dict:
+    """Everything that shapes the result besides the weights and the text: the formats (per-module overrides in
+    Olive's vocabulary), the calibration budget, the dampening and this code's own hash."""
+    import hashlib
+
+    from .olive_gptq import module_overrides
+
+    here = Path(__file__).parent
+    code = hashlib.sha256(b"".join((here / f).read_bytes() for f in ("gptq_math.py", "gptq_stream.py"))).hexdigest()[:12]
+    return {"bits": req.bits, "group_size": req.block_size, "symmetric": req.symmetric,
+            "overrides": module_overrides(req), "samples": samples, "seq_len": seq_len, "damp_percent": damp_percent,
+            "code": code}
+
+
+def gptq_cache_key(model: Path, calib_text: Path, settings: dict) -> str:
+    from .result_cache import cache_key
+
+    return cache_key(model, calib_text, settings, "torch")
+
+
 def quantize_checkpoint(job) -> tuple[Path, dict, list[tuple[str, str]]]:
     """The build's GPTQ step (a CheckpointRequest): check the calibration text, run this module in a child process
     (cached per weights × calibration text × settings × code × threads), return the quantized checkpoint folder."""
-    import hashlib
-
     from ..child import calibrated_threads_env, calibration_threads, run_child
     from ..log import stage_log
     from .calibration import prepare_calibration
-    from .olive_gptq import module_overrides
-    from .result_cache import cache_key, cached
+    from .result_cache import cached
 
-    req, work = job.quant, job.work
+    work = job.work
     calib = prepare_calibration(job.calibration_text, job.model, work / "calibration.jsonl", job.samples, job.seq_len)
     stage_log(f"        calibration: {calib.samples} × {calib.seq_len} tokens from {calib.source} ({calib.tokens} tokens)")
-    overrides = module_overrides(req)
-    here = Path(__file__).parent
-    code = hashlib.sha256(b"".join((here / f).read_bytes() for f in ("gptq_math.py", "gptq_stream.py"))).hexdigest()[:12]
-    settings = {"bits": req.bits, "group_size": req.block_size, "symmetric": req.symmetric, "overrides": overrides,
-                "samples": calib.samples, "seq_len": calib.seq_len, "damp_percent": job.damp_percent, "code": code}
-    key = cache_key(job.model, Path(calib.source), settings, "torch")
+    settings = gptq_settings(job.quant, calib.samples, calib.seq_len, job.damp_percent)
+    overrides = settings["overrides"]
+    key = gptq_cache_key(job.model, Path(calib.source), settings)
 
     def run() -> tuple[Path, float]:
         cfg = {**settings, "model": str(job.model), "calib_text": calib.source, "threads": calibration_threads(),
@@ -294,7 +308,7 @@ def quantize_checkpoint(job) -> tuple[Path, dict, list[tuple[str, str]]]:
         (work / "gptq.json").write_text(json.dumps(cfg))
         child = run_child("edgeqwen.quantize.gptq_stream", work / "gptq.json", work / "gptq.log", progress=("gptq:",),
                           what="gptq", hint="try quantization.algorithm: rtn, or another calibration file",
-                          env=calibrated_threads_env())
+                          env=calibrated_threads_env(), clean=lambda t: t.removeprefix("gptq: "))
         return work / "gptq", child.wall_s
 
     model_dir, wall = cached("gptq", key, "GPTQ", run)
