@@ -1,11 +1,14 @@
-"""Build wall time, peak RSS and artifact size: edgeqwen recipes vs the builder's default int4.
+"""Build wall time per stage, peak RSS and artifact size: edgeqwen recipes vs the builder's default int4 (RTN) and
+Olive's own GPTQ workflow on the same checkpoint, with the plan's time estimate beside what was measured.
 
-    python benchmarks/build_bench.py [--shape qwen2.5-0.5b] [--modes normal,low-memory] [--skip-anchor]
-    python benchmarks/build_bench.py --shape qwen2.5-3b-bf16 --modes low-memory --skip-anchor   # 3B in < 16 GB
+    python benchmarks/build_bench.py [--shape qwen2.5-0.5b] [--modes normal,low-memory] [--skip-anchor] [--olive]
+    python benchmarks/build_bench.py --shape qwen2.5-3b-bf16 --recipes cpu-x86_64-int4 --modes normal --skip-anchor
 
-Anchor (same machine, same run): `python -m onnxruntime_genai.models.builder -p int4 -e cpu` with its
-defaults (block 32, fp32 embeddings, untied lm_head). Peak RSS comes from wait4() on each build
-process, which includes the builder child process it runs.
+Anchors (same machine, same run): `python -m onnxruntime_genai.models.builder -p int4 -e cpu` with its defaults
+(block 32, fp32 embeddings, untied lm_head); with --olive, the recipe's `edgeqwen olive-config` workflow (Olive's Gptq
+pass + ModelBuilder) run by `olive run`. Builds run with --no-eval (random weights: the gate is meaningless); the
+evaluate stage is timed apart (`edgeqwen eval`, the same work the build's stage does). Peak RSS comes from wait4() on
+each process tree (warm children off, so every worker is a waited-for descendant).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from shapes import ensure_shape, write_results  # noqa: E402
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", EDGEQWEN_QUIET="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", EDGEQWEN_QUIET="1", EDGEQWEN_WARM_CHILDREN="0", EDGEQWEN_GPTQ_CACHE="off",
+               OLIVE_DISABLE_TELEMETRY="1", HF_DATASETS_OFFLINE="1")
     with tempfile.TemporaryFile() as log:  # a file, not a pipe: nobody reads while we wait4()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -40,19 +44,63 @@ def size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def calibration_s(artifact: Path) -> str:
-    """The manifest's sensitivity measurement and calibrated quantizer wall times, with their thread count."""
+STAGES = ("sensitivity", "gptq", "export", "evaluate")
+
+
+def stages(artifact: Path) -> tuple[dict, dict, str]:
+    """(measured seconds per stage, the plan's estimate per stage, calibration note) from the manifest."""
     import json
 
     m = json.loads((artifact / "manifest.json").read_text())
-    parts = []
-    if "sensitivity" in m:
-        parts.append(f"sensitivity {m['sensitivity']['wall_s']:.0f} s")
-    for algo in ("gptq", "autoround"):
-        if algo in m:
-            parts.append(f"{algo} {m[algo]['wall_s']:.0f} s ({m[algo]['samples']} × {m[algo]['seq_len']} tokens, "
-                         f"{m[algo].get('threads', 1)} threads)")
-    return ", ".join(parts)
+    bt = m.get("build_time", {})
+    note = ""
+    if "gptq" in m:
+        note = f"{m['gptq']['samples']} × {m['gptq']['seq_len']} tokens, {m['gptq'].get('threads', 1)} threads"
+    return dict(bt.get("measured_s", {})), dict(bt.get("estimate", {}).get("seconds", {})), note
+
+
+def olive_anchor(recipe: str, ckpt: Path, work: Path) -> tuple[float, float, float]:
+    """Olive's own GPTQ workflow for the recipe (edgeqwen olive-config → olive run): wall s, peak RSS MB, size MB."""
+    cfg, out = work / "olive.json", work / "olive-out"
+    subprocess.run([sys.executable, "-m", "edgeqwen.cli", "olive-config", recipe, "--model", str(ckpt), "-o", str(cfg),
+                    "--olive-output", str(out)], check=True, capture_output=True)
+    wall, rss = timed([sys.executable, "-m", "olive", "run", "--config", str(cfg)])
+    size = size_mb(out)
+    shutil.rmtree(out, ignore_errors=True)
+    return wall, rss, size
+
+
+def bench_recipe(recipe: str, flags: list[str], ckpt: Path, work: Path) -> dict:
+    """One edgeqwen build (--no-eval) and its evaluation stage timed apart."""
+    out = work / recipe.replace("/", "-")
+    wall, rss = timed([sys.executable, "-m", "edgeqwen.cli", "build", recipe, "--model", str(ckpt), "-o", str(out),
+                       "--no-eval", *flags])
+    measured, estimate, note = stages(out)
+    e_wall, e_rss = timed([sys.executable, "-m", "edgeqwen.cli", "eval", str(out), "--reference", str(ckpt), "-o",
+                           str(work / "eval")])
+    measured["evaluate"] = e_wall
+
+    row = dict(name=f"edgeqwen {recipe} {' '.join(flags)}".rstrip(), size=size_mb(out), wall=wall + e_wall,
+               rss=max(rss, e_rss), stages=measured, estimate=estimate, note=note)
+    shutil.rmtree(out)
+    return row
+
+
+def table(shape: str, rows: list[dict]) -> str:
+    a_size = rows[0]["size"]
+    lines = [f"Build benchmark: {shape} shape, random weights, {os.cpu_count()} cores (build --no-eval, then `edgeqwen "
+             "eval` for the evaluate stage)",
+             "| build | size MB | size vs first | wall s | peak RSS MB | " + " | ".join(f"{s} s" for s in STAGES)
+             + " | estimated s | measured / estimated | notes |",
+             "|---|---|---|---|---|" + "---|" * len(STAGES) + "---|---|---|"]
+    for r in rows:
+        st, est = r.get("stages", {}), r.get("estimate", {})
+        cells = [f"{st[s]:.0f}" if s in st else "" for s in STAGES]
+        est_total = sum(est.values())
+        estimated = f"{est_total:.0f} | {r['wall'] / est_total:.2f}" if est_total else " | "
+        lines.append(f"| {r['name']} | {r['size']:.0f} | {r['size'] / a_size:.2f}x | {r['wall']:.0f} | {r['rss']:.0f} | "
+                     + " | ".join(cells) + f" | {estimated} | {r.get('note', '')} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -63,6 +111,7 @@ def main() -> int:
     ap.add_argument("--modes", default="normal,low-memory",
                     help="edgeqwen build modes to time: normal, low-memory (comma-separated)")
     ap.add_argument("--skip-anchor", action="store_true")
+    ap.add_argument("--olive", action="store_true", help="also run Olive's GPTQ workflow for each gptq recipe")
     args = ap.parse_args()
     ckpt = ensure_shape(args.shape)
     model_dir = {"qwen2.5-0.5b": "qwen2.5-0.5b-instruct", "qwen2.5-1.5b": "qwen2.5-1.5b-instruct",
@@ -74,26 +123,18 @@ def main() -> int:
             anchor = work / "builder-default"
             wall, rss = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt), "-o", str(anchor),
                                "-p", "int4", "-e", "cpu", "-c", str(work / "cache")])
-            rows.append(("builder default int4 (anchor)", size_mb(anchor), wall, rss, ""))
+            rows.append(dict(name="builder default int4, RTN (anchor)", size=size_mb(anchor), wall=wall, rss=rss))
             shutil.rmtree(anchor)
         for r in args.recipes.split(","):
+            recipe = f"{model_dir}/{r}"
             for flags in [[] if m == "normal" else ["--low-memory"] for m in args.modes.split(",")]:
-                out = work / r
-                wall, rss = timed([sys.executable, "-m", "edgeqwen.cli", "build", f"{model_dir}/{r}", "--model", str(ckpt),
-                                   "-o", str(out), "--no-eval", *flags])
-                rows.append((f"edgeqwen {model_dir}/{r} {' '.join(flags)}".rstrip(), size_mb(out), wall, rss,
-                             calibration_s(out)))
-                shutil.rmtree(out)
+                rows.append(bench_recipe(recipe, flags, ckpt, work))
+            if args.olive and "int4" in r and "fast" not in r:
+                wall, rss, size = olive_anchor(recipe, ckpt, work)
+                rows.append(dict(name=f"Olive's GPTQ workflow for {recipe} (olive run)", size=size, wall=wall, rss=rss))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    a_size = rows[0][1]  # the anchor's size (or the first row's with --skip-anchor)
-    lines = [f"Build benchmark: {args.shape} shape, random weights, {os.cpu_count()} cores",
-             "| artifact | size MB | size vs anchor | build wall s | peak RSS MB | of which calibrated steps |",
-             "|---|---|---|---|---|---|"]
-    for name, size, wall, rss, calib in rows:
-        lines.append(f"| {name} | {size:.0f} | {size / a_size:.2f}x | {wall:.1f} | {rss:.0f} | {calib} |")
-    write_results(args.out, f"build-{args.shape}", "\n".join(lines),
-                  [dict(zip(("name", "size_mb", "wall_s", "peak_rss_mb", "calibrated"), r)) for r in rows])
+    write_results(args.out, f"build-{args.shape}", table(args.shape, rows), rows)
     return 0
 
 

@@ -173,9 +173,10 @@ def build(opts: BuildOptions) -> Path:
     plan = _fit_build_in_ram(plan, resolved, ckpt)
     _require_stack(plan)
     stage_log(f"        memory estimate {mem.total_mb:.0f} MB at {mem.context} tokens (budget {mem.budget_mb} MB)")
-    from .planner.cost import estimate as estimate_time, long_build_advice
+    from .planner.cost import TimeEstimate, estimate as estimate_time, long_build_advice
 
-    eta = estimate_time(plan, resolved, ckpt.config, evaluate=opts.evaluate)
+    full = estimate_time(plan, resolved, ckpt.config)  # every stage (the manifest keeps it beside what was measured)
+    eta = full if opts.evaluate else TimeEstimate({k: v for k, v in full.seconds.items() if k != "evaluate"}, full.gflops)
     stage_log(f"        {eta.line()}")
     if advice := long_build_advice(eta):
         stage_log(f"        note: {advice}")
@@ -200,7 +201,7 @@ def build(opts: BuildOptions) -> Path:
             staging = work / f"artifact-{attempt}"
             try:
                 manifest = _make_artifact(plan, resolved, ckpt, opts, work, staging, mem, sensitivity,
-                                          {"estimate": eta.as_dict(), "measured_s": stage_s})
+                                          {"estimate": full.as_dict(), "measured_s": stage_s})
                 break
             except AccuracyGateError as exc:
                 better = _replan_after_miss(plan, resolved, ckpt, sensitivity, exc.summary) if sensitivity else None
