@@ -60,7 +60,8 @@ def _skeleton(config, arch):
 
 
 def layer_inputs(model, embed, ids):
-    """(hidden states of every sequence, the layers' kwargs) from the embedding and the model's own mask/rotary code."""
+    """Per chunk of sequences: (hidden states, the layers' kwargs), from the embedding and the model's own mask and
+    rotary code (a last, shorter chunk has its own mask)."""
     import torch
 
     model.model.embed_tokens.weight.data = embed
@@ -75,15 +76,16 @@ def layer_inputs(model, embed, ids):
         raise Stop
 
     handle = model.model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    hs = []
+    hs, kws = [], []
     with torch.no_grad():
         for chunk in ids.split(CHUNK):
             try:
                 model(chunk, use_cache=False)
             except Stop:
                 hs.append(got["h"].clone())
+                kws.append(got["kw"])
     handle.remove()
-    return hs, got["kw"]
+    return hs, kws
 
 
 class Hessians:
@@ -123,12 +125,12 @@ class Hessians:
             handle.remove()
 
 
-def run_layer(layer, hs, kw, hessians: Hessians | None = None):
+def run_layer(layer, hs, kws, hessians: Hessians | None = None):
     import torch
 
     out = []
     with torch.no_grad():
-        for h in hs:
+        for h, kw in zip(hs, kws):
             if hessians is not None:
                 hessians.new_batch(h.shape[0] * h.shape[1])
             y = layer(h, **kw)
@@ -136,7 +138,7 @@ def run_layer(layer, hs, kw, hessians: Hessians | None = None):
     return out
 
 
-def quantize_layer(layer, prefix: str, hs, kw, formats: dict, damp: float) -> tuple[dict, list, dict]:
+def quantize_layer(layer, prefix: str, hs, kws, formats: dict, damp: float) -> tuple[dict, list, dict]:
     """GPTQ on one layer's linears: (tensors to save, next inputs, record)."""
     import torch
 
@@ -145,7 +147,7 @@ def quantize_layer(layer, prefix: str, hs, kw, formats: dict, damp: float) -> tu
     names = list(formats)
     t0 = time.perf_counter()
     hessians = Hessians(layer, names)
-    ref = run_layer(layer, hs, kw, hessians)
+    ref = run_layer(layer, hs, kws, hessians)
     hessians.close()
     t1 = time.perf_counter()
     saved, losses, factors = {}, {}, {}
@@ -165,7 +167,7 @@ def quantize_layer(layer, prefix: str, hs, kw, formats: dict, damp: float) -> tu
             saved[f"{prefix}{name}.bias"] = mod.bias.data.float().clone()
         losses[name] = r.loss
     t2 = time.perf_counter()
-    nxt = run_layer(layer, hs, kw)
+    nxt = run_layer(layer, hs, kws)
     num = sum(float(((a - b) ** 2).sum()) for a, b in zip(nxt, ref))
     den = sum(float(((b - h) ** 2).sum()) for b, h in zip(ref, hs))
     record = {"loss": losses, "output_rel_err": num / max(den, 1e-30),
@@ -205,7 +207,7 @@ def quantize(cfg: dict) -> dict:
     ids = calibration_ids(str(src), cfg["calib_text"], cfg["samples"], cfg["seq_len"])
     skeleton = _skeleton(config, arch)
     layer_cls = type(skeleton.model.layers[0])
-    hs, kw = layer_inputs(skeleton, shards.get("model.embed_tokens.weight").float(), ids)
+    hs, kws = layer_inputs(skeleton, shards.get("model.embed_tokens.weight").float(), ids)
     del skeleton
     names = list(arch.module_nodes["builder"])  # every quantizable linear of a decoder layer
     records = []
@@ -213,7 +215,7 @@ def quantize(cfg: dict) -> dict:
     for i in range(n_layers):
         prefix = f"model.layers.{i}."
         layer = _load_layer(layer_cls, config, i, shards, prefix)
-        saved, hs, rec = quantize_layer(layer, prefix, hs, kw, _formats(cfg, i, names), float(cfg["damp_percent"]))
+        saved, hs, rec = quantize_layer(layer, prefix, hs, kws, _formats(cfg, i, names), float(cfg["damp_percent"]))
         for n in shards.names(prefix):  # the layer's norms (and any other float tensor) as they are
             if not any(n.startswith(prefix + m + ".") for m in names):
                 saved[n] = shards.get(n).float()
