@@ -70,8 +70,9 @@ def prepare_calibration(path: Path | None, tokenizer_dir: Path, out: Path, sampl
     return CalibrationSet(source=source, jsonl=out, tokens=n_tokens, samples=min(samples, available), seq_len=seq_len)
 
 
-def calibration_ids(tokenizer_dir: str, text_path: str, samples: int, seq_len: int):
-    """[samples, seq_len] token ids spread over the whole calibration text (fewer, shorter when the text is short)."""
+def calibration_ids(tokenizer_dir: str, text_path: str, samples: int, seq_len: int, spread: bool = True):
+    """[samples, seq_len] token ids (fewer, shorter when the text is short): spread over the whole calibration text, or
+    (spread=False) consecutive from its start, as Olive's "join" data strategy reads it."""
     import torch
     from transformers import AutoTokenizer
 
@@ -80,5 +81,5 @@ def calibration_ids(tokenizer_dir: str, text_path: str, samples: int, seq_len: i
     seq_len = min(seq_len, len(ids))
     samples = max(1, min(samples, len(ids) // seq_len))
     span = len(ids) - seq_len
-    starts = [round(i * span / max(samples - 1, 1)) for i in range(samples)]
+    starts = [round(i * span / max(samples - 1, 1)) if spread else i * seq_len for i in range(samples)]
     return torch.tensor([ids[s:s + seq_len] for s in starts], dtype=torch.long)

@@ -204,7 +204,7 @@ def quantize(cfg: dict) -> dict:
     config._attn_implementation = "sdpa"
     arch = get_architecture(config.architectures[0])
     shards = Shards(src)
-    ids = calibration_ids(str(src), cfg["calib_text"], cfg["samples"], cfg["seq_len"])
+    ids = calibration_ids(str(src), cfg["calib_text"], cfg["samples"], cfg["seq_len"], spread=cfg.get("spread", True))
     skeleton = _skeleton(config, arch)
     layer_cls = type(skeleton.model.layers[0])
     hs, kws = layer_inputs(skeleton, shards.get("model.embed_tokens.weight").float(), ids)
@@ -280,6 +280,8 @@ def gptq_settings(req, samples: int, seq_len: int, damp_percent: float) -> dict:
     code = hashlib.sha256(b"".join((here / f).read_bytes() for f in ("gptq_math.py", "gptq_stream.py"))).hexdigest()[:12]
     return {"bits": req.bits, "group_size": req.block_size, "symmetric": req.symmetric,
             "overrides": module_overrides(req), "samples": samples, "seq_len": seq_len, "damp_percent": damp_percent,
+            "spread": False,  # consecutive sequences from the text's start, as Olive's pass read them (on the trained
+            # tiny models: KLD 0.0134 / 0.0186 against 0.0133 / 0.0187 spread, PPL ratio 1.004 / 1.012 against 1.009 / 1.025)
             "code": code}
 
 
