@@ -27,16 +27,22 @@ CHUNK = 8  # calibration sequences per forward (bounds the MLP's activations on 
 
 
 class Shards:
-    """The checkpoint's tensors by name, read on demand from its safetensors files."""
+    """The checkpoint's tensors by name, read on demand from its safetensors files. Each read opens and closes its
+    file: a file kept open keeps every page read so far mapped, which grows the process by the whole checkpoint."""
 
     def __init__(self, folder: Path):
         from safetensors import safe_open
 
-        self.files = {p: safe_open(str(p), "pt") for p in sorted(folder.glob("*.safetensors"))}
-        self.where = {name: p for p, f in self.files.items() for name in f.keys()}
+        self.where: dict[str, Path] = {}
+        for p in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(p), "pt") as f:
+                self.where.update((name, p) for name in f.keys())
 
     def get(self, name: str):
-        return self.files[self.where[name]].get_tensor(name)
+        from safetensors import safe_open
+
+        with safe_open(str(self.where[name]), "pt") as f:
+            return f.get_tensor(name)
 
     def names(self, prefix: str = "") -> list[str]:
         return [n for n in self.where if n.startswith(prefix)]
