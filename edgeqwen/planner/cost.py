@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-# share of the probe's GEMM rate each stage reaches (measured: benchmarks/results/build-*.md, "estimate" column)
-EFFICIENCY = {"sensitivity": 0.35, "gptq": 0.8, "export": 1.0, "evaluate": 0.5}
-EXPORT_S_PER_BPARAM = 25.0  # the builder's seconds per billion parameters at the probe's reference rate
+# share of the probe's GEMM rate each stage reaches. gptq: the Qwen2.5-0.5B shape's 21 TFLOP took 152 s on a quiet
+# machine whose probe reads ~310 GFLOP/s (0.45); sensitivity and evaluate are provisional (small batches and the
+# 151936-wide head reach less of the rate), calibrated only under load so far (benchmarks/results/build-*.md)
+EFFICIENCY = {"sensitivity": 0.25, "gptq": 0.45, "export": 1.0, "evaluate": 0.4}
+EXPORT_S_PER_BPARAM = 60.0  # the builder's seconds per billion parameters at the probe's reference rate (0.5B: ~14 s)
 REFERENCE_GFLOPS = 150.0  # the probe's rate on the machine the export constant was measured on
 GPTQ_TOKEN_BUDGET_TFLOP = 70  # per-token GPTQ work allowed (forward passes + Gram matrices): 8192 tokens up to the
 # 1.5B shape, 4096 on the 3B shape (whose fixed factorization work is another ~50 TFLOP)
