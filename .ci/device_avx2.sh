@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Device check: batched vs lone decoding on an x86-64 without AVX-512 (qemu-x86_64 -cpu Haswell) on artifacts built
-# natively. Idempotent; run inside the CI venv (or set PYTHON). A few minutes on 2 cores.
+# Device check: an x86-64 without AVX-512 (qemu-x86_64 -cpu Haswell) on artifacts built natively: batched vs lone
+# decoding, then the default run's ISA-sensitive tests (tests/test_device_avx2.py: pytest itself under the emulator).
+# Idempotent; run inside the CI venv (or set PYTHON). A few minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

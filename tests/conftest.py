@@ -19,6 +19,9 @@ os.environ.setdefault("EDGEQWEN_QUIET", "1")
 os.environ.setdefault("EDGEQWEN_CALIB_THREADS", "1")
 # One id per test run: set here in the controller before xdist starts its workers, which inherit it, so every worker
 # shares the run's folders (built artifacts, tiny fixtures, calibrated-quantizer results; never ~/.cache/edgeqwen).
+# A run id given from outside names folders that outlive the run (the caller removes them): a later pytest with the same
+# id reuses those builds (the emulated AVX2 check runs the tests under qemu on artifacts built natively).
+_OWN_RUN = "EDGEQWEN_TEST_RUN" not in os.environ
 _RUN = os.environ.setdefault("EDGEQWEN_TEST_RUN", uuid.uuid4().hex[:12])
 os.environ.setdefault("EDGEQWEN_CACHE", os.path.join(tempfile.gettempdir(), f"edgeqwen-test-cache-{_RUN}"))
 
@@ -35,8 +38,8 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_unconfigure(config):
     """The run's shared folders go with the run (the controller removes them once every worker is done and the
-    summary is written)."""
-    if not hasattr(config, "workerinput"):
+    summary is written), unless the run id came from outside."""
+    if _OWN_RUN and not hasattr(config, "workerinput"):
         for kind in ("artifacts", "models", "cache"):
             shutil.rmtree(os.path.join(tempfile.gettempdir(), f"edgeqwen-test-{kind}-{_RUN}"), ignore_errors=True)
 

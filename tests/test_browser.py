@@ -82,7 +82,7 @@ def test_the_page_computes_what_the_python_runner_does(web_art, browser, url, ba
           f"{stats['prefillTokensPerSecond']:.1f} tok/s ({stats['promptTokens']} tokens); Python runner decode "
           f"{last.decode_tps:.1f} tok/s, prefill {last.prefill_tps:.1f} tok/s")
     assert agreement.ok, agreement.summary()
-    assert got["tokens"] == ref_toks
+    assert agreement.diverged_at is not None or got["tokens"] == ref_toks  # equal unless parted at a near-tie
     page.close()
 
 
@@ -100,7 +100,7 @@ def test_qwen3_on_wasm_computes_what_the_python_runner_does(web_art, artifacts, 
         ref_toks, ref_logits, *_ = python_greedy(art, ids, 16)
         agreement = compare_runs(ref_logits, ref_toks, np.array(got["logits"], np.float32), got["tokens"], BROWSER_TOL)
         print(f"tiny-qwen3 browser wasm vs Python runner: {agreement.summary()}; tokens equal: {got['tokens'] == ref_toks}")
-        assert agreement.ok and got["tokens"] == ref_toks, agreement.summary()
+        assert agreement.ok and (agreement.diverged_at is not None or got["tokens"] == ref_toks), agreement.summary()
         page.close()
 
 

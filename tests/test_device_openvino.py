@@ -30,4 +30,5 @@ def test_openvino_artifact_runs_on_the_openvino_ep_as_on_the_cpu(artifacts, trai
         agreement = compare_runs(ref_logits[i], ref_toks[i], logits[i], toks[i], OPENVINO_TOL)
         print(f"OpenVINO (onnxruntime-openvino {meta['onnxruntime']}) vs CPU: {agreement.summary()}")
         assert agreement.ok, agreement.summary()
-    assert meta["texts"] == ref_meta["texts"]
+        # greedy text equal to the CPU run's, unless the tokens parted at a near-tie (the agreement says where)
+        assert agreement.diverged_at is not None or meta["texts"][i] == ref_meta["texts"][i]

@@ -42,7 +42,8 @@ def test_webgpu_fp32_artifact_runs_on_the_webgpu_ep_as_on_the_cpu(webgpu_python,
         print(f"WebGPU (SwiftShader, onnxruntime-webgpu {meta['onnxruntime']}) vs CPU: {agreement.summary()}; "
               f"{meta['generate_s']:.1f} s")
         assert agreement.ok, agreement.summary()
-    assert meta["texts"] == ref_meta["texts"]  # greedy text equal to the CPU run
+        # greedy text equal to the CPU run's, unless the tokens parted at a near-tie (the agreement says where)
+        assert agreement.diverged_at is not None or meta["texts"][i] == ref_meta["texts"][i]
 
 
 def test_webgpu_artifact_without_its_provider_says_what_to_install(artifacts, trained_qwen2, tmp_path):

@@ -15,6 +15,7 @@ from edgeqwen.evaluate import metrics
 from edgeqwen.evaluate.core import EvalConfig, evaluate
 from edgeqwen.package import verify_artifact
 from edgeqwen.recipe import load_recipe
+from edgeqwen.runtime.agreement import FP32_TOL
 from edgeqwen.tiny import TinySpec, create_tiny_qwen
 
 
@@ -46,7 +47,9 @@ def test_fp32_artifact_matches_reference(family, request, artifacts):
     path = artifacts.get(f"tiny-{family}/cpu-x86_64-fp32", ckpt, evaluate=True)
     acc = json.loads((path / "accuracy.json").read_text())
     assert acc["kld_mean"] < 1e-4 and acc["top1"] > 0.995 and abs(acc["ppl_ratio"] - 1) < 1e-3
-    assert acc["greedy_match"] == 1.0
+    # greedy continuations equal to PyTorch's, unless one parts where the reference's top two are within 2 x FP32_TOL
+    # (two fp32 implementations round differently, and each differently per CPU ISA; measured: never here)
+    assert acc["greedy_match"] == 1.0 or all(m is None or m <= 2 * FP32_TOL for m in acc["greedy_parting_margins"]), acc
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["accuracy"]["kld_mean"] == acc["kld_mean"]  # the manifest carries the report's numbers
     assert manifest["files"]["accuracy.json"]["sha256"]  # the report is hashed with the artifact

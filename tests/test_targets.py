@@ -12,6 +12,7 @@ from edgeqwen.build import BuildOptions, build
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.recipe import load_recipe
 from edgeqwen.runtime import Runner, Sampling
+from edgeqwen.runtime.agreement import top2_margin
 
 
 def inputs_dtype(path):
@@ -43,7 +44,10 @@ def test_ort_format_matches_onnx_logits(trained_qwen2, artifacts):
     a, b = Runner(ort_art), Runner(onnx_art)
     ids = a.encode("The assert statement is a convenient way to insert debugging assertions into a program")
     la, lb = a.score(ids), b.score(ids)
-    assert np.abs(la - lb).max() < 1e-2 and (la.argmax(-1) == lb.argmax(-1)).mean() == 1.0
+    tol = 1e-2  # measured: 0 (the same kernels on the same shapes, on AVX-512 and under qemu -cpu Haswell)
+    assert np.abs(la - lb).max() < tol
+    decided = np.array([top2_margin(row) > 2 * tol for row in lb])  # a closer tie may go either way within tol
+    assert decided.mean() > 0.9 and (la.argmax(-1) == lb.argmax(-1))[decided].all()
     manifest = json.loads((ort_art / "manifest.json").read_text())
     assert manifest["ort_format"]["required_operators"] and "model.ort" in manifest["files"]
     assert "# - model.ort" in (ort_art / "required_operators.config").read_text()  # no temp paths: reproducible

@@ -299,10 +299,18 @@ def test_the_hub_checkpoint_layout_builds_with_parity(random_qwen2_vl, tmp_path)
     assert v["kld_mean"] < 1e-6 and v["top1"] == 1.0 and v["feature_rel_error"] < 1e-5
 
 
+# Batched vs lone on the random-weight VL artifact, whose logits span about ±1.5 (tiny-qwen2's: ±15, hence not
+# INT8_ACTIVATION_TOL): measured max |logit diff| 2.4e-7 on an AVX-512 host, 0.004 under qemu -cpu Haswell (other
+# MatMulNBits paths per batch shape and prefill chunk); one position off moves them by 0.019, another prompt's KV by 0.07.
+VL_BATCH_TOL = 0.01
+
+
 def test_batched_image_and_text_requests_equal_lone_ones(vl):
     """Continuous batching on a VL artifact: image requests (features merged chunk by chunk, M-RoPE positions per
     row) and text ones share decode steps over 2 slots, prefill in chunks of 16 (an image spans chunks), and every
-    request's tokens equal its lone run."""
+    request's steps agree with its lone run (logits within VL_BATCH_TOL: onnxruntime does not promise bitwise-equal
+    kernels across batch shapes, see edgeqwen.runtime.agreement)."""
+    from edgeqwen.runtime.agreement import compare_runs, step_logits
     from edgeqwen.runtime.batch import BatchEngine, stream_batched
 
     _, int4, _ = vl
@@ -314,21 +322,23 @@ def test_batched_image_and_text_requests_equal_lone_ones(vl):
         content = q if png is None else [{"type": "image"}, {"type": "text", "text": q}]
         jobs.append((lone.encode(lone.apply_chat_template([{"role": "user", "content": content}])),
                      [png] if png else []))
-    settings = [Sampling(max_new_tokens=n, ignore_eos=True, temperature=0.8, top_p=0.9, seed=i)
+    settings = [Sampling(max_new_tokens=n, ignore_eos=True, temperature=0.8, top_p=0.9, seed=i, keep_logits=True)
                 for i, n in enumerate((20, 8, 30, 12))]
-    want = [lone.generate(ids, s, images=imgs).token_ids for (ids, imgs), s in zip(jobs, settings)]
+    want = [step_logits(lone.stream(ids, s, images=imgs)) for (ids, imgs), s in zip(jobs, settings)]
     engine = BatchEngine(Runner(int4), max_batch=2, prefill_chunk=16)
     try:
         handles = []
         for (ids, imgs), s in zip(jobs, settings):  # all submitted before any is read: they share steps
             expanded, prepared = engine.runner.vision.prepare(ids, imgs) if imgs else (ids, None)
             handles.append(engine.submit(expanded, s, prepared=prepared))
-        got = [[t for rec in h for t in rec.token_ids] for h in handles]
+        got = [step_logits(h) for h in handles]
         # stream_batched (what a lone caller uses) takes the images itself
-        again = [t for rec in stream_batched(engine, jobs[0][0], settings[0], images=jobs[0][1]) for t in rec.token_ids]
+        again = step_logits(stream_batched(engine, jobs[0][0], settings[0], images=jobs[0][1]))
     finally:
         engine.close()
-    assert got == want and again == want[0]
+    agreements = [compare_runs(*w, *g, VL_BATCH_TOL, greedy=False) for w, g in zip(want + want[:1], got + [again])]
+    assert all(a.ok for a in agreements), [a.summary() for a in agreements]
+    assert all(len(g[1]) == len(w[1]) for w, g in zip(want, got))  # every request ran to its own length
     assert engine.batch_tokens > engine.steps
 
 

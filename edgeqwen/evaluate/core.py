@@ -78,16 +78,20 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
     return out.logits[0].float().numpy()
 
 
-def reference_greedy(model, ids: list[int], n: int) -> list[int]:
+def reference_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    """n greedy tokens after `ids` and the top-2 logit margin each was chosen by."""
     import torch
 
     tokens: list[int] = []
+    margins: list[float] = []
     with torch.inference_mode():
         out = model(torch.tensor([ids]), use_cache=True)
         for _ in range(n):
-            tokens.append(int(out.logits[0, -1].argmax()))
+            top = out.logits[0, -1].float().topk(2)
+            tokens.append(int(top.indices[0]))
+            margins.append(float(top.values[0] - top.values[1]))
             out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
-    return tokens
+    return tokens, margins
 
 
 def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
@@ -117,16 +121,18 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
         stage_log(f"        window {w + 1}/{n_windows}: mean KLD {per_window[-1]:.5f}")
     ref_all, cand_all, tgt_all = (np.concatenate(x) for x in (ref_all, cand_all, tgt_all))
     summary = metrics.summarize(ref_all, cand_all, tgt_all)
-    matches = []
+    matches, parted = [], []
     for p in range(GREEDY_PROMPTS):
         start = p * (len(ids) // GREEDY_PROMPTS)
         prompt = ids[start:start + 32]
-        want = reference_greedy(model, prompt, GREEDY_TOKENS)
+        want, margins = reference_greedy(model, prompt, GREEDY_TOKENS)
         got = runner.generate(prompt, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids
         matches.append(metrics.greedy_match(want, got))
+        parted.append(margins[matches[-1]] if matches[-1] < GREEDY_TOKENS else None)
     summary.update(
         greedy_match=float(np.mean(matches) / GREEDY_TOKENS),
         greedy_match_tokens=matches,
+        greedy_parting_margins=parted,  # the reference's top-2 margin where each continuation first differs
         windows=n_windows,
         window=window,
         per_window_kld=per_window,
