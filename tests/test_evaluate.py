@@ -38,7 +38,24 @@ def test_metrics_match_hand_computation():
     assert metrics.greedy_match([1, 2, 3, 4], [1, 2, 9, 4]) == 2
     s = metrics.summarize(ref, cand, targets)
     assert math.isclose(s["ppl_ratio"], s["ppl_candidate"] / s["ppl_reference"])
+    assert math.isclose(s["ppl_reference"], math.exp(sum(nll_ref) / 2)) and s["top1"] == 0.5
+    assert math.isclose(s["kld_mean"], sum(kl) / 2)
     assert metrics.token_kld(ref, ref).max() == 0.0
+
+
+def test_window_by_window_scoring_equals_scoring_all_at_once():
+    """The evaluation scores each window apart and drops its logits (memory): row chunks and windows concatenated give
+    the whole-array metrics."""
+    rng = np.random.default_rng(0)
+    ref, cand = rng.normal(size=(2, 100, 300)) * 3
+    targets = rng.integers(0, 300, size=100)
+    whole = metrics.summarize(ref, cand, targets)
+    parts = [metrics.token_stats(ref[a:b], cand[a:b], targets[a:b], rows=7) for a, b in ((0, 37), (37, 100))]
+    split = metrics.summarize_tokens({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    assert split.keys() == whole.keys()
+    for k in whole:
+        assert math.isclose(split[k], whole[k], rel_tol=1e-12), k
+    assert np.allclose(metrics.token_stats(ref, cand, targets)["kld"], metrics.token_kld(ref, cand))
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3"])

@@ -46,17 +46,21 @@ def load_eval_text(path: Path | None) -> str:
     return text
 
 
-def _check_reference(model, runner) -> None:
-    cfg = model.config.get_text_config()
-    if cfg.vocab_size != runner.vocab_size:
+def _check_reference(reference: Path, artifact: dict) -> None:
+    """From the reference's config alone (before any model is run): `artifact` holds the artifact's vocab_size,
+    num_layers and kv_heads, as its runner read them."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(reference), local_files_only=True).get_text_config()
+    if cfg.vocab_size != artifact["vocab_size"]:
         raise EdgeQwenError(
-            f"reference vocabulary ({cfg.vocab_size}) does not match the artifact's ({runner.vocab_size})",
+            f"reference vocabulary ({cfg.vocab_size}) does not match the artifact's ({artifact['vocab_size']})",
             where="--reference", hint="pass the checkpoint the artifact was built from",
         )
-    if cfg.num_hidden_layers != runner.num_layers or cfg.num_key_value_heads != runner.kv_heads:
+    if cfg.num_hidden_layers != artifact["num_layers"] or cfg.num_key_value_heads != artifact["kv_heads"]:
         raise EdgeQwenError(
             f"reference architecture ({cfg.num_hidden_layers} layers, {cfg.num_key_value_heads} KV heads) does not match "
-            f"the artifact ({runner.num_layers} layers, {runner.kv_heads} KV heads)",
+            f"the artifact ({artifact['num_layers']} layers, {artifact['kv_heads']} KV heads)",
             where="--reference", hint="pass the checkpoint the artifact was built from",
         )
 
@@ -95,6 +99,11 @@ def reference_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[flo
 
 
 def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
+    """The artifact's logits first (kept: one window's scored half per window), then the artifact is closed and the
+    reference loaded, scoring window by window. One model at a time and one window's full-vocabulary arithmetic at a
+    time: on the 3B shape the fp32 reference alone is 12.4 GB."""
+    import gc
+
     from ..runtime.runner import Runner, Sampling
 
     text = load_eval_text(cfg.eval_text)
@@ -106,27 +115,31 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
             f"eval text has {len(ids)} tokens, shorter than one window of {window}",
             where=str(cfg.eval_text or DEFAULT_EVAL_TEXT), hint="use a longer text or a smaller accuracy.window",
         )
-    model = load_reference(reference)
-    _check_reference(model, runner)
+    _check_reference(reference, {"vocab_size": runner.vocab_size, "num_layers": runner.num_layers,
+                                 "kv_heads": runner.kv_heads})
     n_windows = min(cfg.max_windows, len(ids) // window)
-    ref_all, cand_all, tgt_all, per_window = [], [], [], []
     half = window // 2  # score the second half of each window, with the first half as context (llama.cpp)
-    for w in range(n_windows):
-        chunk = ids[w * window:(w + 1) * window]
+    chunks = [ids[w * window:(w + 1) * window] for w in range(n_windows)]
+    cand_all = [runner.score(chunk)[half - 1:-1].copy() for chunk in chunks]
+    prompts = [ids[p * (len(ids) // GREEDY_PROMPTS):][:32] for p in range(GREEDY_PROMPTS)]
+    got_all = [runner.generate(prompt, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids
+               for prompt in prompts]
+    vision = runner if runner.vision is not None else None  # image parity needs both models at once
+    del runner
+    gc.collect()
+    model = load_reference(reference)
+    stats, per_window = [], []
+    for w, chunk in enumerate(chunks):
         ref = reference_logits(model, chunk)[half - 1:-1]
-        cand = runner.score(chunk)[half - 1:-1]
-        tgt = np.asarray(chunk[half:])
-        ref_all.append(ref), cand_all.append(cand), tgt_all.append(tgt)
-        per_window.append(float(metrics.token_kld(ref, cand).mean()))
+        stats.append(metrics.token_stats(ref, cand_all[w], np.asarray(chunk[half:])))
+        cand_all[w] = None  # this window's logits are done with
+        per_window.append(float(stats[-1]["kld"].mean()))
         stage_log(f"        window {w + 1}/{n_windows}: mean KLD {per_window[-1]:.5f}")
-    ref_all, cand_all, tgt_all = (np.concatenate(x) for x in (ref_all, cand_all, tgt_all))
-    summary = metrics.summarize(ref_all, cand_all, tgt_all)
+    tokens = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
+    summary = metrics.summarize_tokens(tokens)
     matches, parted = [], []
-    for p in range(GREEDY_PROMPTS):
-        start = p * (len(ids) // GREEDY_PROMPTS)
-        prompt = ids[start:start + 32]
+    for prompt, got in zip(prompts, got_all):
         want, margins = reference_greedy(model, prompt, GREEDY_TOKENS)
-        got = runner.generate(prompt, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids
         matches.append(metrics.greedy_match(want, got))
         parted.append(margins[matches[-1]] if matches[-1] < GREEDY_TOKENS else None)
     summary.update(
@@ -136,13 +149,13 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
         windows=n_windows,
         window=window,
         per_window_kld=per_window,
-        kld_histogram=np.histogram(np.log10(metrics.token_kld(ref_all, cand_all) + 1e-12), bins=30, range=(-9, 1))[0].tolist(),
+        kld_histogram=np.histogram(np.log10(tokens["kld"] + 1e-12), bins=30, range=(-9, 1))[0].tolist(),
         eval_text=str(cfg.eval_text or "edgeqwen/data/eval.txt"),
     )
-    if runner.vision is not None:
+    if vision is not None:
         from .vision import image_parity
 
-        summary["vision"] = image_parity(runner, model, ids)
+        summary["vision"] = image_parity(vision, model, ids)
     return summary
 
 
