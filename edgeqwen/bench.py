@@ -260,6 +260,17 @@ def _check_bench_args(args) -> None:
 
 def cmd_bench(args) -> int:
     _check_bench_args(args)
+    if args.speculate:
+        from . import bench_speculate
+
+        if args.prompt_file and not Path(args.prompt_file).is_file():
+            from .errors import EdgeQwenError
+
+            raise EdgeQwenError(f"prompt file not found: {args.prompt_file}", where="--prompt-file",
+                                hint="a UTF-8 text file whose answer repeats much of it (an edit, a summary)")
+        report = bench_speculate.bench(Path(args.artifact), args.speculate, args.gen_len, args.threads, args.prompt_file)
+        print(json.dumps(report, indent=2) if args.json else bench_speculate.format_report(report))
+        return 0
     report = bench(Path(args.artifact), args.prompt_len, args.gen_len, args.threads, args.reference, args.provider)
     print(json.dumps(report, indent=2) if args.json else format_bench(report))
     return 0
@@ -273,6 +284,10 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = library default)")
     p.add_argument("--reference", help="source checkpoint for a PyTorch eager row")
     p.add_argument("--provider", help="execution provider of this runner's rows (default: the artifact's own)")
+    p.add_argument("--speculate", metavar="lookup|draft=ARTIFACT", help="speculative vs plain greedy decoding, same "
+                   "process and prompt: speedup, acceptance, tokens per verify step, identical text")
+    p.add_argument("--prompt-file", help="with --speculate: the prompt (default: an edit-style prompt from the "
+                   "packaged eval text)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench)
 

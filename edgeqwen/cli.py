@@ -129,6 +129,8 @@ def cmd_run(args) -> int:
         argv += ["--image", image]
     if args.provider:
         argv += ["--provider", args.provider]
+    if args.speculate:
+        argv += ["--speculate", args.speculate]
     return runner_main(argv)
 
 
@@ -221,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", metavar="FILE", help="Qwen2.5-VL artifacts: an image the prompt asks "
                    "about (repeat for several; they come before the prompt's text)")
     p.add_argument("--provider", help="execution provider (default: the artifact's own, CPU as its declared fallback)")
+    p.add_argument("--speculate", metavar="lookup|draft=ARTIFACT", help="speculative decoding: drafts verified several "
+                   "tokens per forward pass, output unchanged (lookup: n-grams of the prompt and output; draft=ARTIFACT: "
+                   "a smaller artifact with the same tokenizer)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("plan", help="memory estimate and quantization plan of a recipe on a model, before building")

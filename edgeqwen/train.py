@@ -28,13 +28,21 @@ _MODELS = yaml.safe_load((Path(__file__).resolve().parent / "data" / "tiny_model
 SPECS = {name: TinySpec(**fields) for name, fields in _MODELS["embedded"].items()}  # shipped, trained
 # Shapes no recipe was tuned on (benchmarks/holdout_eval.py); trained on demand, cached.
 HOLDOUT = {name: TinySpec(**fields) for name, fields in _MODELS["holdout"].items()}
+# Speculative decoding's pair (benchmarks/speculative_bench.py): a target that copies and a smaller draft on the same
+# tokenizer, each trained with a share of repeated passages (`copy`); on demand, cached.
+COPY = {name: float(fields.pop("copy", 0.0)) for name, fields in _MODELS["speculation"].items()}
+SPECULATION = {name: TinySpec(**fields) for name, fields in _MODELS["speculation"].items()}
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("EDGEQWEN_CACHE", Path.home() / ".cache" / "edgeqwen")) / "trained"
 
 
-def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch: int = 16, lr: float = 3e-3) -> Path:
+def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch: int = 16, lr: float = 3e-3,
+          copy: float = 0.0) -> Path:
+    """`copy`: the share of each batch's sequences that are a passage followed by itself again (seq_len / 2 tokens
+    twice). Real models copy from their context (induction heads, learned from the repetition in web text); a tiny
+    model trained on 460 kB of distinct prose does not, and prompt lookup then has nothing to accept."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,6 +63,9 @@ def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch
             g["lr"] = cur_lr
         starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=gen)
         x = torch.stack([ids[s:s + seq_len] for s in starts])
+        repeated = int(round(copy * batch))
+        if repeated:
+            x[:repeated, seq_len // 2:] = x[:repeated, :seq_len - seq_len // 2]
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad()
         loss.backward()
@@ -67,7 +78,7 @@ def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch
     model.save_pretrained(tmp, safe_serialization=True)
     (tmp / "edgeqwen_train.json").write_text(json.dumps(
         {"spec": asdict(spec), "steps": steps, "seq_len": seq_len, "batch": batch, "lr": lr,
-         "final_loss": float(loss.item()), "corpus": "pydoc_data.topics (train split)"}, indent=2))
+         "final_loss": float(loss.item()), "corpus": "pydoc_data.topics (train split)", "copy": copy}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -75,13 +86,14 @@ def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch
 
 def trained(name: str, steps: int = 800) -> Path:
     """Path of a cached trained tiny model, training it on first use."""
-    spec = {**SPECS, **HOLDOUT}[name]
+    spec = {**SPECS, **HOLDOUT, **SPECULATION}[name]
+    copy = COPY.get(name, 0.0)
     fields = {k: v for k, v in asdict(spec).items() if not (k == "tied" and v is None)}  # keys from before `tied`
-    key = hashlib.sha256(json.dumps([fields, steps]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([fields, steps] + ([copy] if copy else [])).encode()).hexdigest()[:12]
     out = cache_root() / f"{name}-{key}"
     if not (out / "model.safetensors").exists():
         out.parent.mkdir(parents=True, exist_ok=True)
-        train(spec, out, steps=steps)
+        train(spec, out, steps=steps, copy=copy)
     return out
 
 
@@ -105,7 +117,7 @@ def write_calib_text(path: Path, max_chars: int = 100_000) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", choices=sorted({**SPECS, **HOLDOUT}), default="tiny-qwen2")
+    ap.add_argument("--family", choices=sorted({**SPECS, **HOLDOUT, **SPECULATION}), default="tiny-qwen2")
     ap.add_argument("--out", help="output folder (default: the cache)")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--embed", action="store_true", help="train both and copy into edgeqwen/data/models")
@@ -121,8 +133,9 @@ def main(argv=None) -> int:
             shutil.copytree(src, dst)
             print(dst)
         return 0
-    spec = {**SPECS, **HOLDOUT}[args.family]
-    out = train(spec, Path(args.out), args.steps) if args.out else trained(args.family, args.steps)
+    spec = {**SPECS, **HOLDOUT, **SPECULATION}[args.family]
+    out = (train(spec, Path(args.out), args.steps, copy=COPY.get(args.family, 0.0)) if args.out
+           else trained(args.family, args.steps))
     print(out)
     return 0
 

@@ -35,7 +35,8 @@ except ImportError as _missing:  # `python runner.py` under a bare Python: say w
 
 KV_BLOCK = 256  # the in-place KV cache grows in steps of this many positions
 
-__all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main", "render_chat_template", "EXECUTION_PROVIDERS"]
+__all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main", "render_chat_template", "EXECUTION_PROVIDERS",
+           "PromptLookup", "DraftModel", "make_drafter"]
 
 
 class RunnerError(Exception):
@@ -470,6 +471,120 @@ class Decoding:
         return tok, rec
 
 
+@dataclass
+class SpeculationStats:
+    """One stream's speculative decoding: verify steps run, draft tokens proposed and accepted, tokens the verify steps
+    emitted (every token after the prefill's first)."""
+
+    steps: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.emitted / self.steps if self.steps else 0.0
+
+
+class Drafter:
+    """What speculative decoding asks of a drafter: `propose(history, k)` → up to k tokens that may come next (the
+    target verifies them all in one forward pass). `k` adapts per stream as Hugging Face's assisted generation does:
+    +2 after a fully accepted draft, -1 after a rejection, within [1, max_k]."""
+
+    name = "drafter"
+    first_k = 4
+    max_k = 8
+
+    def start(self, target: "Runner", tokens: int) -> None:
+        """A new stream of at most `tokens` positions begins on `target`."""
+
+    def propose(self, history: list[int], k: int) -> list[int]:
+        raise NotImplementedError
+
+
+class PromptLookup(Drafter):
+    """Prompt lookup decoding: the tokens that followed the latest earlier occurrence of the sequence's last n tokens
+    (n from max_ngram down to min_ngram), in the prompt or the output so far. No model, no memory: strong where the
+    answer repeats its input — code edits, RAG answers, summaries."""
+
+    name = "lookup"
+    first_k = 8
+    max_k = 16
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        if not 1 <= min_ngram <= max_ngram:
+            raise RunnerError(f"prompt lookup needs 1 <= min n-gram <= max n-gram (got {min_ngram}, {max_ngram})")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def propose(self, history: list[int], k: int) -> list[int]:
+        h = np.asarray(history, dtype=np.int64)
+        size = h.size
+        for n in range(min(self.max_ngram, size - 1), self.min_ngram - 1, -1):
+            tail, starts = h[size - n:], size - n  # windows starting before the tail: a token follows each
+            hit = h[:starts] == tail[0]
+            for j in range(1, n):
+                hit &= h[j:j + starts] == tail[j]
+            found = np.flatnonzero(hit)
+            if found.size:
+                start = int(found[-1]) + n
+                return h[start:start + k].tolist()
+        return []
+
+
+class DraftModel(Drafter):
+    """A smaller artifact with the same tokenizer drafts greedily (e.g. Qwen2.5-0.5B for 1.5B or 3B). Its own KV cache
+    follows the target's sequence: rolled back to the prefix both share, then fed what it has not seen."""
+
+    name = "draft"
+    first_k = 4
+    max_k = 8
+
+    def __init__(self, draft: "Runner"):
+        self.runner = draft
+
+    def start(self, target: "Runner", tokens: int) -> None:
+        d = self.runner
+        if d.vocab_size != target.vocab_size or d.tokenizer.to_str() != target.tokenizer.to_str():
+            raise RunnerError(f"the draft artifact {d.path} does not share the target's tokenizer ({d.vocab_size} vs "
+                              f"{target.vocab_size} tokens): draft with a smaller model of the same family")
+        if d.static_slots is not None:
+            raise RunnerError(f"the draft artifact {d.path} takes one token per step (static shapes): use a CPU artifact")
+        d.reset()
+        d.reserve(min(tokens, d.context_length))
+
+    def propose(self, history: list[int], k: int) -> list[int]:
+        d = self.runner
+        seen = np.asarray(d.ids[:len(history)], dtype=np.int64)
+        differ = np.flatnonzero(seen != np.asarray(history[:seen.size], dtype=np.int64))
+        common = int(differ[0]) if differ.size else seen.size
+        common = min(common, len(history) - 1)  # the last token is fed again: its logits start the draft
+        k = min(k, d.context_length - len(history))
+        if k <= 0:
+            return []
+        d.rollback(common)
+        logits = d.step(list(history[common:]))
+        out = [int(np.argmax(logits))]
+        while len(out) < k:
+            out.append(int(np.argmax(d.step([out[-1]]))))
+        return out
+
+
+def make_drafter(spec: str, threads: int | None = None, providers=None) -> Drafter:
+    """`lookup` (prompt lookup) or `draft=ARTIFACT` (a draft model): the --speculate flag's values."""
+    if spec == "lookup":
+        return PromptLookup()
+    if spec.startswith("draft="):
+        path = spec[len("draft="):]
+        if not path:
+            raise RunnerError("--speculate draft= needs an artifact folder: draft=PATH")
+        return DraftModel(Runner(path, threads=threads, verify=False, providers=providers))
+    raise RunnerError(f"unknown --speculate {spec!r}: use `lookup` or `draft=ARTIFACT`")
+
+
 class VisionPath:
     """A vision artifact's image side: preprocessing (numpy + Pillow, no torch), the encoder, the embedding merge and
     the decoder's 3-D positions (vision.py, next to this file, holds the model-specific arithmetic)."""
@@ -602,6 +717,7 @@ class Runner:
         self._ll_tokenizer = None
         self._kv = None
         self._io = None
+        self._multi_io: dict = {}  # output name → an IOBinding for several-token steps over the in-place cache
         self.kv_capacity = 0
         self.pos = 0
         self.rope_pos = 0  # the next text position (M-RoPE models: an image's positions span fewer than its tokens)
@@ -668,8 +784,22 @@ class Runner:
                 pair.append(ort.OrtValue.ortvalue_from_numpy(buf))
             new.append(tuple(pair))
         self._kv = new
-        self._io = None  # the decode binding holds the old buffers
+        self._io = None  # the decode bindings hold the old buffers
+        self._multi_io = {}
         self.kv_capacity = want
+
+    def rollback(self, keep: int) -> None:
+        """Forget every position from `keep` on (speculative decoding's rejected drafts). The in-place cache keeps its
+        buffers: what lies past `keep` is masked out and overwritten by the next step; a growing cache is cut."""
+        if not 0 <= keep <= self.pos:
+            raise RunnerError(f"cannot roll back to position {keep}: the sequence holds {self.pos}")
+        drop = self.pos - keep
+        if drop == 0:
+            return
+        if self.growing_kv:
+            self._kv = [(k[:, :, :keep], v[:, :, :keep]) for k, v in self._kv]
+        self.pos, self.rope_pos = keep, self.rope_pos - drop
+        del self.ids[keep:]
 
     def bind_inputs(self, io, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, features=None) -> None:
         """The decoder's inputs besides the KV cache, for [B, S] token ids: input_ids, or (vision artifacts) their
@@ -702,7 +832,19 @@ class Runner:
             return np.concatenate([r.reshape(-1, r.shape[-1]) for r in rows]) if all_logits else rows[-1]
         self.reserve(self.pos + n)
         one_token = n == 1 and not self.growing_kv
-        io = self._decode_binding() if one_token else self.session.io_binding()
+        every = self._logits_output(all_logits and n > 1)
+        if one_token:
+            io = self._decode_binding()
+        elif self.growing_kv:
+            io = self.session.io_binding()
+        else:  # several tokens over the in-place cache (prefill chunks, speculative verify steps): KV bound once
+            io = self._multi_io.get(every)
+            if io is None:
+                io = self._multi_io[every] = self.session.io_binding()
+                io.bind_output(every, "cpu")  # first, so get_outputs()[0] is it
+                self._bind_kv_in_place(io)
+            else:  # bound again, so this step's shape is allocated (onnxruntime keeps the last run's value otherwise)
+                io.bind_output(every, "cpu")
         feats = None
         if self.vision is not None:
             feats, positions = prepared if prepared is not None else (None, self.vision.text_positions(self.rope_pos, n))
@@ -718,16 +860,14 @@ class Runner:
             self.ids.append(int(token_ids[0]))
             logits = self._logits_buf[0].copy()
             return logits if all_logits else logits[-1]
-        # first, so get_outputs()[0] is the logits (or, to score a pruned head, the hidden states lm_head.onnx reads)
-        io.bind_output(self._logits_output(all_logits and n > 1), "cpu")
         if self.growing_kv:
+            # first, so get_outputs()[0] is the logits (or, to score a pruned head, the hidden states lm_head.onnx reads)
+            io.bind_output(every, "cpu")
             for i, (k, v) in enumerate(self._kv):
                 io.bind_cpu_input(f"past_key_values.{i}.key", k)
                 io.bind_cpu_input(f"past_key_values.{i}.value", v)
                 io.bind_output(f"present.{i}.key", "cpu")
                 io.bind_output(f"present.{i}.value", "cpu")
-        else:
-            self._bind_kv_in_place(io)
         self._run(io)
         outs = io.get_outputs()
         logits = outs[0].numpy()
@@ -886,10 +1026,12 @@ class Runner:
         return min(s.max_new_tokens, self.context_length - len(prompt_ids))
 
     def stream(self, prompt_ids: list[int], sampling: Sampling | None = None, thinking_open: bool = False,
-               images=(), prepared=None):
+               images=(), prepared=None, speculate: Drafter | None = None):
         """Generate after `prompt_ids`. `images` (vision artifacts): one per image placeholder in the prompt, in order
         (data URIs, bytes, file paths or PIL images); each placeholder becomes the image's encoded patches.
-        `prepared`: what `vision.prepare` already made of them (then `prompt_ids` is its expanded prompt)."""
+        `prepared`: what `vision.prepare` already made of them (then `prompt_ids` is its expanded prompt).
+        `speculate`: a drafter (`make_drafter`) whose tokens are verified several per forward pass; its `stats`
+        count the stream's steps and acceptance."""
         s = sampling or Sampling()
         t0 = time.perf_counter()
         pending = prepared
@@ -902,8 +1044,16 @@ class Runner:
         budget = self.check_prompt(prompt_ids, s)
         self.reset()
         self.reserve(len(prompt_ids) + budget)  # the whole request at once: no growth while it streams
+        if speculate is not None:
+            if self.static_slots is not None:
+                raise RunnerError("this artifact's graph takes one token per step (static NPU shapes): speculative "
+                                  "decoding has nothing to verify in one pass; run without --speculate")
+            speculate.start(self, len(prompt_ids) + budget)
         logits = self.step(list(prompt_ids), prepared=pending)
         seq = Decoding(self, prompt_ids, s, budget, thinking_open, ttft=time.perf_counter() - t0)
+        if speculate is not None:
+            yield from self._speculative(seq, logits, speculate)
+            return
         while True:
             tok, rec = seq.next(logits)
             yield rec
@@ -911,9 +1061,44 @@ class Runner:
                 return
             logits = self.step([tok])
 
+    def _speculative(self, seq: "Decoding", logits: np.ndarray, drafter: Drafter):
+        """Draft, then verify the fed token and the draft in one step: row i of its logits picks the token after
+        position i exactly as plain decoding would (`Decoding.next`: same penalty, sampler and random draw), so the
+        draft is kept while it agrees and the first token that differs is the step's own pick. Greedy output equals
+        plain decoding's; sampled output is drawn from the same distribution (for a drafter that proposes one token
+        per position, keeping it when the target's own draw lands on it is the rejection rule), even the same tokens
+        for a seed. The rejected positions are rolled back."""
+        stats = drafter.stats = SpeculationStats()
+        k = drafter.first_k
+        tok, rec = seq.next(logits)  # the prefill's token: not a verify step's
+        yield rec
+        if rec.finish_reason is not None:
+            return
+        while True:
+            room = min(self.context_length - self.pos - 1, seq.budget - len(seq.generated) - 1, k)
+            draft = drafter.propose(seq.history, room) if room > 0 else []
+            rows = self.step([tok, *draft], all_logits=True).reshape(-1, self.vocab_size)
+            stats.steps += 1
+            stats.drafted += len(draft)
+            kept = 0
+            for i in range(len(draft) + 1):
+                tok, rec = seq.next(rows[i])
+                stats.emitted += 1
+                yield rec
+                if rec.finish_reason is not None:
+                    stats.accepted += kept
+                    return
+                if i == len(draft) or tok != draft[i]:
+                    break
+                kept += 1
+            stats.accepted += kept
+            self.rollback(self.pos - (len(draft) - kept))
+            if draft:
+                k = min(k + 2, drafter.max_k) if kept == len(draft) else max(1, k - 1)
+
     # ---- layer 3: convenience ---------------------------------------------------------------
     def generate(self, prompt: str | list[int], sampling: Sampling | None = None, chat: bool = False,
-                 enable_thinking: bool | None = None, images=()) -> Result:
+                 enable_thinking: bool | None = None, images=(), speculate: Drafter | None = None) -> Result:
         thinking_open = False
         if isinstance(prompt, str):
             if chat:
@@ -922,7 +1107,7 @@ class Runner:
                 thinking_open = prompt.rstrip().endswith("<think>")
             prompt = self.encode(prompt)
         text, reasoning, ids, last = [], [], [], None
-        for rec in self.stream(prompt, sampling, thinking_open=thinking_open, images=images):
+        for rec in self.stream(prompt, sampling, thinking_open=thinking_open, images=images, speculate=speculate):
             text.append(rec.text)
             reasoning.append(rec.reasoning)
             ids.extend(rec.token_ids)
@@ -944,7 +1129,7 @@ def _schema_constraint(runner: Runner, path: Path) -> GrammarConstraint:
         raise RunnerError("--json-schema needs llguidance: pip install llguidance") from None
 
 
-def _chat_loop(runner: "Runner", s: "Sampling", think) -> int:
+def _chat_loop(runner: "Runner", s: "Sampling", think, drafter: "Drafter | None" = None) -> int:
     """--chat: an interactive conversation on stdin/stdout until end of input."""
     history: list[dict] = []
     while True:
@@ -955,7 +1140,8 @@ def _chat_loop(runner: "Runner", s: "Sampling", think) -> int:
         history.append({"role": "user", "content": user})
         prompt = runner.apply_chat_template(history, think)
         answer = []
-        for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>")):
+        for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>"),
+                                 speculate=drafter):
             sys.stdout.write(rec.text)
             sys.stdout.flush()
             answer.append(rec.text)
@@ -986,6 +1172,9 @@ def _parser() -> argparse.ArgumentParser:
                     "(needs `pip install llguidance`)")
     ap.add_argument("--image", action="append", metavar="FILE", help="vision artifacts (Qwen2.5-VL): an image file the "
                     "prompt is about; repeat for several (needs Pillow)")
+    ap.add_argument("--speculate", metavar="lookup|draft=ARTIFACT", help="speculative decoding, output unchanged: "
+                    "`lookup` drafts from n-grams of the prompt and output, `draft=ARTIFACT` with a smaller artifact "
+                    "of the same tokenizer; acceptance is printed at the end")
     return ap
 
 
@@ -1003,8 +1192,9 @@ def main(argv=None) -> int:
                 ap.error("--json-schema constrains one answer: use it with --prompt, not --chat")
             s.constraint = _schema_constraint(runner, Path(args.json_schema))
             think = False if runner.think_ids[0] is not None else think  # a <think> block cannot be constrained
+        drafter = make_drafter(args.speculate, args.threads, args.provider) if args.speculate else None
         if args.chat:
-            return _chat_loop(runner, s, think)
+            return _chat_loop(runner, s, think, drafter)
         if args.prompt is None:
             ap.error("give --prompt TEXT or --chat")
         images = list(args.image or ())
@@ -1021,7 +1211,7 @@ def main(argv=None) -> int:
                                                                               think)
         last = None
         for rec in runner.stream(runner.encode(prompt), s, thinking_open=prompt.rstrip().endswith("<think>"),
-                                 images=images):
+                                 images=images, speculate=drafter):
             if rec.reasoning:
                 sys.stderr.write(rec.reasoning)
             sys.stdout.write(rec.text)
@@ -1032,6 +1222,10 @@ def main(argv=None) -> int:
               f"ttft {last.ttft_s * 1000:.0f} ms, prefill {last.prefill_tps:.1f} tok/s, decode {last.decode_tps:.1f} tok/s, "
               f"on {runner.providers[0]}]",
               file=sys.stderr)
+        if drafter is not None:
+            st = drafter.stats
+            print(f"[speculate {drafter.name}: {st.steps} verify steps, {st.accepted}/{st.drafted} drafted tokens "
+                  f"accepted ({st.acceptance * 100:.0f} %), {st.tokens_per_step:.2f} tokens per step]", file=sys.stderr)
         return 0
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
