@@ -223,6 +223,24 @@ def test_sampling_without_a_full_sort_keeps_the_distribution():
     assert p[tok] >= np.sort(p)[::-1][int(np.searchsorted(np.cumsum(np.sort(p)[::-1]) / p.sum(), 0.95))]
 
 
+def test_repetition_penalty_from_kept_distinct_ids_equals_the_plain_rule():
+    """Decoding keeps the history's distinct ids (one insertion per token): the same tokens as np.unique of the whole
+    history each step, and greedy picks the argmax of the penalized row (positive logits / p, negative x p)."""
+    from edgeqwen.runtime.runner import sample_token
+
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        row = (rng.standard_normal(151936) * 3).astype(np.float32)
+        hist = rng.integers(0, 151936, 300).tolist() + [int(np.argmax(row))]
+        seen = np.unique(np.asarray(hist))
+        pen = row.copy()
+        pen[seen] = np.where(row[seen] > 0, row[seen] / np.float32(1.3), row[seen] * np.float32(1.3))
+        assert sample_token(row, Sampling(temperature=0.0, repetition_penalty=1.3), rng, hist, seen) == int(np.argmax(pen))
+        s = Sampling(temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.3)
+        a = sample_token(row, s, np.random.default_rng(trial), hist)
+        assert a == sample_token(row, s, np.random.default_rng(trial), hist, seen)
+
+
 def test_top_k_and_nucleus_equal_a_full_sort_on_qwen_sized_rows():
     from edgeqwen.runtime.runner import nucleus, top_k_indices
 
