@@ -2,7 +2,7 @@
 Olive's own GPTQ workflow on the same checkpoint, with the plan's time estimate beside what was measured.
 
     python benchmarks/build_bench.py [--shape qwen2.5-0.5b] [--modes normal,low-memory] [--skip-anchor] [--olive]
-    python benchmarks/build_bench.py --shape qwen2.5-3b-bf16 --recipes cpu-x86_64-int4 --modes normal --skip-anchor
+    python benchmarks/build_bench.py --shape qwen2.5-3b-bf16 --recipes cpu-x86_64-int4 --modes normal --keep DIR
 
 Anchors (same machine, same run): `python -m onnxruntime_genai.models.builder -p int4 -e cpu` with its defaults
 (block 32, fp32 embeddings, untied lm_head); with --olive, the recipe's `edgeqwen olive-config` workflow (Olive's Gptq
@@ -70,8 +70,8 @@ def olive_anchor(recipe: str, ckpt: Path, work: Path) -> tuple[float, float, flo
     return wall, rss, size
 
 
-def bench_recipe(recipe: str, flags: list[str], ckpt: Path, work: Path) -> dict:
-    """One edgeqwen build (--no-eval) and its evaluation stage timed apart."""
+def bench_recipe(recipe: str, flags: list[str], ckpt: Path, work: Path, keep_dir: Path | None = None) -> dict:
+    """One edgeqwen build (--no-eval) and its evaluation stage timed apart; the artifact moved to keep_dir if given."""
     out = work / recipe.replace("/", "-")
     wall, rss = timed([sys.executable, "-m", "edgeqwen.cli", "build", recipe, "--model", str(ckpt), "-o", str(out),
                        "--no-eval", *flags])
@@ -84,7 +84,12 @@ def bench_recipe(recipe: str, flags: list[str], ckpt: Path, work: Path) -> dict:
 
     row = dict(name=f"edgeqwen {recipe} {' '.join(flags)}".rstrip(), size=size_mb(out), wall=wall + e_wall,
                rss=max(rss, e_rss), stages=measured, estimate=estimate, note=note)
-    shutil.rmtree(out)
+    if keep_dir is not None:
+        keep_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(keep_dir / out.name, ignore_errors=True)
+        shutil.move(str(out), keep_dir / out.name)
+    else:
+        shutil.rmtree(out)
     return row
 
 
@@ -114,6 +119,7 @@ def main() -> int:
                     help="edgeqwen build modes to time: normal, low-memory (comma-separated)")
     ap.add_argument("--skip-anchor", action="store_true")
     ap.add_argument("--olive", action="store_true", help="also run Olive's GPTQ workflow for each gptq recipe")
+    ap.add_argument("--keep", help="keep the built artifacts in this folder (for decode benchmarks on them)")
     args = ap.parse_args()
     ckpt = ensure_shape(args.shape)
     model_dir = {"qwen2.5-0.5b": "qwen2.5-0.5b-instruct", "qwen2.5-1.5b": "qwen2.5-1.5b-instruct",
@@ -130,7 +136,7 @@ def main() -> int:
         for r in args.recipes.split(","):
             recipe = f"{model_dir}/{r}"
             for flags in [[] if m == "normal" else ["--low-memory"] for m in args.modes.split(",")]:
-                rows.append(bench_recipe(recipe, flags, ckpt, work))
+                rows.append(bench_recipe(recipe, flags, ckpt, work, Path(args.keep) if args.keep else None))
             if args.olive and "int4" in r and "fast" not in r:
                 wall, rss, size = olive_anchor(recipe, ckpt, work)
                 rows.append(dict(name=f"Olive's GPTQ workflow for {recipe} (olive run)", size=size, wall=wall, rss=rss))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 EVAL_TEXT = Path(__file__).resolve().parent / "data" / "eval.txt"
-PASSAGE_TOKENS = 256
+PASSAGE_TOKENS = 96  # with the restart and 128 new tokens, within the 256 positions the tiny pair trained on
 RESTART_TOKENS = 16
 
 

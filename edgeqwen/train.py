@@ -40,8 +40,8 @@ def cache_root() -> Path:
 
 def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch: int = 16, lr: float = 3e-3,
           copy: float = 0.0) -> Path:
-    """`copy`: the share of each batch's sequences that are a passage followed by itself again (seq_len / 2 tokens
-    twice). Real models copy from their context (induction heads, learned from the repetition in web text); a tiny
+    """`copy`: the share of each batch's sequences that are a passage followed by itself again (a passage of
+    seq_len/4 to seq_len/2 tokens, then its copy). Real models copy from their context (induction heads, learned from the repetition in web text); a tiny
     model trained on 460 kB of distinct prose does not, and prompt lookup then has nothing to accept."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,9 +63,9 @@ def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch
             g["lr"] = cur_lr
         starts = torch.randint(0, len(ids) - seq_len - 1, (batch,), generator=gen)
         x = torch.stack([ids[s:s + seq_len] for s in starts])
-        repeated = int(round(copy * batch))
-        if repeated:
-            x[:repeated, seq_len // 2:] = x[:repeated, :seq_len - seq_len // 2]
+        for row in range(int(round(copy * batch))):  # a passage of L tokens, then the passage again
+            span = int(torch.randint(seq_len // 4, seq_len // 2 + 1, (1,), generator=gen))
+            x[row, span:] = x[row, :seq_len - span].clone()
         loss = model(input_ids=x, labels=x).loss
         opt.zero_grad()
         loss.backward()

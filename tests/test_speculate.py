@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import pytest
 from edgeqwen.runtime import Runner, RunnerError, Sampling
 from edgeqwen.runtime.agreement import FP32_TOL, compare_runs, step_logits
 from edgeqwen.runtime.runner import DraftModel, Drafter, GrammarConstraint, PromptLookup, make_drafter
+
+from .helpers.serving import one_model  # noqa: F401 - fixture
 
 PROMPTS = ["The assert statement", "A for loop iterates over the items of a sequence. A for loop iterates over"]
 
@@ -172,3 +175,67 @@ def test_bench_speculate_reports_speedup_and_acceptance(artifacts, trained_qwen2
     assert r["identical"] or r["margin_at_parting"] < 2 * FP32_TOL, r
     assert r["plain_decode_tps"] > 0 and r["speedup"] == pytest.approx(
         r["speculative_decode_tps"] / r["plain_decode_tps"], rel=1e-6)
+
+
+@pytest.mark.parametrize("kind,sampled", [("lookup", False), ("right", False), ("right", True), ("wrong", True)])
+def test_batched_speculation_agrees_with_lone_decoding(kind, sampled, artifacts, trained_qwen2):
+    """Through the batch engine: requests 0 and 2 speculate, 1 and 3 decode plainly; a speculating request drafts
+    while it runs alone (request 2's last steps), batched steps stay one token per row. Every request agrees with its
+    lone plain run."""
+    from .helpers.devices import batch_comparison
+
+    art = artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2)
+    vocab = Runner(art).vocab_size
+    spec = "lookup" if kind == "lookup" else (lambda ids, toks: Oracle(len(ids), toks, kind == "wrong", vocab))
+    rows = batch_comparison(art, sampled, spec)
+    assert all(r["ok"] for r in rows), [r["summary"] for r in rows]
+    stats = [r["speculation"] for r in rows]
+    assert stats[1] is None and stats[3] is None and stats[2]["drafted"] > 0, stats
+    if kind == "right":  # the lone run's own tokens: all accepted (unless batched and lone runs part at a near-tie)
+        assert rows[2]["identical"] <= (stats[2]["accepted"] == stats[2]["drafted"]), stats
+        assert stats[2]["emitted"] > stats[2]["steps"], stats
+    if kind == "wrong":
+        assert all(st["accepted"] == 0 for st in stats[::2]), stats
+
+
+def test_batch_engine_refuses_a_draft_model(artifacts, trained_qwen2):
+    from edgeqwen.runtime.batch import BatchEngine
+
+    art = artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2)
+    engine = BatchEngine(Runner(art), max_batch=2)
+    try:
+        with pytest.raises(RunnerError, match="prompt lookup only"):
+            engine.submit([1, 2, 3], Sampling(max_new_tokens=4), speculate="draft=" + str(art))
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("max_batch", [4, 1])
+def test_serve_speculation_per_request_and_by_default(max_batch, one_model):
+    """Through `serve` with the openai client: a request asking for prompt lookup ({"speculate": "lookup"}) gets the
+    text plain decoding gives, batched (alone in the engine) or one request at a time; so does every request of a
+    server started with --speculate lookup; a wrong value is a 400 naming the field."""
+    from .helpers.serving import client, raw, serving
+
+    msgs = [{"role": "user", "content": "Repeat: the for statement iterates over the items of any sequence, "
+                                        "the for statement iterates over the items of any sequence."}]
+    texts = []
+    with serving(one_model, max_batch=max_batch) as server:
+        c = client(server)
+        model = c.models.list().data[0].id
+        for extra in ({}, {"speculate": "lookup"}):
+            r = c.chat.completions.create(model=model, messages=msgs, max_tokens=40, temperature=0,
+                                          extra_body=extra)
+            texts.append(r.choices[0].message.content)
+        if max_batch > 1:  # the engine counts what it drafted and what was accepted
+            metrics = raw(server, "GET", "/metrics")[1].decode()
+            drafted = float(re.search(r'edgeqwen_speculative_drafted_tokens_total\{model="[^"]+"\} (\S+)', metrics)[1])
+            accepted = float(re.search(r'edgeqwen_speculative_accepted_tokens_total\{model="[^"]+"\} (\S+)', metrics)[1])
+            assert drafted > 0 and 0 <= accepted <= drafted, metrics
+        with pytest.raises(Exception) as err:
+            c.chat.completions.create(model=model, messages=msgs, max_tokens=4, extra_body={"speculate": "x"})
+        assert getattr(err.value, "status_code", None) == 400 and "speculate" in str(err.value)
+    with serving(one_model, max_batch=max_batch, speculate="lookup") as server:
+        r = client(server).chat.completions.create(model=model, messages=msgs, max_tokens=40, temperature=0)
+        texts.append(r.choices[0].message.content)
+    assert texts[0] and texts[1] == texts[0] and texts[2] == texts[0], texts

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runner import KV_BLOCK, Decoding, Record, Runner, RunnerError, Sampling
+from .runner import KV_BLOCK, Decoding, Drafter, DraftModel, PromptLookup, Record, Runner, RunnerError, Sampling, SpeculationStats
 
 _DONE = object()
 
@@ -51,6 +51,8 @@ class _Seq:
     rope_pos: int = 0
     fed_features: int = 0  # image feature rows already fed with the prompt
     owner: str | None = None  # who asked (the server: the client's address); admission is fair between owners
+    drafter: Drafter | None = None  # speculative decoding by prompt lookup (this request asked for it)
+    k: int = 0  # its draft length, adapted to its acceptance
 
 
 class Handle:
@@ -67,6 +69,11 @@ class Handle:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    @property
+    def speculation(self) -> SpeculationStats | None:
+        """The request's speculative decoding counts (None when it did not speculate)."""
+        return self._seq.drafter.stats if self._seq.drafter is not None else None
 
     @property
     def queue_s(self) -> float:
@@ -97,21 +104,35 @@ class BatchEngine:
         self._stop = False
         self.steps = 0
         self.batch_tokens = 0  # sequences advanced, summed over decode steps (mean batch = batch_tokens / steps)
+        self.drafted = self.accepted = 0  # speculative decoding's draft tokens, proposed and accepted, all requests
         self._thread = threading.Thread(target=self._loop, name="edgeqwen-batch", daemon=True)
         self._thread.start()
 
     # ---- requests ------------------------------------------------------------------------------
     def submit(self, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False,
-               prepared=None, sink=None, owner: str | None = None) -> Handle:
+               prepared=None, sink=None, owner: str | None = None, speculate=None) -> Handle:
         """`prepared` (vision artifacts): `VisionPath.prepare`'s (features, positions) for an expanded prompt. `sink`:
         an object whose `put(item)` receives the request's Records, an exception if it fails, then one end marker (any
         other object), called from the engine's thread — instead of iterating the handle (the server's event loop).
         `owner`: a free slot goes to the waiting request whose owner has the fewest running (first come among equals),
-        so one client's many requests cannot keep another's waiting behind all of them."""
+        so one client's many requests cannot keep another's waiting behind all of them. `speculate`: "lookup" drafts
+        this request's next tokens from its own prompt and output, verified in the batch's step (output unchanged);
+        a Drafter without a model of its own may be passed instead."""
         budget = self.runner.check_prompt(prompt_ids, sampling)
+        drafter = None
+        if speculate is not None:
+            if isinstance(speculate, Drafter) and not isinstance(speculate, DraftModel):
+                drafter = speculate  # a drafter without a model of its own (tests pass known continuations)
+            elif speculate != "lookup":
+                raise RunnerError(f"speculate={speculate!r}: the batch engine drafts by prompt lookup only (`lookup`); "
+                                  "a draft model runs one request at a time (`edgeqwen run --speculate draft=...`)")
+            else:
+                drafter = PromptLookup()
+            drafter.stats = SpeculationStats()
         if self.runner.vision is not None and prepared is None:
             self.runner.vision.check_text_only(prompt_ids)
-        seq = _Seq(list(prompt_ids), sampling, thinking_open, budget, owner=owner)
+        seq = _Seq(list(prompt_ids), sampling, thinking_open, budget, owner=owner, drafter=drafter,
+                   k=drafter.first_k if drafter else 0)
         if sink is not None:
             seq.out = sink
         if prepared is not None:
@@ -219,15 +240,17 @@ class BatchEngine:
         self.kv, self.capacity = new, want
 
     def _run(self, rows: slice, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
-             features: np.ndarray | None = None) -> np.ndarray:
-        """One forward pass over KV slots `rows` (in place): logits of each row's last fed token. Vision artifacts
-        take embeddings (with `features` merged at the image placeholders) and [3, B, S] positions."""
+             features: np.ndarray | None = None, every: bool = False) -> np.ndarray:
+        """One forward pass over KV slots `rows` (in place): logits of each row's last fed token ([B, V]), or with
+        `every` of every fed position ([B, S, V]: speculative verify steps). Vision artifacts take embeddings (with
+        `features` merged at the image placeholders) and [3, B, S] positions."""
         import onnxruntime as ort
 
         r = self.runner
         io = r.session.io_binding()
         r.bind_inputs(io, ids, mask, positions, features)
-        io.bind_output("logits", "cpu")
+        name = r._logits_output(every and ids.shape[1] > 1)
+        io.bind_output(name, "cpu")
         for i, (k, v) in enumerate(self.kv):
             kv = ort.OrtValue.ortvalue_from_numpy(k[rows]), ort.OrtValue.ortvalue_from_numpy(v[rows])
             io.bind_ortvalue_input(f"past_key_values.{i}.key", kv[0])
@@ -235,7 +258,10 @@ class BatchEngine:
             io.bind_ortvalue_output(f"present.{i}.key", kv[0])
             io.bind_ortvalue_output(f"present.{i}.value", kv[1])
         r.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy()[:, -1]
+        out = io.get_outputs()[0].numpy()
+        if name == "hidden_states":  # a pruned head: every position scored by lm_head.onnx
+            out = r._head_session().run(None, {"hidden_states": out})[0]
+        return out if every else out[:, -1]
 
     def _prefill_chunk(self) -> None:
         seq = self.prefilling
@@ -269,22 +295,81 @@ class BatchEngine:
 
     def _decode_step(self) -> None:
         n = len(self.running)
-        positions = np.array([[s.pos] for s in self.running], dtype=np.int64)
+        drafts = self._drafts()
+        width_new = 1 + max(map(len, drafts))
+        positions = np.array([[s.pos] for s in self.running], dtype=np.int64) + np.arange(width_new)[None]
         width = int(positions.max()) + 1
-        mask = (np.arange(width)[None, :] <= positions).astype(np.int64)  # row b: its pos_b + 1 positions
-        ids = np.array([[s.last] for s in self.running], dtype=np.int64)
+        mask = (np.arange(width)[None, :] <= positions[:, -1:]).astype(np.int64)  # row b: its pos_b + S positions
+        # every row feeds S tokens: its last token, its draft, then repeats of its last token where its draft is
+        # shorter (their KV rows lie past what the row keeps: masked out, overwritten by its next step)
+        ids = np.array([[s.last, *d] + [s.last] * (width_new - 1 - len(d)) for s, d in zip(self.running, drafts)],
+                       dtype=np.int64)
         if self.runner.vision is not None:  # each row's next text position on all three M-RoPE axes
-            rope = np.array([[s.rope_pos] for s in self.running], dtype=np.int64)
-            logits = self._run(slice(0, n), ids, mask, np.broadcast_to(rope[None], (3, n, 1)))
+            rope = np.array([[s.rope_pos] for s in self.running], dtype=np.int64) + np.arange(width_new)[None]
+            logits = self._run(slice(0, n), ids, mask, np.broadcast_to(rope[None], (3, n, width_new)), every=True)
         else:
-            logits = self._run(slice(0, n), ids, mask, positions)
+            logits = self._run(slice(0, n), ids, mask, positions, every=True)
         self.steps += 1
         self.batch_tokens += n
-        for seq in self.running:  # every row's new KV is written: count it before any slot moves
-            seq.pos += 1
-            seq.rope_pos += 1
-        for seq, row in zip(list(self.running), logits):
-            self._emit(seq, row)
+        # each row's kept tokens first (every row's KV is written: positions count before any slot moves)
+        results = [self._verify(seq, rows, d) for seq, rows, d in zip(list(self.running), logits, drafts)]
+        for seq, (records, error) in zip(list(self.running), results):
+            for rec in records:
+                seq.out.put(rec)
+            if error is not None:
+                seq.out.put(error)
+            if error is not None or (records and records[-1].finish_reason is not None):
+                self._free(seq)
+                seq.out.put(_DONE)
+
+    def _drafts(self) -> list[list[int]]:
+        """Each running sequence's draft (empty where it does not speculate), cut so its positions fit its KV slot
+        and its budget. Only a sequence running alone drafts: onnxruntime's GroupQueryAttention takes several new
+        tokens over a past cache at batch 1 only — and a batch already shares each weight read between its rows,
+        which is what a verify step buys a lone sequence."""
+        if len(self.running) > 1:
+            return [[] for _ in self.running]
+        drafts = []
+        for seq in self.running:
+            d = seq.drafter
+            room = min(seq.budget - len(seq.decoding.generated) - 1, self.capacity - seq.pos - 1) if d else 0
+            drafts.append(d.propose(seq.decoding.history, min(seq.k, room)) if room > 0 else [])
+        width = 1 + max(map(len, drafts))
+        fit = min(self.capacity - s.pos for s in self.running)  # the padded rows write S positions too
+        if width > fit:
+            drafts = [x[:fit - 1] for x in drafts]
+        return drafts
+
+    def _verify(self, seq: _Seq, rows: np.ndarray, draft: list[int]) -> tuple[list[Record], RunnerError | None]:
+        """Row i picks the token after position i as plain decoding would; the draft is kept while it agrees (see
+        Runner._speculative). Returns the records to stream; the sequence's position and next token advance."""
+        records = []
+        kept = 0
+        try:
+            for i in range(len(draft) + 1):
+                tok, rec = seq.decoding.next(rows[i])
+                records.append(rec)
+                seq.last = tok
+                if rec.finish_reason is not None or i == len(draft) or tok != draft[i]:
+                    break
+                kept += 1
+        except RunnerError as exc:
+            return records, exc
+        finally:
+            seq.pos += 1 + kept
+            seq.rope_pos += 1 + kept
+        d = seq.drafter
+        if d is not None:
+            st = d.stats
+            st.steps += 1
+            st.drafted += len(draft)
+            st.accepted += kept
+            st.emitted += len(records)
+            self.drafted += len(draft)
+            self.accepted += kept
+            if draft:
+                seq.k = min(seq.k + 2, d.max_k) if kept == len(draft) else max(1, seq.k - 1)
+        return records, None
 
     def _emit(self, seq: _Seq, logits: np.ndarray) -> None:
         """Sample this sequence's next token from its logits; stream the record; free the slot when it is done."""
@@ -319,12 +404,12 @@ class BatchEngine:
 
 
 def stream_batched(engine: BatchEngine, prompt_ids: list[int], sampling: Sampling, thinking_open: bool = False,
-                   images=()):
+                   images=(), speculate: str | None = None):
     """`Runner.stream` through the engine: the same Records, generated beside other requests."""
     prepared = None
     if images:
         prompt_ids, prepared = engine.runner.vision.prepare(list(prompt_ids), images)
-    handle = engine.submit(prompt_ids, sampling, thinking_open, prepared)
+    handle = engine.submit(prompt_ids, sampling, thinking_open, prepared, speculate=speculate)
     try:
         yield from handle
     finally:

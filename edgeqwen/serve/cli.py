@@ -38,7 +38,8 @@ def cmd_serve(args) -> int:
                              max_connections_per_client=args.max_connections_per_client,
                              request_timeout=args.request_timeout, grace=args.grace, cors_origin=args.cors,
                              allow_hosts=tuple(args.allow_host or ()), max_batch=args.max_batch,
-                             allow_local_images=args.allow_local_images, provider=args.provider)
+                             allow_local_images=args.allow_local_images, provider=args.provider,
+                             speculate=args.speculate)
     except OSError as exc:
         raise EdgeQwenError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", where="--host/--port",
                             hint="another process may hold the port; --port 0 picks a free one") from None
@@ -68,6 +69,8 @@ def add_serve_parser(sub) -> None:
                    "finish before they are ended with an error event")
     p.add_argument("--max-batch", type=int, help="sequences decoded together per model (continuous batching; "
                    "default: the artifact's target, 4 on CPU targets; 1 = one request at a time)")
+    p.add_argument("--speculate", choices=["lookup"], help="speculative decoding by prompt lookup for every request "
+                   "that does not send \"speculate\": \"none\" (output unchanged; a request may also ask for it alone)")
     p.add_argument("--allow-local-images", action="store_true", help="vision models: accept image_url parts that name "
                    "a file on this machine (default: data: URIs only)")
     p.add_argument("--cors", metavar="ORIGIN", help="allow browser pages from ORIGIN (e.g. http://localhost:8080, or *)")

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..runtime.runner import Record, RunnerError, Sampling
+from ..runtime.runner import Record, RunnerError, Sampling, make_drafter
 from .constraints import check_tool_schemas, constraint_for
 from .errors import ApiError, bad
 from .prompt import PromptTooLong, encode_chat, encode_raw
@@ -40,6 +40,7 @@ class Job:
     parser: ToolCallParser | None = None
     sampling_header: str = ""
     handle: object = None  # the batch engine's handle once submitted (its close() cancels)
+    speculate: str | None = None  # "lookup": drafts verified several tokens per step (output unchanged)
     queued: float = field(default_factory=time.perf_counter)
 
 
@@ -122,6 +123,8 @@ def prepare(served, req: Request, chat: bool, allow_files: bool = False) -> Job:
         chat and req.tools and req.tool_choice != "none") else None
     job = Job(req.model, served, ids, sampling, chat and prompt.rstrip().endswith("<think>"),
               prepared and prepared[1], parser, header)
+    spec = req.speculate if req.speculate is not None else served.speculate
+    job.speculate = None if spec == "none" else spec
     return job
 
 
@@ -130,7 +133,8 @@ def submit(job: Job, sink, owner: str | None = None) -> None:
     straight from the engine's thread."""
     try:
         job.handle = job.served.engine.submit(job.ids, job.sampling, thinking_open=job.thinking_open,
-                                              prepared=job.prepared, sink=sink, owner=owner)
+                                              prepared=job.prepared, sink=sink, owner=owner,
+                                              speculate=job.speculate)
     except RunnerError as exc:
         raise ApiError(503 if "unloaded" in str(exc) else 400, str(exc), "invalid_request_error") from None
 
@@ -193,8 +197,11 @@ class Generation:
             runner = served.runner
             if runner is None and self.reload is not None:  # unloaded while it queued: load again
                 runner = self.reload().runner
+            drafter = make_drafter(self.job.speculate) if self.job.speculate else None
+            if drafter is not None and runner.static_slots is not None:
+                drafter = None  # static NPU shapes verify one token per step: nothing to gain, output the same
             gen = runner.stream(self.job.ids, self.job.sampling, thinking_open=self.job.thinking_open,
-                                prepared=self.job.prepared)
+                                prepared=self.job.prepared, speculate=drafter)
             try:
                 for rec in gen:
                     if self.cancelled.is_set():

@@ -35,13 +35,19 @@ class _Engines:
         steps = CounterMetricFamily("edgeqwen_decode_steps", "Batched decode steps.", labels=["model"])
         rows = CounterMetricFamily("edgeqwen_decode_sequence_steps", "Sequences advanced, summed over decode steps "
                                    "(divided by edgeqwen_decode_steps_total: the mean batch size).", labels=["model"])
+        drafted = CounterMetricFamily("edgeqwen_speculative_drafted_tokens", "Draft tokens proposed by speculative "
+                                      "decoding (requests with speculate: lookup).", labels=["model"])
+        accepted = CounterMetricFamily("edgeqwen_speculative_accepted_tokens", "Draft tokens the model's own decoding "
+                                       "agreed with (divided by the drafted: the acceptance rate).", labels=["model"])
         for name, e in engines.items():
+            drafted.add_metric([name], e.drafted)
+            accepted.add_metric([name], e.accepted)
             active.add_metric([name], e.active)
             waiting.add_metric([name], e.queued)
             slots.add_metric([name], e.max_batch)
             steps.add_metric([name], e.steps)
             rows.add_metric([name], e.batch_tokens)
-        return [provider, active, waiting, slots, steps, rows]
+        return [provider, active, waiting, slots, steps, rows, drafted, accepted]
 
 
 class Metrics:

@@ -23,6 +23,7 @@ class ServedModel:
     lock: threading.Lock = field(default_factory=threading.Lock)  # one generation at a time when not batched
     loaded_at: float | None = None
     engine: BatchEngine | None = None  # continuous batching (in-place KV graphs), else one request at a time
+    speculate: str | None = None  # the server's --speculate: requests that do not say otherwise
 
     def max_batch(self, override: int | None) -> int:
         """--max-batch, else the artifact's target's serve_max_batch (manifest), else DEFAULT_MAX_BATCH."""
@@ -58,7 +59,7 @@ class ModelCache:
     """One artifact folder, or a Foundry Local-style cache folder holding many."""
 
     def __init__(self, root: Path, threads: int | None = None, max_batch: int | None = None,
-                 provider: str | None = None):
+                 provider: str | None = None, speculate: str | None = None):
         root = Path(root)
         if not root.is_dir():
             raise EdgeQwenError(f"model folder not found: {root}", where="edgeqwen serve", hint="pass an artifact or a folder of artifacts")
@@ -75,7 +76,7 @@ class ModelCache:
             if name in self.models:
                 raise EdgeQwenError(f"two artifacts are named {name!r}", where=f"{self.models[name].path} and {f}",
                                     hint="rename one (inference_model.json Name)")
-            self.models[name] = ServedModel(name, f)
+            self.models[name] = ServedModel(name, f, speculate=speculate)
         self.threads = threads
         self.provider = provider  # None: each artifact's own execution provider (CPU as its declared fallback)
         self.max_batch_override = max_batch

@@ -30,13 +30,14 @@ class Request:
     schema: dict | None = None  # response_format's JSON schema (json_object: {"type": "object"})
     suffix: str | None = None  # /v1/completions fill-in-the-middle (Qwen2.5-Coder)
     images: list = field(default_factory=list)  # image_url part URLs, in prompt order (Qwen2.5-VL artifacts)
+    speculate: str | None = None  # not OpenAI's: "lookup" or "none" (None: the server's --speculate)
     ignored: tuple[str, ...] = ()  # fields the request sent that change nothing here (listed in X-Edgeqwen-Ignored)
 
 
 # What each endpoint reads. Fields whose meaning the server cannot honour are refused (400, named); other fields are
 # answered but listed as ignored in the X-Edgeqwen-Ignored response header — never dropped silently.
 COMMON_FIELDS = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "n", "stream",
-                 "stream_options", "top_k", "repetition_penalty"}
+                 "stream_options", "top_k", "repetition_penalty", "speculate"}
 CHAT_FIELDS = COMMON_FIELDS | {"messages", "chat_template_kwargs", "tools", "tool_choice", "parallel_tool_calls",
                                "response_format"}
 COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "suffix"}
@@ -107,6 +108,7 @@ def _common(body: dict) -> dict:
         top_k=_get(body, "top_k", int, None, lambda v: 0 <= v <= 1000),
         repetition_penalty=_float(_get(body, "repetition_penalty", (int, float), None, lambda v: 0 < v <= 2)),
         seed=_get(body, "seed", int, None, lambda v: 0 <= v < 2**63),
+        speculate=_get(body, "speculate", str, None, lambda v: v in ("lookup", "none")),
         stop=stop or [],
         stream=_get(body, "stream", bool, False),
         include_usage=_get({"stream_options.include_usage": opts.get("include_usage")}, "stream_options.include_usage",

@@ -125,7 +125,8 @@ def make_server(root: Path, **kw) -> EdgeServer:
         raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}")
     options = ServeOptions(**kw)
     options.allow_hosts = tuple(options.allow_hosts or ())
-    cache = ModelCache(root, threads=options.threads, max_batch=options.max_batch, provider=options.provider)
+    cache = ModelCache(root, threads=options.threads, max_batch=options.max_batch, provider=options.provider,
+                       speculate=options.speculate)
     if any(_has_vision(m.path) for m in cache.models.values()):
         options.max_body = max(options.max_body, VISION_MAX_BODY)  # images arrive as data URIs inside the JSON body
         options.max_pending_bytes = max(options.max_pending_bytes, 2 * options.max_body)

@@ -35,6 +35,7 @@ class ServeOptions:
     threads: int | None = None
     max_batch: int | None = None
     provider: str | None = None  # every model's execution provider (None: each artifact's own, CPU its fallback)
+    speculate: str | None = None  # "lookup": requests that do not say otherwise decode speculatively
 
 
 class ServerState:

@@ -31,9 +31,11 @@ MAX_NEW = (40, 12, 60, 25)
 BATCH_TOL = INT8_ACTIVATION_TOL
 
 
-def batch_comparison(artifact, sampled: bool) -> list[dict]:
+def batch_comparison(artifact, sampled: bool, speculate=None) -> list[dict]:
     """4 requests over 2 slots (two wait, then take freed slots), prompts prefilled in chunks of 8 tokens, against each
-    prompt run alone; one Agreement (as a dict) per prompt, plus whether the tokens were identical."""
+    prompt run alone; one Agreement (as a dict) per prompt, plus whether the tokens were identical. `speculate`:
+    `lookup`, or a function (prompt ids, lone run's tokens) -> Drafter, for the even-numbered requests (the others
+    decode plainly in the same batch steps)."""
     from edgeqwen.runtime import Runner, Sampling
     from edgeqwen.runtime.agreement import compare_runs, step_logits
     from edgeqwen.runtime.batch import BatchEngine
@@ -45,15 +47,20 @@ def batch_comparison(artifact, sampled: bool) -> list[dict]:
     alone = [step_logits(lone.stream(i, s)) for i, s in zip(ids, settings)]
     engine = BatchEngine(Runner(artifact), max_batch=2, prefill_chunk=8)
     try:
-        handles = [engine.submit(i, s) for i, s in zip(ids, settings)]
+        spec = [None] * len(ids)
+        if speculate is not None:
+            spec[::2] = [speculate if isinstance(speculate, str) else speculate(i, t)
+                         for i, (_, t) in list(zip(ids, alone))[::2]]
+        handles = [engine.submit(i, s, speculate=x) for i, s, x in zip(ids, settings, spec)]
         together = [step_logits(h) for h in handles]
     finally:
         engine.close()
     out = []
-    for (la, ta), (lb, tb) in zip(alone, together):
+    for (la, ta), (lb, tb), h in zip(alone, together, handles):
         a = compare_runs(la, ta, lb, tb, BATCH_TOL, greedy=not sampled)
         out.append({"ok": a.ok, "summary": a.summary(), "max_diff": a.max_diff, "diverged_at": a.diverged_at,
-                    "identical": ta == tb, "batched_steps": engine.steps, "batch_tokens": engine.batch_tokens})
+                    "identical": ta == tb, "batched_steps": engine.steps, "batch_tokens": engine.batch_tokens,
+                    "speculation": vars(h.speculation) if h.speculation is not None else None})
     return out
 
 
