@@ -31,6 +31,7 @@ HOLDOUT = {name: TinySpec(**fields) for name, fields in _MODELS["holdout"].items
 # Speculative decoding's pair (benchmarks/speculative_bench.py): a target that copies and a smaller draft on the same
 # tokenizer, each trained with a share of repeated passages (`copy`); on demand, cached.
 COPY = {name: float(fields.pop("copy", 0.0)) for name, fields in _MODELS["speculation"].items()}
+STEPS = {name: int(fields.pop("steps", 800)) for name, fields in _MODELS["speculation"].items()}
 SPECULATION = {name: TinySpec(**fields) for name, fields in _MODELS["speculation"].items()}
 
 
@@ -84,8 +85,9 @@ def train(spec: TinySpec, out: Path, steps: int = 800, seq_len: int = 256, batch
     return out
 
 
-def trained(name: str, steps: int = 800) -> Path:
-    """Path of a cached trained tiny model, training it on first use."""
+def trained(name: str, steps: int | None = None) -> Path:
+    """Path of a cached trained tiny model, training it on first use (`steps`: its spec's, 800 unless it says)."""
+    steps = STEPS.get(name, 800) if steps is None else steps
     spec = {**SPECS, **HOLDOUT, **SPECULATION}[name]
     copy = COPY.get(name, 0.0)
     fields = {k: v for k, v in asdict(spec).items() if not (k == "tied" and v is None)}  # keys from before `tied`
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--family", choices=sorted({**SPECS, **HOLDOUT, **SPECULATION}), default="tiny-qwen2")
     ap.add_argument("--out", help="output folder (default: the cache)")
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, help="training steps (default: the model's, 800 unless tiny_models.yaml says)")
     ap.add_argument("--embed", action="store_true", help="train both and copy into edgeqwen/data/models")
     args = ap.parse_args(argv)
     if args.embed:
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
             print(dst)
         return 0
     spec = {**SPECS, **HOLDOUT, **SPECULATION}[args.family]
-    out = (train(spec, Path(args.out), args.steps, copy=COPY.get(args.family, 0.0)) if args.out
+    steps = args.steps or STEPS.get(args.family, 800)
+    out = (train(spec, Path(args.out), steps, copy=COPY.get(args.family, 0.0)) if args.out
            else trained(args.family, args.steps))
     print(out)
     return 0

@@ -53,6 +53,8 @@ def test_prompt_lookup_proposes_what_followed_the_latest_match():
     assert look.propose([1, 2, 3, 4, 1, 2, 3, 5, 1, 2, 3], 2) == [5, 1]  # the latest of two 3-gram matches
     assert look.propose([1, 2, 3, 4, 9, 9, 9, 2, 3], 8) == [4, 9, 9, 9, 2, 3]  # up to the end of history
     assert look.propose([1, 2, 3], 4) == []  # no earlier occurrence
+    assert look.propose([1, 2, 5, 1], 2) == []  # a one-token match drafts nothing by default ...
+    assert PromptLookup(min_ngram=1).propose([1, 2, 5, 1], 2) == [2, 5]  # ... unless asked to
     with pytest.raises(RunnerError, match="n-gram"):
         PromptLookup(max_ngram=1, min_ngram=2)
 
@@ -62,6 +64,7 @@ def test_speculative_greedy_equals_plain_greedy(kind, fp32, artifacts, trained_q
     """Every drafter, good or useless: the tokens and every step's logits of plain greedy decoding. The right
     continuation is all accepted (several tokens per step), a wrong one all rejected (one token per step)."""
     s = Sampling(max_new_tokens=32, ignore_eos=True, keep_logits=True)
+    identical = 0
     for prompt in PROMPTS:
         ids = fp32.encode(prompt)
         rows, toks = _run(fp32, ids, s)
@@ -76,12 +79,14 @@ def test_speculative_greedy_equals_plain_greedy(kind, fp32, artifacts, trained_q
         assert agreement.ok and len(got) == len(toks), (kind, prompt, agreement.summary())
         st = drafter.stats
         assert st.emitted == len(got) - 1 and st.accepted <= st.drafted
-        if kind == "right":
+        identical += got == toks
+        if kind == "right" and got == toks:  # (a near-tie the k-token step tips ends the known continuation)
             assert st.acceptance == 1.0 and st.tokens_per_step > 4, st
         if kind == "wrong":
             assert st.accepted == 0 and st.tokens_per_step == 1.0 and st.drafted > 0, st
         if kind == "draft":  # the int4 twin of the target agrees with it on most tokens
             assert st.acceptance > 0.5 and st.tokens_per_step > 1.5, st
+    assert identical, "every prompt parted at a near-tie: the comparison checked too little"
 
 
 @pytest.mark.parametrize("kind", ["right", "wrong", "lookup"])
@@ -99,7 +104,7 @@ def test_speculative_sampling_draws_the_same_tokens_for_a_seed(kind, fp32):
         agreement = compare_runs(rows, toks, got_rows, got, FP32_TOL, greedy=False)
         assert agreement.ok, (seed, agreement.summary())
         parted += agreement.diverged_at is not None
-        if kind == "right":
+        if kind == "right" and got == toks:
             assert drafter.stats.acceptance == 1.0
     assert parted <= 1  # a draw that lands within rounding of a boundary: rare, not the rule
 
@@ -190,9 +195,9 @@ def test_batched_speculation_agrees_with_lone_decoding(kind, sampled, artifacts,
     rows = batch_comparison(art, sampled, spec)
     assert all(r["ok"] for r in rows), [r["summary"] for r in rows]
     stats = [r["speculation"] for r in rows]
-    assert stats[1] is None and stats[3] is None and stats[2]["drafted"] > 0, stats
+    assert stats[1] is None and stats[3] is None and any(st["drafted"] > 0 for st in stats[::2]), stats
     if kind == "right":  # the lone run's own tokens: all accepted (unless batched and lone runs part at a near-tie)
-        assert rows[2]["identical"] <= (stats[2]["accepted"] == stats[2]["drafted"]), stats
+        assert rows[2]["identical"] <= (stats[2]["accepted"] == stats[2]["drafted"] > 0), stats
         assert stats[2]["emitted"] > stats[2]["steps"], stats
     if kind == "wrong":
         assert all(st["accepted"] == 0 for st in stats[::2]), stats

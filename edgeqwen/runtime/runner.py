@@ -524,13 +524,14 @@ class Drafter:
 class PromptLookup(Drafter):
     """Prompt lookup decoding: the tokens that followed the latest earlier occurrence of the sequence's last n tokens
     (n from max_ngram down to min_ngram), in the prompt or the output so far. No model, no memory: strong where the
-    answer repeats its input — code edits, RAG answers, summaries."""
+    answer repeats its input — code edits, RAG answers, summaries. A one-token match is weak evidence, so none is
+    drafted from by default (on the copy-trained tiny pair: acceptance 39 % → 62 %, 1.1x → 1.6x with min_ngram 2)."""
 
     name = "lookup"
     first_k = 8
     max_k = 16
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 2):
         if not 1 <= min_ngram <= max_ngram:
             raise RunnerError(f"prompt lookup needs 1 <= min n-gram <= max n-gram (got {min_ngram}, {max_ngram})")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
