@@ -34,10 +34,19 @@ def timed(cmd: list[str], ok: tuple[int, ...] = (0,)) -> tuple[float, float]:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-        if os.waitstatus_to_exitcode(status) not in ok:
+        code = os.waitstatus_to_exitcode(status)
+        if code not in ok:
             log.seek(0)
-            raise SystemExit(f"failed: {' '.join(cmd)}\n{log.read().decode()[-2000:]}")
+            raise Failed(f"failed: {' '.join(cmd)}\n{log.read().decode()[-2000:]}", code, wall, usage.ru_maxrss / 1024)
     return wall, usage.ru_maxrss / 1024
+
+
+class Failed(SystemExit):
+    """A timed command that failed: its exit code (negative: the signal that ended it), wall time and peak RSS."""
+
+    def __init__(self, message: str, code: int, wall: float, rss: float):
+        super().__init__(message)
+        self.exit_code, self.wall, self.rss = code, wall, rss
 
 
 def size_mb(folder: Path) -> float:
@@ -94,7 +103,7 @@ def bench_recipe(recipe: str, flags: list[str], ckpt: Path, work: Path, keep_dir
 
 
 def table(shape: str, rows: list[dict]) -> str:
-    a_size = rows[0]["size"]
+    a_size = next((r["size"] for r in rows if r["size"] == r["size"]), 1.0)  # the first row with a size
     lines = [f"Build benchmark: {shape} shape, random weights, {os.cpu_count()} cores (build --no-eval, then `edgeqwen "
              "eval` for the evaluate stage)",
              "| build | size MB | size vs first | wall s | peak RSS MB | " + " | ".join(f"{s} s" for s in STAGES)
@@ -105,7 +114,8 @@ def table(shape: str, rows: list[dict]) -> str:
         cells = [f"{st[s]:.0f}" if s in st else "" for s in STAGES]
         est_total = sum(est.values())
         estimated = f"{est_total:.0f} | {r['wall'] / est_total:.2f}" if est_total else " | "
-        lines.append(f"| {r['name']} | {r['size']:.0f} | {r['size'] / a_size:.2f}x | {r['wall']:.0f} | {r['rss']:.0f} | "
+        size = f"{r['size']:.0f} | {r['size'] / a_size:.2f}x" if r["size"] == r["size"] else "— | —"  # NaN: none made
+        lines.append(f"| {r['name']} | {size} | {r['wall']:.0f} | {r['rss']:.0f} | "
                      + " | ".join(cells) + f" | {estimated} | {r.get('note', '')} |")
     return "\n".join(lines)
 
@@ -129,10 +139,15 @@ def main() -> int:
     try:
         if not args.skip_anchor:
             anchor = work / "builder-default"
-            wall, rss = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt), "-o", str(anchor),
-                               "-p", "int4", "-e", "cpu", "-c", str(work / "cache")])
-            rows.append(dict(name="builder default int4, RTN (anchor)", size=size_mb(anchor), wall=wall, rss=rss))
-            shutil.rmtree(anchor)
+            try:
+                wall, rss = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(ckpt), "-o",
+                                   str(anchor), "-p", "int4", "-e", "cpu", "-c", str(work / "cache")])
+                rows.append(dict(name="builder default int4, RTN (anchor)", size=size_mb(anchor), wall=wall, rss=rss))
+            except Failed as exc:  # a row that says so (the 3B shape: killed by the OOM killer on a 24 GB machine)
+                why = "killed (SIGKILL: out of memory)" if exc.exit_code == -9 else f"failed (exit {exc.exit_code})"
+                rows.append(dict(name="builder default int4, RTN (anchor)", size=float("nan"), wall=exc.wall,
+                                 rss=exc.rss, note=f"{why} after {exc.wall:.0f} s at {exc.rss:.0f} MB"))
+            shutil.rmtree(anchor, ignore_errors=True)
         for r in args.recipes.split(","):
             recipe = f"{model_dir}/{r}"
             for flags in [[] if m == "normal" else ["--low-memory"] for m in args.modes.split(",")]:

@@ -56,6 +56,50 @@ def measure(artifact: str, threads: int, context: int, repeats: int) -> dict:
             "threads": threads, "ms": ms, "ratio": {n: ms[n] / ms[1] for n in SIZES}}
 
 
+BATCHES = (1, 2, 4)
+
+
+def measure_batch(artifact: str, threads: int, context: int, repeats: int) -> dict:
+    """The batch engine's decode step (BatchEngine._run, what serve runs) over B sequences of one new token each at
+    position `context`: what batching pays per sequence, beside a verify step's k tokens of one sequence."""
+    import numpy as np
+
+    from edgeqwen.runtime.batch import BatchEngine
+    from edgeqwen.runtime.runner import Runner
+
+    runner = Runner(artifact, threads=threads, verify=False)
+    engine = BatchEngine(runner, max_batch=max(BATCHES))
+    try:
+        engine._reserve(context + 1)
+        times: dict[int, list[float]] = {b: [] for b in BATCHES}
+        for r in range(repeats + 2):
+            for b in BATCHES:
+                ids = np.full((b, 1), 1000, dtype=np.int64)
+                mask = np.ones((b, context + 1), dtype=np.int64)
+                pos = np.full((b, 1), context, dtype=np.int64)
+                t0 = time.perf_counter()
+                engine._run(slice(0, b), ids, mask, pos)
+                if r >= 2:
+                    times[b].append(time.perf_counter() - t0)
+    finally:
+        engine.close()
+    ms = {b: statistics.median(v) * 1000 for b, v in times.items()}
+    return {"name": Path(artifact).resolve().name, "ms": ms, "per_sequence_vs_alone": {b: ms[b] / b / ms[1] for b in BATCHES}}
+
+
+def batch_table(rows: list[dict]) -> str:
+    lines = ["Batched decode step (BatchEngine._run, what `serve` runs per step), B sequences x 1 token; the ceiling on "
+             "B concurrent requests' aggregate speedup is B x (1-sequence ms) / (B-sequence ms)",
+             "| artifact | " + " | ".join(f"B={b} ms" for b in BATCHES) + " | "
+             + " | ".join(f"B={b} aggregate ceiling" for b in BATCHES[1:]) + " |",
+             "|---|" + "---|" * (2 * len(BATCHES) - 1)]
+    for r in rows:
+        ms = r["ms"]
+        lines.append(f"| {r['name']} | " + " | ".join(f"{ms[b]:.2f}" for b in BATCHES) + " | "
+                     + " | ".join(f"{b * ms[1] / ms[b]:.2f}x" for b in BATCHES[1:]) + " |")
+    return "\n".join(lines)
+
+
 def implied(ratio: dict, acceptance: float) -> list[tuple[int, float, float]]:
     """(k, tokens per step, speedup) for drafts of k = size - 1 tokens."""
     out = []
@@ -109,6 +153,7 @@ def main() -> int:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--acceptance", type=float, default=0.8, help="draft acceptance rate for the implied speedup")
+    ap.add_argument("--batch", action="store_true", help="also time the batch engine's step over 1, 2, 4 sequences")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--name", default="verify-cost")
     args = ap.parse_args()
@@ -124,6 +169,10 @@ def main() -> int:
     text = table(rows, args.acceptance)
     if len(rows) > 1:
         text += "\n\n" + draft_table(rows, args.acceptance)
+    if args.batch:
+        batched = [measure_batch(a, args.threads, args.context, args.repeats) for a in arts]
+        text += "\n\n" + batch_table(batched)
+        rows.append({"batched": batched})
     write_results(args.out, args.name, text, rows)
     return 0
 
