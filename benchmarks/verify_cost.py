@@ -6,7 +6,7 @@ against a 1-token decode step, on real-size shapes, and the speedup that implies
 
 Random weights accept nothing, so acceptance comes from trained models (`edgeqwen bench --speculate` on the tiny
 copy-trained pair); the cost of verifying comes from here. Each step runs at position `context` over the in-place KV
-cache and is rolled back, exactly as a rejected draft is; medians of `--repeats` steps, sizes interleaved.
+cache and is rolled back, exactly as a rejected draft is; medians of `--repeats` steps, each size's steps back to back.
 
 Implied speedup for a draft of k tokens whose tokens are each accepted with probability a (independently):
 tokens per step E = (1 - a^(k+1)) / (1 - a), speedup = E / (cost of a (k+1)-token step / cost of a 1-token step),
@@ -42,8 +42,8 @@ def measure(artifact: str, threads: int, context: int, repeats: int) -> dict:
     runner.reserve(context + max(SIZES) + 1)
     runner.step(prompt)
     times: dict[int, list[float]] = {n: [] for n in SIZES}
-    for r in range(repeats + 2):  # two warm-up rounds
-        for n in SIZES:
+    for n in SIZES:  # each size's steps back to back (onnxruntime re-plans when the input shape changes: measured
+        for r in range(repeats + 2):  # up to 1.8x on the first step after another size), two warm-up steps
             toks = rng.integers(100, runner.vocab_size - 100, n).tolist()
             t0 = time.perf_counter()
             runner.step(toks, all_logits=n > 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ from edgeqwen.recipe import known_recipes, load_recipe
 from edgeqwen.schema import to_dict
 
 from .helpers.sensitivity import record
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def config(family="qwen2", hidden=128, layers=4, heads=4, kv=2, inter=384, vocab=1024, head_dim=None, tied=None):
@@ -232,3 +235,26 @@ def test_plan_estimates_the_build_time_and_bounds_gptq_work():
     assert half_speed.total_s == pytest.approx(2 * est["3b"].total_s)  # time is work over this machine's rate
     assert long_build_advice(est["0.5b"]) is None and "fast variant" in long_build_advice(
         estimate_time(plans["3b"], load_recipe(plans["3b"].recipe), shapes["3b"].config, gflops=20.0))
+
+
+@pytest.mark.parametrize("shape,dims", [
+    ("qwen2.5-0.5b", dict(hidden=896, inter=4864, layers=24, heads=14, kv=2)),
+    ("qwen2.5-1.5b", dict(hidden=1536, inter=8960, layers=28, heads=12, kv=2)),
+    ("qwen2.5-3b-bf16", dict(hidden=2048, inter=11008, layers=36, heads=16, kv=2))])
+def test_time_estimate_predicts_the_recorded_quiet_builds(shape, dims):
+    """The plan's estimate at the probe rate the recorded build measured, against that build's measured stages
+    (benchmarks/results/build-*.json, quiet): the total within 30 %, each stage within a factor of 1.5."""
+    from edgeqwen.planner.cost import estimate as estimate_time
+
+    results = REPO / "benchmarks" / "results"
+    model = {"qwen2.5-0.5b": "qwen2.5-0.5b-instruct", "qwen2.5-1.5b": "qwen2.5-1.5b-instruct",
+             "qwen2.5-3b-bf16": "qwen2.5-3b-instruct"}[shape]
+    row = next(r for r in json.loads((results / f"build-{shape}.json").read_text())
+               if r["name"] == f"edgeqwen {model}/cpu-x86_64-int4")
+    probe = json.loads((results / f"manifest-{model}-cpu-x86_64-int4.json").read_text())["build_time"]["estimate"]
+    cfg = config(vocab=151936, tied=True, **dims)
+    p = plan(load_recipe(f"{model}/cpu-x86_64-int4"), cfg)
+    est = estimate_time(p, load_recipe(p.recipe), cfg.config, gflops=probe["probe_gflops"])
+    assert 0.7 <= est.total_s / sum(row["stages"].values()) <= 1.3, (est.seconds, row["stages"])
+    for stage, measured in row["stages"].items():
+        assert 1 / 1.5 <= est.seconds[stage] / measured <= 1.5, (stage, est.seconds[stage], measured)

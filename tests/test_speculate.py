@@ -244,3 +244,23 @@ def test_serve_speculation_per_request_and_by_default(max_batch, one_model):
         r = client(server).chat.completions.create(model=model, messages=msgs, max_tokens=40, temperature=0)
         texts.append(r.choices[0].message.content)
     assert texts[0] and texts[1] == texts[0] and texts[2] == texts[0], texts
+
+
+def test_speculation_on_a_growing_kv_cache(artifacts, trained_qwen2):
+    """Portable artifacts grow their KV cache each step (no in-place buffer): rollback cuts it. The known continuation
+    is accepted and the output is plain decoding's."""
+    from edgeqwen.runtime.agreement import INT8_ACTIVATION_TOL
+
+    runner = Runner(artifacts.get("tiny-qwen2/cpu-x86_64-portable-int4", trained_qwen2))
+    assert runner.growing_kv
+    ids = runner.encode(PROMPTS[1])
+    s = Sampling(max_new_tokens=24, ignore_eos=True, keep_logits=True)
+    rows, toks = _run(runner, ids, s)
+    for drafter in (Oracle(len(ids), toks), Oracle(len(ids), toks, wrong=True, vocab=runner.vocab_size)):
+        got_rows, got = _run(runner, ids, s, drafter)
+        agreement = compare_runs(rows, toks, got_rows, got, INT8_ACTIVATION_TOL)
+        assert agreement.ok and len(got) == len(toks), agreement.summary()
+        if drafter.wrong:
+            assert drafter.stats.accepted == 0, drafter.stats
+        elif got == toks:
+            assert drafter.stats.steps < (len(toks) - 1) / 2, drafter.stats  # several tokens per verify step
