@@ -18,7 +18,7 @@ LAYERS = [
     {"planner"},
     {"memory", "export", "package", "interop", "web"},  # web: the browser page bundled into artifacts, `edgeqwen web`
     {"evaluate"},
-    {"build", "bench", "train"},
+    {"build", "bench", "bench_speculate", "train"},
     {"matrix", "tune", "serve"},
     {"cli", "__main__"},
 ]
