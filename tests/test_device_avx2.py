@@ -24,6 +24,11 @@ EMULATED = [
     "tests/test_runtime.py::test_greedy_matches_pytorch_on_fp32[qwen2]",
     "tests/test_runtime.py::test_pruned_head_scores_every_position_through_lm_head_onnx",
     "tests/test_serve.py::test_concurrent_streams_do_not_mix",
+    # speculative decoding: a k-token verify step against plain 1-token steps (other MatMulNBits/GEMM paths)
+    "tests/test_speculate.py::test_speculative_greedy_equals_plain_greedy[lookup]",
+    "tests/test_speculate.py::test_speculative_greedy_equals_plain_greedy[right]",
+    "tests/test_speculate.py::test_speculative_greedy_equals_plain_greedy[draft]",
+    "tests/test_speculate.py::test_batched_speculation_agrees_with_lone_decoding[right-True]",
 ]
 # what they build (recipe, fixture, evaluate), built natively before the emulated run reuses it
 BUILDS = [("tiny-qwen2/cpu-x86_64-int4", "trained_qwen2", True), ("tiny-qwen2/cpu-x86_64-fp32", "trained_qwen2", True),
