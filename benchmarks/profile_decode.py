@@ -6,8 +6,8 @@ as a share of the steps' run time, beside the bytes each operator type reads (it
 The first run (the prefill) is left out; every later `model_run` is one decode step. Weight bytes per operator type
 come from the graph's initializers (MatMulNBits: packed weights, scales, zero points; GatherBlockQuantized's table and
 GroupQueryAttention's rotary caches: one row per token, counted as nil), so the GB/s column says how close each kernel
-comes to streaming its weights. The profiler costs time per node (decode runs ~1/3 slower with it on): read the
-shares, not the absolute milliseconds.
+comes to streaming its weights. The profiler costs time per node and the step's own speed varies with what else
+runs: read the shares first.
 """
 
 from __future__ import annotations
@@ -19,31 +19,29 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bytes_per_token import ROW_READ  # noqa: E402
 from shapes import write_results  # noqa: E402
 
 
 def weight_bytes_by_op(model_path: Path) -> dict[str, int]:
+    """Initializer bytes each operator type reads whole per step (bytes_per_token.py's rule: inputs read by row —
+    tables, rotary caches — are not counted)."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
-    sizes = {}
-    for init in model.graph.initializer:
-        n = 1
-        for d in init.dims:
-            n *= d
-        sizes[init.name] = n * onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+    sizes = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+             for t in model.graph.initializer}
     out: dict[str, int] = defaultdict(int)
     for node in model.graph.node:
-        if node.op_type in ("GatherBlockQuantized", "GroupQueryAttention"):
-            continue  # one table row per token; the rotary cos/sin caches, one row per token
-        out[node.op_type] += sum(sizes.get(i, 0) for i in node.input)
+        out[node.op_type] += sum(sizes.get(name, 0) for i, name in enumerate(node.input)
+                                 if i not in ROW_READ.get(node.op_type, ()))
     return dict(out)
 
 
 def profile(artifact: str, threads: int, prompt_len: int, steps: int) -> dict:
-    import numpy as np
-
     from edgeqwen.runtime import runner as R
 
     work = Path(tempfile.mkdtemp(prefix="edgeqwen-profile-"))

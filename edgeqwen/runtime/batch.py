@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runner import KV_BLOCK, Decoding, Drafter, DraftModel, PromptLookup, Record, Runner, RunnerError, Sampling, SpeculationStats
+from .runner import (KV_BLOCK, Decoding, Drafter, DraftModel, PromptLookup, Record, Runner, RunnerError, Sampling,
+                     SpeculationStats, verify_draft)
 
 _DONE = object()
 
@@ -300,10 +301,7 @@ class BatchEngine:
         positions = np.array([[s.pos] for s in self.running], dtype=np.int64) + np.arange(width_new)[None]
         width = int(positions.max()) + 1
         mask = (np.arange(width)[None, :] <= positions[:, -1:]).astype(np.int64)  # row b: its pos_b + S positions
-        # every row feeds S tokens: its last token, its draft, then repeats of its last token where its draft is
-        # shorter (their KV rows lie past what the row keeps: masked out, overwritten by its next step)
-        ids = np.array([[s.last, *d] + [s.last] * (width_new - 1 - len(d)) for s, d in zip(self.running, drafts)],
-                       dtype=np.int64)
+        ids = np.array([[s.last, *d] for s, d in zip(self.running, drafts)], dtype=np.int64)  # one row, or no drafts
         if self.runner.vision is not None:  # each row's next text position on all three M-RoPE axes
             rope = np.array([[s.rope_pos] for s in self.running], dtype=np.int64) + np.arange(width_new)[None]
             logits = self._run(slice(0, n), ids, mask, np.broadcast_to(rope[None], (3, n, width_new)), every=True)
@@ -329,46 +327,30 @@ class BatchEngine:
         which is what a verify step buys a lone sequence."""
         if len(self.running) > 1:
             return [[] for _ in self.running]
-        drafts = []
-        for seq in self.running:
-            d = seq.drafter
-            room = min(seq.budget - len(seq.decoding.generated) - 1, self.capacity - seq.pos - 1) if d else 0
-            drafts.append(d.propose(seq.decoding.history, min(seq.k, room)) if room > 0 else [])
-        width = 1 + max(map(len, drafts))
-        fit = min(self.capacity - s.pos for s in self.running)  # the padded rows write S positions too
-        if width > fit:
-            drafts = [x[:fit - 1] for x in drafts]
-        return drafts
+        seq = self.running[0]
+        d = seq.drafter
+        room = min(seq.budget - len(seq.decoding.generated) - 1, self.capacity - seq.pos - 1) if d else 0
+        return [d.propose(seq.decoding.history, min(seq.k, room)) if room > 0 else []]
 
     def _verify(self, seq: _Seq, rows: np.ndarray, draft: list[int]) -> tuple[list[Record], RunnerError | None]:
         """Row i picks the token after position i as plain decoding would; the draft is kept while it agrees (see
         Runner._speculative). Returns the records to stream; the sequence's position and next token advance."""
         records = []
-        kept = 0
         try:
-            for i in range(len(draft) + 1):
-                tok, rec = seq.decoding.next(rows[i])
+            for seq.last, rec in verify_draft(seq.decoding, rows, draft):
                 records.append(rec)
-                seq.last = tok
-                if rec.finish_reason is not None or i == len(draft) or tok != draft[i]:
-                    break
-                kept += 1
         except RunnerError as exc:
             return records, exc
         finally:
+            kept = max(len(records) - 1, 0)  # every emitted token but the last was a kept draft token
             seq.pos += 1 + kept
             seq.rope_pos += 1 + kept
         d = seq.drafter
         if d is not None:
-            st = d.stats
-            st.steps += 1
-            st.drafted += len(draft)
-            st.accepted += kept
-            st.emitted += len(records)
+            d.stats.count(len(draft), len(records))
             self.drafted += len(draft)
             self.accepted += kept
-            if draft:
-                seq.k = min(seq.k + 2, d.max_k) if kept == len(draft) else max(1, seq.k - 1)
+            seq.k = d.next_k(seq.k, len(draft), kept)
         return records, None
 
     def _emit(self, seq: _Seq, logits: np.ndarray) -> None:

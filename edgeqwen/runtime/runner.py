@@ -16,6 +16,7 @@ Static-shape NPU artifacts take one token per step over a fixed KV buffer whose 
 
 from __future__ import annotations
 
+import abc
 import argparse
 import hashlib
 import json
@@ -504,8 +505,27 @@ class SpeculationStats:
     def tokens_per_step(self) -> float:
         return self.emitted / self.steps if self.steps else 0.0
 
+    def count(self, drafted: int, emitted: int) -> None:
+        """One verify step that checked `drafted` draft tokens and emitted `emitted` tokens: all but the last emitted
+        were draft tokens it kept (the last is the step's own pick, or a finish)."""
+        self.steps += 1
+        self.drafted += drafted
+        self.accepted += emitted - 1
+        self.emitted += emitted
 
-class Drafter:
+
+def verify_draft(seq: "Decoding", rows: np.ndarray, draft: list[int]):
+    """A verify step's tokens: row i of its logits picks the token after position i exactly as plain decoding would
+    (`Decoding.next`: same penalty, sampler, constraint and random draw). Yields (token, Record) while the picks agree
+    with the draft, then the first pick that differs (or the one after the whole draft), stopping early at a finish."""
+    for i in range(len(draft) + 1):
+        tok, rec = seq.next(rows[i])
+        yield tok, rec
+        if rec.finish_reason is not None or i == len(draft) or tok != draft[i]:
+            return
+
+
+class Drafter(abc.ABC):
     """What speculative decoding asks of a drafter: `propose(history, k)` → up to k tokens that may come next (the
     target verifies them all in one forward pass). `k` adapts per stream as Hugging Face's assisted generation does:
     +2 after a fully accepted draft, -1 after a rejection, within [1, max_k]."""
@@ -517,8 +537,15 @@ class Drafter:
     def start(self, target: "Runner", tokens: int) -> None:
         """A new stream of at most `tokens` positions begins on `target`."""
 
+    @abc.abstractmethod
     def propose(self, history: list[int], k: int) -> list[int]:
-        raise NotImplementedError
+        """Up to k tokens that may follow `history`."""
+
+    def next_k(self, k: int, drafted: int, kept: int) -> int:
+        """The next draft length after a verify step that kept `kept` of `drafted` tokens."""
+        if not drafted:
+            return k
+        return min(k + 2, self.max_k) if kept == drafted else max(1, k - 1)
 
 
 class PromptLookup(Drafter):
@@ -561,14 +588,17 @@ class DraftModel(Drafter):
 
     def __init__(self, draft: "Runner"):
         self.runner = draft
+        self._matched: "Runner | None" = None  # the target whose tokenizer was found equal (checked once, not per stream)
 
     def start(self, target: "Runner", tokens: int) -> None:
         d = self.runner
-        if d.vocab_size != target.vocab_size or d.tokenizer.to_str() != target.tokenizer.to_str():
+        if target is not self._matched and (d.vocab_size != target.vocab_size
+                                            or d.tokenizer.to_str() != target.tokenizer.to_str()):
             raise RunnerError(f"the draft artifact {d.path} does not share the target's tokenizer ({d.vocab_size} vs "
                               f"{target.vocab_size} tokens): draft with a smaller model of the same family")
         if d.static_slots is not None:
             raise RunnerError(f"the draft artifact {d.path} takes one token per step (static shapes): use a CPU artifact")
+        self._matched = target
         d.reset()
         d.reserve(min(tokens, d.context_length))
 
@@ -1084,12 +1114,11 @@ class Runner:
             logits = self.step([tok])
 
     def _speculative(self, seq: "Decoding", logits: np.ndarray, drafter: Drafter):
-        """Draft, then verify the fed token and the draft in one step: row i of its logits picks the token after
-        position i exactly as plain decoding would (`Decoding.next`: same penalty, sampler and random draw), so the
-        draft is kept while it agrees and the first token that differs is the step's own pick. Greedy output equals
-        plain decoding's; sampled output is drawn from the same distribution (for a drafter that proposes one token
-        per position, keeping it when the target's own draw lands on it is the rejection rule), even the same tokens
-        for a seed. The rejected positions are rolled back."""
+        """Draft, then verify the fed token and the draft in one step (`verify_draft`): the draft is kept while it
+        agrees with plain decoding's picks and the first pick that differs is the step's own token. Greedy output
+        equals plain decoding's; sampled output is drawn from the same distribution (for a drafter that proposes one
+        token per position, keeping it when the target's own draw lands on it is the rejection rule), even the same
+        tokens for a seed. The rejected positions are rolled back."""
         stats = drafter.stats = SpeculationStats()
         k = drafter.first_k
         tok, rec = seq.next(logits)  # the prefill's token: not a verify step's
@@ -1100,23 +1129,16 @@ class Runner:
             room = min(self.context_length - self.pos - 1, seq.budget - len(seq.generated) - 1, k)
             draft = drafter.propose(seq.history, room) if room > 0 else []
             rows = self.step([tok, *draft], all_logits=True).reshape(-1, self.vocab_size)
-            stats.steps += 1
-            stats.drafted += len(draft)
-            kept = 0
-            for i in range(len(draft) + 1):
-                tok, rec = seq.next(rows[i])
-                stats.emitted += 1
+            emitted = 0
+            for tok, rec in verify_draft(seq, rows, draft):
+                emitted += 1
                 yield rec
-                if rec.finish_reason is not None:
-                    stats.accepted += kept
-                    return
-                if i == len(draft) or tok != draft[i]:
-                    break
-                kept += 1
-            stats.accepted += kept
+            stats.count(len(draft), emitted)
+            if rec.finish_reason is not None:
+                return
+            kept = emitted - 1
             self.rollback(self.pos - (len(draft) - kept))
-            if draft:
-                k = min(k + 2, drafter.max_k) if kept == len(draft) else max(1, k - 1)
+            k = drafter.next_k(k, len(draft), kept)
 
     # ---- layer 3: convenience ---------------------------------------------------------------
     def generate(self, prompt: str | list[int], sampling: Sampling | None = None, chat: bool = False,
