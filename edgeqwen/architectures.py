@@ -73,10 +73,12 @@ class ArchitectureSpec:
         return getattr(importlib.import_module(module or "transformers"), attr)
 
     def load_reference(self, path: str | Path, dtype: str = "float32"):
-        """The checkpoint as a PyTorch model in eval mode (offline: local files only)."""
+        """The checkpoint as a PyTorch model in eval mode (offline: local files only); dtype "auto" keeps the
+        checkpoint's own (bf16 for Qwen's published weights: half the memory of fp32)."""
         import torch
 
-        return self.transformers_class("torch").from_pretrained(str(path), dtype=getattr(torch, dtype),
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        return self.transformers_class("torch").from_pretrained(str(path), dtype=torch_dtype,
                                                                  local_files_only=True).eval()
 
     def layer_node(self, exporter: str, layer: int, module: str) -> str:

@@ -88,6 +88,35 @@ def test_measurement_on_a_trained_model(trained_qwen2, tmp_path):
     assert c.node_settings and all(n.startswith("/model/layers.") for n in c.node_settings)
 
 
+def test_a_bf16_checkpoint_is_measured_as_its_fp32_values(trained_qwen3, tmp_path):
+    """The measurement loads a checkpoint in its own dtype and takes one layer at a time to fp32 (half the memory of
+    an fp32 model on Qwen's bf16 weights): the numbers are those of the same values stored in fp32 — every matrix's
+    KLD and weight errors, the untied table and the head — and the fp32 rerun is still exact."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeqwen.planner.sensitivity import measure
+
+    model = AutoModelForCausalLM.from_pretrained(trained_qwen3, dtype=torch.bfloat16)
+    tok = AutoTokenizer.from_pretrained(trained_qwen3)
+    recs = []
+    for dtype in (torch.bfloat16, torch.float32):
+        folder = tmp_path / str(dtype).split(".")[-1]
+        model.to(dtype).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        assert json.loads((folder / "config.json").read_text())["dtype"] == str(dtype).split(".")[-1]
+        cfg = {"model": str(folder), "calib_text": str(trained_qwen3.parent.parent / "calib.txt"), "samples": 2,
+               "seq_len": 64, "base_bits": 4, "base_block": 128, "symmetric": False,
+               "grid": grid_for((4, 128), FORMATS), "nodes_for": NODES, "head_formats": [(8, 128), (4, 32)],
+               "table_formats": [(8, 128)], "threads": 1, "resolution": "block"}
+        recs.append(measure(cfg))
+    bf16, fp32 = recs
+    assert [g["kld"] for g in bf16["groups"]] == pytest.approx([g["kld"] for g in fp32["groups"]], rel=1e-6)
+    assert [g["err"] for g in bf16["groups"]] == [g["err"] for g in fp32["groups"]]
+    assert bf16["head"] == pytest.approx(fp32["head"], rel=1e-6) and bf16["table"] == pytest.approx(fp32["table"], rel=1e-6)
+    assert bf16["noise_floor_kld"] < 1e-6 and min(g["kld"] for g in bf16["groups"]) > 0
+
+
 def test_per_layer_measurement_tracks_the_per_matrix_one(trained_qwen3):
     """0.5B-sized models are measured one layer at a time (the per-matrix reruns would take many minutes), the layer's
     KLD shared among its matrices by their layer-output error; past that (3B-sized) the bounded proxy reruns only a

@@ -1,12 +1,18 @@
 """Measured sensitivity of every decoder-layer matrix, the lm_head and the embedding table (the input of
 `mixed_precision: auto`, planner/mixed.py).
 
-On a few calibration sequences (never the eval text), the fp32 model runs once; each decoder layer's input is kept.
-Then, one group at a time — a layer's qkv, o, gate, up or down projection — the group's weights are replaced by
-what MatMulNBits would compute with at the base format (onnxruntime's own block quantizer and its exact inverse),
-the model is rerun from that layer on, and the mean token KLD against the fp32 logits is recorded. Every other
-format's cost is carried as the activation-weighted weight error Σ_j E[x_j²]·Σ_i (W_ij − Q(W)_ij)² (the diagonal
-importance matrix llama.cpp's imatrix uses), from which planner/mixed.py scales the measured KLD.
+On a few calibration sequences (never the eval text), the model is measured in one pass over its decoder layers,
+one layer in fp32 at a time: the checkpoint is loaded in its own dtype (bf16 for Qwen's published weights), each
+layer is taken to fp32 when the pass reaches it and dropped after, so a 3B checkpoint is measured in about half the
+memory of its fp32 model (the pass's peak is the checkpoint, the fp32 embedding table and one fp32 layer). At each
+layer the reference hidden states go through it once (with hooks that sum each linear input's squares), and every
+rerun the measurement asks for is a stream of hidden states carried alongside: one starts at a layer with a group's
+weights replaced by what MatMulNBits would compute with at the base format (quantize/fake_quant.py, bit-for-bit
+onnxruntime's block quantizer and its inverse) and goes on through the fp32 layers after it; one starts at the
+embedding with the table quantized. At the end each stream's mean token KLD against the fp32 logits is its
+group's (or the table's, or the tied head's) cost. Every other format's cost is carried as the activation-weighted
+weight error Σ_j E[x_j²]·Σ_i (W_ij − Q(W)_ij)² (the diagonal importance matrix llama.cpp's imatrix uses), from which
+planner/mixed.py scales the measured KLD.
 
 Olive 0.13's SelectiveMixedPrecision (kld_gradient, after mlx-lm's dynamic_quant) scores the same units, but it loads
 its calibration data from the hub with no way to pass a local file, so it cannot run offline; this measures KLD
@@ -28,21 +34,21 @@ from pathlib import Path
 PRELOAD = ("torch", "transformers")
 
 BLOCKS = (16, 32, 64, 128, 256)
+HEAD_ROWS = 16384  # vocabulary rows of a quantized lm_head computed at a time (a whole fp32 copy is 1.2 GB on 3B)
 
 
 def _fake_quant(w_nk, bits: int, block: int, symmetric: bool):
-    """torch [N, K] weight → the float weight MatMulNBits computes with at this format (same shape and dtype)."""
-    import numpy as np
-    import torch
+    """torch [N, K] weight → the fp32 weight MatMulNBits computes with at this format."""
+    from ..quantize.fake_quant import block_fake_quant
 
-    from ..quantize.graph_quant import ort_block_dequant, ort_block_quant
-
-    w = np.ascontiguousarray(w_nk.detach().float().numpy().T)  # [K, N], blocks along K like the MatMul weight
-    packed, scales, zps = ort_block_quant(w, bits, block, symmetric)
-    return torch.from_numpy(ort_block_dequant(packed, scales, zps, bits, block, symmetric, w.shape[0]).T.copy())
+    return block_fake_quant(w_nk, bits, block, symmetric)
 
 
-def _local_errors(layer, h, kwargs, by_node: dict, originals: dict, resolution: str, quantize) -> dict[str, float]:
+def _out(y):
+    return y[0] if isinstance(y, tuple) else y
+
+
+def _local_errors(layer, h, kwargs, by_node: dict, originals: dict, quantized: dict, resolution: str) -> dict[str, float]:
     """Per matrix kind: the squared error of this layer's output (the residual stream, after attention's softmax and
     the MLP's gate) with that one matrix quantized — how a unit's measured KLD is shared among its matrices."""
     import torch
@@ -51,17 +57,17 @@ def _local_errors(layer, h, kwargs, by_node: dict, originals: dict, resolution: 
         return {k: 1.0 for k in by_node}
     out = {}
     with torch.inference_mode():
-        ref = layer(h, **kwargs)
-        ref = ref[0] if isinstance(ref, tuple) else ref
+        ref = _out(layer(h, **kwargs))
         for kind, modules in by_node.items():
-            for m in modules:
-                layer.get_submodule(m).weight.data = quantize(originals[m])
-            got = layer(h, **kwargs)
-            got = got[0] if isinstance(got, tuple) else got
-            out[kind] = float(((got - ref).double() ** 2).sum())
-            for m in modules:
-                layer.get_submodule(m).weight.data = originals[m]
+            _swap(layer, modules, quantized)
+            out[kind] = float(((_out(layer(h, **kwargs)) - ref).double() ** 2).sum())
+            _swap(layer, modules, originals)
     return out
+
+
+def _swap(layer, modules, weights: dict) -> None:
+    for m in modules:
+        layer.get_submodule(m).weight.data = weights[m]
 
 
 def _kld(ref_logp, logits) -> float:
@@ -71,25 +77,35 @@ def _kld(ref_logp, logits) -> float:
     return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
 
 
-def _capture(model, body, layers, x, scored):
-    """One fp32 forward over the calibration batch with hooks: every layer's input (and the first layer's keyword
-    arguments), each linear's Σ x² per input column with its row count, the final norm's output, and the reference
-    log-probabilities at the `scored` positions only (the head over every position, and its log-softmax, would hold
-    two [tokens, vocab] fp32 tensors: 5 GB on the 3B shape, the stage's peak). Returns (inputs, kwargs, square sums,
-    final hidden states, ref_logp)."""
+def _first_input(model, layers, x):
+    """The first decoder layer's input and keyword arguments (the causal mask, rotary position embeddings) from the
+    model's own code, which stops there: the layers are run by the pass."""
     import torch
 
-    inputs: dict[int, torch.Tensor] = {}
-    kwargs: dict = {}
-    sq: dict[str, list] = {}
-    hooks = []
+    got: dict = {}
 
-    def keep_input(i):
-        def hook(_, args, kw):
-            inputs[i] = args[0].detach()
-            if i == 0:
-                kwargs.update({k: v for k, v in kw.items() if k != "past_key_values"})
-        return hook
+    class Stop(Exception):
+        pass
+
+    def hook(_, args, kwargs):
+        got["h"] = args[0] if args else kwargs["hidden_states"]
+        got["kw"] = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values")}
+        raise Stop
+
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            model.model(x, use_cache=False)
+    except Stop:
+        pass
+    finally:
+        handle.remove()
+    return got["h"], got["kw"]
+
+
+def _forward_with_square_sums(layer, i: int, h, kwargs, sq: dict):
+    """The reference forward of layer i, summing each linear input's squares per column (with its row count)."""
+    import torch
 
     def square_sum(name):
         def hook(_, args):
@@ -99,19 +115,14 @@ def _capture(model, body, layers, x, scored):
             acc[1] += a.shape[0]
         return hook
 
-    for i, layer in enumerate(layers):
-        hooks.append(layer.register_forward_pre_hook(keep_input(i), with_kwargs=True))
-        for name, mod in layer.named_modules():
-            if isinstance(mod, torch.nn.Linear):
-                hooks.append(mod.register_forward_pre_hook(square_sum(f"{i}.{name}")))
-    final: dict = {}
-    hooks.append(body.norm.register_forward_hook(lambda _, __, out: final.setdefault("h", out.detach())))
-    with torch.inference_mode():
-        model.model(x, use_cache=False)  # the decoder without its head: the hooks keep what is measured
-        ref_logp = torch.log_softmax(model.lm_head(final["h"][:, scored]).float(), dim=-1)
-    for h in hooks:
-        h.remove()
-    return inputs, kwargs, sq, final["h"], ref_logp
+    hooks = [mod.register_forward_pre_hook(square_sum(f"{i}.{name}")) for name, mod in layer.named_modules()
+             if isinstance(mod, torch.nn.Linear)]
+    try:
+        with torch.inference_mode():
+            return _out(layer(h, **kwargs))
+    finally:
+        for hk in hooks:
+            hk.remove()
 
 
 def _format_errors(i: int, originals: dict, by_node: dict, grid: list, sq: dict, sym: bool) -> dict[str, dict]:
@@ -141,6 +152,57 @@ SAMPLED_ROWS = 128  # output rows of a matrix whose weight error is computed (al
 # errors only rank formats against each other, and 128 rows × K columns is already 10⁵ samples or more
 
 
+class _Stream:
+    """Hidden states on their way to the head: what `name` measures, and the lm_head format it ends with (None: fp32)."""
+
+    __slots__ = ("name", "h", "head")
+
+    def __init__(self, name: tuple, h, head: tuple[int, int] | None = None):
+        self.name, self.h, self.head = name, h, head
+
+
+def _subset(h, kwargs: dict, sequences: int | None):
+    """The first `sequences` calibration sequences of a layer's input and keyword arguments."""
+    batch = h.shape[0]
+    if sequences is None or sequences >= batch:
+        return h, kwargs
+
+    def cut(v):
+        if isinstance(v, tuple):
+            return tuple(cut(t) for t in v)
+        return v[:sequences] if hasattr(v, "shape") and v.dim() > 0 and v.shape[0] == batch else v
+
+    return h[:sequences], {k: cut(v) for k, v in kwargs.items()}
+
+
+def _embedding_streams(body, x, tied: bool, cfg: dict) -> list[_Stream]:
+    """Streams from the embedding with the table quantized: on a tied model at each lm_head format (the same weights
+    are the head, quantized at the end too), on an untied one at each table format. Each table row is its own
+    quantization blocks, so only the rows the calibration text uses are quantized."""
+    import torch
+
+    sym = bool(cfg["symmetric"])
+    table = body.embed_tokens.weight.data
+    ids, where = torch.unique(x, return_inverse=True)
+    out = []
+    for bits, block in (cfg["head_formats"] if tied else cfg["table_formats"]):
+        rows = _fake_quant(table[ids], int(bits), int(block), sym)
+        fmt = f"int{bits}/b{block}"
+        out.append(_Stream(("head" if tied else "table", fmt), rows[where], (int(bits), int(block)) if tied else None))
+    return out
+
+
+def _head_logits(model, final, head: tuple[int, int] | None, sym: bool):
+    """lm_head over `final` with its weights as they are (None) or at a format, a slice of the vocabulary at a time."""
+    import torch
+
+    if head is None:
+        return model.lm_head(final)
+    w = model.lm_head.weight.data
+    return torch.cat([torch.nn.functional.linear(final, _fake_quant(w[a:a + HEAD_ROWS], head[0], head[1], sym))
+                      for a in range(0, w.shape[0], HEAD_ROWS)], dim=-1)
+
+
 def measure(cfg: dict) -> dict:
     import torch
 
@@ -151,24 +213,15 @@ def measure(cfg: dict) -> dict:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     x = calibration_ids(cfg["model"], cfg["calib_text"], cfg["samples"], cfg["seq_len"])
-    model = load_reference(cfg["model"])  # a VL model's decoder is measured on text as the text models are
-    body = getattr(model.model, "language_model", model.model)
+    model = load_reference(cfg["model"], dtype="auto")  # each layer goes to fp32 when the pass reaches it
+    body = getattr(model.model, "language_model", model.model)  # a VL model's decoder is measured on text
     layers = body.layers
+    for module in (body.embed_tokens, model.lm_head, body.norm):
+        module.float()  # in place: a tied head stays the table
+    tied = model.lm_head.weight is body.embed_tokens.weight
     scored = slice(x.shape[1] // 2, None, 2)  # every other position of each sequence's second half (the first half
     # is context): the 151936-wide head then costs a quarter of the whole batch, and neighbours add little information
-    inputs, kwargs, sq, final_h, ref_logp = _capture(model, body, layers, x, scored)
-
-    def rerun(start: int) -> float:
-        with torch.inference_mode():
-            h = inputs[start]
-            for layer in layers[start:]:
-                h = layer(h, **kwargs)
-                h = h[0] if isinstance(h, tuple) else h
-            return _kld(ref_logp, model.lm_head(body.norm(h[:, scored])))
-
-    def full_run() -> float:
-        with torch.inference_mode():
-            return _kld(ref_logp, model.lm_head(model.model(x, use_cache=False).last_hidden_state[:, scored]))
+    h, kwargs = _first_input(model, layers, x)
 
     base_bits, base_block, sym = int(cfg["base_bits"]), int(cfg["base_block"]), bool(cfg["symmetric"])
     grid = [(int(b), int(s)) for b, s in cfg["grid"]]
@@ -176,60 +229,85 @@ def measure(cfg: dict) -> dict:
     by_node: dict[str, list[str]] = {}
     for module, node in nodes_for.items():
         by_node.setdefault(node, []).append(module)
+    kinds = list(by_node)
     config = model.config.get_text_config()
     budget = float(cfg.get("budget_tflop", BUDGET_TFLOP))
     resolution = choose_resolution(config, int(x.numel()), budget, cfg.get("resolution"))
-    quant = lambda w: _fake_quant(w, base_bits, base_block, sym)  # noqa: E731
-    layer_errors = _LayerErrors(layers, inputs, kwargs, by_node, nodes_for, grid, sq, sym, quant, (base_bits, base_block))
-    timing: dict[str, float] = {"capture_s": round(time.perf_counter() - t0, 2)}
+    n, (batch, seq) = len(layers), x.shape
+    costs = rerun_costs(config, int(x.numel()))
     if resolution == "proxy":
-        costs = rerun_costs(config, int(x.numel()))
-        groups, proxy = _measure_proxy(layer_errors, rerun, costs, lambda t: layer_tflop(config, t),
-                                       budget * PROXY_SHARE, t0, timing)
+        measured = pick_layers(costs, budget * PROXY_SHARE)
+        starts = {i: [tuple(kinds)] for i in measured}
+        per_sequence = len(kinds) + 1  # layer forwards per layer for the local errors, per calibration sequence
+        sequences = int(max(1, min(batch, budget * PROXY_SHARE / 2 / (n * per_sequence * layer_tflop(config, seq)))))
     else:
-        groups, proxy = _measure_reruns(layer_errors, rerun, resolution, t0, timing), None
+        measured, sequences = [], None
+        starts = {i: units(kinds, resolution) for i in range(n)}
+    streams = _embedding_streams(body, x, tied, cfg)
+    timing: dict[str, float] = {"load_s": round(time.perf_counter() - t0, 2)}
+    weights, alive = [], len(streams)  # each layer's share of the pass, in full-batch layer forwards (for the ETA)
+    for i in range(n):
+        local = 0 if resolution == "matrix" else (len(kinds) + 1) * (sequences or batch) / batch
+        weights.append(1 + alive + len(starts.get(i, ())) + local)
+        alive += len(starts.get(i, ()))
+
+    errors, local_errors, shapes, sq = [], [], [], {}
     t1 = time.perf_counter()
-    head = _head_and_table(model, body, cfg, final_h[:, scored], ref_logp, full_run)
-    timing["head_s"] = round(time.perf_counter() - t1, 2)
+    for i in range(n):
+        layer = layers[i].float()
+        originals = {m: layer.get_submodule(m).weight.data for m in nodes_for}
+        quantized = {m: _fake_quant(w, base_bits, base_block, sym) for m, w in originals.items()}
+        h_in, h = h, _forward_with_square_sums(layer, i, h, kwargs, sq)
+        errors.append(_format_errors(i, originals, by_node, grid, sq, sym))
+        local_errors.append(_local_errors(layer, *_subset(h_in, kwargs, sequences), by_node, originals, quantized,
+                                          "layer" if resolution == "proxy" else resolution))
+        shapes.append({kind: [list(originals[m].T.shape) for m in by_node[kind]] for kind in kinds})
+        with torch.inference_mode():
+            for s in streams:
+                s.h = _out(layer(s.h, **kwargs))
+            for unit in starts.get(i, ()):
+                _swap(layer, [m for kind in unit for m in by_node[kind]], quantized)
+                streams.append(_Stream(("unit", i, unit), _out(layer(h_in, **kwargs))))
+                _swap(layer, [m for kind in unit for m in by_node[kind]], originals)
+            if i == n - 1:  # the noise floor: the last layer rerun with nothing quantized
+                streams.append(_Stream(("floor",), _out(layer(h_in, **kwargs))))
+        layers[i] = torch.nn.Identity()  # measured: its memory goes back before the next layer is taken to fp32
+        del layer, originals, quantized
+        _progress("layer", i + 1, n, t1, weights)
+    timing["layers_s"] = round(time.perf_counter() - t1, 2)
+
+    t2 = time.perf_counter()
+    with torch.inference_mode():
+        final = body.norm(h[:, scored])
+        ref_logp = torch.log_softmax(model.lm_head(final).float(), dim=-1)
+        kld = {s.name: _kld(ref_logp, _head_logits(model, body.norm(s.h[:, scored]), s.head, sym)) for s in streams}
+        head = {f"int{b}/b{blk}": kld[("head", f"int{b}/b{blk}")] if tied else
+                _kld(ref_logp, _head_logits(model, final, (int(b), int(blk)), sym)) for b, blk in cfg["head_formats"]}
+    table = {name[1]: v for name, v in kld.items() if name[0] == "table"}
+    timing["head_s"] = round(time.perf_counter() - t2, 2)
+    print("sensitivity: lm_head and embedding table measured", flush=True)
+
+    def group(i, kind, kld_, unit_kld, unit):
+        return {"layer": i, "kind": kind, "modules": by_node[kind], "kld": kld_, "unit_kld": unit_kld,
+                "unit": list(unit), "err": errors[i][kind], "shapes": shapes[i][kind]}
+
+    if resolution == "proxy":
+        groups, proxy = _proxy_groups(kinds, errors, local_errors, {i: kld[("unit", i, tuple(kinds))] for i in measured},
+                                      f"int{base_bits}/b{base_block}", group)
+        proxy["local_error_sequences"] = sequences
+    else:
+        groups, proxy = [], None
+        for i in range(n):
+            for unit in starts[i]:
+                unit_kld = kld[("unit", i, unit)]
+                share_total = sum(local_errors[i][k] for k in unit)
+                for kind in unit:  # a unit's KLD split over its matrices by their share of the layer-output error
+                    share = local_errors[i][kind] / share_total if share_total > 0 else 1 / len(unit)
+                    groups.append(group(i, kind, unit_kld * share, unit_kld, unit))
     return {"version": 1, "resolution": resolution, "base_bits": base_bits, "base_block": base_block, "symmetric": sym,
-            "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
-            "noise_floor_kld": rerun(len(layers) - 1), "groups": groups, **head, **({"proxy": proxy} if proxy else {}),
-            "timing": timing, "wall_s": round(time.perf_counter() - t0, 2)}
-
-
-class _LayerErrors:
-    """One layer's weight errors at every format (and, where asked, its output error per matrix kind)."""
-
-    def __init__(self, layers, inputs, kwargs, by_node, nodes_for, grid, sq, sym, quant, base: tuple[int, int]):
-        self.layers, self.inputs, self.kwargs, self.by_node = layers, inputs, kwargs, by_node
-        self.nodes_for, self.grid, self.sq, self.sym, self.quant, self.base = nodes_for, grid, sq, sym, quant, base
-
-    def originals(self, i: int) -> dict:
-        return {m: self.layers[i].get_submodule(m).weight.data.clone() for m in self.nodes_for}
-
-    def formats(self, i: int, originals: dict) -> dict:
-        return _format_errors(i, originals, self.by_node, self.grid, self.sq, self.sym)
-
-    def local(self, i: int, originals: dict, resolution: str, sequences: int | None = None) -> dict:
-        """Per matrix kind, the layer-output error with that kind quantized (on the first `sequences` sequences)."""
-        h, kwargs = self.inputs[i], self.kwargs
-        if sequences is not None and sequences < h.shape[0]:
-            batch = h.shape[0]
-            h = h[:sequences]
-            kwargs = {k: v[:sequences] if hasattr(v, "shape") and v.dim() > 0 and v.shape[0] == batch else v
-                      for k, v in kwargs.items()}
-            kwargs = {k: tuple(t[:sequences] if hasattr(t, "shape") and t.shape[0] == batch else t for t in v)
-                      if isinstance(v, tuple) else v for k, v in kwargs.items()}
-        return _local_errors(self.layers[i], h, kwargs, self.by_node, originals, resolution, self.quant)
-
-    def set_quantized(self, i: int, kinds, originals: dict, quantized: bool) -> None:
-        for kind in kinds:
-            for m in self.by_node[kind]:
-                self.layers[i].get_submodule(m).weight.data = self.quant(originals[m]) if quantized else originals[m]
-
-    def group(self, i: int, kind: str, kld: float, unit_kld: float, unit, err: dict, originals: dict) -> dict:
-        return {"layer": i, "kind": kind, "modules": self.by_node[kind], "kld": kld, "unit_kld": unit_kld,
-                "unit": list(unit), "err": err[kind], "shapes": [list(originals[m].T.shape) for m in self.by_node[kind]]}
+            "samples": int(batch), "seq_len": int(seq), "threads": int(cfg["threads"]),
+            "noise_floor_kld": kld[("floor",)], "groups": groups, "tied": tied, "head": head, "table": table,
+            **({"proxy": proxy} if proxy else {}), "timing": timing, "wall_s": round(time.perf_counter() - t0, 2)}
 
 
 def _progress(what: str, done: int, total: int, t0: float, weights: list[float] | None = None) -> None:
@@ -240,29 +318,8 @@ def _progress(what: str, done: int, total: int, t0: float, weights: list[float] 
     print(f"sensitivity: {what} {done}/{total} measured ({elapsed:.0f}s, ETA {left:.0f}s)", flush=True)
 
 
-def _measure_reruns(le: _LayerErrors, rerun, resolution: str, t0: float, timing: dict) -> list[dict]:
-    """Every unit's KLD measured by rerunning the model from its layer with that unit quantized."""
-    groups = []
-    n = len(le.layers)
-    for i in range(n):
-        originals = le.originals(i)
-        err = le.formats(i, originals)
-        local = le.local(i, originals, resolution)
-        for unit in units(list(le.by_node), resolution):
-            le.set_quantized(i, unit, originals, True)
-            kld = rerun(i)
-            le.set_quantized(i, unit, originals, False)
-            share_total = sum(local[k] for k in unit)
-            for kind in unit:  # a unit's KLD split over its matrices by their share of the layer-output error
-                share = local[kind] / share_total if share_total > 0 else 1 / len(unit)
-                groups.append(le.group(i, kind, kld * share, kld, unit, err, originals))
-        _progress("layer", i + 1, n, t0, [float(n - j) for j in range(n)])
-    timing["layers_s"] = round(time.perf_counter() - t0 - timing["capture_s"], 2)
-    return groups
-
-
-def _measure_proxy(le: _LayerErrors, rerun, costs: list[float], layer_cost, budget: float, t0: float,
-                   timing: dict) -> tuple[list[dict], dict]:
+def _proxy_groups(kinds: list[str], errors: list[dict], local_errors: list[dict], measured_kld: dict[int, float],
+                  base_key: str, group) -> tuple[list[dict], dict]:
     """Bounded cost for models whose per-layer reruns would not fit the budget: every matrix's activation-weighted
     weight error at the base format (no forward passes), and the KLD of the whole layer quantized measured on a
     few layers spread over the depth (as many as the budget pays for). A layer's KLD is its weight error times the
@@ -271,48 +328,21 @@ def _measure_proxy(le: _LayerErrors, rerun, costs: list[float], layer_cost, budg
     layer-output error, measured on as many calibration sequences as half the budget pays for."""
     import math
 
-    n = len(le.layers)
-    batch, seq = le.inputs[0].shape[:2]
-    per_sequence = len(le.by_node) + 1  # layer forwards per layer for the local errors, per calibration sequence
-    sequences = int(max(1, min(batch, budget / 2 / (n * per_sequence * layer_cost(seq)))))
-    errs, locals_, totals = [], [], []
-    for i in range(n):
-        originals = le.originals(i)
-        err = le.formats(i, originals)
-        errs.append((err, originals))
-        locals_.append(le.local(i, originals, "layer", sequences))
-        totals.append(sum(e[_key(le, err)] for e in err.values()))
-        _progress("errors of layer", i + 1, n, t0)
-    t_err = time.perf_counter()
-    measured = pick_layers(costs, budget)
-    ratio = {}
-    for j, i in enumerate(measured):
-        originals = errs[i][1]
-        le.set_quantized(i, list(le.by_node), originals, True)
-        kld = rerun(i)
-        le.set_quantized(i, list(le.by_node), originals, False)
-        ratio[i] = max(kld, 1e-12) / max(totals[i], 1e-30)
-        _progress("KLD of layer", j + 1, len(measured), t_err, [costs[m] for m in measured])
+    totals = [sum(e[base_key] for e in err.values()) for err in errors]
+    ratio = {i: max(k, 1e-12) / max(totals[i], 1e-30) for i, k in measured_kld.items()}
     groups = []
-    for i in range(n):
-        err, originals = errs[i]
+    for i, err in enumerate(errors):
         layer_kld = _interp_log(ratio, i) * totals[i]
-        local_total = sum(locals_[i].values())
-        for kind in le.by_node:  # shared among the matrices by their layer-output error, as the per-layer reruns do
-            share = locals_[i][kind] / local_total if local_total > 0 else 1 / len(le.by_node)
-            groups.append(le.group(i, kind, layer_kld * share, layer_kld, list(le.by_node), err, originals))
-    timing.update(weight_errors_s=round(t_err - t0 - timing["capture_s"], 2),
-                  reruns_s=round(time.perf_counter() - t_err, 2))
+        local_total = sum(local_errors[i].values())
+        for kind in kinds:  # shared among the matrices by their layer-output error, as the per-layer reruns do
+            share = local_errors[i][kind] / local_total if local_total > 0 else 1 / len(kinds)
+            groups.append(group(i, kind, layer_kld * share, layer_kld, kinds))
+    measured = sorted(measured_kld)
     loo = [(math.log(_interp_log({m: r for m, r in ratio.items() if m != i}, i) * totals[i]),
             math.log(ratio[i] * totals[i])) for i in measured[1:-1]] if len(measured) >= 3 else []
-    return groups, {"measured_layers": measured, "local_error_sequences": sequences, "ratio": {str(i): r for i, r in ratio.items()},
+    return groups, {"measured_layers": measured, "ratio": {str(i): r for i, r in ratio.items()},
                     "loo_log_corr": _corr(loo) if len(loo) >= 3 else None,
                     "loo_abs_log_err": [round(abs(p - m), 3) for p, m in loo]}
-
-
-def _key(le: _LayerErrors, err: dict) -> str:
-    """The base format's key in a layer's error table."""
-    return f"int{le.base[0]}/b{le.base[1]}"
 
 
 def _interp_log(points: dict[int, float], i: int) -> float:
@@ -351,30 +381,6 @@ def pick_layers(costs: list[float], budget: float) -> list[int]:
             break
         best = picked
     return best
-
-
-def _head_and_table(model, body, cfg: dict, final_h, ref_logp, full_run) -> dict:
-    """lm_head at each of its formats (on a tied model the same weights are the embedding table, so the whole model
-    reruns), and an untied embedding table at each of its formats."""
-    import torch
-
-    tied = model.lm_head.weight is body.embed_tokens.weight
-    sym = bool(cfg["symmetric"])
-    out: dict = {"tied": tied, "head": {}, "table": {}}
-    w = model.lm_head.weight.data.clone()
-    for bits, block in cfg["head_formats"]:
-        model.lm_head.weight.data = _fake_quant(w, bits, block, sym)
-        with torch.inference_mode():
-            out["head"][f"int{bits}/b{block}"] = full_run() if tied else _kld(ref_logp, model.lm_head(final_h))
-        model.lm_head.weight.data = w
-    if not tied:
-        e = body.embed_tokens.weight.data.clone()
-        for bits, block in cfg["table_formats"]:
-            body.embed_tokens.weight.data = _fake_quant(e, bits, block, sym)
-            out["table"][f"int{bits}/b{block}"] = full_run()
-            body.embed_tokens.weight.data = e
-    print("sensitivity: lm_head and embedding table measured", flush=True)
-    return out
 
 
 BUDGET_TFLOP = 6  # reruns' floating-point work allowed (≈ a minute on 2 cores) before the measurement coarsens
