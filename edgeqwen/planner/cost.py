@@ -15,11 +15,12 @@ from functools import lru_cache
 
 # share of the probe's GEMM rate each stage reaches, fitted to quiet default builds of the Qwen2.5 0.5B, 1.5B and 3B
 # shapes on one machine of this kind (an AMD EPYC, probe ~211 GFLOP/s; benchmarks/results/build-qwen2.5-*.md): each
-# stage within 35 % and each total within 6 % there. Another CPU of this kind (a Xeon, probe ~310) ran GPTQ at 0.45 of
-# its probe: the single-thread numpy probe follows torch's two-thread GEMM only roughly across CPUs.
-EFFICIENCY = {"sensitivity": 0.30, "gptq": 0.68, "export": 1.0, "evaluate": 0.82}
-EXPORT_FIXED_S = 12.0  # the builder's export at the probe's reference rate: a fixed part (loading, writing) ...
-EXPORT_S_PER_BPARAM = 5.0  # ... and seconds per billion parameters (measured 17 s for 0.5B and 1.5B, 29 s for 3B)
+# stage within 20 % and each total within 5 % there (the streamed sensitivity measurement: 0.69 / 0.52 / 0.59 of the
+# probe on the three shapes). Another CPU of this kind (a Xeon, probe ~310) ran GPTQ at 0.45 of its probe: the
+# single-thread numpy probe follows torch's two-thread GEMM only roughly across CPUs.
+EFFICIENCY = {"sensitivity": 0.60, "gptq": 0.68, "export": 1.0, "evaluate": 0.82}
+EXPORT_FIXED_S = 15.0  # the builder's export at the probe's reference rate: a fixed part (loading, writing) ...
+EXPORT_S_PER_BPARAM = 6.0  # ... and seconds per billion parameters (measured 19, 27 and 33 s on 0.5B, 1.5B and 3B)
 REFERENCE_GFLOPS = 211.0  # the probe's rate on the machine the export constants were measured on
 GPTQ_TOKEN_BUDGET_TFLOP = 70  # per-token GPTQ work allowed (forward passes + Gram matrices): 8192 tokens up to the
 # 1.5B shape, 4096 on the 3B shape (whose fixed factorization work is another ~50 TFLOP)
@@ -83,21 +84,21 @@ def gptq_tflop(config: dict, tokens: int) -> float:
     return layers * (forward + gram + factor + updates) / 1e12
 
 
-def sensitivity_tflop(config: dict, tokens: int, budget: float) -> float:
-    """The measurement's reruns (as budgeted in sensitivity.py), its capture pass, the per-layer output errors and the
-    lm_head/table checks (full passes when the head is tied)."""
+def sensitivity_tflop(config: dict, samples: int, seq_len: int, budget: float) -> float:
+    """The measurement's reruns (as budgeted in sensitivity.py), its reference pass, the per-layer output errors and
+    the lm_head/table checks (full passes when the head is tied)."""
     from types import SimpleNamespace
 
-    from .sensitivity import PROXY_SHARE, choose_resolution, layer_tflop, pick_layers, rerun_costs
+    from .sensitivity import PROXY_SHARE, choose_resolution, layer_tflop, local_error_sequences, pick_layers, rerun_costs
 
     cfg = SimpleNamespace(**config)
+    tokens = samples * seq_len
     resolution = choose_resolution(cfg, tokens, budget)
     costs = rerun_costs(cfg, tokens)
     local = cfg.num_hidden_layers * 6 * layer_tflop(cfg, tokens)  # a layer's output with each matrix kind quantized
     if resolution == "proxy":
-        share = budget * PROXY_SHARE
-        reruns = sum(costs[i] for i in pick_layers(costs, share))
-        local = min(share / 2, local)
+        reruns = sum(costs[i] for i in pick_layers(costs, budget * PROXY_SHARE))
+        local *= local_error_sequences(cfg, 5, samples, seq_len, budget) / samples
     else:
         reruns = {"matrix": 5, "block": 2, "layer": 1}[resolution] * sum(costs)
     capture = costs[0]
@@ -144,7 +145,7 @@ def estimate(plan, resolved, config: dict, evaluate: bool = True, gflops: float 
     out: dict[str, float] = {}
     if plan.needs_sensitivity:
         mp = recipe.quantization.mixed_precision
-        out["sensitivity"] = sensitivity_tflop(config, mp.samples * mp.seq_len, BUDGET_TFLOP) / (rate * EFFICIENCY["sensitivity"])
+        out["sensitivity"] = sensitivity_tflop(config, mp.samples, mp.seq_len, BUDGET_TFLOP) / (rate * EFFICIENCY["sensitivity"])
     spec = get_algorithm(plan.algorithm) if plan.quantized else None
     if spec is not None and spec.name == "gptq":
         cal = recipe.quantization.calibration

@@ -238,8 +238,7 @@ def measure(cfg: dict) -> dict:
     if resolution == "proxy":
         measured = pick_layers(costs, budget * PROXY_SHARE)
         starts = {i: [tuple(kinds)] for i in measured}
-        per_sequence = len(kinds) + 1  # layer forwards per layer for the local errors, per calibration sequence
-        sequences = int(max(1, min(batch, budget * PROXY_SHARE / 2 / (n * per_sequence * layer_tflop(config, seq)))))
+        sequences = local_error_sequences(config, len(kinds), batch, seq, budget)
     else:
         measured, sequences = [], None
         starts = {i: units(kinds, resolution) for i in range(n)}
@@ -368,6 +367,13 @@ def _corr(pairs: list[tuple[float, float]]) -> float:
     sxy = sum((p - mx) * (m - my) for p, m in pairs)
     sxx, syy = sum((p - mx) ** 2 for p, _ in pairs), sum((m - my) ** 2 for _, m in pairs)
     return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else 1.0
+
+
+def local_error_sequences(config, kinds: int, batch: int, seq: int, budget: float) -> int:
+    """Calibration sequences the proxy's layer-output errors run on: as many as a quarter of the budget pays for
+    (each layer: one forward with nothing quantized and one per matrix kind), one at least."""
+    per_sequence = config.num_hidden_layers * (kinds + 1) * layer_tflop(config, seq)
+    return int(max(1, min(batch, budget * PROXY_SHARE / 2 / per_sequence)))
 
 
 def pick_layers(costs: list[float], budget: float) -> list[int]:

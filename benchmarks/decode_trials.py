@@ -1,0 +1,134 @@
+"""Decode-speed trials on one artifact: what the session and the graph's kernels could change, each against the
+artifact as built, interleaved in one process (same machine, same run, medians).
+
+    python benchmarks/decode_trials.py ARTIFACT [--other NAME=ARTIFACT ...] [--threads 2] [--rounds 5]
+
+Variants of the same artifact (the weights untouched):
+- `spinning off`: `session.intra_op.allow_spinning = 0` (worker threads sleep between runs instead of spinning);
+- `affinity`: the intra-op worker threads pinned to their own cores (`session.intra_op_thread_affinities`);
+- `accuracy_level 1` / `accuracy_level 4`: every MatMulNBits node's `accuracy_level` attribute set to 1 (fp32
+  activations) or 4 (activations quantized to int8 per block: VNNI / AVX-512 dot products where the CPU has them)
+  in a copy of the graph that shares the artifact's weights file.
+Other artifacts (`--other block32=DIR`, e.g. the same recipe built with `block_size: 32`) run in the same rounds.
+
+Each round runs every variant once (prompt, then `--gen` greedy tokens) in a rotating order; the table gives each
+variant's median decode tok/s and its ratio to the artifact as built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import write_results  # noqa: E402
+
+
+def with_accuracy_level(artifact: Path, level: int, work: Path) -> Path:
+    """A copy of the artifact whose decoder graph has every MatMulNBits at `level` (its weights file linked, not
+    copied)."""
+    import json
+
+    import onnx
+
+    out = work / f"accuracy-level-{level}"
+    out.mkdir()
+    for p in artifact.iterdir():
+        (out / p.name).symlink_to(p.resolve())
+    genai = json.loads((artifact / "genai_config.json").read_text())
+    name = genai["model"]["decoder"]["filename"]
+    (out / name).unlink()
+    model = onnx.load(str(artifact / name), load_external_data=False)
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend([*attrs, onnx.helper.make_attribute("accuracy_level", level)])
+            changed += 1
+    onnx.save(model, str(out / name))
+    if not changed:
+        raise SystemExit(f"{artifact}: no MatMulNBits node to change")
+    return out
+
+
+def make_runner(artifact: Path, threads: int, entries: dict[str, str]):
+    from edgeqwen.runtime.runner import Runner
+
+    class Tuned(Runner):
+        def _open_session(self, file, so, genai, providers):
+            for key, value in entries.items():
+                so.add_session_config_entry(key, value)
+            return super()._open_session(file, so, genai, providers)
+
+    return Tuned(artifact, threads=threads, verify=False)
+
+
+def decode_tps(runner, ids: list[int], gen: int) -> float:
+    from edgeqwen.runtime.runner import Sampling
+
+    last = None
+    for last in runner.stream(ids, Sampling(max_new_tokens=gen, ignore_eos=True)):
+        pass
+    return last.decode_tps
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("artifact")
+    ap.add_argument("--other", action="append", default=[], help="NAME=ARTIFACT run in the same rounds")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--name", default="decode-trials")
+    args = ap.parse_args()
+    from edgeqwen.bench import prompt_ids
+
+    artifact = Path(args.artifact)
+    work = Path(tempfile.mkdtemp(prefix="edgeqwen-trials-"))
+    cores = sorted(os.sched_getaffinity(0))
+    try:
+        variants = {"as built": (artifact, {}),
+                    "spinning off": (artifact, {"session.intra_op.allow_spinning": "0"}),
+                    # the calling thread runs one share of the work; the workers (threads - 1) each get a core of their own
+                    "affinity": (artifact, {"session.intra_op_thread_affinities":
+                                            ";".join(str(c + 1) for c in cores[1:args.threads])}),
+                    "accuracy_level 1": (with_accuracy_level(artifact, 1, work), {}),
+                    "accuracy_level 4": (with_accuracy_level(artifact, 4, work), {})}
+        for spec in args.other:
+            name, _, path = spec.partition("=")
+            variants[name] = (Path(path), {})
+        runners = {name: make_runner(path, args.threads, entries) for name, (path, entries) in variants.items()}
+        ids = prompt_ids(args.prompt_len, runners["as built"].vocab_size)
+        for r in runners.values():
+            decode_tps(r, ids, 8)  # warm-up at full size
+        got: dict[str, list[float]] = {name: [] for name in runners}
+        names = list(runners)
+        for k in range(args.rounds):
+            for name in names[k % len(names):] + names[:k % len(names)]:
+                got[name].append(decode_tps(runners[name], ids, args.gen))
+            print(f"round {k + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in got.items()), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = statistics.median(got["as built"])
+    lines = [f"Decode trials on {artifact.name}: {args.prompt_len}-token prompt, {args.gen} greedy tokens, {args.threads} "
+             f"threads, median of {args.rounds} interleaved rounds",
+             "| variant | decode tok/s (median) | range | vs as built |", "|---|---|---|---|"]
+    rows = []
+    for name, values in got.items():
+        med = statistics.median(values)
+        rows.append({"variant": name, "decode_tps": values, "median": med, "ratio": med / base})
+        lines.append(f"| {name} | {med:.1f} | {min(values):.1f}–{max(values):.1f} | {med / base:.2f}x |")
+    write_results(args.out, args.name, "\n".join(lines), rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
