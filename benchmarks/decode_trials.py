@@ -30,16 +30,20 @@ from shapes import write_results  # noqa: E402
 
 
 def with_accuracy_level(artifact: Path, level: int, work: Path) -> Path:
-    """A copy of the artifact whose decoder graph has every MatMulNBits at `level` (its weights file linked, not
-    copied)."""
+    """A copy of the artifact whose decoder graph has every MatMulNBits at `level` (its weights file hard-linked,
+    not copied, where the filesystem allows)."""
     import json
 
     import onnx
 
     out = work / f"accuracy-level-{level}"
     out.mkdir()
-    for p in artifact.iterdir():
-        (out / p.name).symlink_to(p.resolve())
+    for p in artifact.iterdir():  # hard links: onnxruntime refuses external data behind a symlink out of the folder
+        if p.is_file():
+            try:
+                os.link(p, out / p.name)
+            except OSError:  # another filesystem
+                shutil.copy2(p, out / p.name)
     genai = json.loads((artifact / "genai_config.json").read_text())
     name = genai["model"]["decoder"]["filename"]
     (out / name).unlink()

@@ -222,91 +222,112 @@ def measure(cfg: dict) -> dict:
     scored = slice(x.shape[1] // 2, None, 2)  # every other position of each sequence's second half (the first half
     # is context): the 151936-wide head then costs a quarter of the whole batch, and neighbours add little information
     h, kwargs = _first_input(model, layers, x)
-
-    base_bits, base_block, sym = int(cfg["base_bits"]), int(cfg["base_block"]), bool(cfg["symmetric"])
-    grid = [(int(b), int(s)) for b, s in cfg["grid"]]
-    nodes_for = cfg["nodes_for"]  # HF module in a layer → the node that holds it (q/k/v share one)
-    by_node: dict[str, list[str]] = {}
-    for module, node in nodes_for.items():
-        by_node.setdefault(node, []).append(module)
-    kinds = list(by_node)
-    config = model.config.get_text_config()
-    budget = float(cfg.get("budget_tflop", BUDGET_TFLOP))
-    resolution = choose_resolution(config, int(x.numel()), budget, cfg.get("resolution"))
-    n, (batch, seq) = len(layers), x.shape
-    costs = rerun_costs(config, int(x.numel()))
-    if resolution == "proxy":
-        measured = pick_layers(costs, budget * PROXY_SHARE)
-        starts = {i: [tuple(kinds)] for i in measured}
-        sequences = local_error_sequences(config, len(kinds), batch, seq, budget)
-    else:
-        measured, sequences = [], None
-        starts = {i: units(kinds, resolution) for i in range(n)}
+    run = _Pass(cfg, model.config.get_text_config(), len(layers), *x.shape)
     streams = _embedding_streams(body, x, tied, cfg)
     timing: dict[str, float] = {"load_s": round(time.perf_counter() - t0, 2)}
-    weights, alive = [], len(streams)  # each layer's share of the pass, in full-batch layer forwards (for the ETA)
-    for i in range(n):
-        local = 0 if resolution == "matrix" else (len(kinds) + 1) * (sequences or batch) / batch
-        weights.append(1 + alive + len(starts.get(i, ())) + local)
-        alive += len(starts.get(i, ()))
-
-    errors, local_errors, shapes, sq = [], [], [], {}
     t1 = time.perf_counter()
-    for i in range(n):
-        layer = layers[i].float()
-        originals = {m: layer.get_submodule(m).weight.data for m in nodes_for}
-        quantized = {m: _fake_quant(w, base_bits, base_block, sym) for m, w in originals.items()}
-        h_in, h = h, _forward_with_square_sums(layer, i, h, kwargs, sq)
-        errors.append(_format_errors(i, originals, by_node, grid, sq, sym))
-        local_errors.append(_local_errors(layer, *_subset(h_in, kwargs, sequences), by_node, originals, quantized,
-                                          "layer" if resolution == "proxy" else resolution))
-        shapes.append({kind: [list(originals[m].T.shape) for m in by_node[kind]] for kind in kinds})
-        with torch.inference_mode():
-            for s in streams:
-                s.h = _out(layer(s.h, **kwargs))
-            for unit in starts.get(i, ()):
-                _swap(layer, [m for kind in unit for m in by_node[kind]], quantized)
-                streams.append(_Stream(("unit", i, unit), _out(layer(h_in, **kwargs))))
-                _swap(layer, [m for kind in unit for m in by_node[kind]], originals)
-            if i == n - 1:  # the noise floor: the last layer rerun with nothing quantized
-                streams.append(_Stream(("floor",), _out(layer(h_in, **kwargs))))
+    weights = run.eta_weights(len(streams))
+    for i in range(len(layers)):
+        h = run.step(layers[i].float(), i, h, kwargs, streams)
         layers[i] = torch.nn.Identity()  # measured: its memory goes back before the next layer is taken to fp32
-        del layer, originals, quantized
-        _progress("layer", i + 1, n, t1, weights)
+        _progress("layer", i + 1, len(layers), t1, weights)
     timing["layers_s"] = round(time.perf_counter() - t1, 2)
 
     t2 = time.perf_counter()
     with torch.inference_mode():
         final = body.norm(h[:, scored])
         ref_logp = torch.log_softmax(model.lm_head(final).float(), dim=-1)
-        kld = {s.name: _kld(ref_logp, _head_logits(model, body.norm(s.h[:, scored]), s.head, sym)) for s in streams}
+        kld = {s.name: _kld(ref_logp, _head_logits(model, body.norm(s.h[:, scored]), s.head, run.sym)) for s in streams}
         head = {f"int{b}/b{blk}": kld[("head", f"int{b}/b{blk}")] if tied else
-                _kld(ref_logp, _head_logits(model, final, (int(b), int(blk)), sym)) for b, blk in cfg["head_formats"]}
-    table = {name[1]: v for name, v in kld.items() if name[0] == "table"}
+                _kld(ref_logp, _head_logits(model, final, (int(b), int(blk)), run.sym)) for b, blk in cfg["head_formats"]}
     timing["head_s"] = round(time.perf_counter() - t2, 2)
     print("sensitivity: lm_head and embedding table measured", flush=True)
-
-    def group(i, kind, kld_, unit_kld, unit):
-        return {"layer": i, "kind": kind, "modules": by_node[kind], "kld": kld_, "unit_kld": unit_kld,
-                "unit": list(unit), "err": errors[i][kind], "shapes": shapes[i][kind]}
-
-    if resolution == "proxy":
-        groups, proxy = _proxy_groups(kinds, errors, local_errors, {i: kld[("unit", i, tuple(kinds))] for i in measured},
-                                      f"int{base_bits}/b{base_block}", group)
-        proxy["local_error_sequences"] = sequences
-    else:
-        groups, proxy = [], None
-        for i in range(n):
-            for unit in starts[i]:
-                unit_kld = kld[("unit", i, unit)]
-                share_total = sum(local_errors[i][k] for k in unit)
-                for kind in unit:  # a unit's KLD split over its matrices by their share of the layer-output error
-                    share = local_errors[i][kind] / share_total if share_total > 0 else 1 / len(unit)
-                    groups.append(group(i, kind, unit_kld * share, unit_kld, unit))
-    return {"version": 1, "resolution": resolution, "base_bits": base_bits, "base_block": base_block, "symmetric": sym,
-            "samples": int(batch), "seq_len": int(seq), "threads": int(cfg["threads"]),
-            "noise_floor_kld": kld[("floor",)], "groups": groups, "tied": tied, "head": head, "table": table,
+    groups, proxy = run.groups(kld)
+    return {"version": 1, "resolution": run.resolution, "base_bits": run.base[0], "base_block": run.base[1],
+            "symmetric": run.sym, "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
+            "noise_floor_kld": kld[("floor",)], "groups": groups, "tied": tied, "head": head,
+            "table": {name[1]: v for name, v in kld.items() if name[0] == "table"},
             **({"proxy": proxy} if proxy else {}), "timing": timing, "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+class _Pass:
+    """What the pass measures at each layer (the resolution's units, or the proxy's layers), and what each layer gave:
+    its weight errors at every format, its layer-output errors per matrix kind, its matrices' shapes."""
+
+    def __init__(self, cfg: dict, config, n: int, batch: int, seq: int):
+        self.base, self.sym = (int(cfg["base_bits"]), int(cfg["base_block"])), bool(cfg["symmetric"])
+        self.grid = [(int(b), int(s)) for b, s in cfg["grid"]]
+        self.nodes_for = cfg["nodes_for"]  # HF module in a layer → the node that holds it (q/k/v share one)
+        self.by_node: dict[str, list[str]] = {}
+        for module, node in self.nodes_for.items():
+            self.by_node.setdefault(node, []).append(module)
+        self.kinds = list(self.by_node)
+        budget = float(cfg.get("budget_tflop", BUDGET_TFLOP))
+        self.n, self.batch = n, batch
+        self.resolution = choose_resolution(config, batch * seq, budget, cfg.get("resolution"))
+        if self.resolution == "proxy":
+            self.measured = pick_layers(rerun_costs(config, batch * seq), budget * PROXY_SHARE)
+            self.starts = {i: [tuple(self.kinds)] for i in self.measured}
+            self.sequences: int | None = local_error_sequences(config, len(self.kinds), batch, seq, budget)
+        else:
+            self.measured, self.sequences = [], None
+            self.starts = {i: units(self.kinds, self.resolution) for i in range(n)}
+        self.errors, self.local_errors, self.shapes, self.sq = [], [], [], {}
+
+    def eta_weights(self, streams: int) -> list[float]:
+        """Each layer's share of the pass in full-batch layer forwards: the reference, the streams alive, the ones
+        starting there and the layer-output errors."""
+        local = 0 if self.resolution == "matrix" else (len(self.kinds) + 1) * (self.sequences or self.batch) / self.batch
+        weights = []
+        for i in range(self.n):
+            weights.append(1 + streams + len(self.starts.get(i, ())) + local)
+            streams += len(self.starts.get(i, ()))
+        return weights
+
+    def step(self, layer, i: int, h, kwargs: dict, streams: list[_Stream]):
+        """Layer i (in fp32): the reference forward (summing squares), the weight and layer-output errors, every
+        stream carried through it and the streams that start at it. Returns the reference output."""
+        import torch
+
+        originals = {m: layer.get_submodule(m).weight.data for m in self.nodes_for}
+        quantized = {m: _fake_quant(w, *self.base, self.sym) for m, w in originals.items()}
+        h_in, h = h, _forward_with_square_sums(layer, i, h, kwargs, self.sq)
+        self.errors.append(_format_errors(i, originals, self.by_node, self.grid, self.sq, self.sym))
+        self.local_errors.append(_local_errors(layer, *_subset(h_in, kwargs, self.sequences), self.by_node, originals,
+                                               quantized, "layer" if self.resolution == "proxy" else self.resolution))
+        self.shapes.append({kind: [list(originals[m].T.shape) for m in self.by_node[kind]] for kind in self.kinds})
+        with torch.inference_mode():
+            for s in streams:
+                s.h = _out(layer(s.h, **kwargs))
+            for unit in self.starts.get(i, ()):
+                modules = [m for kind in unit for m in self.by_node[kind]]
+                _swap(layer, modules, quantized)
+                streams.append(_Stream(("unit", i, unit), _out(layer(h_in, **kwargs))))
+                _swap(layer, modules, originals)
+            if i == self.n - 1:  # the noise floor: the last layer rerun with nothing quantized
+                streams.append(_Stream(("floor",), _out(layer(h_in, **kwargs))))
+        return h
+
+    def _group(self, i: int, kind: str, kld: float, unit_kld: float, unit) -> dict:
+        return {"layer": i, "kind": kind, "modules": self.by_node[kind], "kld": kld, "unit_kld": unit_kld,
+                "unit": list(unit), "err": self.errors[i][kind], "shapes": self.shapes[i][kind]}
+
+    def groups(self, kld: dict) -> tuple[list[dict], dict | None]:
+        """Every matrix's KLD from the streams' (the proxy: carried to every layer by weight error)."""
+        if self.resolution == "proxy":
+            groups, proxy = _proxy_groups(self.kinds, self.errors, self.local_errors,
+                                          {i: kld[("unit", i, tuple(self.kinds))] for i in self.measured},
+                                          f"int{self.base[0]}/b{self.base[1]}", self._group)
+            return groups, {**proxy, "local_error_sequences": self.sequences}
+        groups = []
+        for i in range(self.n):
+            for unit in self.starts[i]:
+                unit_kld = kld[("unit", i, unit)]
+                share_total = sum(self.local_errors[i][k] for k in unit)
+                for kind in unit:  # a unit's KLD split over its matrices by their share of the layer-output error
+                    share = self.local_errors[i][kind] / share_total if share_total > 0 else 1 / len(unit)
+                    groups.append(self._group(i, kind, unit_kld * share, unit_kld, unit))
+        return groups, None
 
 
 def _progress(what: str, done: int, total: int, t0: float, weights: list[float] | None = None) -> None:
