@@ -77,32 +77,6 @@ def _kld(ref_logp, logits) -> float:
     return float((ref_logp.exp() * (ref_logp - logp)).sum(-1).mean())
 
 
-def _first_input(model, layers, x):
-    """The first decoder layer's input and keyword arguments (the causal mask, rotary position embeddings) from the
-    model's own code, which stops there: the layers are run by the pass."""
-    import torch
-
-    got: dict = {}
-
-    class Stop(Exception):
-        pass
-
-    def hook(_, args, kwargs):
-        got["h"] = args[0] if args else kwargs["hidden_states"]
-        got["kw"] = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values")}
-        raise Stop
-
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            model.model(x, use_cache=False)
-    except Stop:
-        pass
-    finally:
-        handle.remove()
-    return got["h"], got["kw"]
-
-
 def _forward_with_square_sums(layer, i: int, h, kwargs, sq: dict):
     """The reference forward of layer i, summing each linear input's squares per column (with its row count)."""
     import torch
@@ -208,6 +182,7 @@ def measure(cfg: dict) -> dict:
 
     from ..architectures import load_reference
     from ..quantize.calibration import calibration_ids
+    from ..quantize.gptq_stream import first_layer_input
 
     torch.set_num_threads(int(cfg["threads"]))
     torch.manual_seed(0)
@@ -221,7 +196,7 @@ def measure(cfg: dict) -> dict:
     tied = model.lm_head.weight is body.embed_tokens.weight
     scored = slice(x.shape[1] // 2, None, 2)  # every other position of each sequence's second half (the first half
     # is context): the 151936-wide head then costs a quarter of the whole batch, and neighbours add little information
-    h, kwargs = _first_input(model, layers, x)
+    h, kwargs = first_layer_input(model, layers, x)
     run = _Pass(cfg, model.config.get_text_config(), len(layers), *x.shape)
     streams = _embedding_streams(body, x, tied, cfg)
     timing: dict[str, float] = {"load_s": round(time.perf_counter() - t0, 2)}

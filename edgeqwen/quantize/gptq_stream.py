@@ -65,12 +65,11 @@ def _skeleton(config, arch):
     return model.eval()
 
 
-def layer_inputs(model, embed, ids):
-    """Per chunk of sequences: (hidden states, the layers' kwargs), from the embedding and the model's own mask and
-    rotary code (a last, shorter chunk has its own mask)."""
+def first_layer_input(model, layers, ids):
+    """(hidden states, keyword arguments) the first decoder layer gets for `ids`: the model's own embedding, causal
+    mask and rotary position embeddings, stopped there (the layers are run by the caller)."""
     import torch
 
-    model.model.embed_tokens.weight.data = embed
     got: dict = {}
 
     class Stop(Exception):
@@ -81,16 +80,26 @@ def layer_inputs(model, embed, ids):
         got["kw"] = {k: v for k, v in kwargs.items() if k not in ("hidden_states", "past_key_values", "use_cache")}
         raise Stop
 
-    handle = model.model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.model(ids, use_cache=False)
+    except Stop:
+        pass
+    finally:
+        handle.remove()
+    return got["h"], got["kw"]
+
+
+def layer_inputs(model, embed, ids):
+    """Per chunk of sequences: (hidden states, the layers' kwargs), from the embedding and the model's own mask and
+    rotary code (a last, shorter chunk has its own mask)."""
+    model.model.embed_tokens.weight.data = embed
     hs, kws = [], []
-    with torch.no_grad():
-        for chunk in ids.split(CHUNK):
-            try:
-                model(chunk, use_cache=False)
-            except Stop:
-                hs.append(got["h"].clone())
-                kws.append(got["kw"])
-    handle.remove()
+    for chunk in ids.split(CHUNK):
+        h, kw = first_layer_input(model, model.model.layers, chunk)
+        hs.append(h.clone())
+        kws.append(kw)
     return hs, kws
 
 
