@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,11 @@ def reference_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[flo
     return tokens, margins
 
 
+def _eta(t0: float, done: int, total: int) -> str:
+    elapsed = time.perf_counter() - t0
+    return f"({elapsed:.0f}s, ETA {elapsed / done * (total - done):.0f}s)"
+
+
 def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
     """The artifact's logits first (kept: one window's scored half per window), then the artifact is closed and the
     reference loaded, scoring window by window. One model at a time and one window's full-vocabulary arithmetic at a
@@ -120,7 +126,10 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
     n_windows = min(cfg.max_windows, len(ids) // window)
     half = window // 2  # score the second half of each window, with the first half as context (llama.cpp)
     chunks = [ids[w * window:(w + 1) * window] for w in range(n_windows)]
-    cand_all = [runner.score(chunk)[half - 1:-1].copy() for chunk in chunks]
+    t0, cand_all = time.perf_counter(), []
+    for w, chunk in enumerate(chunks):
+        cand_all.append(runner.score(chunk)[half - 1:-1].copy())
+        stage_log(f"        artifact: window {w + 1}/{n_windows} scored {_eta(t0, w + 1, n_windows)}")
     prompts = [ids[p * (len(ids) // GREEDY_PROMPTS):][:32] for p in range(GREEDY_PROMPTS)]
     got_all = [runner.generate(prompt, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids
                for prompt in prompts]
@@ -129,12 +138,14 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
     gc.collect()
     model = load_reference(reference)
     stats, per_window = [], []
+    t0 = time.perf_counter()
     for w, chunk in enumerate(chunks):
         ref = reference_logits(model, chunk)[half - 1:-1]
         stats.append(metrics.token_stats(ref, cand_all[w], np.asarray(chunk[half:])))
         cand_all[w] = None  # this window's logits are done with
         per_window.append(float(stats[-1]["kld"].mean()))
-        stage_log(f"        window {w + 1}/{n_windows}: mean KLD {per_window[-1]:.5f}")
+        stage_log(f"        reference: window {w + 1}/{n_windows}: mean KLD {per_window[-1]:.5f} "
+                  f"{_eta(t0, w + 1, n_windows)}")
     tokens = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
     summary = metrics.summarize_tokens(tokens)
     matches, parted = [], []
