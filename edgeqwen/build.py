@@ -107,15 +107,23 @@ def smoke_test(artifact: Path) -> None:
                             "or embeddings: float, and report it") from None
 
 
-def _fit_build_in_ram(plan, resolved, ckpt):
+def _fit_build_in_ram(plan, resolved, ckpt, evaluate: bool = True):
     """A build that would need more RAM than the machine has switches to the low-memory path when the plan's
-    algorithm runs there unchanged, and otherwise is refused with the numbers — before it is killed halfway."""
+    algorithm runs there unchanged, and otherwise is refused with the numbers — before it is killed halfway. So is
+    one whose accuracy stage (the fp32 PyTorch reference) would not fit, unless it is skipped."""
     from .errors import DoesNotFit
-    from .memory import available_mb, build_peak_mb
+    from .memory import available_mb, build_peak_mb, evaluate_peak_mb
 
+    have = available_mb()
+    gate = resolved.recipe.accuracy
+    need_eval = evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows) if evaluate else 0.0
+    if need_eval > 0.9 * have:
+        raise DoesNotFit(f"the accuracy stage of {plan.recipe} needs about {need_eval:.0f} MB of RAM (the fp32 PyTorch "
+                         f"reference and its logits) but {have:.0f} MB are available", where=str(ckpt.path),
+                         hint="pass --no-eval (the artifact is then marked not evaluated) and run `edgeqwen eval "
+                         "ARTIFACT --reference CHECKPOINT` on a machine with that much memory, or free memory")
     if not plan.quantized or plan.exporter != Exporter.BUILDER:
         return plan
-    have = available_mb()
     need = build_peak_mb(ckpt.config, plan.low_memory)
     if need <= 0.9 * have:
         return plan
@@ -170,7 +178,7 @@ def build(opts: BuildOptions) -> Path:
     plan = make_plan(resolved, ckpt, low_memory=opts.low_memory)
     # the artifact must fit its device before the build machine is asked whether it can make it
     mem = check_fits(plan, resolved, ckpt.config, where=f"recipe {resolved.recipe.name} × {ckpt.source}")
-    plan = _fit_build_in_ram(plan, resolved, ckpt)
+    plan = _fit_build_in_ram(plan, resolved, ckpt, opts.evaluate)
     _require_stack(plan)
     stage_log(f"        memory estimate {mem.total_mb:.0f} MB at {mem.context} tokens (budget {mem.budget_mb} MB)")
     from .planner.cost import TimeEstimate, estimate as estimate_time, long_build_advice

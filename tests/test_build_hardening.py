@@ -112,3 +112,22 @@ def test_build_that_cannot_fit_in_ram_switches_path_or_is_refused(random_qwen2, 
     with pytest.raises(DoesNotFit, match=r"needs about \d+ MB of RAM .* but \d+ MB are available"):
         build(BuildOptions("tiny-qwen2/cpu-x86_64-int8", tmp_path / "p", model=str(random_qwen2), evaluate=False))
     assert not (tmp_path / "p").exists()
+
+
+def test_build_whose_accuracy_stage_cannot_fit_is_refused_before_any_work(random_qwen2, tmp_path, monkeypatch):
+    """The accuracy stage loads the fp32 PyTorch reference: a machine that can build the artifact but not hold the
+    reference is told so before the build starts (not killed at its last stage), and --no-eval builds there."""
+    import edgeqwen.memory as memory
+    from edgeqwen.checkpoint import inspect_checkpoint
+    from edgeqwen.recipe import load_recipe
+
+    cfg = inspect_checkpoint(random_qwen2).config
+    gate = load_recipe("tiny-qwen2/cpu-x86_64-int8").recipe.accuracy
+    need = memory.evaluate_peak_mb(cfg, gate.window, gate.max_windows)
+    assert need > memory.build_peak_mb(cfg, False) * 10  # the reference's logits and the process, not the tiny weights
+    monkeypatch.setattr(memory, "available_mb", lambda: need)  # the exporter fits; the 10 % margin does not
+    with pytest.raises(DoesNotFit, match=r"the accuracy stage of .* needs about \d+ MB of RAM") as err:
+        build(BuildOptions("tiny-qwen2/cpu-x86_64-int8", tmp_path / "e", model=str(random_qwen2)))
+    assert "--no-eval" in err.value.hint and not (tmp_path / "e").exists()
+    out = build(BuildOptions("tiny-qwen2/cpu-x86_64-int8", tmp_path / "n", model=str(random_qwen2), evaluate=False))
+    assert (out / "manifest.json").exists()
