@@ -136,7 +136,7 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     from .checkpoint import resolve_checkpoint
-    from .memory import estimate
+    from .memory import available_mb, build_peak_mb, estimate, evaluate_peak_mb
     from .planner import plan as make_plan
     from .recipe import load_recipe
 
@@ -148,14 +148,23 @@ def cmd_plan(args) -> int:
     est = estimate(plan, resolved, ckpt.config)
     eta = estimate_time(plan, resolved, ckpt.config)
     fits = est.total_mb <= est.budget_mb
+    gate = resolved.recipe.accuracy
+    build_mem = {"export": round(build_peak_mb(ckpt.config, plan.low_memory)),
+                 "export_low_memory": round(build_peak_mb(ckpt.config, True)),
+                 "evaluate": round(evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows)),
+                 "available": round(available_mb())}
     if args.json:
         _emit_json({"recipe": resolved.recipe.name, "model": ckpt.source, "architecture": ckpt.architecture,
                     "target": resolved.target.name, "memory_mb": est.as_dict(), "fits": fits,
-                    "build_time": eta.as_dict(), "plan": plan.to_json()})
+                    "build_time": eta.as_dict(), "build_memory_mb": build_mem, "plan": plan.to_json()})
         return 0 if fits else EXIT_CHECK_FAILED
     print(f"{resolved.recipe.name} on {ckpt.source} ({ckpt.architecture}) for target {resolved.target.name}:")
     print(est.table())
     print(f"  build {eta.line()}")
+    low = "" if plan.low_memory else (f" (the build switches to the low-memory path, ~{build_mem['export_low_memory']}"
+                                      " MB, where the normal one does not fit)")
+    print(f"  build memory on this machine: export ~{build_mem['export']} MB{low}, accuracy stage "
+          f"~{build_mem['evaluate']} MB (the fp32 reference); {build_mem['available']} MB available")
     if advice := long_build_advice(eta):
         print(f"  note: {advice}")
     for d in plan.decisions:
