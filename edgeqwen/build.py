@@ -116,9 +116,10 @@ def _fit_build_in_ram(plan, resolved, ckpt, evaluate: bool = True):
 
     have = available_mb()
     gate = resolved.recipe.accuracy
-    need_eval = evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows) if evaluate else 0.0
+    need_eval = min(evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows, low_memory=low)
+                    for low in (False, True)) if evaluate else 0.0  # it takes the low-memory reference by itself
     if need_eval > 0.9 * have:
-        raise DoesNotFit(f"the accuracy stage of {plan.recipe} needs about {need_eval:.0f} MB of RAM (the fp32 PyTorch "
+        raise DoesNotFit(f"the accuracy stage of {plan.recipe} needs about {need_eval:.0f} MB of RAM (the PyTorch "
                          f"reference and its logits) but {have:.0f} MB are available", where=str(ckpt.path),
                          hint="pass --no-eval (the artifact is then marked not evaluated) and run `edgeqwen eval "
                          "ARTIFACT --reference CHECKPOINT` on a machine with that much memory, or free memory")

@@ -161,3 +161,30 @@ def test_eval_scores_the_builders_own_output_as_the_int4_anchor(trained_qwen2, a
     assert anchor["status"] == "no gate" and anchor["gate"] == {}  # not "pass": nothing was checked
     ours = json.loads((artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2, evaluate=True) / "accuracy.json").read_text())
     assert anchor["kld_mean"] > 4 * ours["kld_mean"], (anchor["kld_mean"], ours["kld_mean"])  # 0.104 vs 0.014
+
+
+def test_low_memory_reference_scores_a_bf16_checkpoint_exactly_as_its_fp32_model(trained_qwen3, artifacts, tmp_path,
+                                                                                   monkeypatch):
+    """A bf16 checkpoint's reference kept in bf16 with each decoder layer taken to fp32 for its forward gives the fp32
+    model's numbers (every metric, the greedy continuations); the evaluation takes it by itself when the fp32 model
+    would not fit the memory available, and says so."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import edgeqwen.memory as memory
+
+    art = artifacts.get("tiny-qwen3/cpu-x86_64-int4", trained_qwen3)
+    ref = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(trained_qwen3, dtype=torch.bfloat16).save_pretrained(ref)
+    AutoTokenizer.from_pretrained(trained_qwen3).save_pretrained(ref)
+    cfg = dict(window=128, max_windows=3)
+    fp32 = evaluate(art, ref, EvalConfig(**cfg, low_memory=False))
+    low = evaluate(art, ref, EvalConfig(**cfg, low_memory=True))
+    assert low.pop("reference_low_memory") and not fp32.pop("reference_low_memory")
+    assert low == fp32  # every metric, bit for bit
+    config = json.loads((ref / "config.json").read_text())
+    need, small = (memory.evaluate_peak_mb(config, 128, 3, low_memory=flag) for flag in (False, True))
+    assert small < need
+    monkeypatch.setattr(memory, "available_mb", lambda: (need + small) / 2 / 0.9)  # only the low-memory path fits
+    chosen = evaluate(art, ref, EvalConfig(**cfg))
+    assert chosen.pop("reference_low_memory") and chosen == fp32

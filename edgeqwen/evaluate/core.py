@@ -23,6 +23,8 @@ class EvalConfig:
     window: int = 512
     max_windows: int = 8
     eval_text: Path | None = None
+    low_memory: bool | None = None  # the reference in its checkpoint's dtype, a layer at a time in fp32; None: when
+    # the fp32 model would not fit the memory available
 
     def __post_init__(self):
         if self.window < 16 or self.max_windows < 1:
@@ -66,13 +68,57 @@ def _check_reference(reference: Path, artifact: dict) -> None:
         )
 
 
-def load_reference(path: Path):
+def load_reference(path: Path, low_memory: bool = False):
+    """The fp32 PyTorch reference. Low-memory: loaded in the checkpoint's own dtype, every decoder layer given fp32
+    copies of its weights for its forward (exact: the values came from that dtype) and its own tensors back after it,
+    everything else in fp32 — the same arithmetic as the fp32 model in about half its memory for a bf16 checkpoint,
+    at a cast per layer per forward."""
     import torch
 
     from ..architectures import load_reference as load
 
     torch.manual_seed(0)
-    return load(path)
+    if not low_memory:
+        return load(path)
+    model = load(path, "auto")
+    body = getattr(model.model, "language_model", model.model)
+    layer_params = {id(p) for p in body.layers.parameters()}
+    for p in model.parameters():  # the embedding, head, norms (a VL model's vision tower): fp32 for good
+        if id(p) not in layer_params:
+            p.data = p.data.float()
+    for layer in body.layers:
+        if next(layer.parameters()).dtype != torch.float32:
+            layer.register_forward_pre_hook(_to_fp32)
+            layer.register_forward_hook(_back)
+    return model
+
+
+_KEPT: dict[int, list] = {}  # a layer in fp32 for its forward → its parameters' own tensors
+
+
+def _to_fp32(layer, args) -> None:
+    params = list(layer.parameters())
+    _KEPT[id(layer)] = [p.data for p in params]
+    for p in params:
+        p.data = p.data.float()
+
+
+def _back(layer, args, out) -> None:
+    for p, kept in zip(layer.parameters(), _KEPT.pop(id(layer))):
+        p.data = kept  # the checkpoint's own tensor again: no cast back, the fp32 copy freed
+
+
+def reference_fits(reference: Path, window: int, windows: int) -> tuple[bool, str]:
+    """Whether the fp32 reference fits the memory available now, and why not (for the log)."""
+    from ..memory import available_mb, evaluate_peak_mb
+
+    config = json.loads((Path(reference) / "config.json").read_text())
+    need, have = evaluate_peak_mb(config, window, windows), available_mb()
+    low = evaluate_peak_mb(config, window, windows, low_memory=True)
+    if need <= 0.9 * have or low >= need:
+        return True, ""
+    return False, (f"the fp32 reference needs about {need:.0f} MB, {have:.0f} MB are available: loaded in the "
+                   f"checkpoint's dtype, each layer in fp32 as it runs (about {low:.0f} MB, same numbers, slower)")
 
 
 def reference_logits(model, ids: list[int]) -> np.ndarray:
@@ -83,20 +129,24 @@ def reference_logits(model, ids: list[int]) -> np.ndarray:
     return out.logits[0].float().numpy()
 
 
-def reference_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-    """n greedy tokens after `ids` and the top-2 logit margin each was chosen by."""
+def reference_greedy(model, prompts: list[list[int]], n: int) -> list[tuple[list[int], list[float]]]:
+    """Per prompt, n greedy tokens after it and the top-2 logit margin each was chosen by. Prompts of one length go
+    as one batch (a step per token for all of them: the low-memory reference casts every layer once per step)."""
     import torch
 
-    tokens: list[int] = []
-    margins: list[float] = []
+    if len({len(p) for p in prompts}) > 1:
+        return [reference_greedy(model, [p], n)[0] for p in prompts]
+    tokens: list[list[int]] = [[] for _ in prompts]
+    margins: list[list[float]] = [[] for _ in prompts]
     with torch.inference_mode():
-        out = model(torch.tensor([ids]), use_cache=True)
+        out = model(torch.tensor(prompts), use_cache=True)
         for _ in range(n):
-            top = out.logits[0, -1].float().topk(2)
-            tokens.append(int(top.indices[0]))
-            margins.append(float(top.values[0] - top.values[1]))
-            out = model(torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values, use_cache=True)
-    return tokens, margins
+            top = out.logits[:, -1].float().topk(2, dim=-1)
+            for row in range(len(prompts)):
+                tokens[row].append(int(top.indices[row, 0]))
+                margins[row].append(float(top.values[row, 0] - top.values[row, 1]))
+            out = model(torch.tensor([[t[-1]] for t in tokens]), past_key_values=out.past_key_values, use_cache=True)
+    return list(zip(tokens, margins))
 
 
 def _eta(t0: float, done: int, total: int) -> str:
@@ -136,7 +186,13 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
     vision = runner if runner.vision is not None else None  # image parity needs both models at once
     del runner
     gc.collect()
-    model = load_reference(reference)
+    low_memory = cfg.low_memory
+    if low_memory is None:
+        fits, why = reference_fits(reference, window, n_windows)
+        low_memory = not fits
+        if why:
+            stage_log(f"        reference: {why}")
+    model = load_reference(reference, low_memory)
     stats, per_window = [], []
     t0 = time.perf_counter()
     for w, chunk in enumerate(chunks):
@@ -149,8 +205,7 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
     tokens = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
     summary = metrics.summarize_tokens(tokens)
     matches, parted = [], []
-    for prompt, got in zip(prompts, got_all):
-        want, margins = reference_greedy(model, prompt, GREEDY_TOKENS)
+    for (want, margins), got in zip(reference_greedy(model, prompts, GREEDY_TOKENS), got_all):
         matches.append(metrics.greedy_match(want, got))
         parted.append(margins[matches[-1]] if matches[-1] < GREEDY_TOKENS else None)
     summary.update(
@@ -162,6 +217,7 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
         per_window_kld=per_window,
         kld_histogram=np.histogram(np.log10(tokens["kld"] + 1e-12), bins=30, range=(-9, 1))[0].tolist(),
         eval_text=str(cfg.eval_text or "edgeqwen/data/eval.txt"),
+        reference_low_memory=bool(low_memory),
     )
     if vision is not None:
         from .vision import image_parity
