@@ -152,6 +152,7 @@ def cmd_plan(args) -> int:
     build_mem = {"export": round(build_peak_mb(ckpt.config, plan.low_memory)),
                  "export_low_memory": round(build_peak_mb(ckpt.config, True)),
                  "evaluate": round(evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows)),
+                 "evaluate_low_memory": round(evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows, True)),
                  "available": round(available_mb())}
     if args.json:
         _emit_json({"recipe": resolved.recipe.name, "model": ckpt.source, "architecture": ckpt.architecture,
@@ -163,8 +164,10 @@ def cmd_plan(args) -> int:
     print(f"  build {eta.line()}")
     low = "" if plan.low_memory else (f" (the build switches to the low-memory path, ~{build_mem['export_low_memory']}"
                                       " MB, where the normal one does not fit)")
+    low_ref = ("" if build_mem["evaluate_low_memory"] >= build_mem["evaluate"] else
+               f", ~{build_mem['evaluate_low_memory']} MB with it kept in the checkpoint's dtype where that does not fit")
     print(f"  build memory on this machine: export ~{build_mem['export']} MB{low}, accuracy stage "
-          f"~{build_mem['evaluate']} MB (the fp32 reference); {build_mem['available']} MB available")
+          f"~{build_mem['evaluate']} MB (the fp32 reference{low_ref}); {build_mem['available']} MB available")
     if advice := long_build_advice(eta):
         print(f"  note: {advice}")
     for d in plan.decisions:
