@@ -110,9 +110,10 @@ def _back(layer, args, out) -> None:
 
 def reference_fits(reference: Path, window: int, windows: int) -> tuple[bool, str]:
     """Whether the fp32 reference fits the memory available now, and why not (for the log)."""
+    from ..checkpoint import inspect_checkpoint
     from ..memory import available_mb, evaluate_peak_mb
 
-    config = json.loads((Path(reference) / "config.json").read_text())
+    config = inspect_checkpoint(Path(reference)).config  # a VL model's decoder settings brought up from text_config
     need, have = evaluate_peak_mb(config, window, windows), available_mb()
     low = evaluate_peak_mb(config, window, windows, low_memory=True)
     if need <= 0.9 * have or low >= need:
