@@ -110,7 +110,8 @@ def smoke_test(artifact: Path) -> None:
 def _fit_build_in_ram(plan, resolved, ckpt, evaluate: bool = True):
     """A build that would need more RAM than the machine has switches to the low-memory path when the plan's
     algorithm runs there unchanged, and otherwise is refused with the numbers — before it is killed halfway. So is
-    one whose accuracy stage (the fp32 PyTorch reference) would not fit, unless it is skipped."""
+    one whose accuracy stage would not fit even with its PyTorch reference kept in the checkpoint's dtype (the
+    evaluation takes that path by itself where the fp32 model does not fit), unless the stage is skipped."""
     from .errors import DoesNotFit
     from .memory import available_mb, build_peak_mb, evaluate_peak_mb
 
