@@ -34,7 +34,8 @@ def model_path(name: str) -> Path:
 
 def measure(path: Path, resolution: str, budget: float) -> dict:
     from edgeqwen.architectures import architecture_of
-    from edgeqwen.planner.sensitivity import grid_for, measure as run
+    from edgeqwen.planner.budget import grid_for
+    from edgeqwen.planner.sensitivity import measure as run
     from edgeqwen.quantize.calibration import default_calibration_path
 
     import json
@@ -51,7 +52,7 @@ def measure(path: Path, resolution: str, budget: float) -> dict:
 def main() -> int:
     from transformers import AutoConfig
 
-    from edgeqwen.planner.sensitivity import PROXY_SHARE, rerun_costs
+    from edgeqwen.planner.budget import PROXY_SHARE, rerun_costs
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(MODELS))

@@ -113,12 +113,12 @@ def _fit_build_in_ram(plan, resolved, ckpt, evaluate: bool = True):
     one whose accuracy stage would not fit even with its PyTorch reference kept in the checkpoint's dtype (the
     evaluation takes that path by itself where the fp32 model does not fit), unless the stage is skipped."""
     from .errors import DoesNotFit
-    from .memory import available_mb, build_peak_mb, evaluate_peak_mb
+    from .memory import available_mb, build_peak_mb, evaluate_peaks_mb
 
     have = available_mb()
     gate = resolved.recipe.accuracy
-    need_eval = min(evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows, low_memory=low)
-                    for low in (False, True)) if evaluate else 0.0  # it takes the low-memory reference by itself
+    need_eval = min(evaluate_peaks_mb(ckpt.config, gate.window, gate.max_windows)) if evaluate else 0.0  # the
+    # evaluation takes the low-memory reference by itself where the fp32 one does not fit
     if need_eval > 0.9 * have:
         raise DoesNotFit(f"the accuracy stage of {plan.recipe} needs about {need_eval:.0f} MB of RAM (the PyTorch "
                          f"reference and its logits) but {have:.0f} MB are available", where=str(ckpt.path),

@@ -136,7 +136,7 @@ def cmd_run(args) -> int:
 
 def cmd_plan(args) -> int:
     from .checkpoint import resolve_checkpoint
-    from .memory import available_mb, build_peak_mb, estimate, evaluate_peak_mb
+    from .memory import available_mb, build_peak_mb, estimate, evaluate_peaks_mb
     from .planner import plan as make_plan
     from .recipe import load_recipe
 
@@ -149,10 +149,10 @@ def cmd_plan(args) -> int:
     eta = estimate_time(plan, resolved, ckpt.config)
     fits = est.total_mb <= est.budget_mb
     gate = resolved.recipe.accuracy
+    ref_fp32, ref_low = evaluate_peaks_mb(ckpt.config, gate.window, gate.max_windows)
     build_mem = {"export": round(build_peak_mb(ckpt.config, plan.low_memory)),
                  "export_low_memory": round(build_peak_mb(ckpt.config, True)),
-                 "evaluate": round(evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows)),
-                 "evaluate_low_memory": round(evaluate_peak_mb(ckpt.config, gate.window, gate.max_windows, True)),
+                 "evaluate": round(ref_fp32), "evaluate_low_memory": round(ref_low),
                  "available": round(available_mb())}
     if args.json:
         _emit_json({"recipe": resolved.recipe.name, "model": ckpt.source, "architecture": ckpt.architecture,

@@ -183,6 +183,11 @@ def evaluate_peak_mb(config: dict, window: int, windows: int, low_memory: bool =
     return 1.05 * weights / 2**20 + logits * (windows / 2 + 3) + EVAL_BASE_MB
 
 
+def evaluate_peaks_mb(config: dict, window: int, windows: int) -> tuple[float, float]:
+    """The accuracy stage's peak with the fp32 reference and with the low-memory one (equal for an fp32 checkpoint)."""
+    return tuple(evaluate_peak_mb(config, window, windows, low_memory=low) for low in (False, True))
+
+
 def proc_kb_as_mb(path: str, key: str) -> float | None:
     """A "Key:  123 kB" line of a Linux /proc file, in MB (None where there is no such file or line)."""
     try:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from edgeqwen.planner.mixed import choose
-from edgeqwen.planner.sensitivity import grid_for
+from edgeqwen.planner.budget import grid_for
 
 from .helpers.sensitivity import FORMATS, NODES, record
 
@@ -126,7 +126,8 @@ def test_per_layer_measurement_tracks_the_per_matrix_one(trained_qwen3):
     import numpy as np
     from transformers import AutoConfig
 
-    from edgeqwen.planner.sensitivity import PROXY_SHARE, measure, rerun_costs
+    from edgeqwen.planner.budget import PROXY_SHARE, rerun_costs
+    from edgeqwen.planner.sensitivity import measure
 
     def run(resolution, budget=6.0):
         cfg = {"model": str(trained_qwen3), "calib_text": str(trained_qwen3.parent.parent / "calib.txt"), "samples": 2,

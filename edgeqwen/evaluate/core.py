@@ -111,11 +111,10 @@ def _back(layer, args, out) -> None:
 def reference_fits(reference: Path, window: int, windows: int) -> tuple[bool, str]:
     """Whether the fp32 reference fits the memory available now, and why not (for the log)."""
     from ..checkpoint import inspect_checkpoint
-    from ..memory import available_mb, evaluate_peak_mb
+    from ..memory import available_mb, evaluate_peaks_mb
 
     config = inspect_checkpoint(Path(reference)).config  # a VL model's decoder settings brought up from text_config
-    need, have = evaluate_peak_mb(config, window, windows), available_mb()
-    low = evaluate_peak_mb(config, window, windows, low_memory=True)
+    (need, low), have = evaluate_peaks_mb(config, window, windows), available_mb()
     if need <= 0.9 * have or low >= need:
         return True, ""
     return False, (f"the fp32 reference needs about {need:.0f} MB, {have:.0f} MB are available: loaded in the "

@@ -89,7 +89,7 @@ def sensitivity_tflop(config: dict, samples: int, seq_len: int, budget: float) -
     the lm_head/table checks (full passes when the head is tied)."""
     from types import SimpleNamespace
 
-    from .sensitivity import PROXY_SHARE, choose_resolution, layer_tflop, local_error_sequences, pick_layers, rerun_costs
+    from .budget import PROXY_SHARE, choose_resolution, layer_tflop, local_error_sequences, pick_layers, rerun_costs
 
     cfg = SimpleNamespace(**config)
     tokens = samples * seq_len
@@ -138,7 +138,7 @@ def _fmt(seconds: float) -> str:
 def estimate(plan, resolved, config: dict, evaluate: bool = True, gflops: float | None = None) -> TimeEstimate:
     """Seconds per stage of building `plan` on this machine."""
     from ..quantize.registry import get_algorithm
-    from .sensitivity import BUDGET_TFLOP
+    from .budget import BUDGET_TFLOP
 
     rate = (gflops or probe_gflops()) * 1e9 / 1e12  # TFLOP per second
     recipe = resolved.recipe

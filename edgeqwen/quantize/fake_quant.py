@@ -37,15 +37,18 @@ def block_fake_quant(w_nk, bits: int, block: int, symmetric: bool):
         lo, hi = wb.amin(-1, keepdim=True), wb.amax(-1, keepdim=True)
         if symmetric:
             scale = torch.where(hi.abs() > lo.abs(), hi, lo) / -mid
-            zp = torch.full_like(scale, mid)
         else:
             lo.clamp_(max=0.0)
             hi.clamp_(min=0.0)
             scale = (hi - lo) / top
-            nonzero = scale != 0
-            zero_fp = torch.where(nonzero, 0.0 - lo / torch.where(nonzero, scale, 1.0), lo)
+        nonzero = scale != 0
+        safe = torch.where(nonzero, scale, 1.0)
+        if symmetric:
+            zp = torch.full_like(scale, mid)
+        else:
+            zero_fp = torch.where(nonzero, 0.0 - lo / safe, lo)
             zp = torch.where(zero_fp < 0, 0.0, torch.where(zero_fp > top, top, _round_half_away(zero_fp)))
-        rcp = torch.where(scale != 0, 1.0 / torch.where(scale != 0, scale, 1.0), 0.0)
+        rcp = torch.where(nonzero, 1.0 / safe, 0.0)
         x = wb * rcp
         x += zp
         q = _round_half_away(x).clamp_(0.0, top)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgeqwen.architectures import get_architecture
-from edgeqwen.planner.sensitivity import grid_for
+from edgeqwen.planner.budget import grid_for
 
 NODES = get_architecture("Qwen2ForCausalLM").module_nodes["builder"]
 KINDS = {"attn/qkv_proj": (["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], [[128, 128], [128, 64], [128, 64]]),
