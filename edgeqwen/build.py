@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -325,7 +326,13 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     copy_runner(staging)
     if resolved.target.web_max_file_mb is not None:
         from .web.bundle import write_web
+        from .web.wasm_graph import write_wasm_graph
 
+        t0 = time.perf_counter()
+        extra["wasm_graph"] = write_wasm_graph(staging, "model.onnx")
+        stage_log(f"        {extra['wasm_graph']['file']}: the page's WebAssembly graph, "
+                  f"{extra['wasm_graph']['replaced_nodes']} MatMulNBits as DynamicQuantizeMatMul (int8 per column, "
+                  f"{extra['wasm_graph']['int8_weight_mb']:.1f} MB) in {time.perf_counter() - t0:.1f}s")
         extra["web"] = write_web(staging, resolved.target, resolved.recipe.name, resolved.recipe.generation)
         stage_log(f"        web/: page + JavaScript API, onnxruntime-web {extra['web']['packages']['onnxruntime-web']}")
     extra["runtime"] = runtime_block(staging, resolved.target)  # before the ORT conversion removes the .onnx graphs
@@ -346,6 +353,10 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
         t_stage = time.perf_counter()
         extra["accuracy"] = evaluate_stage(staging, ckpt, resolved, opts.eval_text)
         measured["evaluate"] = time.perf_counter() - t_stage
+        if "web" in extra:  # the WebAssembly graph may have left at the gate
+            extra["web"] = json.loads((staging / "web" / "config.json").read_text())
+            if not (staging / extra["wasm_graph"]["file"]).exists():
+                extra["wasm_graph"]["status"] = "dropped at the accuracy gate"
     else:
         measured["export"] = time.perf_counter() - t_stage
         extra["accuracy"] = {"status": "not evaluated"}

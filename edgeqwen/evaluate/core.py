@@ -154,10 +154,12 @@ def _eta(t0: float, done: int, total: int) -> str:
     return f"({elapsed:.0f}s, ETA {elapsed / done * (total - done):.0f}s)"
 
 
-def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
+def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str, int] | None = None) -> dict:
     """The artifact's logits first (kept: one window's scored half per window), then the artifact is closed and the
     reference loaded, scoring window by window. One model at a time and one window's full-vocabulary arithmetic at a
-    time: on the 3B shape the fp32 reference alone is 12.4 GB."""
+    time: on the 3B shape the fp32 reference alone is 12.4 GB. `graphs`: the artifact's other decoder graphs (a web
+    artifact's model.wasm.onnx) → the most tokens per pass its users feed it, scored on the same windows and prompts
+    against the same reference, that many tokens per pass; each one's numbers under summary["graphs"][file]."""
     import gc
 
     from ..runtime.runner import Runner, Sampling
@@ -186,6 +188,18 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
     vision = runner if runner.vision is not None else None  # image parity needs both models at once
     del runner
     gc.collect()
+    others = {}  # decoder file -> (its scored windows, its greedy continuations)
+    for g, per_pass in (graphs or {}).items():
+        other = Runner(artifact, verify=False, providers=["cpu"], decoder_file=g)
+        other.max_step_tokens = per_pass  # windows and prompts, as the graph's users feed it
+        t0, scored = time.perf_counter(), []
+        for w, chunk in enumerate(chunks):
+            scored.append(other.score(chunk)[half - 1:-1].copy())
+            stage_log(f"        {g}: window {w + 1}/{n_windows} scored {_eta(t0, w + 1, n_windows)}")
+        others[g] = (scored, [other.generate(prompt, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids
+                              for prompt in prompts])
+        del other
+        gc.collect()
     low_memory = cfg.low_memory
     if low_memory is None:
         fits, why = reference_fits(reference, window, n_windows)
@@ -194,20 +208,32 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig) -> dict:
             stage_log(f"        reference: {why}")
     model = load_reference(reference, low_memory)
     stats, per_window = [], []
+    other_stats: dict[str, list] = {g: [] for g in others}
     t0 = time.perf_counter()
     for w, chunk in enumerate(chunks):
         ref = reference_logits(model, chunk)[half - 1:-1]
         stats.append(metrics.token_stats(ref, cand_all[w], np.asarray(chunk[half:])))
         cand_all[w] = None  # this window's logits are done with
+        for g, (scored, _) in others.items():
+            other_stats[g].append(metrics.token_stats(ref, scored[w], np.asarray(chunk[half:])))
+            scored[w] = None
         per_window.append(float(stats[-1]["kld"].mean()))
         stage_log(f"        reference: window {w + 1}/{n_windows}: mean KLD {per_window[-1]:.5f} "
                   f"{_eta(t0, w + 1, n_windows)}")
     tokens = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
     summary = metrics.summarize_tokens(tokens)
     matches, parted = [], []
-    for (want, margins), got in zip(reference_greedy(model, prompts, GREEDY_TOKENS), got_all):
+    wanted = reference_greedy(model, prompts, GREEDY_TOKENS)
+    for (want, margins), got in zip(wanted, got_all):
         matches.append(metrics.greedy_match(want, got))
         parted.append(margins[matches[-1]] if matches[-1] < GREEDY_TOKENS else None)
+    if others:
+        summary["graphs"] = {}
+    for g, st in other_stats.items():
+        t = {k: np.concatenate([s[k] for s in st]) for k in st[0]}
+        got = [metrics.greedy_match(want, cand) for (want, _), cand in zip(wanted, others[g][1])]
+        summary["graphs"][g] = {**metrics.summarize_tokens(t), "greedy_match": float(np.mean(got) / GREEDY_TOKENS),
+                                "greedy_match_tokens": got, "tokens_per_pass": graphs[g]}
     summary.update(
         greedy_match=float(np.mean(matches) / GREEDY_TOKENS),
         greedy_match_tokens=matches,

@@ -34,13 +34,42 @@ def check_gate(summary: dict, gate: Accuracy) -> list[str]:
     return missed
 
 
+def _other_graphs(artifact: Path) -> dict[str, int]:
+    """The artifact's other decoder graphs → the tokens per pass they are scored at (their users' passes)."""
+    from ..web.wasm_graph import PASS_TOKENS, WASM_GRAPH
+
+    return {WASM_GRAPH: PASS_TOKENS} if (artifact / WASM_GRAPH).exists() else {}
+
+
+def _gate_other_graphs(artifact: Path, summary: dict, gate: Accuracy) -> None:
+    """Each other decoder graph meets the recipe's gate on its own or leaves the artifact (a web page's WebAssembly
+    graph: the page then runs the decoder there, at MatMulNBits' slow WebAssembly speed); said in the log and report."""
+    from ..web.bundle import refresh_web_config
+    from ..web.wasm_graph import drop_wasm_graph
+
+    for g, numbers in summary.get("graphs", {}).items():
+        missed = check_gate(numbers, gate)
+        numbers["status"] = "pass" if not missed else "dropped"
+        numbers["missed"] = missed
+        stage_log(f"        {g} ({numbers['tokens_per_pass']} tokens per pass): PPL ratio {numbers['ppl_ratio']:.4f}, mean KLD {numbers['kld_mean']:.5f}, p99 KLD "
+                  f"{numbers['kld_p99']:.4f}, top-1 {numbers['top1']:.1%}, greedy match {numbers['greedy_match']:.1%}: "
+                  + ("pass" if not missed else "missed the gate (" + "; ".join(missed) + "): dropped, the page runs "
+                     "the decoder graph on WebAssembly"))
+        if missed:
+            drop_wasm_graph(artifact)
+            refresh_web_config(artifact)
+
+
 def evaluate_stage(artifact: Path, ckpt: Checkpoint, resolved: Resolved, eval_text: Path | None) -> dict:
     gate = resolved.recipe.accuracy
-    summary = evaluate(artifact, ckpt.path, EvalConfig(window=gate.window, max_windows=gate.max_windows, eval_text=eval_text))
+    summary = evaluate(artifact, ckpt.path, EvalConfig(window=gate.window, max_windows=gate.max_windows,
+                                                      eval_text=eval_text), graphs=_other_graphs(artifact))
     missed = check_gate(summary, gate)
     summary["gate"] = gate.thresholds()
     summary["status"] = "pass" if not missed else "fail"
     summary["missed"] = missed
+    if not missed:
+        _gate_other_graphs(artifact, summary, gate)
     write_report(summary, artifact, resolved.recipe.name)
     stage_log("        accuracy vs PyTorch fp32 reference:\n" + format_table(summary))
     if missed:
@@ -50,5 +79,6 @@ def evaluate_stage(artifact: Path, ckpt: Checkpoint, resolved: Resolved, eval_te
             hint="nothing was published. Knobs that usually help: " + "; ".join(KNOBS),
             summary=summary,
         )
-    keys = ("status", "ppl_ratio", "kld_mean", "kld_p99", "top1", "greedy_match", "gate") + (("vision",) if "vision" in summary else ())
+    keys = ("status", "ppl_ratio", "kld_mean", "kld_p99", "top1", "greedy_match", "gate") + \
+        tuple(k for k in ("vision", "graphs") if k in summary)
     return {k: summary[k] for k in keys}

@@ -14,21 +14,29 @@ from __future__ import annotations
 from pathlib import Path
 
 HEAD_FILE = "lm_head.onnx"
+DECODER_FILE = "model.onnx"
 HIDDEN_OUTPUT = "hidden_states"  # the builder's name for the final norm's output (include_hidden_states)
 LOGITS_OUTPUT = "logits"
 
 
-def write_scoring_head(artifact: Path) -> str:
-    """Write `artifact/lm_head.onnx` from the saved `model.onnx`; returns a note for the manifest."""
+def head_file_for(decoder: str) -> str:
+    """The scoring head beside a decoder graph: lm_head.onnx for model.onnx, lm_head.wasm.onnx for model.wasm.onnx."""
+    return HEAD_FILE if decoder == DECODER_FILE else "lm_head." + decoder.removeprefix("model.")
+
+
+def write_scoring_head(artifact: Path, decoder: str = DECODER_FILE) -> str:
+    """Write the scoring head of `artifact/decoder` (lm_head.onnx for model.onnx) from the saved graph; returns a note
+    for the manifest."""
     import onnx
     from onnx import helper
 
-    model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
+    head_file = head_file_for(decoder)
+    model = onnx.load(str(artifact / decoder), load_external_data=False)
     g = model.graph
     head = next((n for n in g.node if LOGITS_OUTPUT in n.output), None)
     hidden = next((o for o in g.output if o.name == HIDDEN_OUTPUT), None)
-    if head is None or hidden is None or head.op_type not in ("MatMulNBits", "MatMul"):
-        raise RuntimeError(f"{artifact / 'model.onnx'}: a pruned head graph needs a `{HIDDEN_OUTPUT}` output and a "
+    if head is None or hidden is None or head.op_type not in ("MatMulNBits", "MatMul", "DynamicQuantizeMatMul"):
+        raise RuntimeError(f"{artifact / decoder}: a pruned head graph needs a `{HIDDEN_OUTPUT}` output and a "
                            f"MatMul(NBits) producing `{LOGITS_OUTPUT}`; found "
                            f"{head.op_type if head is not None else 'no logits producer'}"
                            f"{'' if hidden is not None else f', no {HIDDEN_OUTPUT} output'}")
@@ -36,7 +44,7 @@ def write_scoring_head(artifact: Path) -> str:
     weights = [inits[name] for name in head.input[1:] if name]
     missing = [name for name in head.input[1:] if name and name not in inits]
     if missing:
-        raise RuntimeError(f"{artifact / 'model.onnx'}: lm_head inputs {missing} are not initializers; the scoring "
+        raise RuntimeError(f"{artifact / decoder}: lm_head inputs {missing} are not initializers; the scoring "
                            "head can only reuse stored weights")
     logits = next(o for o in g.output if o.name == LOGITS_OUTPUT)
     elem = logits.type.tensor_type.elem_type
@@ -49,9 +57,9 @@ def write_scoring_head(artifact: Path) -> str:
     graph = helper.make_graph([node], "lm_head_all_positions", [hidden], [out], initializer=weights)
     head_model = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                                    producer_name="edgeqwen")
-    # initializers keep their external-data records (location model.onnx.data, offset, length): same bytes
-    onnx.save(head_model, str(artifact / HEAD_FILE))
+    # initializers keep their external-data records (location <decoder>.data, offset, length): same bytes
+    onnx.save(head_model, str(artifact / head_file))
     shared = sum(1 for t in weights if t.data_location == onnx.TensorProto.EXTERNAL)
-    return (f"lm_head pruned to the last position for prefill and decode; {HEAD_FILE} (the head alone, {shared} of its "
-            f"{len(weights)} weight tensors read from model.onnx.data, none copied) scores every position for "
+    return (f"lm_head pruned to the last position for prefill and decode; {head_file} (the head alone, {shared} of its "
+            f"{len(weights)} weight tensors read from {decoder}.data, none copied) scores every position for "
             "accuracy checks")

@@ -709,7 +709,10 @@ class VisionPath:
 
 
 class Runner:
-    def __init__(self, path: str | Path, threads: int | None = None, verify: bool = True, providers=None):
+    def __init__(self, path: str | Path, threads: int | None = None, verify: bool = True, providers=None,
+                 decoder_file: str | None = None):
+        """`decoder_file`: another decoder graph of the artifact than genai_config's (a web artifact's
+        model.wasm.onnx, the graph its page runs on WebAssembly); its scoring head is lm_head.<rest of its name>."""
         from tokenizers import Tokenizer
 
         self.path = Path(path)
@@ -736,7 +739,15 @@ class Runner:
         threads = threads or dec.get("session_options", {}).get("intra_op_num_threads") or 0
         so.intra_op_num_threads = int(threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = self._open_session(self.path / dec["filename"], so, cfg, providers)
+        # int8 weights (DynamicQuantizeMatMul, a web artifact's WebAssembly graph): exact on x86 CPUs without VNNI too,
+        # whose u8s8 products can saturate (onnxruntime then takes such weights through its u8u8 kernel)
+        so.add_session_config_entry("session.x64quantprecision", "1")
+        self.decoder_file = decoder_file or dec["filename"]
+        if not (self.path / self.decoder_file).is_file():
+            raise RunnerError(f"{self.path}: no decoder graph {self.decoder_file}")
+        self.head_file = "lm_head.onnx" if self.decoder_file == "model.onnx" else \
+            "lm_head." + self.decoder_file.removeprefix("model.")
+        self.session = self._open_session(self.path / self.decoder_file, so, cfg, providers)
         self.input_names = {i.name: i for i in self.session.get_inputs()}
         kv_type = self.input_names["past_key_values.0.key"].type
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
@@ -960,7 +971,7 @@ class Runner:
             return "logits"
         if "logits_all" in self._out_index:  # artifacts built before lm_head.onnx: a second head inside the graph
             return "logits_all"
-        if "hidden_states" not in self._out_index or not (self.path / "lm_head.onnx").exists():
+        if "hidden_states" not in self._out_index or not (self.path / self.head_file).exists():
             raise RunnerError(f"{self.path}: this graph computes logits for the last position only and the artifact "
                               "has no lm_head.onnx to score every position; rebuild it with `edgeqwen build`")
         return "hidden_states"
@@ -979,7 +990,8 @@ class Runner:
             so.intra_op_num_threads = self._so.intra_op_num_threads
             so.graph_optimization_level = self._so.graph_optimization_level
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._scoring_head = ort.InferenceSession(str(self.path / "lm_head.onnx"), so, providers=self.providers)
+            so.add_session_config_entry("session.x64quantprecision", "1")
+            self._scoring_head = ort.InferenceSession(str(self.path / self.head_file), so, providers=self.providers)
         return self._scoring_head
 
     def _static_step(self, token: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import EdgeQwenError
 from ..runtime.runner import EXECUTION_PROVIDERS
 from .npm import PACKAGES, ensure_packages
+from .wasm_graph import PASS_TOKENS, WASM_GRAPH
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 WEB_DIR = "web"
@@ -64,6 +65,26 @@ def _copy_vendor(modules: Path, out: Path) -> None:
         (out / name).write_text(text, encoding="utf-8")
 
 
+def _graph_for(artifact: Path, backend: str, decoder: str) -> dict:
+    """The graph a backend loads (WebAssembly: its own int8 graph where the artifact keeps one, wasm_graph.py) and the
+    most tokens the page feeds it per pass (the execution provider's limit; the int8 graph's own)."""
+    own = backend == "wasm" and (artifact / WASM_GRAPH).exists()
+    model = WASM_GRAPH if own else decoder
+    return {"model": model, "external_data": _external_data(artifact / model),
+            "max_step_tokens": PASS_TOKENS if own else BACKENDS[backend].max_step_tokens,
+            "decoder_max_step_tokens": BACKENDS[backend].max_step_tokens}
+
+
+def refresh_web_config(artifact: Path) -> dict:
+    """Point web/config.json's backends at the graphs the artifact holds now (after the WebAssembly graph is dropped)."""
+    path = artifact / WEB_DIR / "config.json"
+    config = json.loads(path.read_text())
+    for backend, entry in config["backends"].items():
+        entry.update(_graph_for(artifact, backend, config["model"]))
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
 def web_config(artifact: Path, target, name: str, recipe_generation) -> dict:
     genai = json.loads((artifact / "genai_config.json").read_text())
     search = genai["search"]  # the recipe's generation settings, as the Python runner reads them
@@ -80,15 +101,17 @@ def web_config(artifact: Path, target, name: str, recipe_generation) -> dict:
         "context_length": int(genai["search"]["max_length"]), "num_layers": dec["num_hidden_layers"],
         "kv_heads": dec["num_key_value_heads"], "head_size": dec["head_size"], "vocab_size": model["vocab_size"],
         "generation": generation, "system_prompt": recipe_generation.system_prompt,
-        "backends": {name: {"module": MODULES[name], "max_step_tokens": p.max_step_tokens,
-                            "requires_features": ["shader-f16"] if name == "webgpu" and target.shader_f16 else []}
-                     for name, p in BACKENDS.items()},
+        "backends": {name: {"module": MODULES[name],
+                            "requires_features": ["shader-f16"] if name == "webgpu" and target.shader_f16 else [],
+                            **_graph_for(artifact, name, dec["filename"])}
+                     for name in BACKENDS},
         "packages": PACKAGES, "max_file_mb": target.web_max_file_mb,
     }
 
 
 def _check_sizes(artifact: Path, config: dict, budget_mb: int) -> None:
     fetched = [config["model"], *config["external_data"], config["tokenizer"]]
+    fetched += [f for b in config["backends"].values() for f in (b["model"], *b["external_data"])]
     fetched += [f"{WEB_DIR}/vendor/{n}" for n in VENDOR]
     for rel in fetched:
         size = (artifact / rel).stat().st_size

@@ -19,7 +19,8 @@ async function main() {
   }
   const { load } = await import('./edgeqwen.mjs');
   const model = await load(new URL('../', location.href).href, {
-    backend: params.get('backend') || 'auto', onProgress: (m) => { $('status').textContent = m; } });
+    backend: params.get('backend') || 'auto', graph: params.get('graph') || 'auto',
+    onProgress: (m) => { $('status').textContent = m; } });
   window.edgeqwenModel = model;
   $('backend').textContent = `backend: ${model.reason}`;
   $('backend').dataset.backend = model.backend;

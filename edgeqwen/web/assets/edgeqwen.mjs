@@ -90,7 +90,7 @@ export function sampleToken(logits, s, random, history = []) {
 export class Model {
   constructor(ort, base, config, session, tokenizer, choice) {
     Object.assign(this, { ort, base, config, session, tokenizer, ...choice });
-    this.maxStep = config.backends[choice.backend].max_step_tokens || Infinity;
+    this.maxStep = choice.maxStep || Infinity;
     this.eos = new Set(config.eos_token_id);
     this.stats = null;
   }
@@ -186,7 +186,8 @@ export class Model {
   }
 }
 
-// url: the artifact's root (default: the folder above web/); options.backend: 'auto' | 'webgpu' | 'wasm'
+// url: the artifact's root (default: the folder above web/); options.backend: 'auto' | 'webgpu' | 'wasm';
+// options.graph: 'auto' (each backend's own graph) | 'decoder'
 export async function load(url = new URL('../', import.meta.url).href, options = {}) {
   if (typeof location !== 'undefined' && location.protocol === 'file:') {
     throw new Error('this page cannot load the model from file://; serve the artifact with `edgeqwen web ARTIFACT`');
@@ -204,11 +205,18 @@ export async function load(url = new URL('../', import.meta.url).href, options =
     fetchJSON(base + config.tokenizer), fetchJSON(base + config.tokenizer_config), fetchText(base + config.chat_template)]);
   if (template && !tokConfig.chat_template) tokConfig.chat_template = template;
   const tokenizer = new PreTrainedTokenizer(tokJSON, tokConfig);
-  progress('loading the model');
-  const session = await ort.InferenceSession.create(base + config.model, {
+  // each backend's own graph: on WebAssembly an int8 one where the artifact has it (onnxruntime-web's WebAssembly
+  // build has no fast MatMulNBits kernel; DynamicQuantizeMatMul has one), else the decoder graph (options.graph:
+  // 'decoder' takes the decoder graph on every backend, for comparisons)
+  const own = config.backends[choice.backend];
+  const graph = own.model && options.graph !== 'decoder' ? own : config;
+  choice.maxStep = graph === own ? own.max_step_tokens : config.backends[choice.backend].decoder_max_step_tokens;
+  progress(`loading the model (${graph.model})`);
+  const session = await ort.InferenceSession.create(base + graph.model, {
     executionProviders: [choice.backend],
     graphOptimizationLevel: 'all',
-    externalData: config.external_data.map((path) => ({ path, data: base + path })),
+    externalData: graph.external_data.map((path) => ({ path, data: base + path })),
   });
+  choice.graph = graph.model;
   return new Model(ort, base, config, session, tokenizer, choice);
 }

@@ -1,0 +1,142 @@
+"""The WebAssembly graph of a web artifact: the decoder with every MatMulNBits as DynamicQuantizeMatMul.
+
+onnxruntime-web 1.31.1's WebAssembly build has no MatMulNBits kernel of its own: every run dequantizes each weight
+matrix to fp32 and multiplies that (measured in Node, 2 threads, one 896x4864 matrix at M=1: 7.0-10.7 ms whatever the
+bits, block, zero points or accuracy level; the 0.5B shape decodes at 0.3 tok/s on the page). Its int8 GEMM has
+WebAssembly SIMD kernels: DynamicQuantizeMatMul (int8 weights per output column, the activations quantized to uint8
+per run) takes 0.5-0.7 ms on the same matrix, and fp32 MatMul 0.74 ms at 8x the bytes. So the page's WebAssembly
+backend loads this graph (`model.wasm.onnx`), written from the decoder: each MatMulNBits weight dequantized exactly
+(what MatMulNBits computes with) and requantized to int8 per output column, symmetric; everything else (the table's
+GatherBlockQuantized, attention, norms) as it was. The build's accuracy stage scores it against the PyTorch reference
+with the recipe's gate and drops it where it misses (the page then runs the decoder on WebAssembly, slowly).
+
+The weights are signed int8 (onnxruntime-web's U8S8 kernel is 2.3x its U8U8 one); x86 CPUs without VNNI can saturate
+U8S8 products, so a CPU session over this graph sets `session.x64quantprecision` (runner.py), which onnxruntime uses to
+take such weights through its exact U8U8 path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeQwenError
+
+WASM_GRAPH = "model.wasm.onnx"
+# One pass's activations share one int8 scale (DynamicQuantizeMatMul quantizes its whole input), so the page feeds this
+# graph the prompt this many tokens per pass and the accuracy stage scores it the same way. tiny-qwen2/web-int4, KLD
+# against the int4 graph over 1024 tokens of the eval text by tokens per pass: 512: 0.0120, 64: 0.0076, 16: 0.0050,
+# 4: 0.0029, 1 (decoding): 0.0017; the requantized weights alone (fp32 activations): 0.0004.
+PASS_TOKENS = 16
+WASM_HEAD = "lm_head.wasm.onnx"  # its scoring head where the decoder's head is pruned (export/scoring_head.py)
+OP = "DynamicQuantizeMatMul"
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _int8_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[K, N] float -> int8 [K, N] and one scale per column (symmetric, +-127; an all-zero column gets scale 1)."""
+    amax = np.abs(w).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def matmulnbits_weight(node, values: dict[str, np.ndarray]) -> np.ndarray:
+    """The [K, N] fp32 weights a MatMulNBits node computes with (packed B, scales, optional zero points)."""
+    from ..quantize.graph_quant import ort_block_dequant
+
+    a = _attrs(node)
+    k, n, bits, block = int(a["K"]), int(a["N"]), int(a["bits"]), int(a["block_size"])
+    if bits not in (4, 8):
+        raise EdgeQwenError(f"MatMulNBits {node.name!r} has {bits}-bit weights; the WebAssembly graph reads 4 and 8",
+                            where=node.name, hint="build the web target with int4/int8 weights")
+    ins = list(node.input) + [""] * 6
+    if ins[4]:
+        raise EdgeQwenError(f"MatMulNBits {node.name!r} has a g_idx input (act-order), which the WebAssembly graph "
+                            "does not read", where=node.name, hint="quantize without desc_act / act-order")
+    packed = values[ins[1]]
+    k_blocks = -(-k // block)
+    packed = packed.reshape(n, k_blocks, -1)
+    scales = values[ins[2]].astype(np.float32).reshape(n, k_blocks)
+    zp = values.get(ins[3]) if ins[3] else None
+    if zp is not None and zp.dtype != np.uint8:
+        raise EdgeQwenError(f"MatMulNBits {node.name!r} has {zp.dtype} zero points; the WebAssembly graph reads packed "
+                            "uint8 ones", where=node.name, hint="quantize with integer zero points")
+    zero_points = zp.reshape(n, -1) if zp is not None else np.zeros((n, 1), np.uint8)
+    return ort_block_dequant(packed, scales, zero_points, bits, block, zp is None, k)
+
+
+def write_wasm_graph(artifact: Path, decoder: str) -> dict:
+    """Write `model.wasm.onnx` (+ `.data`) beside `decoder` in `artifact`; returns what it did (for the manifest)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    src = artifact / decoder
+    model = onnx.load(str(src), load_external_data=False)
+    onnx.load_external_data_for_model(model, str(artifact))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    values: dict[str, np.ndarray] = {}
+
+    def value(name: str) -> np.ndarray:
+        if name not in values:
+            values[name] = numpy_helper.to_array(inits[name])
+        return values[name]
+
+    nodes, new_inits, replaced, bytes_in = [], [], 0, 0
+    for node in graph.node:
+        if node.op_type != "MatMulNBits":
+            nodes.append(node)
+            continue
+        ins = list(node.input) + [""] * 6
+        for name in ins[1:4]:
+            if name:
+                value(name)
+                bytes_in += values[name].nbytes
+        w = matmulnbits_weight(node, values)
+        q, scale = _int8_columns(w)
+        del w
+        base = node.name.replace("/", "_").strip("_") or f"matmul{replaced}"
+        new_inits += [numpy_helper.from_array(q, f"{base}.wasm_int8"), numpy_helper.from_array(scale, f"{base}.wasm_scale")]
+        # DynamicQuantizeMatMul: A, B, b_scale, b_zero_point (none: symmetric), bias
+        dq_in = [ins[0], f"{base}.wasm_int8", f"{base}.wasm_scale"] + (["", ins[5]] if ins[5] else [])
+        nodes.append(helper.make_node(OP, dq_in, list(node.output), name=node.name, domain="com.microsoft"))
+        replaced += 1
+    if not replaced:
+        raise EdgeQwenError(f"{decoder} has no MatMulNBits node: nothing for the WebAssembly graph to replace",
+                            where=str(src), hint="the web target's graphs are int4; check the recipe's precision")
+    used = {i for n in nodes for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    data = WASM_GRAPH + ".data"
+    for p in (artifact / WASM_GRAPH, artifact / data):
+        p.unlink(missing_ok=True)
+    onnx.save_model(model, str(artifact / WASM_GRAPH), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data, size_threshold=1024)
+    for p in (artifact / WASM_GRAPH, artifact / data):
+        p.chmod(0o644)
+    note = None
+    if (artifact / "lm_head.onnx").exists():  # a pruned head: accuracy checks score every position through this
+        from ..export.scoring_head import write_scoring_head
+
+        note = write_scoring_head(artifact, WASM_GRAPH)
+    int8_bytes = sum(int(np.prod(t.dims)) for t in new_inits if t.name.endswith(".wasm_int8"))
+    return {"file": WASM_GRAPH, "op": OP, "replaced_nodes": replaced, "int8_weight_mb": round(int8_bytes / 1e6, 2),
+            "matmulnbits_weight_mb": round(bytes_in / 1e6, 2),
+            "bytes": (artifact / WASM_GRAPH).stat().st_size + (artifact / data).stat().st_size,
+            **({"scoring_head": note} if note else {})}
+
+
+def drop_wasm_graph(artifact: Path) -> None:
+    """Remove the WebAssembly graph, its data and its scoring head."""
+    for p in (artifact / WASM_GRAPH, artifact / (WASM_GRAPH + ".data"), artifact / WASM_HEAD):
+        p.unlink(missing_ok=True)
