@@ -33,6 +33,10 @@ EMULATED = [
     # vectorized kernels differ per ISA)
     "tests/test_fake_quant.py::test_block_fake_quant_is_onnxruntimes_round_trip_bit_for_bit",
     "tests/test_fake_quant.py::test_bf16_weights_quantize_as_their_fp32_values",
+    # the web artifact's int8 WebAssembly graph on the CPU EP: u8 x s8 products saturate on AVX2 without the runner's
+    # session.x64quantprecision (measured under this emulator: off 378473 max error, on 0)
+    "tests/test_wasm_graph.py::test_int8_products_are_exact_where_the_cpu_could_saturate",
+    "tests/test_wasm_graph.py::test_the_wasm_graph_decodes_like_the_int4_graph",
 ]
 # what they build (recipe, fixture, evaluate), built natively before the emulated run reuses it
 BUILDS = [("tiny-qwen2/cpu-x86_64-int4", "trained_qwen2", True), ("tiny-qwen2/cpu-x86_64-fp32", "trained_qwen2", True),
