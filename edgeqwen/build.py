@@ -326,13 +326,13 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     copy_runner(staging)
     if resolved.target.web_max_file_mb is not None:
         from .web.bundle import write_web
-        from .web.wasm_graph import write_wasm_graph
+        from .web.wasm_graph import checkpoint_weights, write_wasm_graph
 
         t0 = time.perf_counter()
-        extra["wasm_graph"] = write_wasm_graph(staging, "model.onnx")
-        stage_log(f"        {extra['wasm_graph']['file']}: the page's WebAssembly graph, "
-                  f"{extra['wasm_graph']['replaced_nodes']} MatMulNBits as DynamicQuantizeMatMul (int8 per column, "
-                  f"{extra['wasm_graph']['int8_weight_mb']:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+        w = extra["wasm_graph"] = write_wasm_graph(staging, "model.onnx", checkpoint_weights(ckpt.path, ckpt.architecture))
+        stage_log(f"        {w['file']}: the page's WebAssembly graph, {w['replaced_nodes']} MatMulNBits as "
+                  f"DynamicQuantizeMatMul (int8 per column, {w['from_checkpoint']} from the checkpoint's weights, "
+                  f"{w['int8_weight_mb']:.1f} MB) in {time.perf_counter() - t0:.1f}s")
         extra["web"] = write_web(staging, resolved.target, resolved.recipe.name, resolved.recipe.generation)
         stage_log(f"        web/: page + JavaScript API, onnxruntime-web {extra['web']['packages']['onnxruntime-web']}")
     extra["runtime"] = runtime_block(staging, resolved.target)  # before the ORT conversion removes the .onnx graphs

@@ -5,10 +5,14 @@ matrix to fp32 and multiplies that (measured in Node, 2 threads, one 896x4864 ma
 bits, block, zero points or accuracy level; the 0.5B shape decodes at 0.3 tok/s on the page). Its int8 GEMM has
 WebAssembly SIMD kernels: DynamicQuantizeMatMul (int8 weights per output column, the activations quantized to uint8
 per run) takes 0.5-0.7 ms on the same matrix, and fp32 MatMul 0.74 ms at 8x the bytes. So the page's WebAssembly
-backend loads this graph (`model.wasm.onnx`), written from the decoder: each MatMulNBits weight dequantized exactly
-(what MatMulNBits computes with) and requantized to int8 per output column, symmetric; everything else (the table's
-GatherBlockQuantized, attention, norms) as it was. The build's accuracy stage scores it against the PyTorch reference
-with the recipe's gate and drops it where it misses (the page then runs the decoder on WebAssembly, slowly).
+backend loads this graph (`model.wasm.onnx`), written from the decoder graph: each MatMulNBits node becomes a
+DynamicQuantizeMatMul whose int8 weights (symmetric, one scale per output column) come from the original checkpoint's
+weights where the build has them (W8A8: the int4 graph's weight error is gone; tiny-qwen2 against the PyTorch
+reference, prompt in 16-token passes then one token per pass: KLD 0.0048 and top-1 95.1 % vs the int4 graph's 0.0150
+and 90.6 %), else from the int4 weights, dequantized exactly (an int4-only artifact: KLD 0.0175, top-1 89.2 %);
+everything else (the table's GatherBlockQuantized, attention, norms) as it was. The build's accuracy stage scores it
+against the PyTorch reference with the recipe's gate and drops it where it misses (the page then runs the decoder
+graph on WebAssembly, slowly).
 
 The weights are signed int8 (onnxruntime-web's U8S8 kernel is 2.3x its U8U8 one); x86 CPUs without VNNI can saturate
 U8S8 products, so a CPU session over this graph sets `session.x64quantprecision` (runner.py), which onnxruntime uses to
@@ -72,8 +76,40 @@ def matmulnbits_weight(node, values: dict[str, np.ndarray]) -> np.ndarray:
     return ort_block_dequant(packed, scales, zero_points, bits, block, zp is None, k)
 
 
-def write_wasm_graph(artifact: Path, decoder: str) -> dict:
-    """Write `model.wasm.onnx` (+ `.data`) beside `decoder` in `artifact`; returns what it did (for the manifest)."""
+def checkpoint_weights(checkpoint: Path, architecture: str, exporter: str = "builder"):
+    """node name -> its [K, N] fp32 weights from the checkpoint (q/k/v concatenated as the builder fuses them; a tied
+    head is the embedding table), or None where the checkpoint has no such tensors."""
+    from ..architectures import HEAD_NODE, get_architecture
+    from ..quantize.gptq_stream import Shards
+
+    shards = Shards(checkpoint)
+    spec = get_architecture(architecture)
+
+    head = HEAD_NODE.rsplit("/", 1)[0] + "/"  # the builder names it /lm_head/MatMul_Q4 or _Q8 once quantized
+
+    def weights(node: str) -> np.ndarray | None:
+        if node.startswith(head):
+            names = [n for n in ("lm_head.weight", "model.embed_tokens.weight") if n in shards.where][:1]
+        else:
+            parts = node.split("/")  # /model/layers.{i}/{node in layer}/MatMul(NBits)
+            if len(parts) < 4 or not parts[2].startswith("layers."):
+                return None
+            try:
+                modules = spec.module_for_node(exporter, "/".join(parts[3:-1]))
+            except KeyError:
+                return None
+            names = [f"model.{parts[2]}.{m}.weight" for m in modules]
+        if not names or any(n not in shards.where for n in names):
+            return None
+        return np.concatenate([shards.get(n).float().numpy().T for n in names], axis=1)
+
+    return weights
+
+
+def write_wasm_graph(artifact: Path, decoder: str, weights_of=None) -> dict:
+    """Write `model.wasm.onnx` (+ `.data`) beside `decoder` in `artifact`; returns what it did (for the manifest).
+    `weights_of` (checkpoint_weights): a node's original [K, N] weights, quantized to int8 in place of the node's
+    int4/int8 ones; a node it has none for (or of another shape) keeps its own, dequantized."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -89,7 +125,7 @@ def write_wasm_graph(artifact: Path, decoder: str) -> dict:
             values[name] = numpy_helper.to_array(inits[name])
         return values[name]
 
-    nodes, new_inits, replaced, bytes_in = [], [], 0, 0
+    nodes, new_inits, replaced, bytes_in, original = [], [], 0, 0, 0
     for node in graph.node:
         if node.op_type != "MatMulNBits":
             nodes.append(node)
@@ -100,6 +136,9 @@ def write_wasm_graph(artifact: Path, decoder: str) -> dict:
                 value(name)
                 bytes_in += values[name].nbytes
         w = matmulnbits_weight(node, values)
+        source = weights_of(node.name) if weights_of is not None else None
+        if source is not None and source.shape == w.shape:
+            w, original = source, original + 1
         q, scale = _int8_columns(w)
         del w
         base = node.name.replace("/", "_").strip("_") or f"matmul{replaced}"
@@ -130,7 +169,8 @@ def write_wasm_graph(artifact: Path, decoder: str) -> dict:
 
         note = write_scoring_head(artifact, WASM_GRAPH)
     int8_bytes = sum(int(np.prod(t.dims)) for t in new_inits if t.name.endswith(".wasm_int8"))
-    return {"file": WASM_GRAPH, "op": OP, "replaced_nodes": replaced, "int8_weight_mb": round(int8_bytes / 1e6, 2),
+    return {"file": WASM_GRAPH, "op": OP, "replaced_nodes": replaced, "from_checkpoint": original,
+            "int8_weight_mb": round(int8_bytes / 1e6, 2),
             "matmulnbits_weight_mb": round(bytes_in / 1e6, 2),
             "bytes": (artifact / WASM_GRAPH).stat().st_size + (artifact / data).stat().st_size,
             **({"scoring_head": note} if note else {})}
