@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     anchor = rows[-1][3]["tokensPerSecond"] if len(rows) > 1 else None
     for name, load_s, n, st in rows:
         ratio = f"{st['tokensPerSecond'] / anchor:.1f}x" if anchor else ""
-        print(f"| {name} | {load_s:.1f} | {n} | {st['prefillTokensPerSecond']:.1f} | {st['tokensPerSecond']:.2f} | {ratio} |")
+        print(f"| {name} | {load_s:.1f} | {n} | {st['prefillTokensPerSecond']:.1f} | {st['tokensPerSecond']:.2f} "
+              f"| {ratio} |")
     print(f"Python runner (CPU EP) on {rows[0][0]}: prefill {last.prefill_tps:.1f} tok/s, decode "
           f"{last.decode_tps:.1f} tok/s")
     return 0

@@ -118,7 +118,8 @@ def _fit_build_in_ram(plan, resolved, ckpt, evaluate: bool = True):
 
     have = available_mb()
     gate = resolved.recipe.accuracy
-    need_eval = min(evaluate_peaks_mb(ckpt.config, gate.window, gate.max_windows)) if evaluate else 0.0  # the
+    graphs = 2 if resolved.target.web_max_file_mb is not None else 1  # a web artifact's WebAssembly graph too
+    need_eval = min(evaluate_peaks_mb(ckpt.config, gate.window, gate.max_windows, graphs)) if evaluate else 0.0  # the
     # evaluation takes the low-memory reference by itself where the fp32 one does not fit
     if need_eval > 0.9 * have:
         raise DoesNotFit(f"the accuracy stage of {plan.recipe} needs about {need_eval:.0f} MB of RAM (the PyTorch "
@@ -329,7 +330,8 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
         from .web.wasm_graph import checkpoint_weights, write_wasm_graph
 
         t0 = time.perf_counter()
-        w = extra["wasm_graph"] = write_wasm_graph(staging, "model.onnx", checkpoint_weights(ckpt.path, ckpt.architecture))
+        weights_of = checkpoint_weights(ckpt.path, ckpt.architecture)  # W8A8 from the original weights
+        w = extra["wasm_graph"] = write_wasm_graph(staging, "model.onnx", weights_of)
         stage_log(f"        {w['file']}: the page's WebAssembly graph, {w['replaced_nodes']} MatMulNBits as "
                   f"DynamicQuantizeMatMul (int8 per column, {w['from_checkpoint']} from the checkpoint's weights, "
                   f"{w['int8_weight_mb']:.1f} MB) in {time.perf_counter() - t0:.1f}s")

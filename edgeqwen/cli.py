@@ -149,7 +149,8 @@ def cmd_plan(args) -> int:
     eta = estimate_time(plan, resolved, ckpt.config)
     fits = est.total_mb <= est.budget_mb
     gate = resolved.recipe.accuracy
-    ref_fp32, ref_low = evaluate_peaks_mb(ckpt.config, gate.window, gate.max_windows)
+    ref_fp32, ref_low = evaluate_peaks_mb(ckpt.config, gate.window, gate.max_windows,
+                                          2 if resolved.target.web_max_file_mb is not None else 1)
     build_mem = {"export": round(build_peak_mb(ckpt.config, plan.low_memory)),
                  "export_low_memory": round(build_peak_mb(ckpt.config, True)),
                  "evaluate": round(ref_fp32), "evaluate_low_memory": round(ref_low),

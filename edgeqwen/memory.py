@@ -167,12 +167,13 @@ def build_peak_mb(config: dict, low_memory: bool) -> float:
 EVAL_BASE_MB = 500.0  # torch, onnxruntime and the tokenizer beside the reference in the accuracy stage's process
 
 
-def evaluate_peak_mb(config: dict, window: int, windows: int, low_memory: bool = False) -> float:
+def evaluate_peak_mb(config: dict, window: int, windows: int, low_memory: bool = False, graphs: int = 1) -> float:
     """The accuracy stage's peak (evaluate/core.py): the fp32 PyTorch reference (the artifact is closed first), the
     artifact's scored logits kept per window (half a window each), one window's reference logits and their
     log-softmax arithmetic. Measured on the Qwen2.5-3B shape: 15168 MB against 14939 MB estimated. Low-memory (a
     bf16/fp16 checkpoint kept in its dtype, one decoder layer at a time in fp32): the layers at 2 bytes a weight, the
-    embedding table and head at 4, one layer's fp32 copy (3B shape: 8935 MB measured, 9689 MB estimated)."""
+    embedding table and head at 4, one layer's fp32 copy (3B shape: 8935 MB measured, 9689 MB estimated). `graphs`:
+    the decoder graphs scored (a web artifact's WebAssembly graph is a second), each one's logits kept."""
     logits = window * config["vocab_size"] * 4 / 2**20  # one window's full-vocabulary fp32 rows
     params = parameter_count(config)
     weights = params * 4
@@ -180,12 +181,12 @@ def evaluate_peak_mb(config: dict, window: int, windows: int, low_memory: bool =
         table = config["vocab_size"] * config["hidden_size"] * (1 if config.get("tie_word_embeddings") else 2)
         layer = (params - table) / config["num_hidden_layers"]
         weights = (params - table) * 2 + table * 4 + layer * 4
-    return 1.05 * weights / 2**20 + logits * (windows / 2 + 3) + EVAL_BASE_MB
+    return 1.05 * weights / 2**20 + logits * (graphs * windows / 2 + 3) + EVAL_BASE_MB
 
 
-def evaluate_peaks_mb(config: dict, window: int, windows: int) -> tuple[float, float]:
+def evaluate_peaks_mb(config: dict, window: int, windows: int, graphs: int = 1) -> tuple[float, float]:
     """The accuracy stage's peak with the fp32 reference and with the low-memory one (equal for an fp32 checkpoint)."""
-    return tuple(evaluate_peak_mb(config, window, windows, low_memory=low) for low in (False, True))
+    return tuple(evaluate_peak_mb(config, window, windows, low_memory=low, graphs=graphs) for low in (False, True))
 
 
 def proc_kb_as_mb(path: str, key: str) -> float | None:

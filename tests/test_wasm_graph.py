@@ -16,7 +16,7 @@ from edgeqwen.evaluate.core import EvalConfig, evaluate, load_eval_text
 from edgeqwen.evaluate.metrics import token_kld
 from edgeqwen.evaluate.stage import _gate_other_graphs
 from edgeqwen.recipe import Accuracy
-from edgeqwen.runtime.runner import Runner, RunnerError, Sampling
+from edgeqwen.runtime.runner import Runner, RunnerError
 from edgeqwen.web.bundle import refresh_web_config
 from edgeqwen.web.wasm_graph import (PASS_TOKENS, WASM_GRAPH, WASM_HEAD, checkpoint_weights, matmulnbits_weight,
                                      write_wasm_graph)

@@ -108,13 +108,13 @@ def _back(layer, args, out) -> None:
         p.data = kept  # the checkpoint's own tensor again: no cast back, the fp32 copy freed
 
 
-def reference_fits(reference: Path, window: int, windows: int) -> tuple[bool, str]:
+def reference_fits(reference: Path, window: int, windows: int, graphs: int = 1) -> tuple[bool, str]:
     """Whether the fp32 reference fits the memory available now, and why not (for the log)."""
     from ..checkpoint import inspect_checkpoint
     from ..memory import available_mb, evaluate_peaks_mb
 
     config = inspect_checkpoint(Path(reference)).config  # a VL model's decoder settings brought up from text_config
-    (need, low), have = evaluate_peaks_mb(config, window, windows), available_mb()
+    (need, low), have = evaluate_peaks_mb(config, window, windows, graphs), available_mb()
     if need <= 0.9 * have or low >= need:
         return True, ""
     return False, (f"the fp32 reference needs about {need:.0f} MB, {have:.0f} MB are available: loaded in the "
@@ -202,7 +202,7 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str,
         gc.collect()
     low_memory = cfg.low_memory
     if low_memory is None:
-        fits, why = reference_fits(reference, window, n_windows)
+        fits, why = reference_fits(reference, window, n_windows, 1 + len(others))
         low_memory = not fits
         if why:
             stage_log(f"        reference: {why}")
