@@ -289,6 +289,20 @@ def _calibrate(plan, resolved, ckpt, opts: BuildOptions, work: Path, spec, extra
     return folder
 
 
+def _package_web(staging: Path, resolved, ckpt, extra: dict) -> None:
+    """A web target's WebAssembly graph (W8A8 from the checkpoint's weights) and web/ (page, API, onnxruntime-web)."""
+    from .web.bundle import write_web
+    from .web.wasm_graph import checkpoint_weights, write_wasm_graph
+
+    t0 = time.perf_counter()
+    w = extra["wasm_graph"] = write_wasm_graph(staging, "model.onnx", checkpoint_weights(ckpt.path, ckpt.architecture))
+    stage_log(f"        {w['file']}: the page's WebAssembly graph, {w['replaced_nodes']} MatMulNBits as "
+              f"DynamicQuantizeMatMul (int8 per column, {w['from_checkpoint']} from the checkpoint's weights, "
+              f"{w['int8_weight_mb']:.1f} MB) in {time.perf_counter() - t0:.1f}s")
+    extra["web"] = write_web(staging, resolved.target, resolved.recipe.name, resolved.recipe.generation)
+    stage_log(f"        web/: page + JavaScript API, onnxruntime-web {extra['web']['packages']['onnxruntime-web']}")
+
+
 def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging: Path, mem, sensitivity,
                    build_time: dict) -> dict:
     """Calibrate, export, package, smoke-test and evaluate one plan into `staging`; returns its manifest."""
@@ -326,17 +340,7 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template, ckpt.architecture)
     copy_runner(staging)
     if resolved.target.web_max_file_mb is not None:
-        from .web.bundle import write_web
-        from .web.wasm_graph import checkpoint_weights, write_wasm_graph
-
-        t0 = time.perf_counter()
-        weights_of = checkpoint_weights(ckpt.path, ckpt.architecture)  # W8A8 from the original weights
-        w = extra["wasm_graph"] = write_wasm_graph(staging, "model.onnx", weights_of)
-        stage_log(f"        {w['file']}: the page's WebAssembly graph, {w['replaced_nodes']} MatMulNBits as "
-                  f"DynamicQuantizeMatMul (int8 per column, {w['from_checkpoint']} from the checkpoint's weights, "
-                  f"{w['int8_weight_mb']:.1f} MB) in {time.perf_counter() - t0:.1f}s")
-        extra["web"] = write_web(staging, resolved.target, resolved.recipe.name, resolved.recipe.generation)
-        stage_log(f"        web/: page + JavaScript API, onnxruntime-web {extra['web']['packages']['onnxruntime-web']}")
+        _package_web(staging, resolved, ckpt, extra)
     extra["runtime"] = runtime_block(staging, resolved.target)  # before the ORT conversion removes the .onnx graphs
     if resolved.target.artifact_format == ArtifactFormat.ORT:
         extra["ort_format"] = convert_to_ort(staging, resolved.target.ort_target_platform)
@@ -355,10 +359,9 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
         t_stage = time.perf_counter()
         extra["accuracy"] = evaluate_stage(staging, ckpt, resolved, opts.eval_text)
         measured["evaluate"] = time.perf_counter() - t_stage
-        if "web" in extra:  # the WebAssembly graph may have left at the gate
+        if "web" in extra and not (staging / extra["wasm_graph"]["file"]).exists():  # left at the accuracy gate
             extra["web"] = json.loads((staging / "web" / "config.json").read_text())
-            if not (staging / extra["wasm_graph"]["file"]).exists():
-                extra["wasm_graph"]["status"] = "dropped at the accuracy gate"
+            extra["wasm_graph"]["status"] = "dropped at the accuracy gate"
     else:
         measured["export"] = time.perf_counter() - t_stage
         extra["accuracy"] = {"status": "not evaluated"}

@@ -154,6 +154,32 @@ def _eta(t0: float, done: int, total: int) -> str:
     return f"({elapsed:.0f}s, ETA {elapsed / done * (total - done):.0f}s)"
 
 
+def _score_graph(artifact: Path, graph: str, per_pass: int, chunks: list, half: int, prompts: list) -> tuple:
+    """Another decoder graph of the artifact on the evaluation's windows and prompts, fed `per_pass` tokens per pass
+    as its users feed it: (its scored half of each window, its greedy continuations)."""
+    import gc
+
+    from ..runtime.runner import Runner, Sampling
+
+    other = Runner(artifact, verify=False, providers=["cpu"], decoder_file=graph)
+    other.max_step_tokens = per_pass
+    t0, scored = time.perf_counter(), []
+    for w, chunk in enumerate(chunks):
+        scored.append(other.score(chunk)[half - 1:-1].copy())
+        stage_log(f"        {graph}: window {w + 1}/{len(chunks)} scored {_eta(t0, w + 1, len(chunks))}")
+    greedy = [other.generate(p, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids for p in prompts]
+    del other
+    gc.collect()
+    return scored, greedy
+
+
+def _graph_summary(stats: list, wanted: list, greedy: list, per_pass: int) -> dict:
+    t = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
+    got = [metrics.greedy_match(want, cand) for (want, _), cand in zip(wanted, greedy)]
+    return {**metrics.summarize_tokens(t), "greedy_match": float(np.mean(got) / GREEDY_TOKENS),
+            "greedy_match_tokens": got, "tokens_per_pass": per_pass}
+
+
 def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str, int] | None = None) -> dict:
     """The artifact's logits first (kept: one window's scored half per window), then the artifact is closed and the
     reference loaded, scoring window by window. One model at a time and one window's full-vocabulary arithmetic at a
@@ -188,18 +214,7 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str,
     vision = runner if runner.vision is not None else None  # image parity needs both models at once
     del runner
     gc.collect()
-    others = {}  # decoder file -> (its scored windows, its greedy continuations)
-    for g, per_pass in (graphs or {}).items():
-        other = Runner(artifact, verify=False, providers=["cpu"], decoder_file=g)
-        other.max_step_tokens = per_pass  # windows and prompts, as the graph's users feed it
-        t0, scored = time.perf_counter(), []
-        for w, chunk in enumerate(chunks):
-            scored.append(other.score(chunk)[half - 1:-1].copy())
-            stage_log(f"        {g}: window {w + 1}/{n_windows} scored {_eta(t0, w + 1, n_windows)}")
-        others[g] = (scored, [other.generate(prompt, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids
-                              for prompt in prompts])
-        del other
-        gc.collect()
+    others = {g: _score_graph(artifact, g, per_pass, chunks, half, prompts) for g, per_pass in (graphs or {}).items()}
     low_memory = cfg.low_memory
     if low_memory is None:
         fits, why = reference_fits(reference, window, n_windows, 1 + len(others))
@@ -228,12 +243,7 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str,
         matches.append(metrics.greedy_match(want, got))
         parted.append(margins[matches[-1]] if matches[-1] < GREEDY_TOKENS else None)
     if others:
-        summary["graphs"] = {}
-    for g, st in other_stats.items():
-        t = {k: np.concatenate([s[k] for s in st]) for k in st[0]}
-        got = [metrics.greedy_match(want, cand) for (want, _), cand in zip(wanted, others[g][1])]
-        summary["graphs"][g] = {**metrics.summarize_tokens(t), "greedy_match": float(np.mean(got) / GREEDY_TOKENS),
-                                "greedy_match_tokens": got, "tokens_per_pass": graphs[g]}
+        summary["graphs"] = {g: _graph_summary(st, wanted, others[g][1], graphs[g]) for g, st in other_stats.items()}
     summary.update(
         greedy_match=float(np.mean(matches) / GREEDY_TOKENS),
         greedy_match_tokens=matches,

@@ -739,10 +739,13 @@ class Runner:
         threads = threads or dec.get("session_options", {}).get("intra_op_num_threads") or 0
         so.intra_op_num_threads = int(threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # int8 weights (DynamicQuantizeMatMul, a web artifact's WebAssembly graph): exact on x86 CPUs without VNNI too,
-        # whose u8s8 products can saturate (onnxruntime then takes such weights through its u8u8 kernel)
-        so.add_session_config_entry("session.x64quantprecision", "1")
         self.decoder_file = decoder_file or dec["filename"]
+        # another graph than genai_config's: a web artifact's int8 WebAssembly graph (DynamicQuantizeMatMul), exact on
+        # x86 CPUs without VNNI too, whose u8s8 products can saturate (onnxruntime then takes such weights through its
+        # u8u8 kernel). Not for the QDQ graphs: the option rewrites their per-axis DequantizeLinear, which then fails.
+        self._int8_graph = self.decoder_file != dec["filename"]
+        if self._int8_graph:
+            so.add_session_config_entry("session.x64quantprecision", "1")
         if not (self.path / self.decoder_file).is_file():
             raise RunnerError(f"{self.path}: no decoder graph {self.decoder_file}")
         self.head_file = "lm_head.onnx" if self.decoder_file == "model.onnx" else \
@@ -990,7 +993,8 @@ class Runner:
             so.intra_op_num_threads = self._so.intra_op_num_threads
             so.graph_optimization_level = self._so.graph_optimization_level
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.x64quantprecision", "1")
+            if self._int8_graph:
+                so.add_session_config_entry("session.x64quantprecision", "1")
             self._scoring_head = ort.InferenceSession(str(self.path / self.head_file), so, providers=self.providers)
         return self._scoring_head
 
