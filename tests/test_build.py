@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from edgeqwen.build import BuildOptions, build
+from edgeqwen.export.fuse import FUSED, GATE_UP
 from edgeqwen.checkpoint import inspect_checkpoint
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.package import verify_artifact
@@ -118,6 +119,11 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
         bits = {re.sub(r"/MatMul(NBits|_Q\d+)$", "/MatMul", n.name): next((a.i for a in n.attribute if a.name == "bits"), 4)
                 for n in model.graph.node if n.op_type == "MatMulNBits"}
         head = bits.pop("/lm_head/MatMul", None)
+        fused = {n for n in bits if f"/{GATE_UP}/" in n}  # export/fuse.py: one node where gate and up agree
+        for name in fused:
+            for part in FUSED[GATE_UP]:
+                bits[name.replace(GATE_UP, part)] = bits[name]
+            del bits[name]
         if resolved.target.static_shapes:
             assert not bits and head is None  # QDQ weights: no MatMulNBits at all (checked above too)
         elif prec == "int4":
@@ -126,6 +132,10 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
                 assert b == plan.node_setting(name).bits, name  # measured mixed-precision plan says otherwise)
             assert 4 in bits.values() and (8 in bits.values()) == any(
                 plan.node_setting(n).bits == 8 for n in bits) and len(bits) >= 4 * 5
+            for i in range(4):  # gate and up fused exactly where the plan gives them the same settings
+                gate, up = (f"/model/layers.{i}/{part}/MatMul" for part in FUSED[GATE_UP])
+                assert (f"/model/layers.{i}/{GATE_UP}/MatMul" in fused) == (
+                    plan.node_setting(gate) == plan.node_setting(up)), (i, plan.node_setting(gate), plan.node_setting(up))
             assert head == (8 if resolved.recipe.quantization.lm_head.value == "int8" else 4)
             outputs = {o.name for o in model.graph.output}
             assert ("hidden_states" in outputs) == (path / "lm_head.onnx").exists() == plan.prune_head == (

@@ -43,7 +43,8 @@ def test_gptq_and_hqq_beat_rtn(trained_qwen2, recipe_dir, artifacts):
     model = onnx.load(str(hqq / "model.onnx"), load_external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     layer = [n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/model/layers.")]
-    assert len(layer) == 4 * 5 and all({a.name: a.i for a in n.attribute}["accuracy_level"] == 4 for n in layer)
+    assert len(layer) == 4 * 4 and all({a.name: a.i for a in n.attribute}["accuracy_level"] == 4 for n in layer)
+    assert sum("/mlp/gate_up_proj/" in n.name for n in layer) == 4  # export/fuse.py (float zero points too)
     assert all(inits[n.input[3]].data_type == onnx.TensorProto.FLOAT for n in layer)  # HQQ's float zero points
     head = next(n for n in model.graph.node if n.name.startswith("/lm_head/MatMul"))
     assert {a.name: a.i for a in head.attribute}["bits"] == 8  # the shared int8 table, written by the RTN path

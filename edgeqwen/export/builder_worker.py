@@ -115,6 +115,12 @@ def main(argv: list[str]) -> int:
 
     create_model(model_name=None, input_path=job.input, output_dir=job.output, precision=plan.builder_precision,
                  execution_provider=plan.builder_ep, cache_dir=job.cache_dir, **plan.builder_options())
+    if plan.quantized:
+        from edgeqwen.export.fuse import fuse_gate_up
+
+        note = fuse_gate_up(Path(job.output))  # before lm_head.onnx, which reads model.onnx.data by offset
+        if note:
+            notes.append(note)
     if plan.prune_head:
         from edgeqwen.export.scoring_head import write_scoring_head
 

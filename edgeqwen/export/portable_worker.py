@@ -165,6 +165,12 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"Saving ONNX model in {out}", flush=True)
     ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
+    if plan.quantized:
+        from edgeqwen.export.fuse import fuse_gate_up
+
+        note = fuse_gate_up(out)
+        if note:
+            notes.append(note)
     final = op_histogram(onnx.load(str(out / "model.onnx"), load_external_data=False))
 
     print("Saving GenAI config", flush=True)

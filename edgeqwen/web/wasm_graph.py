@@ -80,6 +80,7 @@ def checkpoint_weights(checkpoint: Path, architecture: str, exporter: str = "bui
     """node name -> its [K, N] fp32 weights from the checkpoint (q/k/v concatenated as the builder fuses them; a tied
     head is the embedding table), or None where the checkpoint has no such tensors."""
     from ..architectures import HEAD_NODE, get_architecture
+    from ..export.fuse import FUSED
     from ..quantize.gptq_stream import Shards
 
     shards = Shards(checkpoint)
@@ -94,8 +95,9 @@ def checkpoint_weights(checkpoint: Path, architecture: str, exporter: str = "bui
             parts = node.split("/")  # /model/layers.{i}/{node in layer}/MatMul(NBits)
             if len(parts) < 4 or not parts[2].startswith("layers."):
                 return None
-            try:
-                modules = spec.module_for_node(exporter, "/".join(parts[3:-1]))
+            in_layer = "/".join(parts[3:-1])
+            try:  # a fused node (export/fuse.py) holds its parts' columns in order
+                modules = [m for part in FUSED.get(in_layer, (in_layer,)) for m in spec.module_for_node(exporter, part)]
             except KeyError:
                 return None
             names = [f"model.{parts[2]}.{m}.weight" for m in modules]

@@ -1,0 +1,68 @@
+"""export/fuse.py: gate and up as one MatMulNBits + Split computes what the two nodes did, bit for bit, and is left
+alone where their settings differ."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeqwen.export.fuse import fuse_gate_up
+from edgeqwen.quantize.graph_quant import ort_block_quant
+
+K, N = 96, 40
+
+
+def _mlp(tmp_path, up_bits: int, zero_points: bool = True):
+    """input -> gate (4-bit) and up (up_bits) MatMulNBits -> Mul, weights in external data as the exporters write."""
+    rng = np.random.default_rng(0)
+    nodes, inits = [], []
+    for part, bits in (("gate_proj", 4), ("up_proj", up_bits)):
+        packed, scales, zp = ort_block_quant(rng.standard_normal((K, N)).astype(np.float32), bits, 32, not zero_points)
+        base = f"/model/layers.0/mlp/{part}/MatMul"
+        inits += [numpy_helper.from_array(packed, f"{base}.q"), numpy_helper.from_array(scales.reshape(-1), f"{base}.s")]
+        ins = ["x", f"{base}.q", f"{base}.s"]
+        if zero_points:
+            inits.append(numpy_helper.from_array(zp.reshape(-1), f"{base}.zp"))
+            ins.append(f"{base}.zp")
+        nodes.append(helper.make_node("MatMulNBits", ins, [part], name=base + "NBits", domain="com.microsoft", K=K, N=N,
+                                      bits=bits, block_size=32, accuracy_level=4))
+    nodes.append(helper.make_node("Mul", ["gate_proj", "up_proj"], ["y"]))
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", N])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save_model(model, str(tmp_path / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
+                    size_threshold=0)
+    return tmp_path
+
+
+def _run(folder, x):
+    return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("zero_points", [True, False])
+def test_fused_gate_up_computes_the_same_bits(tmp_path, zero_points):
+    art = _mlp(tmp_path, 4, zero_points)
+    x = np.random.default_rng(1).standard_normal((1, 5, K)).astype(np.float32)
+    before = _run(art, x)
+    note = fuse_gate_up(art)
+    assert note and "1 layer" in note
+    model = onnx.load(str(art / "model.onnx"), load_external_data=False)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["MatMulNBits", "Split", "Mul"]
+    fused = model.graph.node[0]
+    assert fused.name == "/model/layers.0/mlp/gate_up_proj/MatMulNBits"
+    assert {a.name: a.i for a in fused.attribute}["N"] == 2 * N
+    assert sorted(p.name for p in art.iterdir()) == ["model.onnx", "model.onnx.data"]  # the old data file rewritten
+    assert np.array_equal(_run(art, x), before)
+
+
+def test_gate_and_up_with_different_settings_stay_apart(tmp_path):
+    art = _mlp(tmp_path, 8)
+    data = (art / "model.onnx.data").read_bytes()
+    assert fuse_gate_up(art) is None
+    assert (art / "model.onnx.data").read_bytes() == data
+    assert [n.op_type for n in onnx.load(str(art / "model.onnx"), load_external_data=False).graph.node] == \
+        ["MatMulNBits", "MatMulNBits", "Mul"]
