@@ -1,6 +1,7 @@
-"""Load test of `edgeqwen serve`: N concurrent streaming clients (real `openai` client) against one model.
+"""Load test of `edgeqwen serve`: N concurrent clients (real `openai` client) against one model, streaming or not.
 
-    python benchmarks/serve_load.py ARTIFACT [--clients 8] [--max-tokens 64] [--foundry-python PATH]
+    python benchmarks/serve_load.py ARTIFACT [--clients 8] [--max-tokens 64] [--no-stream] [--temperature 0]
+                                    [--foundry-python PATH]
 
 Checks that every client completes and that each output equals what the runner produces alone for the
 same prompt and seed; reports streaming tokens/s through HTTP for a single client against the direct
@@ -26,13 +27,22 @@ from edgeqwen.serve.server import make_server
 REPO = Path(__file__).resolve().parent.parent
 
 
+STREAM, TEMPERATURE = True, 0.8  # set from the command line
+
+
 def stream_once(url, model, prompt, max_tokens, seed):
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=600)
     t0 = time.perf_counter()
+    if not STREAM:  # one response with the whole completion
+        r = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=TEMPERATURE,
+                                      seed=seed)
+        end = time.perf_counter()
+        n = r.usage.completion_tokens
+        return r.choices[0].text, n, n / (end - t0) if n else 0.0, end - t0
     first = None
     pieces = []
     n = 0
-    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0.8,
+    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=TEMPERATURE,
                                            seed=seed, stream=True, stream_options={"include_usage": True}):
         if chunk.choices and chunk.choices[0].text:
             first = first or time.perf_counter()
@@ -51,7 +61,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-batch", type=int, default=4, help="compared with --max-batch 1 in the same run")
     ap.add_argument("--foundry-python", default=os.environ.get("EDGEQWEN_FOUNDRY_PYTHON"))
+    ap.add_argument("--no-stream", action="store_true", help="whole responses instead of streams")
+    ap.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     args = ap.parse_args()
+    global STREAM, TEMPERATURE
+    STREAM, TEMPERATURE = not args.no_stream, args.temperature
     art = Path(args.artifact)
     runner = Runner(art, threads=args.threads)
     prompts = [f"Request {i}: the statement" for i in range(args.clients)]
@@ -60,12 +74,13 @@ def main() -> int:
     direct_tps = []
     for i, p in enumerate(prompts):  # the same sampling the server runs: the request's fields over the recipe's
         t0 = time.perf_counter()
-        res = runner.generate(p, runner.default_sampling(max_new_tokens=args.max_tokens, temperature=0.8, seed=i))
+        res = runner.generate(p, runner.default_sampling(max_new_tokens=args.max_tokens, temperature=args.temperature,
+                                                         seed=i))
         expected[p] = res.text
         direct_tps.append(len(res.token_ids) / (time.perf_counter() - t0))
     del runner
-    lines = [f"serve load test: {art.name}, {args.clients} concurrent streaming clients, {args.max_tokens} max tokens, "
-             f"{args.threads} threads"]
+    lines = [f"serve load test: {art.name}, {args.clients} concurrent {'streaming' if STREAM else 'non-streaming'} "
+             f"clients, temperature {args.temperature}, {args.max_tokens} max tokens, {args.threads} threads"]
     aggregate, single_rate = {}, {}
     ok = True
     for batch in (1, args.max_batch):  # one request at a time (the anchor), then continuous batching, same run
