@@ -134,8 +134,8 @@ def test_every_recipe_builds_verifies_and_generates(recipe, request, artifacts, 
                 plan.node_setting(n).bits == 8 for n in bits) and len(bits) >= 4 * 5
             for i in range(4):  # gate and up fused exactly where the plan gives them the same settings
                 gate, up = (f"/model/layers.{i}/{part}/MatMul" for part in FUSED[GATE_UP])
-                assert (f"/model/layers.{i}/{GATE_UP}/MatMul" in fused) == (
-                    plan.node_setting(gate) == plan.node_setting(up)), (i, plan.node_setting(gate), plan.node_setting(up))
+                same = plan.node_setting(gate) == plan.node_setting(up)
+                assert (f"/model/layers.{i}/{GATE_UP}/MatMul" in fused) == same, (i, plan.node_setting(gate))
             assert head == (8 if resolved.recipe.quantization.lm_head.value == "int8" else 4)
             outputs = {o.name for o in model.graph.output}
             assert ("hidden_states" in outputs) == (path / "lm_head.onnx").exists() == plan.prune_head == (

@@ -32,7 +32,8 @@ def _mlp(tmp_path, up_bits: int, zero_points: bool = True):
     nodes.append(helper.make_node("Mul", ["gate_proj", "up_proj"], ["y"]))
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "s", K])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "s", N])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     onnx.save_model(model, str(tmp_path / "model.onnx"), save_as_external_data=True, location="model.onnx.data",
                     size_threshold=0)
     return tmp_path

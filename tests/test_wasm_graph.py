@@ -160,7 +160,8 @@ def test_int8_products_are_exact_where_the_cpu_could_saturate(wasm_art):
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, n])],
                               [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(n, np.float32), "s")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     runner = Runner(art, verify=False, providers="cpu", decoder_file=WASM_GRAPH)
     so = runner.session.get_session_options()
     assert so.get_session_config_entry("session.x64quantprecision") == "1"

@@ -51,8 +51,9 @@ def _gate_other_graphs(artifact: Path, summary: dict, gate: Accuracy) -> None:
         missed = check_gate(numbers, gate)
         numbers["status"] = "pass" if not missed else "dropped"
         numbers["missed"] = missed
-        stage_log(f"        {g} ({numbers['tokens_per_pass']} tokens per pass): PPL ratio {numbers['ppl_ratio']:.4f}, mean KLD {numbers['kld_mean']:.5f}, p99 KLD "
-                  f"{numbers['kld_p99']:.4f}, top-1 {numbers['top1']:.1%}, greedy match {numbers['greedy_match']:.1%}: "
+        stage_log(f"        {g} ({numbers['tokens_per_pass']} tokens per pass): PPL ratio {numbers['ppl_ratio']:.4f}, "
+                  f"mean KLD {numbers['kld_mean']:.5f}, p99 KLD {numbers['kld_p99']:.4f}, top-1 {numbers['top1']:.1%}, "
+                  f"greedy match {numbers['greedy_match']:.1%}: "
                   + ("pass" if not missed else "missed the gate (" + "; ".join(missed) + "): dropped, the page runs "
                      "the decoder graph on WebAssembly"))
         if missed:

@@ -88,5 +88,6 @@ def fuse_gate_up(artifact: Path, graph: str = "model.onnx") -> str | None:
         (artifact / loc).unlink()
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
                     size_threshold=1024)
+    (artifact / data).chmod(0o644)  # onnx creates it owner-only; the exporter's was world-readable
     return (f"gate and up projections fused into one MatMulNBits + Split in {len(pairs)} layer(s) (same settings; "
             "one kernel pass over the layer's input)")

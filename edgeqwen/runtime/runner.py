@@ -976,7 +976,7 @@ class Runner:
             return "logits_all"
         if "hidden_states" not in self._out_index or not (self.path / self.head_file).exists():
             raise RunnerError(f"{self.path}: this graph computes logits for the last position only and the artifact "
-                              "has no lm_head.onnx to score every position; rebuild it with `edgeqwen build`")
+                              f"has no {self.head_file} to score every position; rebuild it with `edgeqwen build`")
         return "hidden_states"
 
     @property

@@ -144,7 +144,8 @@ def write_wasm_graph(artifact: Path, decoder: str, weights_of=None) -> dict:
         q, scale = _int8_columns(w)
         del w
         base = node.name.replace("/", "_").strip("_") or f"matmul{replaced}"
-        new_inits += [numpy_helper.from_array(q, f"{base}.wasm_int8"), numpy_helper.from_array(scale, f"{base}.wasm_scale")]
+        new_inits += [numpy_helper.from_array(q, f"{base}.wasm_int8"),
+                      numpy_helper.from_array(scale, f"{base}.wasm_scale")]
         # DynamicQuantizeMatMul: A, B, b_scale, b_zero_point (none: symmetric), bias
         dq_in = [ins[0], f"{base}.wasm_int8", f"{base}.wasm_scale"] + (["", ins[5]] if ins[5] else [])
         nodes.append(helper.make_node(OP, dq_in, list(node.output), name=node.name, domain="com.microsoft"))

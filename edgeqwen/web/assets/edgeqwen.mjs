@@ -210,7 +210,9 @@ export async function load(url = new URL('../', import.meta.url).href, options =
   // 'decoder' takes the decoder graph on every backend, for comparisons)
   const own = config.backends[choice.backend];
   const graph = own.model && options.graph !== 'decoder' ? own : config;
-  choice.maxStep = graph === own ? own.max_step_tokens : config.backends[choice.backend].decoder_max_step_tokens;
+  // tokens per pass: the graph's own; an artifact written before per-backend graphs has only the provider's
+  choice.maxStep = graph === own || own.decoder_max_step_tokens === undefined ? own.max_step_tokens
+    : own.decoder_max_step_tokens;
   progress(`loading the model (${graph.model})`);
   const session = await ort.InferenceSession.create(base + graph.model, {
     executionProviders: [choice.backend],
