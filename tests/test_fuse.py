@@ -67,3 +67,24 @@ def test_gate_and_up_with_different_settings_stay_apart(tmp_path):
     assert (art / "model.onnx.data").read_bytes() == data
     assert [n.op_type for n in onnx.load(str(art / "model.onnx"), load_external_data=False).graph.node] == \
         ["MatMulNBits", "MatMulNBits", "Mul"]
+
+
+def test_the_int8_head_is_symmetric_from_the_checkpoint(artifacts, trained_qwen2):
+    """export/head_sym.py on a built artifact: the tied head and its table read one int8 tensor without zero points,
+    exactly onnxruntime's symmetric 8-bit quantization of the checkpoint's embedding (GPTQ's input leaves it alone)."""
+    from edgeqwen.quantize.gptq_stream import Shards
+    from edgeqwen.quantize.graph_quant import ort_block_quant
+
+    art = artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2)
+    model = onnx.load(str(art / "model.onnx"))
+    head = next(n for n in model.graph.node if n.name.startswith("/lm_head/MatMul"))
+    table = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    assert len(head.input) == 3 and len(table.input) == 3 and head.input[2] == table.input[2]
+    attrs = {a.name: a.i for a in head.attribute}
+    assert attrs["bits"] == 8
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    want = Shards(trained_qwen2).get("model.embed_tokens.weight").float().numpy().T  # [K, N]
+    packed, scales, _ = ort_block_quant(np.ascontiguousarray(want), 8, attrs["block_size"], True)
+    assert np.array_equal(values[head.input[1]].reshape(packed.shape), packed)
+    assert np.array_equal(values[head.input[2]].reshape(scales.shape), scales)
+    assert "lm_head int8 symmetric" in (art / "manifest.json").read_text()

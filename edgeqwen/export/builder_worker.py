@@ -115,12 +115,12 @@ def main(argv: list[str]) -> int:
 
     create_model(model_name=None, input_path=job.input, output_dir=job.output, precision=plan.builder_precision,
                  execution_provider=plan.builder_ep, cache_dir=job.cache_dir, **plan.builder_options())
-    if plan.quantized:
+    if plan.quantized:  # both before lm_head.onnx, which reads model.onnx.data by offset
         from edgeqwen.export.fuse import fuse_gate_up
+        from edgeqwen.export.head_sym import symmetric_int8_head
 
-        note = fuse_gate_up(Path(job.output))  # before lm_head.onnx, which reads model.onnx.data by offset
-        if note:
-            notes.append(note)
+        notes.extend(n for n in (symmetric_int8_head(Path(job.output), Path(job.input)), fuse_gate_up(Path(job.output)))
+                     if n)
     if plan.prune_head:
         from edgeqwen.export.scoring_head import write_scoring_head
 

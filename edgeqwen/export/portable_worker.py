@@ -167,10 +167,9 @@ def main(argv: list[str]) -> int:
     ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
     if plan.quantized:
         from edgeqwen.export.fuse import fuse_gate_up
+        from edgeqwen.export.head_sym import symmetric_int8_head
 
-        note = fuse_gate_up(out)
-        if note:
-            notes.append(note)
+        notes.extend(n for n in (symmetric_int8_head(out, Path(job.input)), fuse_gate_up(out)) if n)
     final = op_histogram(onnx.load(str(out / "model.onnx"), load_external_data=False))
 
     print("Saving GenAI config", flush=True)
