@@ -1,5 +1,5 @@
-"""export/fuse.py: gate and up as one MatMulNBits + Split computes what the two nodes did, bit for bit, and is left
-alone where their settings differ."""
+"""export/fuse.py (through graph_edit.edit_graph): gate and up as one MatMulNBits + Split computes what the two nodes
+did, bit for bit, and is left alone where their settings differ; export/head_sym.py's symmetric int8 head."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeqwen.export.fuse import fuse_gate_up
+from edgeqwen.export.graph_edit import edit_graph
 from edgeqwen.quantize.graph_quant import ort_block_quant
 
 K, N = 96, 40
@@ -22,7 +23,8 @@ def _mlp(tmp_path, up_bits: int, zero_points: bool = True):
     for part, bits in (("gate_proj", 4), ("up_proj", up_bits)):
         packed, scales, zp = ort_block_quant(rng.standard_normal((K, N)).astype(np.float32), bits, 32, not zero_points)
         base = f"/model/layers.0/mlp/{part}/MatMul"
-        inits += [numpy_helper.from_array(packed, f"{base}.q"), numpy_helper.from_array(scales.reshape(-1), f"{base}.s")]
+        inits += [numpy_helper.from_array(packed, f"{base}.q"),
+                  numpy_helper.from_array(scales.reshape(-1), f"{base}.s")]
         ins = ["x", f"{base}.q", f"{base}.s"]
         if zero_points:
             inits.append(numpy_helper.from_array(zp.reshape(-1), f"{base}.zp"))
@@ -48,8 +50,8 @@ def test_fused_gate_up_computes_the_same_bits(tmp_path, zero_points):
     art = _mlp(tmp_path, 4, zero_points)
     x = np.random.default_rng(1).standard_normal((1, 5, K)).astype(np.float32)
     before = _run(art, x)
-    note = fuse_gate_up(art)
-    assert note and "1 layer" in note
+    notes = edit_graph(art, [fuse_gate_up])
+    assert len(notes) == 1 and "1 layer" in notes[0]
     model = onnx.load(str(art / "model.onnx"), load_external_data=False)
     ops = [n.op_type for n in model.graph.node]
     assert ops == ["MatMulNBits", "Split", "Mul"]
@@ -63,7 +65,7 @@ def test_fused_gate_up_computes_the_same_bits(tmp_path, zero_points):
 def test_gate_and_up_with_different_settings_stay_apart(tmp_path):
     art = _mlp(tmp_path, 8)
     data = (art / "model.onnx.data").read_bytes()
-    assert fuse_gate_up(art) is None
+    assert edit_graph(art, [fuse_gate_up]) == []
     assert (art / "model.onnx.data").read_bytes() == data
     assert [n.op_type for n in onnx.load(str(art / "model.onnx"), load_external_data=False).graph.node] == \
         ["MatMulNBits", "MatMulNBits", "Mul"]

@@ -115,12 +115,10 @@ def main(argv: list[str]) -> int:
 
     create_model(model_name=None, input_path=job.input, output_dir=job.output, precision=plan.builder_precision,
                  execution_provider=plan.builder_ep, cache_dir=job.cache_dir, **plan.builder_options())
-    if plan.quantized:  # both before lm_head.onnx, which reads model.onnx.data by offset
-        from edgeqwen.export.fuse import fuse_gate_up
-        from edgeqwen.export.head_sym import symmetric_int8_head
+    if plan.quantized:  # one read and one write; before lm_head.onnx, which reads model.onnx.data by offset
+        from edgeqwen.export.post_export import post_export
 
-        notes.extend(n for n in (symmetric_int8_head(Path(job.output), Path(job.input)), fuse_gate_up(Path(job.output)))
-                     if n)
+        notes.extend(post_export(Path(job.output), Path(job.input)))
     if plan.prune_head:
         from edgeqwen.export.scoring_head import write_scoring_head
 

@@ -11,18 +11,12 @@ weights, scales and zero points are laid out per output column, so the fused nod
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+
+from .graph_edit import node_attrs
 
 GATE, UP, GATE_UP = "mlp/gate_proj", "mlp/up_proj", "mlp/gate_up_proj"
 FUSED = {GATE_UP: (GATE, UP)}  # a fused node in a layer -> the nodes (and HF modules' nodes) it holds, in order
-
-
-def _attrs(node) -> dict:
-    from onnx import helper
-
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _pairs(graph) -> list[tuple]:
@@ -35,7 +29,7 @@ def _pairs(graph) -> list[tuple]:
         up = nodes.get(name.replace(f"/{GATE}/", f"/{UP}/"))
         if up is None or gate.input[0] != up.input[0]:
             continue
-        a, b = _attrs(gate), _attrs(up)
+        a, b = node_attrs(gate), node_attrs(up)
         extra = [i for node in (gate, up) for i in list(node.input)[4:] if i]  # g_idx, bias
         if extra or len(gate.input) != len(up.input) or {**a, "N": 0} != {**b, "N": 0}:
             continue
@@ -43,23 +37,18 @@ def _pairs(graph) -> list[tuple]:
     return out
 
 
-def fuse_gate_up(artifact: Path, graph: str = "model.onnx") -> str | None:
-    """Rewrite `artifact/graph` (+ its external data) with gate and up fused where they can be; a note, or None where
-    no layer could be. Its external data file is rewritten: graphs reading it by offset (lm_head.onnx) come after."""
-    import onnx
+def fuse_gate_up(model) -> str | None:
+    """Fuse gate and up where they can be in `model` (its weights in memory; graph_edit.edit_graph): a note, or None
+    where no layer could be."""
     from onnx import helper, numpy_helper
 
-    path = artifact / graph
-    model = onnx.load(str(path), load_external_data=False)
     pairs = _pairs(model.graph)
     if not pairs:
         return None
-    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-    onnx.load_external_data_for_model(model, str(artifact))
     inits = {t.name: t for t in model.graph.initializer}
     replace, drop, added = {}, set(), []
     for gate, up in pairs:
-        a, b = _attrs(gate), _attrs(up)
+        a, b = node_attrs(gate), node_attrs(up)
         base = gate.name.replace(f"/{GATE}/", f"/{GATE_UP}/").rsplit("/", 1)[0]
         ins = [gate.input[0]]
         for i, what in enumerate(("weight", "scales", "zero_points")[:len(gate.input) - 1], start=1):
@@ -83,11 +72,5 @@ def fuse_gate_up(artifact: Path, graph: str = "model.onnx") -> str | None:
     model.graph.node.extend(nodes)
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
-    data = sorted(locations)[0] if locations else graph + ".data"
-    for loc in locations:  # onnx appends to an existing data file: every tensor is in memory now
-        (artifact / loc).unlink()
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
-                    size_threshold=1024)
-    (artifact / data).chmod(0o644)  # onnx creates it owner-only; the exporter's was world-readable
     return (f"gate and up projections fused into one MatMulNBits + Split in {len(pairs)} layer(s) (same settings; "
             "one kernel pass over the layer's input)")

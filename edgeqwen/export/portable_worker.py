@@ -166,10 +166,9 @@ def main(argv: list[str]) -> int:
     print(f"Saving ONNX model in {out}", flush=True)
     ir.save(model, str(out / "model.onnx"), external_data="model.onnx.data")
     if plan.quantized:
-        from edgeqwen.export.fuse import fuse_gate_up
-        from edgeqwen.export.head_sym import symmetric_int8_head
+        from edgeqwen.export.post_export import post_export
 
-        notes.extend(n for n in (symmetric_int8_head(out, Path(job.input)), fuse_gate_up(out)) if n)
+        notes.extend(post_export(out, Path(job.input)))
     final = op_histogram(onnx.load(str(out / "model.onnx"), load_external_data=False))
 
     print("Saving GenAI config", flush=True)

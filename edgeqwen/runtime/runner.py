@@ -748,6 +748,7 @@ class Runner:
             so.add_session_config_entry("session.x64quantprecision", "1")
         if not (self.path / self.decoder_file).is_file():
             raise RunnerError(f"{self.path}: no decoder graph {self.decoder_file}")
+        # export/scoring_head.head_file_for's rule, written out: this file runs on devices without the package
         self.head_file = "lm_head.onnx" if self.decoder_file == "model.onnx" else \
             "lm_head." + self.decoder_file.removeprefix("model.")
         self.session = self._open_session(self.path / self.decoder_file, so, cfg, providers)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeQwenError
+from ..export.graph_edit import load_with_weights, node_attrs, save_with_weights
 
 WASM_GRAPH = "model.wasm.onnx"
 # One pass's activations share one int8 scale (DynamicQuantizeMatMul quantizes its whole input), so the page feeds this
@@ -35,12 +36,6 @@ WASM_GRAPH = "model.wasm.onnx"
 PASS_TOKENS = 16
 WASM_HEAD = "lm_head.wasm.onnx"  # its scoring head where the decoder's head is pruned (export/scoring_head.py)
 OP = "DynamicQuantizeMatMul"
-
-
-def _attrs(node) -> dict:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _int8_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +50,7 @@ def matmulnbits_weight(node, values: dict[str, np.ndarray]) -> np.ndarray:
     """The [K, N] fp32 weights a MatMulNBits node computes with (packed B, scales, optional zero points)."""
     from ..quantize.graph_quant import ort_block_dequant
 
-    a = _attrs(node)
+    a = node_attrs(node)
     k, n, bits, block = int(a["K"]), int(a["N"]), int(a["bits"]), int(a["block_size"])
     if bits not in (4, 8):
         raise EdgeQwenError(f"MatMulNBits {node.name!r} has {bits}-bit weights; the WebAssembly graph reads 4 and 8",
@@ -79,18 +74,17 @@ def matmulnbits_weight(node, values: dict[str, np.ndarray]) -> np.ndarray:
 def checkpoint_weights(checkpoint: Path, architecture: str, exporter: str = "builder"):
     """node name -> its [K, N] fp32 weights from the checkpoint (q/k/v concatenated as the builder fuses them; a tied
     head is the embedding table), or None where the checkpoint has no such tensors."""
-    from ..architectures import HEAD_NODE, get_architecture
+    from ..architectures import get_architecture
     from ..export.fuse import FUSED
+    from ..export.head_sym import HEAD_PREFIX, checkpoint_head
     from ..quantize.gptq_stream import Shards
 
     shards = Shards(checkpoint)
     spec = get_architecture(architecture)
 
-    head = HEAD_NODE.rsplit("/", 1)[0] + "/"  # the builder names it /lm_head/MatMul_Q4 or _Q8 once quantized
-
     def weights(node: str) -> np.ndarray | None:
-        if node.startswith(head):
-            names = [n for n in ("lm_head.weight", "model.embed_tokens.weight") if n in shards.where][:1]
+        if node.startswith(HEAD_PREFIX):
+            names = [n for n in (checkpoint_head(shards),) if n]
         else:
             parts = node.split("/")  # /model/layers.{i}/{node in layer}/MatMul(NBits)
             if len(parts) < 4 or not parts[2].startswith("layers."):
@@ -112,35 +106,25 @@ def write_wasm_graph(artifact: Path, decoder: str, weights_of=None) -> dict:
     """Write `model.wasm.onnx` (+ `.data`) beside `decoder` in `artifact`; returns what it did (for the manifest).
     `weights_of` (checkpoint_weights): a node's original [K, N] weights, quantized to int8 in place of the node's
     int4/int8 ones; a node it has none for (or of another shape) keeps its own, dequantized."""
-    import onnx
     from onnx import helper, numpy_helper
 
     src = artifact / decoder
-    model = onnx.load(str(src), load_external_data=False)
-    onnx.load_external_data_for_model(model, str(artifact))
+    model, _ = load_with_weights(src)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    values: dict[str, np.ndarray] = {}
-
-    def value(name: str) -> np.ndarray:
-        if name not in values:
-            values[name] = numpy_helper.to_array(inits[name])
-        return values[name]
-
     nodes, new_inits, replaced, bytes_in, original = [], [], 0, 0, 0
     for node in graph.node:
         if node.op_type != "MatMulNBits":
             nodes.append(node)
             continue
         ins = list(node.input) + [""] * 6
-        for name in ins[1:4]:
-            if name:
-                value(name)
-                bytes_in += values[name].nbytes
-        w = matmulnbits_weight(node, values)
-        source = weights_of(node.name) if weights_of is not None else None
-        if source is not None and source.shape == w.shape:
-            w, original = source, original + 1
+        bytes_in += sum(len(inits[name].raw_data) for name in ins[1:4] if name)
+        a = node_attrs(node)
+        w = weights_of(node.name) if weights_of is not None else None
+        if w is not None and w.shape == (a["K"], a["N"]):
+            original += 1
+        else:  # the node's own weights, dequantized (only where the checkpoint has none of its shape)
+            w = matmulnbits_weight(node, {n: numpy_helper.to_array(inits[n]) for n in ins[1:4] if n})
         q, scale = _int8_columns(w)
         del w
         base = node.name.replace("/", "_").strip("_") or f"matmul{replaced}"
@@ -160,12 +144,7 @@ def write_wasm_graph(artifact: Path, decoder: str, weights_of=None) -> dict:
     del graph.initializer[:]
     graph.initializer.extend(kept + new_inits)
     data = WASM_GRAPH + ".data"
-    for p in (artifact / WASM_GRAPH, artifact / data):
-        p.unlink(missing_ok=True)
-    onnx.save_model(model, str(artifact / WASM_GRAPH), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data, size_threshold=1024)
-    for p in (artifact / WASM_GRAPH, artifact / data):
-        p.chmod(0o644)
+    save_with_weights(model, artifact / WASM_GRAPH, data)
     note = None
     if (artifact / "lm_head.onnx").exists():  # a pruned head: accuracy checks score every position through this
         from ..export.scoring_head import write_scoring_head
