@@ -100,7 +100,8 @@ class MixedPrecision:
     mode: MixedMode = MixedMode.OFF
     target_kld: float | None = None  # None: half of accuracy.max_kld (0.01 without a KLD gate)
     max_bits_per_weight: float | None = None  # cap over the decoder-layer weights; llama.cpp Q4_0 is 4.5
-    strict_cap: bool = False  # False: where the target needs more than the cap, exceed it (recorded); True: never
+    strict_cap: bool = False  # False: exceed the cap (recorded) where the plan within it is predicted to miss the gate's
+    # max_kld (or, without a KLD gate, the target); True: never
     objective: Objective = Objective.FEWEST_BYTES
     formats: tuple[LayerOverride, ...] = (LayerOverride(bits=4, block_size=64), LayerOverride(bits=4, block_size=32),
                                           LayerOverride(bits=8, block_size=128))  # upgrades; costlier than the base

@@ -12,10 +12,10 @@ from edgeqwen.planner.budget import grid_for
 
 from .helpers.sensitivity import FORMATS, NODES, record
 
-def pick(sens, target=0.01, cap=None, objective="fewest_bytes", whole=True, base_block=128, strict=True):
+def pick(sens, target=0.01, cap=None, objective="fewest_bytes", whole=True, base_block=128, strict=True, gate=None):
     return choose(sens, nodes_for=NODES, base_bits=4, base_block=base_block, symmetric=False, formats=FORMATS,
                   whole_groups=whole, scale_bytes=4, target_kld=target, max_bits_per_weight=cap, objective=objective,
-                  strict_cap=strict)
+                  strict_cap=strict, gate_kld=gate)
 
 
 def test_nothing_upgraded_when_the_base_meets_the_target():
@@ -50,6 +50,25 @@ def test_a_size_cap_binds_and_says_so():
     assert not easy.summary["cap_exceeded"] and easy.summary["bits_per_weight"] <= 4.6
     spend = pick(sens, target=0.5, cap=4.6, objective="best_accuracy")  # the target is met already; it still spends
     assert spend.summary["bits_per_weight"] == pytest.approx(capped.summary["bits_per_weight"], abs=0.05)
+
+
+def test_a_soft_cap_gives_way_only_where_the_plan_within_it_would_miss_the_gate():
+    """The recipes' soft cap: held while the best plan within it is predicted under the gate's KLD (the target is then
+    missed, and the plan says so), given up for the target where it is predicted over; a measured miss (the build's
+    scaled predictions) opens it."""
+    sens = record(4, lambda i, k: 0.01)
+    capped = pick(sens, target=0.001, cap=4.6)
+    within = capped.summary["planned_kld"]
+    kept = pick(sens, target=0.001, cap=4.6, strict=False, gate=within * 1.1)
+    assert kept.node_settings == capped.node_settings and not kept.summary["cap_exceeded"]
+    assert kept.summary["bits_per_weight"] <= 4.6 and not kept.summary["met"]
+    assert kept.summary["capped_kld"] == pytest.approx(within)
+    assert [code for code, _ in kept.decisions] == ["mixed.auto", "mixed.cap_kept"]
+    opened = pick(sens, target=0.001, cap=4.6, strict=False, gate=within * 0.9)
+    assert opened.summary["cap_exceeded"] and opened.summary["met"] and opened.summary["bits_per_weight"] > 4.6
+    assert any(code == "mixed.cap_exceeded" and f"{within:.4f}" in text for code, text in opened.decisions)
+    rescaled = pick({**sens, "kld_scale": 1.25}, target=0.001, cap=4.6, strict=False, gate=within * 1.1)
+    assert rescaled.summary["cap_exceeded"] and rescaled.summary["met"]
 
 
 def test_scaled_predictions_plan_more_bytes():

@@ -7,7 +7,9 @@ measured one by the ratio of those errors (KLD is locally quadratic in the weigh
 
 Choice: start with every group at the base format (the fewest bytes), then repeatedly take the single upgrade with
 the largest predicted KLD saved per byte added, until the planned KLD meets the target (`fewest_bytes`) or no
-upgrade fits under `max_bits_per_weight` (`best_accuracy` spends the whole budget). Nothing here names a layer:
+upgrade fits under `max_bits_per_weight` (`best_accuracy` spends the whole budget). A soft cap (`strict_cap: false`)
+gives way only where the plan within it is predicted to miss the accuracy gate (`gate_kld`): then upgrades go on past
+the cap until the target is met. Nothing here names a layer:
 the same rule plans a 3-layer and a 36-layer model. Pure and deterministic (ties go to the earlier group).
 """
 
@@ -38,8 +40,11 @@ def _predicted(group: dict, key: str, base: str, scale: float) -> float:
 
 def choose(sens: dict, *, nodes_for: dict[str, str], base_bits: int, base_block: int, symmetric: bool,
            formats: list[tuple[int, int]], whole_groups: bool, scale_bytes: int, target_kld: float,
-           max_bits_per_weight: float | None, objective: str, strict_cap: bool = True) -> MixedChoice:
-    """`nodes_for` maps an HF module path inside a layer (e.g. "mlp.down_proj") to the exporter's node in the layer."""
+           max_bits_per_weight: float | None, objective: str, strict_cap: bool = True,
+           gate_kld: float | None = None) -> MixedChoice:
+    """`nodes_for` maps an HF module path inside a layer (e.g. "mlp.down_proj") to the exporter's node in the layer.
+    `gate_kld`: the decoder layers' share of the accuracy gate's KLD; a soft cap holds while the plan within it is
+    predicted at or under it (None: the target, so the cap gives way wherever the target is not met)."""
     base = fmt(base_bits, sens["base_block"])
     scale = float(sens.get("kld_scale", 1.0))  # > 1 after a measured miss: the predictions were too optimistic
     groups = []
@@ -65,12 +70,13 @@ def choose(sens: dict, *, nodes_for: dict[str, str], base_bits: int, base_block:
     base_bpw = size * 8 / params
     cap = max_bits_per_weight * params / 8 if max_bits_per_weight else float("inf")
     size, kld = _greedy(groups, size, kld, cap, target_kld, objective)
-    exceeded = False
-    if kld > target_kld and not strict_cap and cap != float("inf"):  # the target wins over a soft cap
+    exceeded, capped_kld = False, kld
+    must = target_kld if gate_kld is None else max(gate_kld, target_kld)
+    if kld > must and not strict_cap and cap != float("inf"):  # a soft cap gives way where keeping it misses the gate
         size, kld = _greedy(groups, size, kld, float("inf"), target_kld, "fewest_bytes")
         exceeded = True
     return _summarize(groups, size, kld, params, base_bits, base_block, base_bpw, formats, objective, target_kld,
-                      max_bits_per_weight, scale, whole_groups, exceeded)
+                      max_bits_per_weight, scale, whole_groups, exceeded, capped_kld, gate_kld, strict_cap)
 
 
 def _greedy(groups: list, size: float, kld: float, cap: float, target_kld: float, objective: str):
@@ -96,7 +102,7 @@ def _greedy(groups: list, size: float, kld: float, cap: float, target_kld: float
 
 
 def _summarize(groups, size, kld, params, base_bits, base_block, base_bpw, formats, objective, target_kld,
-               max_bits_per_weight, scale, whole_groups, exceeded) -> MixedChoice:
+               max_bits_per_weight, scale, whole_groups, exceeded, capped_kld, gate_kld, strict_cap) -> MixedChoice:
     settings: dict[str, dict] = {}
     upgraded: dict[str, list[str]] = {}
     for g in groups:
@@ -112,7 +118,8 @@ def _summarize(groups, size, kld, params, base_bits, base_block, base_bpw, forma
         "base": fmt(base_bits, base_block), "formats": [fmt(b, s) for b, s in formats], "objective": objective,
         "target_kld": target_kld, "planned_kld": round(kld, 6), "met": met, "groups": len(groups),
         "bits_per_weight": round(bpw, 3), "base_bits_per_weight": round(base_bpw, 3),
-        "max_bits_per_weight": max_bits_per_weight, "cap_exceeded": exceeded, "kld_scale": scale, "upgraded": upgraded,
+        "max_bits_per_weight": max_bits_per_weight, "cap_exceeded": exceeded, "capped_kld": round(capped_kld, 6),
+        "kld_scale": scale, "upgraded": upgraded,
         "choice": {f"layers.{g['group']['layer']}/{g['group']['kind']}": fmt(*g["at"]) for g in groups},
     }
     n_up = sum(len(v) for v in upgraded.values())
@@ -122,10 +129,18 @@ def _summarize(groups, size, kld, params, base_bits, base_block, base_bpw, forma
                   f"{'<=' if met else '>'} target {target_kld:.4f}, {bpw:.2f} bits per weight (base {base_bpw:.2f}"
                   f"{f', cap {max_bits_per_weight}' if max_bits_per_weight else ''})")]
     if exceeded:
-        decisions.append(("mixed.cap_exceeded", f"mixed precision auto: the target KLD {target_kld:.4f} needs more than "
-                          f"the {max_bits_per_weight} bits-per-weight cap on this model: {bpw:.2f} (set strict_cap: true "
-                          "to keep the cap and let the accuracy gate decide)"))
-    if not met:
+        why = (f"the decoder layers within it are predicted at KLD {capped_kld:.4f}, over their share of the gate, "
+               f"{gate_kld:.4f}"
+               if gate_kld is not None else f"the target KLD {target_kld:.4f} needs more")
+        decisions.append(("mixed.cap_exceeded", f"mixed precision auto: past the {max_bits_per_weight} bits-per-weight "
+                          f"cap on this model ({why}): {bpw:.2f} (set strict_cap: true to keep the cap and let the "
+                          "accuracy gate decide)"))
+    elif not met and not strict_cap and gate_kld is not None and max_bits_per_weight:
+        decisions.append(("mixed.cap_kept", f"mixed precision auto: the {max_bits_per_weight} bits-per-weight cap kept: "
+                          f"the decoder layers within it are predicted at KLD {kld:.4f}, within their share of the gate, "
+                          f"{gate_kld:.4f}, though over the target {target_kld:.4f} (a measured miss plans again past "
+                          "the cap)"))
+    elif not met:
         decisions.append(("mixed.cap", f"mixed precision auto: the target KLD {target_kld:.4f} is not reachable within "
                           f"{max_bits_per_weight} bits per weight (planned {kld:.4f}); the accuracy gate decides"))
     return MixedChoice(settings, summary, tuple(decisions))

@@ -80,6 +80,8 @@ class MixedPlan:
     base_bits_per_weight: float | None = None
     max_bits_per_weight: float | None = None
     cap_exceeded: bool = False
+    capped_kld: float | None = None  # predicted KLD of the best plan within the cap (a soft cap gives way above the gate)
+    gate_kld: float | None = None  # the accuracy gate's max_kld the soft cap is held against
     kld_scale: float = 1.0  # > 1 after a measured miss
     upgraded: dict[str, tuple[str, ...]] = field(default_factory=dict)  # format → "layers.N/kind" upgraded to it
     choice: dict[str, str] = field(default_factory=dict)  # "layers.N/kind" → format

@@ -293,17 +293,22 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
         log("mixed.table", f"mixed precision auto: embedding table int{table_bits} (measured KLD int4 {t4:.4f}, int8 "
             f"{t8:.4f}; int4 is kept only below {TABLE_SHARE:.0%} of the target)")
     layer_target = max(target - reserved, 0.25 * target)
+    layer_gate = max(gate - reserved, layer_target) if gate else None
 
     choice = choose(sensitivity, nodes_for=get_architecture(ckpt.architecture).module_nodes[recipe.exporter.value],
                     base_bits=bits, base_block=block, symmetric=symmetric,
                     formats=[(f.bits, f.block_size) for f in mp.formats], whole_groups=spec.whole_groups,
                     scale_bytes=4 if resolved.target.fp32_graph else 2, target_kld=layer_target,
-                    max_bits_per_weight=mp.max_bits_per_weight, objective=mp.objective.value, strict_cap=mp.strict_cap)
+                    max_bits_per_weight=mp.max_bits_per_weight, objective=mp.objective.value, strict_cap=mp.strict_cap,
+                    gate_kld=layer_gate)
     for code, message in choice.decisions:
         log(code, message)
     summary = {**choice.summary, "target_kld": target, "layer_target_kld": round(layer_target, 6),
-               "head_table_kld": round(reserved, 6), "sensitivity_key": sensitivity.get("cache_key")}
+               "head_table_kld": round(reserved, 6), "sensitivity_key": sensitivity.get("cache_key"),
+               "gate_kld": gate}
     summary["planned_kld"] = round(choice.summary.get("planned_kld", 0.0) + reserved, 6)
+    if "capped_kld" in choice.summary:
+        summary["capped_kld"] = round(choice.summary["capped_kld"] + reserved, 6)
     return choice.node_settings, from_dict(MixedPlan, summary, where="mixed precision summary"), table_bits
 
 
