@@ -1,0 +1,118 @@
+"""What onnxruntime's MatMulNBits kernel charges per extra row: an artifact's own weight matrices (every MatMulNBits
+node's K, N, bits, block size and zero points, random bytes) run as one graph over M = 1, 2, 3, 4, 8 activation rows.
+
+A batched decode step over B sequences (or a k-token speculative verify step) multiplies these matrices by B (k) rows
+at once; if the kernel read the weights once for all rows, B rows would cost about what one row costs and B
+concurrent requests would decode B times as fast. The table says what it does instead, beside the aggregate ceiling
+that implies (B x the one-row time / the B-row time) — the bound on `serve`'s concurrent speedup from the weights
+alone, before attention, sampling or HTTP.
+
+    python benchmarks/matmulnbits_rows.py ARTIFACT [--threads 2] [--rounds 12]
+
+Sizes are interleaved in a shuffled order after warm-up runs of every size (onnxruntime plans again when the input
+shape changes, so the first run after another size is slower: measured up to 1.8x), medians per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROWS = (1, 2, 3, 4, 8)
+
+
+def weight_graph(artifact: Path, head: bool):
+    """A graph of the artifact's MatMulNBits nodes (same attributes, random weights), one input per distinct K."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
+    rng = np.random.default_rng(0)
+    nodes, inits, outs, inputs, nbytes = [], [], [], {}, 0
+    for i, node in enumerate(n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        if "lm_head" in node.name and not head:
+            continue
+        k, n, bits, block = a["K"], a["N"], a["bits"], a["block_size"]
+        blocks = -(-k // block)
+        w = rng.integers(0, 256, (n, blocks, block * bits // 8), dtype=np.uint8)
+        s = (rng.random(n * blocks, dtype=np.float32) * 0.01).astype(np.float32)
+        names = [inputs.setdefault(k, f"x{k}"), f"w{i}", f"s{i}"]
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(s, f"s{i}")]
+        nbytes += w.nbytes + s.nbytes
+        if len(node.input) > 3 and node.input[3]:
+            z = rng.integers(0, 256, n * (-(-blocks * bits // 8)), dtype=np.uint8)
+            inits.append(numpy_helper.from_array(z, f"z{i}"))
+            names.append(f"z{i}")
+            nbytes += z.nbytes
+        nodes.append(helper.make_node("MatMulNBits", names, [f"y{i}"], domain="com.microsoft", K=k, N=n, bits=bits,
+                                      block_size=block, accuracy_level=a.get("accuracy_level", 0)))
+        outs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["M", n]))
+    graph = helper.make_graph(nodes, "weights", [helper.make_tensor_value_info(v, TensorProto.FLOAT, ["M", k])
+                                                 for k, v in inputs.items()], outs, inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return m, {k: v for k, v in inputs.items()}, nbytes, len(nodes)
+
+
+def measure(artifact: Path, threads: int, rounds: int, head: bool) -> dict:
+    import onnxruntime as ort
+
+    model, inputs, nbytes, count = weight_graph(artifact, head)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    feeds = {m: {name: rng.standard_normal((m, k)).astype(np.float32) for k, name in inputs.items()} for m in ROWS}
+    for m in ROWS * 3:
+        sess.run(None, feeds[m])
+    order = list(ROWS) * rounds
+    random.Random(0).shuffle(order)
+    times: dict[int, list[float]] = {m: [] for m in ROWS}
+    for m in order:
+        t0 = time.perf_counter()
+        sess.run(None, feeds[m])
+        times[m].append(time.perf_counter() - t0)
+    ms = {m: statistics.median(v) * 1000 for m, v in times.items()}
+    return {"artifact": str(artifact), "nodes": count, "weight_mb": nbytes / 1e6, "threads": threads, "ms": ms,
+            "ratio": {m: ms[m] / ms[1] for m in ROWS}, "ceiling": {m: m * ms[1] / ms[m] for m in ROWS},
+            "gbs_one_row": nbytes / (ms[1] / 1000) / 1e9}
+
+
+def table(r: dict, name: str) -> str:
+    lines = [f"MatMulNBits over M activation rows: {name}'s {r['nodes']} weight matrices ({r['weight_mb']:.0f} MB, random "
+             f"bytes, its bits/blocks/zero points), {r['threads']} threads, medians of shuffled interleaved runs; one row "
+             f"reads {r['gbs_one_row']:.1f} GB/s",
+             "| rows M | ms | vs 1 row | aggregate ceiling (M x 1-row ms / M-row ms) |", "|---|---|---|---|"]
+    for m in ROWS:
+        lines.append(f"| {m} | {r['ms'][m]:.2f} | {r['ratio'][m]:.2f}x | {r['ceiling'][m]:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifact", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--no-head", action="store_true", help="the decoder layers' matrices only")
+    ap.add_argument("--out", type=Path, help="also keep the table and numbers there (matmulnbits-rows.md/.json)")
+    a = ap.parse_args()
+    r = measure(a.artifact, a.threads, a.rounds, head=not a.no_head)
+    text = table(r, Path(a.artifact).resolve().name)
+    if a.out:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from shapes import write_results
+
+        write_results(a.out, "matmulnbits-rows", text, r)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
