@@ -1,8 +1,9 @@
 """An int8 lm_head without zero points: symmetric, quantized again from the checkpoint's weights.
 
-onnxruntime's 8-bit MatMulNBits kernel is slower with a zero-point input than without: the Qwen2.5-0.5B shape's default
-(gate/up fused), its 151,936-wide int8 head taken to symmetric, decodes 1.06x and 1.10x as fast in two interleaved
-7-round runs (2 cores, AVX-512 VNNI). The builder quantizes the head with the recipe's `symmetric` (asymmetric for
+onnxruntime's 8-bit MatMulNBits kernel reads the head faster without a zero-point input (probed per node); on the whole
+Qwen2.5-0.5B shape's default (gate/up fused) the gain is small: 1.011x vs 1.022x for the fused artifact against the
+unfused one, decode in fresh processes alternated over 8 rounds (benchmarks/ab_decode.py; 2 cores, AVX-512 VNNI),
+within the run-to-run noise. The builder quantizes the head with the recipe's `symmetric` (asymmetric for
 GPTQ: its layers need zero points); an 8-bit head does not (int8 steps are fine either way: symmetric spends one of 256
 levels). So the head's weights are quantized again, symmetric, from the export's input checkpoint (the original
 weights: GPTQ leaves the head alone), and the zero-point input leaves the head node — and the tied embedding table's
