@@ -71,6 +71,42 @@ def test_a_soft_cap_gives_way_only_where_the_plan_within_it_would_miss_the_gate(
     assert rescaled.summary["cap_exceeded"] and rescaled.summary["met"]
 
 
+CAPPED_RECIPE = """\
+version: 1
+model: embedded:tiny-qwen2
+target: cpu-x86_64
+precision: int4
+quantization:
+  algorithm: rtn
+  symmetric: false
+  lm_head: int8
+  block_size: 128
+  mixed_precision: {mode: auto, max_bits_per_weight: 4.6}
+accuracy: {max_kld: 0.03}
+"""
+
+
+def test_the_build_keeps_a_soft_cap_inside_the_gate_and_gives_it_up_after_a_measured_miss(tmp_path):
+    """Through the planner's rules: the capped plan predicted inside the gate (0.03) but over the half-gate target
+    keeps the cap; the same measurement after a measured miss (the build's replan: scaled, with a new target) goes
+    past it to the target, whatever the scaled prediction within the cap says."""
+    from edgeqwen.checkpoint import resolve_checkpoint
+    from edgeqwen.planner import plan as make_plan
+    from edgeqwen.recipe import load_recipe
+
+    path = tmp_path / "capped.yaml"
+    path.write_text(CAPPED_RECIPE)
+    resolved, ckpt = load_recipe(str(path)), resolve_checkpoint("embedded:tiny-qwen2")
+    layers = ckpt.config["num_hidden_layers"]
+    sens = {**record(layers, lambda i, k: 0.044 / (5 * layers)), "head": {"int8/b128": 0.0}}  # ~0.022 within the cap
+    kept = make_plan(resolved, ckpt, sensitivity=sens).mixed
+    assert not kept.cap_exceeded and not kept.met and kept.bits_per_weight <= 4.6
+    assert kept.target_kld < kept.capped_kld <= kept.gate_kld == 0.03
+    assert 1.25 * kept.capped_kld <= 0.03  # so only the replan itself, not the scaled prediction, opens the cap below
+    after_miss = make_plan(resolved, ckpt, sensitivity={**sens, "kld_scale": 1.25, "replan_target_kld": 0.015}).mixed
+    assert after_miss.cap_exceeded and after_miss.met and after_miss.bits_per_weight > 4.6
+
+
 def test_scaled_predictions_plan_more_bytes():
     sens = record(4, lambda i, k: 0.003 * (1 + i))
     once = pick(sens, target=0.03)

@@ -4,9 +4,10 @@ The two read the same input; as two nodes they are two passes of onnxruntime's M
 columns each (thread-pool dispatch, the input's int8 quantization at accuracy level 4, partial rows of the weights'
 blocks). One node over the concatenated columns, as llama.cpp and onnxruntime-genai's packed-MLP models (Phi-3's
 gate_up_proj) do: the Qwen2.5-0.5B shape's default decodes 1.02x as fast, greedy tokens equal (fresh processes
-alternated over 8 rounds, benchmarks/ab_decode.py; 2 cores, AVX-512 VNNI). Fused only where both nodes carry the same settings (bits, block,
-accuracy level, zero points or none, no bias or g_idx): a mixed-precision plan may give them different ones. The
-weights, scales and zero points are laid out per output column, so the fused node's are the two concatenated.
+alternated over 8 rounds, benchmarks/ab_decode.py; 2 cores, AVX-512 VNNI). Fused only where both nodes carry the same
+settings (bits, block, accuracy level, zero points or none, no bias or g_idx): a mixed-precision plan may give them
+different ones. The weights, scales and zero points are laid out per output column, so the fused node's are the two
+concatenated.
 """
 
 from __future__ import annotations

@@ -293,7 +293,9 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
         log("mixed.table", f"mixed precision auto: embedding table int{table_bits} (measured KLD int4 {t4:.4f}, int8 "
             f"{t8:.4f}; int4 is kept only below {TABLE_SHARE:.0%} of the target)")
     layer_target = max(target - reserved, 0.25 * target)
-    layer_gate = max(gate - reserved, layer_target) if gate else None
+    # a soft cap holds against the gate, not the target; after a measured miss (replan_target_kld) the target wins
+    replanning = bool((sensitivity or {}).get("replan_target_kld"))
+    layer_gate = max(gate - reserved, layer_target) if gate and not replanning else None
 
     choice = choose(sensitivity, nodes_for=get_architecture(ckpt.architecture).module_nodes[recipe.exporter.value],
                     base_bits=bits, base_block=block, symmetric=symmetric,
