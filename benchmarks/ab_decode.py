@@ -22,18 +22,29 @@ import textwrap
 WORKER = textwrap.dedent("""
     import json, sys, numpy as np
     from edgeqwen.runtime.runner import Runner, Sampling
-    art, threads, tokens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    r = Runner(art, threads=threads, verify=False)
-    ids = np.random.default_rng(0).integers(100, r.vocab_size - 100, 128).tolist()
+    art, threads, tokens, runs, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    entries = json.loads(sys.argv[6])  # session config entries, e.g. {"session.intra_op.allow_spinning": "0"}
+
+    class Tuned(Runner):
+        def _open_session(self, file, so, genai, providers):
+            for key, value in entries.items():
+                so.add_session_config_entry(key, value)
+            return super()._open_session(file, so, genai, providers)
+
+    r = Tuned(art, threads=threads, verify=False)
+    ids = np.random.default_rng(0).integers(100, r.vocab_size - 100, prompt).tolist()
     r.generate(ids, Sampling(max_new_tokens=8, ignore_eos=True))
-    runs = [r.generate(ids, Sampling(max_new_tokens=tokens, ignore_eos=True)) for _ in range(2)]
-    print("RESULT " + json.dumps({"decode_tps": max(x.decode_tps for x in runs), "tokens": runs[-1].token_ids}))
+    out = [r.generate(ids, Sampling(max_new_tokens=tokens, ignore_eos=True)) for _ in range(runs)]
+    print("RESULT " + json.dumps({"decode_tps": max(x.decode_tps for x in out), "tokens": out[-1].token_ids}))
 """)
 
 
-def run_once(artifact: str, threads: int, tokens: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", WORKER, artifact, str(threads), str(tokens)], capture_output=True,
-                          text=True)
+def run_once(artifact: str, threads: int, tokens: int, runs: int = 2, prompt: int = 128,
+             entries: dict[str, str] | None = None) -> dict:
+    """One fresh process: load, warm up, `runs` greedy generations of `tokens` after a `prompt`-token random prompt;
+    the best decode tok/s and the last run's tokens."""
+    proc = subprocess.run([sys.executable, "-c", WORKER, artifact, str(threads), str(tokens), str(runs), str(prompt),
+                           json.dumps(entries or {})], capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"{artifact}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")

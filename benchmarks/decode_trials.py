@@ -1,5 +1,6 @@
 """Decode-speed trials on one artifact: what the session and the graph's kernels could change, each against the
-artifact as built, interleaved in one process (same machine, same run, medians).
+artifact as built, every run a fresh process (benchmarks/ab_decode.py's worker: in one process the second-loaded
+session decodes faster, which would bias in-process trials), rounds interleaved (same machine, same run, medians).
 
     python benchmarks/decode_trials.py ARTIFACT [--other NAME=ARTIFACT ...] [--threads 2] [--rounds 5]
 
@@ -11,8 +12,8 @@ Variants of the same artifact (the weights untouched):
   in a copy of the graph that shares the artifact's weights file.
 Other artifacts (`--other block32=DIR`, e.g. the same recipe built with `block_size: 32`) run in the same rounds.
 
-Each round runs every variant once (prompt, then `--gen` greedy tokens) in a rotating order; the table gives each
-variant's median decode tok/s and its ratio to the artifact as built.
+Each round runs every variant once (a fresh process: warm-up, prompt, then `--gen` greedy tokens) in a rotating order;
+the table gives each variant's median decode tok/s and the median over rounds of its ratio to the artifact as built.
 """
 
 from __future__ import annotations
@@ -61,27 +62,6 @@ def with_accuracy_level(artifact: Path, level: int, work: Path) -> Path:
     return out
 
 
-def make_runner(artifact: Path, threads: int, entries: dict[str, str]):
-    from edgeqwen.runtime.runner import Runner
-
-    class Tuned(Runner):
-        def _open_session(self, file, so, genai, providers):
-            for key, value in entries.items():
-                so.add_session_config_entry(key, value)
-            return super()._open_session(file, so, genai, providers)
-
-    return Tuned(artifact, threads=threads, verify=False)
-
-
-def decode_tps(runner, ids: list[int], gen: int) -> float:
-    from edgeqwen.runtime.runner import Sampling
-
-    last = None
-    for last in runner.stream(ids, Sampling(max_new_tokens=gen, ignore_eos=True)):
-        pass
-    return last.decode_tps
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("artifact")
@@ -93,8 +73,6 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--name", default="decode-trials")
     args = ap.parse_args()
-    from edgeqwen.bench import prompt_ids
-
     artifact = Path(args.artifact)
     work = Path(tempfile.mkdtemp(prefix="edgeqwen-trials-"))
     cores = sorted(os.sched_getaffinity(0))
@@ -109,27 +87,28 @@ def main() -> int:
         for spec in args.other:
             name, _, path = spec.partition("=")
             variants[name] = (Path(path), {})
-        runners = {name: make_runner(path, args.threads, entries) for name, (path, entries) in variants.items()}
-        ids = prompt_ids(args.prompt_len, runners["as built"].vocab_size)
-        for r in runners.values():
-            decode_tps(r, ids, 8)  # warm-up at full size
-        got: dict[str, list[float]] = {name: [] for name in runners}
-        names = list(runners)
+        from ab_decode import run_once
+
+        got: dict[str, list[float]] = {name: [] for name in variants}
+        names = list(variants)
         for k in range(args.rounds):
             for name in names[k % len(names):] + names[:k % len(names)]:
-                got[name].append(decode_tps(runners[name], ids, args.gen))
+                path, entries = variants[name]
+                got[name].append(run_once(str(path), args.threads, args.gen, runs=1, prompt=args.prompt_len,
+                                          entries=entries)["decode_tps"])
             print(f"round {k + 1}/{args.rounds}: " + ", ".join(f"{n} {v[-1]:.1f}" for n, v in got.items()), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    base = statistics.median(got["as built"])
+    base = got["as built"]
     lines = [f"Decode trials on {artifact.name}: {args.prompt_len}-token prompt, {args.gen} greedy tokens, {args.threads} "
-             f"threads, median of {args.rounds} interleaved rounds",
+             f"threads, {args.rounds} interleaved rounds, every run a fresh process; medians, and the median over rounds "
+             "of each run's ratio to the same round's artifact as built",
              "| variant | decode tok/s (median) | range | vs as built |", "|---|---|---|---|"]
     rows = []
     for name, values in got.items():
-        med = statistics.median(values)
-        rows.append({"variant": name, "decode_tps": values, "median": med, "ratio": med / base})
-        lines.append(f"| {name} | {med:.1f} | {min(values):.1f}–{max(values):.1f} | {med / base:.2f}x |")
+        med, ratio = statistics.median(values), statistics.median(v / b for v, b in zip(values, base))
+        rows.append({"variant": name, "decode_tps": values, "median": med, "ratio": ratio})
+        lines.append(f"| {name} | {med:.1f} | {min(values):.1f}–{max(values):.1f} | {ratio:.2f}x |")
     write_results(args.out, args.name, "\n".join(lines), rows)
     return 0
 
