@@ -32,11 +32,13 @@ def weight_graph(artifact: Path, head: bool):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from edgeqwen.export.graph_edit import node_attrs
+
     model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
     rng = np.random.default_rng(0)
     nodes, inits, outs, inputs, nbytes = [], [], [], {}, 0
     for i, node in enumerate(n for n in model.graph.node if n.op_type == "MatMulNBits"):
-        a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        a = node_attrs(node)
         if "lm_head" in node.name and not head:
             continue
         k, n, bits, block = a["K"], a["N"], a["bits"], a["block_size"]
@@ -57,7 +59,7 @@ def weight_graph(artifact: Path, head: bool):
     graph = helper.make_graph(nodes, "weights", [helper.make_tensor_value_info(v, TensorProto.FLOAT, ["M", k])
                                                  for k, v in inputs.items()], outs, inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    return m, {k: v for k, v in inputs.items()}, nbytes, len(nodes)
+    return m, inputs, nbytes, len(nodes)
 
 
 def measure(artifact: Path, threads: int, rounds: int, head: bool) -> dict:

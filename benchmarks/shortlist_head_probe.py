@@ -29,21 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bytes_per_token import onnx_bytes_per_token  # noqa: E402
 
 
-def int4_symmetric(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """[N, K] float → MatMulNBits' 4-bit layout ([N, K/block, block/2] uint8, low nibble first; zero point 8) and scales."""
-    n, k = w.shape
-    blocks = w.reshape(n, k // block, block)
-    scale = np.abs(blocks).max(-1) / 7.0
-    scale[scale == 0] = 1.0
-    q = np.clip(np.round(blocks / scale[..., None]), -8, 7).astype(np.int16) + 8
-    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), scale.reshape(-1).astype(np.float32)
-
-
 def rewrite(src: Path, dst: Path, k: int) -> dict:
     import onnx
     from onnx import helper, numpy_helper
 
     from edgeqwen.export.graph_edit import node_attrs
+    from edgeqwen.quantize.graph_quant import ort_block_dequant, ort_block_quant
 
     model = onnx.load(str(src / "model.onnx"))
     g = model.graph
@@ -53,10 +44,10 @@ def rewrite(src: Path, dst: Path, k: int) -> dict:
     a = node_attrs(head)
     if a["bits"] != 8 or len(head.input) > 3 or table.input[2] != head.input[2]:
         raise SystemExit("the probe needs a symmetric int8 head sharing its bytes with the table (the CPU default)")
-    q8 = numpy_helper.to_array(inits[head.input[1]]).astype(np.float32) - 128.0  # [V, K/block, block]
-    scale = numpy_helper.to_array(inits[head.input[2]]).astype(np.float32).reshape(q8.shape[0], -1)
-    w = (q8 * scale[..., None]).reshape(q8.shape[0], -1)
-    packed, s4 = int4_symmetric(w, a["block_size"])
+    q8, scale = numpy_helper.to_array(inits[head.input[1]]), numpy_helper.to_array(inits[head.input[2]])
+    w = ort_block_dequant(q8, scale.reshape(q8.shape[0], -1), None, 8, a["block_size"], True, a["K"])  # [K, V]
+    packed, s4, _ = ort_block_quant(w, 4, a["block_size"], symmetric=True)  # onnxruntime's own quantizer
+    s4 = s4.reshape(-1)
     g.initializer.extend([numpy_helper.from_array(packed, "shortlist.w4"), numpy_helper.from_array(s4, "shortlist.s4"),
                           numpy_helper.from_array(np.array([k], np.int64), "shortlist.k"),
                           numpy_helper.from_array(np.array([-1], np.int64), "shortlist.axis"),
@@ -89,10 +80,11 @@ def rewrite(src: Path, dst: Path, k: int) -> dict:
         info["size"] = p.stat().st_size
         info["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return {"w": w, "w4": (packed, s4, a["block_size"])}
+    return {"w": w, "w4": ort_block_dequant(packed, s4.reshape(packed.shape[0], -1), None, 4, a["block_size"], True,
+                                            a["K"]), "w4_bytes": packed.nbytes + s4.nbytes, "int8_bytes": q8.nbytes + scale.nbytes}
 
 
-def recall(src: Path, w: np.ndarray, w4, k: int, tokens: int = 256) -> float:
+def recall(src: Path, w: np.ndarray, w4: np.ndarray, k: int, tokens: int = 256) -> float:
     """Share of positions whose int8-head argmax is among the int4 head's top k (hidden states of a random prompt)."""
     from edgeqwen.runtime.runner import Runner
 
@@ -103,15 +95,9 @@ def recall(src: Path, w: np.ndarray, w4, k: int, tokens: int = 256) -> float:
         **({"position_ids": np.arange(tokens)[None]} if "position_ids" in r.input_names else {}),
         **{name: np.zeros((1, r.kv_heads, 0, r.head_size), r.kv_dtype) for name in r.input_names
            if name.startswith("past_key_values")}})[0][0]
-    packed, s4, block = w4
-    q = np.stack([packed & 15, packed >> 4], -1).reshape(packed.shape[0], -1, block).astype(np.float32) - 8
-    w4f = (q * s4.reshape(packed.shape[0], -1)[..., None]).reshape(packed.shape[0], -1)
-    hits = 0
-    for x in hidden:
-        exact = int(np.argmax(w @ x))
-        coarse = np.argpartition(-(w4f @ x), k)[:k]
-        hits += exact in coarse
-    return hits / len(hidden)
+    exact = np.argmax(hidden @ w, axis=-1)  # [K, V] weights as MatMulNBits computes with them
+    coarse = np.argpartition(-(hidden @ w4), k, axis=-1)[:, :k]
+    return float(np.mean([e in c for e, c in zip(exact, coarse)]))
 
 
 def main() -> int:
@@ -122,11 +108,10 @@ def main() -> int:
     a = ap.parse_args()
     made = rewrite(a.artifact, a.out, a.k)
     before = onnx_bytes_per_token(a.artifact)["bytes_per_token"]
-    packed, s4, _ = made["w4"]
-    int8_head = made["w"].shape[0] * made["w"].shape[1] + made["w"].shape[0] * made["w"].shape[1] // made["w4"][2] * 4
-    after = before - int8_head + packed.nbytes + s4.nbytes  # the int8 rows are read K at a time now, like the table's
+    int8_head = made["int8_bytes"]
+    after = before - int8_head + made["w4_bytes"]  # the int8 rows are read K at a time now, like the table's
     print(f"weight MB read per token: {before / 1e6:.1f} -> {after / 1e6:.1f} (the int8 head's {int8_head / 1e6:.0f} MB "
-          f"read whole -> the int4 copy's {(packed.nbytes + s4.nbytes) / 1e6:.0f} MB and {a.k} int8 rows); file "
+          f"read whole -> the int4 copy's {made['w4_bytes'] / 1e6:.0f} MB and {a.k} int8 rows); file "
           f"{sum(p.stat().st_size for p in a.artifact.iterdir() if p.is_file()) / 1e6:.0f} -> "
           f"{sum(p.stat().st_size for p in a.out.iterdir() if p.is_file()) / 1e6:.0f} MB")
     print(f"recall of the int8 head's argmax in the int4 head's top {a.k}: {recall(a.artifact, made['w'], made['w4'], a.k):.3f} "
