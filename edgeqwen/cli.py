@@ -72,13 +72,23 @@ def runtime_here(artifact: Path, provider: str | None = None) -> dict:
     genai = json.loads((artifact / "genai_config.json").read_text())
     wanted, fallback = ([provider], None) if provider else artifact_providers(manifest, genai)
     out = {"onnxruntime": onnxruntime.__version__, "providers": wanted, "fallback": fallback,
-           "min_onnxruntime": (manifest.get("runtime") or {}).get("min_onnxruntime"), "problems": []}
+           "min_onnxruntime": (manifest.get("runtime") or {}).get("min_onnxruntime"), "problems": [],
+           "decode_head": _decode_head(artifact, manifest)}
     try:
         out["session_providers"], out["notes"] = choose_providers(wanted, fallback, explicit=provider is not None)
         check_runtime(manifest)
     except RunnerError as exc:
         out["problems"].append(str(exc))
     return out
+
+
+def _decode_head(artifact: Path, manifest: dict) -> dict:
+    """What decoding reads: the full head, or a shortlist of K candidates (export/shortlist_head.py): the plan's, where
+    its graph file is there (a shortlist that missed its gate left the artifact). From the manifest: no onnx needed."""
+    from .runtime.runner import SHORTLIST_FILE
+
+    planned = ((manifest.get("export") or {}).get("plan") or {}).get("head", {}).get("shortlist", 0)
+    return {"shortlist": planned if (artifact / SHORTLIST_FILE).is_file() else 0}
 
 
 def cmd_verify(args) -> int:
@@ -92,6 +102,11 @@ def cmd_verify(args) -> int:
         return EXIT_CHECK_FAILED if bad or runtime["problems"] else 0
     for note in runtime.get("notes") or ():
         print(f"NOTE: {note}")
+    k = runtime["decode_head"]["shortlist"]
+    if k:
+        print(f"NOTE: decoding reads a shortlist head: the top {k} of an int4 ranking, scored by the int8 head's rows "
+              "(edgeqwen's runner and server read the full head where a request needs it; onnxruntime-genai's own "
+              "grammar-guided generation sees only the candidates)")
     for problem in runtime["problems"]:
         print(f"RUNTIME: {problem}")
     if not bad and not runtime["problems"]:

@@ -133,6 +133,9 @@ class Quantization:
     accuracy_level: int | None = None  # None: the target's
     embeddings: EmbeddingMode = EmbeddingMode.QUANTIZED
     lm_head: HeadMode = HeadMode.SAME
+    # decoding's lm_head as a shortlist of this many candidates (export/shortlist_head.py): None = the target's
+    # lm_head_shortlist, 0 = the full head
+    lm_head_shortlist: int | None = None
     overrides: dict[str, LayerOverride] = field(default_factory=dict)  # mixed precision by node-name glob
     mixed_precision: MixedPrecision | str = field(default_factory=MixedPrecision)  # `auto` or a mapping
     calibration: Calibration = field(default_factory=Calibration)
@@ -146,6 +149,9 @@ class Quantization:
                                  "mapping {mode: auto, target_kld: ..., max_bits_per_weight: ...}") from None
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size {self.block_size} must be one of 16, 32, 64, 128, 256")
+        if self.lm_head_shortlist is not None and not 0 <= self.lm_head_shortlist <= 4096:
+            raise ValueError(f"lm_head_shortlist {self.lm_head_shortlist} must be 0 (the full head) or a candidate count "
+                             "in [1, 4096]")
         from .quantize.registry import algorithm_names
 
         if self.algorithm not in algorithm_names():
@@ -201,16 +207,20 @@ class Accuracy:
     max_kld: float | None = None
     max_kld_p99: float | None = None
     min_top1: float | None = None
+    # a shortlist head (quantization.lm_head_shortlist): the share of positions whose full-head top-1 is among its
+    # candidates; its own top-1 meets min_top1 too
+    min_shortlist_recall: float | None = 0.99
     window: int = 512
     max_windows: int = 8
 
     def __post_init__(self):
-        for name in ("max_ppl_ratio", "max_kld", "max_kld_p99", "min_top1"):
+        for name in ("max_ppl_ratio", "max_kld", "max_kld_p99", "min_top1", "min_shortlist_recall"):
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"accuracy.{name} must be a finite number >= 0, got {value!r}")
-        if self.min_top1 is not None and self.min_top1 > 1:
-            raise ValueError(f"accuracy.min_top1 is a share in [0, 1], got {self.min_top1!r}")
+        for name in ("min_top1", "min_shortlist_recall"):
+            if getattr(self, name) is not None and getattr(self, name) > 1:
+                raise ValueError(f"accuracy.{name} is a share in [0, 1], got {getattr(self, name)!r}")
         if self.window < 2 or self.max_windows < 1:
             raise ValueError(f"accuracy.window must be >= 2 and max_windows >= 1 (got {self.window}, {self.max_windows})")
 

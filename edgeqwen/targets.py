@@ -82,6 +82,9 @@ class Target:
     weight_encoding: WeightEncoding = WeightEncoding.MATMULNBITS
     static_shapes: bool = False  # every graph dim fixed: batch 1, one token per step, KV of context - 1 slots
     serve_max_batch: int = 4  # `edgeqwen serve`: sequences decoded together per step (continuous batching)
+    # decoding's lm_head as a shortlist of this many candidates where the head is a large share of a token's bytes
+    # (export/shortlist_head.py; CPU execution provider only); 0 = the full head. A recipe's quantization.lm_head_shortlist wins
+    lm_head_shortlist: int = 0
     # WebGPU only: true = fp16 activations and KV (the builder's WebGPU layout), which needs adapters with the
     # `shader-f16` feature; false = fp32 activations (the CPU layout), which every WebGPU adapter runs
     shader_f16: bool | None = None
@@ -100,6 +103,11 @@ class Target:
             raise ValueError(f"int4_block_size {self.int4_block_size} must be one of 16, 32, 64, 128, 256")
         if not 1 <= self.serve_max_batch <= 64:
             raise ValueError(f"serve_max_batch {self.serve_max_batch} must be 1-64")
+        if not 0 <= self.lm_head_shortlist <= 4096:
+            raise ValueError(f"lm_head_shortlist {self.lm_head_shortlist} must be 0-4096")
+        if self.lm_head_shortlist and self.execution_provider != ExecutionProvider.CPU:
+            raise ValueError("lm_head_shortlist is for the CPU execution provider (its TopK/ScatterElements head is "
+                             "measured there only)")
         if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"int4_accuracy_level {self.int4_accuracy_level} must be 0-4")
         if self.ort_target_platform not in ("arm", "amd64"):

@@ -4,6 +4,7 @@ the model.ort it wrote loads), against the x86 run. Run by .ci/device_arm64.sh."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -75,3 +76,30 @@ def _served_answer(arm64, artifact) -> str:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_shortlist_head_ranks_on_arm64_kernels_as_on_x86(arm64, artifacts, recipe_dir):
+    """A shortlist artifact (tests/test_shortlist.py's recipe) on arm64: TopK, GatherBlockQuantized and the 4-bit
+    ranking copy on NEON keep the full head's top-1 among the candidates, score them as the full head does (within the
+    int8-activation tolerance), and decode greedily as on x86 where no near-tie parts them."""
+    import json
+
+    from .helpers.artifacts import SHORTLIST_K, shortlist_recipe
+    from .helpers.devices import REPO
+
+    art = artifacts.get(shortlist_recipe(recipe_dir, "tiny-qwen2"))
+    script = str(REPO / "tests" / "helpers" / "shortlist_check.py")
+    out = {}
+    for name, python, env in (("arm64", arm64, aarch64_env()), ("x86", [sys.executable], None)):
+        proc = subprocess.run([*python, script, str(art)], capture_output=True, text=True, timeout=900,
+                              env=None if env is None else {**os.environ, **env})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    arm, x86 = out["arm64"], out["x86"]
+    print(f"shortlist on arm64: recall {arm['recall']:.3f} (x86 {x86['recall']:.3f}), candidates' max |diff| vs the "
+          f"full head {arm['max_diff']:.3f}, greedy {'equal' if arm['greedy'] == x86['greedy'] else 'parted'}")
+    assert arm["machine"] == "aarch64" and arm["k"] == SHORTLIST_K and arm["candidates"] == [SHORTLIST_K]
+    assert arm["recall"] >= 0.99 and arm["max_diff"] < INT8_ACTIVATION_TOL
+    same = next((i for i, (a, b) in enumerate(zip(arm["greedy"], x86["greedy"])) if a != b), len(arm["greedy"]))
+    assert same >= 4, (arm["greedy"], x86["greedy"])  # the first tokens: no near-tie on this trained model's prompt
+

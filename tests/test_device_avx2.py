@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from .helpers.artifacts import shortlist_recipe
 from .helpers.devices import EMULATION_ENV, REPO, qemu_x86
 
 pytestmark = [pytest.mark.device, pytest.mark.avx2]
@@ -37,6 +38,10 @@ EMULATED = [
     # session.x64quantprecision (measured under this emulator: off 378473 max error, on 0)
     "tests/test_wasm_graph.py::test_int8_products_are_exact_where_the_cpu_could_saturate",
     "tests/test_wasm_graph.py::test_the_wasm_graph_decodes_closer_to_pytorch_than_the_int4_graph",
+    # the shortlist head: one-token decode, verify steps (lm_head.shortlist.onnx), batches and onnxruntime-genai pick the
+    # same tokens; constrained steps follow the shortlist-or-rows rule (other TopK/MatMulNBits paths per shape)
+    "tests/test_shortlist.py::test_speculation_batching_and_genai_decode_exactly_what_the_runner_does[tiny-qwen2]",
+    "tests/test_shortlist.py::test_constrained_decoding_reads_the_full_head_only_where_the_shortlist_cannot_decide[tiny-qwen3]",
 ]
 # what they build (recipe, fixture, evaluate), built natively before the emulated run reuses it
 BUILDS = [("tiny-qwen2/cpu-x86_64-int4", "trained_qwen2", True), ("tiny-qwen2/cpu-x86_64-fp32", "trained_qwen2", True),
@@ -50,6 +55,8 @@ def test_isa_sensitive_tests_pass_on_avx2(request, artifacts):
         pytest.skip("qemu-x86_64-static is not installed (apt-get install qemu-user-static; .ci/device_avx2.sh does)")
     for recipe, fixture, evaluate in BUILDS:
         artifacts.get(recipe, request.getfixturevalue(fixture), evaluate=evaluate)
+    for model in ("tiny-qwen2", "tiny-qwen3"):  # the shortlist tests' builds (their recipes keyed by content)
+        artifacts.get(shortlist_recipe(request.getfixturevalue("recipe_dir"), model))
     # EDGEQWEN_TEST_RUN (set by conftest, inherited): the emulated pytest reuses this run's builds and leaves them be
     env = {**os.environ, **EMULATION_ENV, "PYTHONPATH": str(REPO)}
     collected = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m",

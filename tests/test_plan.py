@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeqwen.architectures import HEAD_NODE, architectures, by_family, get_architecture
+from edgeqwen.architectures import HEAD_NODE, architectures, get_architecture
 from edgeqwen.checkpoint import Checkpoint
 from edgeqwen.errors import EdgeQwenError
 from edgeqwen.memory import estimate
@@ -16,19 +16,10 @@ from edgeqwen.quantize.request import NodeSetting, Scheme
 from edgeqwen.recipe import known_recipes, load_recipe
 from edgeqwen.schema import to_dict
 
+from .helpers.planning import codes, config
 from .helpers.sensitivity import record
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def config(family="qwen2", hidden=128, layers=4, heads=4, kv=2, inter=384, vocab=1024, head_dim=None, tied=None):
-    arch = by_family(family).hf_class
-    cfg = dict(architectures=[arch], hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-               num_key_value_heads=kv, intermediate_size=inter, vocab_size=vocab, max_position_embeddings=2048,
-               tie_word_embeddings=(family == "qwen2") if tied is None else tied)
-    if head_dim:
-        cfg["head_dim"] = head_dim
-    return Checkpoint(path=Path("/config-only"), source="config", architecture=arch, family=family, config=cfg)
 
 
 def recipe(tmp_path, quant="", precision="int4", target="cpu-x86_64", exporter="builder", model="embedded:tiny-qwen2",
@@ -37,10 +28,6 @@ def recipe(tmp_path, quant="", precision="int4", target="cpu-x86_64", exporter="
     p.write_text(f"version: 1\nmodel: {model}\ntarget: {target}\nprecision: {precision}\nexporter: {exporter}\n"
                  f"context_length: 1024\nquantization:\n  block_size: {block}\n{quant}")
     return load_recipe(str(p))
-
-
-def codes(p: ExportPlan) -> list[str]:
-    return [d.code for d in p.decisions]
 
 
 def test_default_int4_recipe_plans_intent_on_any_layer_count():

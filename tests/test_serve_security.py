@@ -144,8 +144,11 @@ def test_huge_prompts_are_refused_before_they_are_tokenized_whole(server, one_mo
     results = []
 
     def one():
-        results.append(raw(server, "POST", "/v1/chat/completions",
-                           {**CHAT, "messages": [{"role": "user", "content": "word " * 190_000}]}))
+        try:
+            results.append(raw(server, "POST", "/v1/chat/completions",
+                               {**CHAT, "messages": [{"role": "user", "content": "word " * 190_000}]}))
+        except (BrokenPipeError, ConnectionResetError):  # answered (503) and closed while the 1 MB body was going out
+            pass
 
     threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:

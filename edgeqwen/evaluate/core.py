@@ -180,6 +180,27 @@ def _graph_summary(stats: list, wanted: list, greedy: list, per_pass: int) -> di
             "greedy_match_tokens": got, "tokens_per_pass": per_pass}
 
 
+def _score_artifact(runner, chunks: list, half: int) -> tuple[list, list]:
+    """The artifact's scored half of each window (the full head's logits) and, for a shortlist head
+    (export/shortlist_head.py), what decoding picks from there: its argmax and candidates."""
+    t0, cand_all, short_all = time.perf_counter(), [], []
+    for w, chunk in enumerate(chunks):
+        if runner.shortlist_k:  # both heads over one forward pass
+            full, short = runner.score_heads(chunk)
+            cand_all.append(full[half - 1:-1].copy())
+            short_all.append(metrics.shortlist_candidates(short[half - 1:-1], runner.shortlist_k))
+        else:
+            cand_all.append(runner.score(chunk)[half - 1:-1].copy())
+        stage_log(f"        artifact: window {w + 1}/{len(chunks)} scored {_eta(t0, w + 1, len(chunks))}")
+    return cand_all, short_all
+
+
+def _shortlist_summary(stats: list, k: int) -> dict:
+    t = {name: np.concatenate([s[name] for s in stats]) for name in stats[0]}
+    return {"k": k, "top1": float(t["top1"].mean()), "recall": float(t["recall"].mean()),
+            "mass_mean": float(t["mass"].mean()), "mass_p1": float(np.percentile(t["mass"], 1))}
+
+
 def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str, int] | None = None) -> dict:
     """The artifact's logits first (kept: one window's scored half per window), then the artifact is closed and the
     reference loaded, scoring window by window. One model at a time and one window's full-vocabulary arithmetic at a
@@ -204,10 +225,7 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str,
     n_windows = min(cfg.max_windows, len(ids) // window)
     half = window // 2  # score the second half of each window, with the first half as context (llama.cpp)
     chunks = [ids[w * window:(w + 1) * window] for w in range(n_windows)]
-    t0, cand_all = time.perf_counter(), []
-    for w, chunk in enumerate(chunks):
-        cand_all.append(runner.score(chunk)[half - 1:-1].copy())
-        stage_log(f"        artifact: window {w + 1}/{n_windows} scored {_eta(t0, w + 1, n_windows)}")
+    shortlist, (cand_all, short_all) = runner.shortlist_k, _score_artifact(runner, chunks, half)
     prompts = [ids[p * (len(ids) // GREEDY_PROMPTS):][:32] for p in range(GREEDY_PROMPTS)]
     got_all = [runner.generate(prompt, Sampling(max_new_tokens=GREEDY_TOKENS, ignore_eos=True)).token_ids
                for prompt in prompts]
@@ -222,12 +240,13 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str,
         if why:
             stage_log(f"        reference: {why}")
     model = load_reference(reference, low_memory)
-    stats, per_window = [], []
+    stats, per_window, short_stats = [], [], []
     other_stats: dict[str, list] = {g: [] for g in others}
     t0 = time.perf_counter()
     for w, chunk in enumerate(chunks):
         ref = reference_logits(model, chunk)[half - 1:-1]
         stats.append(metrics.token_stats(ref, cand_all[w], np.asarray(chunk[half:])))
+        short_stats += [metrics.shortlist_stats(ref, cand_all[w], *short_all[w])] if shortlist else []
         cand_all[w] = None  # this window's logits are done with
         for g, (scored, _) in others.items():
             other_stats[g].append(metrics.token_stats(ref, scored[w], np.asarray(chunk[half:])))
@@ -242,6 +261,8 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str,
     for (want, margins), got in zip(wanted, got_all):
         matches.append(metrics.greedy_match(want, got))
         parted.append(margins[matches[-1]] if matches[-1] < GREEDY_TOKENS else None)
+    if shortlist:
+        summary["shortlist"] = _shortlist_summary(short_stats, shortlist)
     if others:
         summary["graphs"] = {g: _graph_summary(st, wanted, others[g][1], graphs[g]) for g, st in other_stats.items()}
     summary.update(
@@ -306,6 +327,12 @@ def format_table(summary: dict) -> str:
         ("greedy match", f"{summary['greedy_match'] * 100:.1f} % ({summary['greedy_match_tokens']} of {GREEDY_TOKENS})"),
         ("scored tokens", f"{summary['tokens']} ({summary['windows']} windows × {summary['window'] // 2})"),
     ]
+    sl = summary.get("shortlist")
+    if sl:
+        rows += [(f"shortlist head ({sl['k']} candidates) top-1", f"{sl['top1'] * 100:.2f} %"),
+                 ("shortlist recall", f"{sl['recall'] * 100:.2f} % (full head's top-1 among the candidates)"),
+                 ("shortlist mass", f"{sl['mass_mean'] * 100:.2f} % mean, {sl['mass_p1'] * 100:.1f} % at p1 "
+                  "(reference probability on the candidates)")]
     v = summary.get("vision")
     if v:
         rows += [("image+text mean KLD", f"{v['kld_mean']:.6f} ({v['images']} images, {v['image_tokens']} image tokens)"),

@@ -63,6 +63,25 @@ def token_stats(ref_logits: np.ndarray, cand_logits: np.ndarray, targets: np.nda
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def shortlist_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A shortlist head's logits [N, V] (its K candidates finite, the rest its fill) → (argmax [N], candidates [N, K])."""
+    return logits.argmax(-1), np.argpartition(-logits, k - 1, axis=-1)[:, :k]
+
+
+def shortlist_stats(ref_logits: np.ndarray, full_logits: np.ndarray, top: np.ndarray, cand: np.ndarray,
+                    rows: int = 32) -> dict[str, np.ndarray]:
+    """Per scored position of a shortlist head (`shortlist_candidates`): whether its pick is the reference's top-1,
+    whether the full head's top-1 is among its candidates (recall), and the reference probability mass they hold."""
+    out: dict[str, list] = {"top1": [], "recall": [], "mass": []}
+    for a in range(0, len(top), rows):
+        ref, c = ref_logits[a:a + rows], cand[a:a + rows]
+        p = np.exp(log_softmax(ref))
+        out["top1"].append(ref.argmax(-1) == top[a:a + rows])
+        out["recall"].append((c == full_logits[a:a + rows].argmax(-1)[:, None]).any(-1))
+        out["mass"].append(np.take_along_axis(p, c, axis=-1).sum(-1))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def summarize_tokens(t: dict[str, np.ndarray]) -> dict:
     kld = t["kld"]
     ppl_ref = float(np.exp(t["nll_ref"].mean()))

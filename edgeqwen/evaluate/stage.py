@@ -24,6 +24,21 @@ def check_gate(summary: dict, gate: Accuracy) -> list[str]:
     ]
     if summary.get("vision"):  # the image+text positions of a VL artifact meet the same KLD bar
         checks.append(("image+text mean KLD", summary["vision"]["kld_mean"], gate.max_kld, "<="))
+    return _missed(checks)
+
+
+def check_shortlist(summary: dict, gate: Accuracy) -> list[str]:
+    """A shortlist head's lines (export/shortlist_head.py): what decoding picks from meets the top-1 bar, and the
+    candidates hold the full head's top-1 (empty list = pass, or no shortlist)."""
+    sl = summary.get("shortlist")
+    if not sl:
+        return []
+    return _missed([("shortlist head's top-1 agreement", sl["top1"], gate.min_top1, ">="),
+                    (f"shortlist recall (full head's top-1 among the {sl['k']} candidates)", sl["recall"],
+                     gate.min_shortlist_recall, ">=")])
+
+
+def _missed(checks: list) -> list[str]:
     missed = []
     for name, value, limit, op in checks:
         if limit is None:
@@ -61,12 +76,32 @@ def _gate_other_graphs(artifact: Path, summary: dict, gate: Accuracy) -> None:
             refresh_web_config(artifact)
 
 
+def _gate_shortlist(artifact: Path, summary: dict, gate: Accuracy) -> None:
+    """A shortlist head that misses its lines leaves the artifact (decoding reads the full head, which met the gate);
+    said in the log and the report. Its greedy-match figure was measured with the shortlist."""
+    sl = summary.get("shortlist")
+    if not sl:
+        return
+    missed = check_shortlist(summary, gate)
+    sl["status"], sl["missed"] = ("pass" if not missed else "dropped"), missed
+    stage_log(f"        shortlist head ({sl['k']} candidates): top-1 {sl['top1']:.1%}, recall {sl['recall']:.2%}: "
+              + ("pass" if not missed else "missed (" + "; ".join(missed) + "): dropped, decoding reads the full head"))
+    if missed:
+        from ..export.shortlist_head import drop_shortlist
+
+        drop_shortlist(artifact)
+
+
 def evaluate_stage(artifact: Path, ckpt: Checkpoint, resolved: Resolved, eval_text: Path | None) -> dict:
     gate = resolved.recipe.accuracy
     summary = evaluate(artifact, ckpt.path, EvalConfig(window=gate.window, max_windows=gate.max_windows,
                                                       eval_text=eval_text), graphs=_other_graphs(artifact))
     missed = check_gate(summary, gate)
+    if not missed:
+        _gate_shortlist(artifact, summary, gate)
     summary["gate"] = gate.thresholds()
+    if summary.get("shortlist") and gate.min_shortlist_recall is not None:
+        summary["gate"]["min_shortlist_recall"] = gate.min_shortlist_recall
     summary["status"] = "pass" if not missed else "fail"
     summary["missed"] = missed
     if not missed:
@@ -81,5 +116,5 @@ def evaluate_stage(artifact: Path, ckpt: Checkpoint, resolved: Resolved, eval_te
             summary=summary,
         )
     keys = ("status", "ppl_ratio", "kld_mean", "kld_p99", "top1", "greedy_match", "gate") + \
-        tuple(k for k in ("vision", "graphs") if k in summary)
+        tuple(k for k in ("vision", "graphs", "shortlist") if k in summary)
     return {k: summary[k] for k in keys}

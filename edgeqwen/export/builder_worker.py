@@ -118,11 +118,11 @@ def main(argv: list[str]) -> int:
     if plan.quantized:  # one read and one write; before lm_head.onnx, which reads model.onnx.data by offset
         from edgeqwen.export.post_export import post_export
 
-        notes.extend(post_export(Path(job.output), Path(job.input)))
-    if plan.prune_head:
-        from edgeqwen.export.scoring_head import write_scoring_head
+        notes.extend(post_export(Path(job.output), Path(job.input), plan.head.shortlist))
+    if plan.prune_head:  # lm_head.onnx (every position, for accuracy checks); a shortlist graph's lm_head.shortlist.onnx
+        from edgeqwen.export.shortlist_head import write_heads
 
-        notes.append(write_scoring_head(Path(job.output)))
+        notes.extend(write_heads(Path(job.output)))
     WorkerResult(notes_to_decisions("exporter", notes)).write(job.result_path)
     return 0
 

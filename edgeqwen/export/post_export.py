@@ -1,5 +1,6 @@
 """What a quantized export's model.onnx gets after the exporter: its int8 head symmetric from the checkpoint
-(head_sym.py) and each layer's gate and up fused (fuse.py), in one read and one write of its weights."""
+(head_sym.py), each layer's gate and up fused (fuse.py) and, where planned, decoding's head as a shortlist
+(shortlist_head.py), in one read and one write of its weights."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from pathlib import Path
 from .fuse import fuse_gate_up
 from .graph_edit import edit_graph
 from .head_sym import symmetric_int8_head
+from .shortlist_head import add_shortlist
 
 
-def post_export(artifact: Path, checkpoint: Path) -> list[str]:
+def post_export(artifact: Path, checkpoint: Path, shortlist: int = 0) -> list[str]:
     """Notes for the manifest. Before lm_head.onnx is written: it reads model.onnx.data by offset."""
-    return edit_graph(artifact, [lambda model: symmetric_int8_head(model, checkpoint), fuse_gate_up])
+    edits = [lambda model: symmetric_int8_head(model, checkpoint), fuse_gate_up]
+    if shortlist:
+        edits.append(lambda model: add_shortlist(model, checkpoint, shortlist))
+    return edit_graph(artifact, edits)

@@ -24,16 +24,17 @@ def head_file_for(decoder: str) -> str:
     return HEAD_FILE if decoder == DECODER_FILE else "lm_head." + decoder.removeprefix("model.")
 
 
-def write_scoring_head(artifact: Path, decoder: str = DECODER_FILE) -> str:
+def write_scoring_head(artifact: Path, decoder: str = DECODER_FILE, head=None) -> str:
     """Write the scoring head of `artifact/decoder` (lm_head.onnx for model.onnx) from the saved graph; returns a note
-    for the manifest."""
+    for the manifest. `head`: the head node to write (a shortlist graph's full head, export/shortlist_head.py), where
+    it is not the node that produces the graph's logits."""
     import onnx
     from onnx import helper
 
     head_file = head_file_for(decoder)
     model = onnx.load(str(artifact / decoder), load_external_data=False)
     g = model.graph
-    head = next((n for n in g.node if LOGITS_OUTPUT in n.output), None)
+    head = head or next((n for n in g.node if LOGITS_OUTPUT in n.output), None)
     hidden = next((o for o in g.output if o.name == HIDDEN_OUTPUT), None)
     if head is None or hidden is None or head.op_type not in ("MatMulNBits", "MatMul", "DynamicQuantizeMatMul"):
         raise RuntimeError(f"{artifact / decoder}: a pruned head graph needs a `{HIDDEN_OUTPUT}` output and a "

@@ -58,6 +58,9 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     if plan.prune_head:
         notes.append("prune_lm_head left out: Olive's ModelBuilder does not write the lm_head.onnx that scores every "
                      "position for accuracy checks (its artifact computes the head over every prompt position)")
+    if plan.head.shortlist:
+        notes.append(f"lm_head shortlist ({plan.head.shortlist} candidates) left out: it is edgeqwen's own edit of the "
+                     "exported graph (export/shortlist_head.py); Olive's artifact decodes with the full head")
     for key in _BUILDER_TOP_LEVEL:
         if key in extra:
             mb[key] = extra.pop(key)

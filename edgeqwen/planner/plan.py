@@ -33,6 +33,7 @@ class Decision:
 class HeadPlan:
     bits: int | None  # None: float lm_head
     block_size: int
+    shortlist: int = 0  # decoding's head: an int4 copy ranks, this many int8 rows score (export/shortlist_head.py)
 
 
 class TableMode(str, enum.Enum):

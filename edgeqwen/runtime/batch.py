@@ -54,6 +54,8 @@ class _Seq:
     owner: str | None = None  # who asked (the server: the client's address); admission is fair between owners
     drafter: Drafter | None = None  # speculative decoding by prompt lookup (this request asked for it)
     k: int = 0  # its draft length, adapted to its acceptance
+    full_head: bool = False  # a shortlist graph: this request needs the full head's logits (Runner.full_head_for)
+    lazy_full: bool = False  # ... at the constrained steps the shortlist cannot decide (Runner.lazy_full_head)
 
 
 class Handle:
@@ -104,6 +106,7 @@ class BatchEngine:
         self._wake = threading.Event()
         self._stop = False
         self.steps = 0
+        self.hidden: np.ndarray | None = None  # a shortlist graph: the last forward pass's hidden states
         self.batch_tokens = 0  # sequences advanced, summed over decode steps (mean batch = batch_tokens / steps)
         self.drafted = self.accepted = 0  # speculative decoding's draft tokens, proposed and accepted, all requests
         self._thread = threading.Thread(target=self._loop, name="edgeqwen-batch", daemon=True)
@@ -133,7 +136,8 @@ class BatchEngine:
         if self.runner.vision is not None and prepared is None:
             self.runner.vision.check_text_only(prompt_ids)
         seq = _Seq(list(prompt_ids), sampling, thinking_open, budget, owner=owner, drafter=drafter,
-                   k=drafter.first_k if drafter else 0)
+                   k=drafter.first_k if drafter else 0, full_head=self.runner.full_head_for(sampling),
+                   lazy_full=self.runner.lazy_full_head(sampling))
         if sink is not None:
             seq.out = sink
         if prepared is not None:
@@ -241,17 +245,22 @@ class BatchEngine:
         self.kv, self.capacity = new, want
 
     def _run(self, rows: slice, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
-             features: np.ndarray | None = None, every: bool = False) -> np.ndarray:
+             features: np.ndarray | None = None, every: bool = False, full: list[bool] = ()) -> np.ndarray:
         """One forward pass over KV slots `rows` (in place): logits of each row's last fed token ([B, V]), or with
         `every` of every fed position ([B, S, V]: speculative verify steps). Vision artifacts take embeddings (with
-        `features` merged at the image placeholders) and [3, B, S] positions."""
+        `features` merged at the image placeholders) and [3, B, S] positions. `full`: per row, whether it takes the
+        full head's logits (a shortlist graph's untruncated sampling or kept logits; Runner.full_head_for). With a
+        shortlist the step's hidden states stay in `self.hidden` (constrained rows score from them: `_full_rows`)."""
         import onnxruntime as ort
 
         r = self.runner
+        full_rows = [i for i, f in enumerate(full) if f] if r.shortlist_k else []
         io = r.session.io_binding()
         r.bind_inputs(io, ids, mask, positions, features)
         name = r._logits_output(every and ids.shape[1] > 1)
         io.bind_output(name, "cpu")
+        if r.shortlist_k and name != "hidden_states":  # second: full-head rows read it, constrained rows may (`full`)
+            io.bind_output("hidden_states", "cpu")
         for i, (k, v) in enumerate(self.kv):
             kv = ort.OrtValue.ortvalue_from_numpy(k[rows]), ort.OrtValue.ortvalue_from_numpy(v[rows])
             io.bind_ortvalue_input(f"past_key_values.{i}.key", kv[0])
@@ -259,9 +268,20 @@ class BatchEngine:
             io.bind_ortvalue_output(f"present.{i}.key", kv[0])
             io.bind_ortvalue_output(f"present.{i}.value", kv[1])
         r.session.run_with_iobinding(io)
-        out = io.get_outputs()[0].numpy()
-        if name == "hidden_states":  # a pruned head: every position scored by lm_head.onnx
-            out = r._head_session().run(None, {"hidden_states": out})[0]
+        outs = io.get_outputs()
+        out = outs[0].numpy()
+        if r.shortlist_k or name == "hidden_states":
+            hidden = self.hidden = out if name == "hidden_states" else outs[1].numpy()
+            if name != "hidden_states":
+                hidden = hidden[:, -1:]  # pruned logits: the last position
+        if name == "hidden_states" or full_rows:
+            if name == "hidden_states":  # a pruned head: every position scored by a head file (the decode head's)
+                part = [i for i in range(hidden.shape[0]) if i not in full_rows]
+                out = np.empty((*hidden.shape[:2], r.vocab_size), np.float32)
+                if part:
+                    out[part] = r._head(hidden[part])
+            if full_rows:
+                out[full_rows] = r._head(hidden[full_rows], full=True)
         return out if every else out[:, -1]
 
     def _prefill_chunk(self) -> None:
@@ -283,7 +303,7 @@ class BatchEngine:
                 features = seq.features[seq.fed_features:seq.fed_features + take]
                 seq.fed_features += take
         logits = self._run(slice(slot, slot + 1), np.asarray([chunk], dtype=np.int64),
-                           np.ones((1, seq.pos + n), dtype=np.int64), positions, features)[0]
+                           np.ones((1, seq.pos + n), dtype=np.int64), positions, features, full=[seq.full_head])[0]
         seq.fed += n
         seq.pos += n
         if seq.fed < len(seq.prompt):
@@ -292,7 +312,17 @@ class BatchEngine:
         seq.decoding = Decoding(self.runner, seq.prompt, seq.sampling, seq.budget, seq.thinking_open,
                                 ttft=time.perf_counter() - seq.started)
         self.running.append(seq)
-        self._emit(seq, logits)
+        full = self._full_rows(0) if seq.lazy_full else None
+        self._emit(seq, logits, (lambda allowed: full(-1, allowed)) if full else None)
+
+    def _full_rows(self, b: int):
+        """Row b's scored row at a fed position i, for the allowed tokens or all (a shortlist graph's constrained
+        sequence; Decoding.next, Runner.full_row)."""
+        hidden = self.hidden
+
+        def full(i: int = -1, allowed=None) -> np.ndarray:
+            return self.runner.full_row(i, allowed, hidden[b:b + 1])
+        return full
 
     def _decode_step(self) -> None:
         n = len(self.running)
@@ -302,15 +332,18 @@ class BatchEngine:
         width = int(positions.max()) + 1
         mask = (np.arange(width)[None, :] <= positions[:, -1:]).astype(np.int64)  # row b: its pos_b + S positions
         ids = np.array([[s.last, *d] for s, d in zip(self.running, drafts)], dtype=np.int64)  # one row, or no drafts
+        full = [s.full_head for s in self.running]
         if self.runner.vision is not None:  # each row's next text position on all three M-RoPE axes
             rope = np.array([[s.rope_pos] for s in self.running], dtype=np.int64) + np.arange(width_new)[None]
-            logits = self._run(slice(0, n), ids, mask, np.broadcast_to(rope[None], (3, n, width_new)), every=True)
+            logits = self._run(slice(0, n), ids, mask, np.broadcast_to(rope[None], (3, n, width_new)), every=True,
+                               full=full)
         else:
-            logits = self._run(slice(0, n), ids, mask, positions, every=True)
+            logits = self._run(slice(0, n), ids, mask, positions, every=True, full=full)
         self.steps += 1
         self.batch_tokens += n
         # each row's kept tokens first (every row's KV is written: positions count before any slot moves)
-        results = [self._verify(seq, rows, d) for seq, rows, d in zip(list(self.running), logits, drafts)]
+        results = [self._verify(seq, rows, d, self._full_rows(b) if seq.lazy_full else None)
+                   for b, (seq, rows, d) in enumerate(zip(list(self.running), logits, drafts))]
         for seq, (records, error) in zip(list(self.running), results):
             for rec in records:
                 seq.out.put(rec)
@@ -332,12 +365,12 @@ class BatchEngine:
         room = min(seq.budget - len(seq.decoding.generated) - 1, self.capacity - seq.pos - 1) if d else 0
         return [d.propose(seq.decoding.history, min(seq.k, room)) if room > 0 else []]
 
-    def _verify(self, seq: _Seq, rows: np.ndarray, draft: list[int]) -> tuple[list[Record], RunnerError | None]:
+    def _verify(self, seq: _Seq, rows: np.ndarray, draft: list[int], full=None) -> tuple[list[Record], RunnerError | None]:
         """Row i picks the token after position i as plain decoding would; the draft is kept while it agrees (see
         Runner._speculative). Returns the records to stream; the sequence's position and next token advance."""
         records = []
         try:
-            for seq.last, rec in verify_draft(seq.decoding, rows, draft):
+            for seq.last, rec in verify_draft(seq.decoding, rows, draft, full):
                 records.append(rec)
         except RunnerError as exc:
             return records, exc
@@ -353,10 +386,10 @@ class BatchEngine:
             seq.k = d.next_k(seq.k, len(draft), kept)
         return records, None
 
-    def _emit(self, seq: _Seq, logits: np.ndarray) -> None:
+    def _emit(self, seq: _Seq, logits: np.ndarray, full=None) -> None:
         """Sample this sequence's next token from its logits; stream the record; free the slot when it is done."""
         try:
-            tok, rec = seq.decoding.next(logits)
+            tok, rec = seq.decoding.next(logits, full)
         except RunnerError as exc:
             seq.out.put(exc)
             rec = None

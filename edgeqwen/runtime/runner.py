@@ -262,6 +262,10 @@ class Result:
 
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 MASKED = np.float32(-1e30)  # the logit of a token a constraint forbids (exp() of it is exactly 0)
+SHORTLIST_META = "edgeqwen.shortlist_k"  # export/shortlist_head.py's names, written out: this file runs without the package
+SHORTLIST_FILE = "lm_head.shortlist.onnx"
+ROWS_FILE = "lm_head.rows.onnx"
+ROWS_MAX = 4096  # a constrained step allowing at most this many tokens scores them alone (lm_head.rows.onnx)
 
 
 class GrammarConstraint:
@@ -293,8 +297,14 @@ class GrammarConstraint:
         bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
         n = min(bits.size, logits.size)
         out = np.full(logits.shape, MASKED, dtype=np.float32)  # finite: top-p's histogram stays defined
-        keep = np.flatnonzero(bits[:n])
+        keep = self.allowed = np.flatnonzero(bits[:n])  # kept: a shortlist head may score just these (Runner.full_row)
         out[keep] = logits[keep]
+        return out
+
+    def remask(self, logits: np.ndarray) -> np.ndarray:
+        """Another row for the same step (the last `mask`'s allowed tokens; the grammar is not asked again)."""
+        out = np.full(logits.shape, MASKED, dtype=np.float32)
+        out[self.allowed] = logits[self.allowed]
         return out
 
     def accept(self, token: int) -> None:
@@ -312,12 +322,16 @@ NUCLEUS_SORT = 512  # top-p over at most this many tokens (a top-k pool): sorted
 
 def top_k_indices(logits: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest logits (any order). The k-th largest of every 32nd logit is a floor at or under the
-    true k-th largest, so the full top-k lies among the logits at or over it: a partial selection over those few."""
+    true k-th largest, so the full top-k lies among the logits at or over it: a partial selection over those few.
+    Where fewer than k lie over the floor, the k-th largest is the floor itself: those, and enough logits equal to it
+    (a shortlist head's row is K candidates and 151,000 equal fill values: a selection among ties costs ~23 ms)."""
     if logits.size >= 64 * k:
         sample = logits[::32]
-        floor = np.partition(sample, sample.size - k)[sample.size - k]
-        cand = np.flatnonzero(logits >= floor)
-        return cand[np.argpartition(logits[cand], cand.size - k)[cand.size - k:]]
+        floor = np.sort(sample)[-k]  # a sort, not a selection: introselect over a shortlist row's few distinct
+        above = np.flatnonzero(logits > floor)  # fill values (penalized or not) costs 0.3 ms, the sort 0.02-0.06
+        if above.size >= k:
+            return above[np.argpartition(logits[above], above.size - k)[above.size - k:]]
+        return np.concatenate([above, np.flatnonzero(logits == floor)[:k - above.size]])
     return np.argpartition(logits, logits.size - k)[logits.size - k:]
 
 
@@ -364,6 +378,17 @@ def _draw(weights: np.ndarray, u: float, block: int = 1024) -> int:
     return min(b * block + int(np.searchsorted(inner, rest, side="right")), weights.size - 1)
 
 
+def penalized(logits: np.ndarray, s: Sampling, history=(), seen=None) -> np.ndarray:
+    """The row with the repetition penalty applied to the tokens of `history` (`seen`: their distinct ids, if kept)."""
+    logits = np.asarray(logits, dtype=np.float32)
+    if s.repetition_penalty != 1.0 and len(history):
+        logits = logits.copy()
+        idx = np.unique(np.asarray(history)) if seen is None else seen
+        vals = logits[idx]
+        logits[idx] = np.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
+    return logits
+
+
 def sample_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator, history=(), seen=None) -> int:
     """One token from a logits row: repetition penalty, greedy, or temperature + top-k + top-p.
 
@@ -371,12 +396,7 @@ def sample_token(logits: np.ndarray, s: Sampling, rng: np.random.Generator, hist
     few logits above a sampled floor (top_k_indices), top-p a histogram over the tokens that can reach the nucleus (nucleus);
     both keep exactly the set a full sort would (ties aside). `seen`: the distinct ids of `history`, if the caller keeps
     them (Decoding does, one insertion per new token)."""
-    logits = np.asarray(logits, dtype=np.float32)
-    if s.repetition_penalty != 1.0 and len(history):
-        logits = logits.copy()
-        idx = np.unique(np.asarray(history)) if seen is None else seen
-        vals = logits[idx]
-        logits[idx] = np.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
+    logits = penalized(logits, s, history, seen)
     if s.temperature == 0.0:
         return int(np.argmax(logits))
     n = logits.size
@@ -432,17 +452,33 @@ class Decoding:
         self.prefill_tps = len(prompt_ids) / ttft if ttft > 0 else 0.0
         self.t_dec = time.perf_counter()
         self.finish: str | None = None
+        self.full_steps = 0  # constrained steps a shortlist head could not decide (the full head's row read instead)
 
     def _seen(self) -> np.ndarray | None:
         if self.seen is None and self.s.repetition_penalty != 1.0 and self.history:
             self.seen = np.unique(np.asarray(self.history, dtype=np.int64))
         return self.seen
 
-    def next(self, logits: np.ndarray) -> tuple[int, Record]:
+    def _shortlist_decides(self, raw: np.ndarray, masked: np.ndarray) -> bool:
+        """A shortlist head's row under a constraint: its own pick (greedy) or its top-k (sampling, k <= K) — after the
+        repetition penalty — all allowed. Then the constrained choice is the unconstrained one: the full head's row
+        would rank the same tokens first (the recall the accuracy stage gates)."""
+        s = self.s
+        pen = penalized(raw, s, self.history, self._seen())
+        top = [int(np.argmax(pen))] if s.temperature == 0.0 else top_k_indices(pen, s.top_k)
+        return bool((masked[top] > MASKED).all())
+
+    def next(self, logits: np.ndarray, full=None) -> tuple[int, Record]:
+        """`full(allowed)`: with a shortlist head and a constraint, this step's row with every allowed token scored
+        (Runner.full_row), called only where the shortlist's own picks are not all allowed (`_shortlist_decides`)."""
         s = self.s
         raw = logits
         if s.constraint is not None:
-            logits = s.constraint.mask(logits)
+            logits = s.constraint.mask(raw)
+            if full is not None and not self._shortlist_decides(raw, logits):
+                raw = full(s.constraint.allowed)
+                logits = s.constraint.remask(raw)
+                self.full_steps += 1
         tok = sample_token(logits, s, self.rng, self.history, self._seen())
         if s.constraint is not None:
             s.constraint.accept(tok)
@@ -514,12 +550,13 @@ class SpeculationStats:
         self.emitted += emitted
 
 
-def verify_draft(seq: "Decoding", rows: np.ndarray, draft: list[int]):
+def verify_draft(seq: "Decoding", rows: np.ndarray, draft: list[int], full=None):
     """A verify step's tokens: row i of its logits picks the token after position i exactly as plain decoding would
     (`Decoding.next`: same penalty, sampler, constraint and random draw). Yields (token, Record) while the picks agree
-    with the draft, then the first pick that differs (or the one after the whole draft), stopping early at a finish."""
+    with the draft, then the first pick that differs (or the one after the whole draft), stopping early at a finish.
+    `full(i)`: the full head's row i, for a shortlist head under a constraint (see Decoding.next)."""
     for i in range(len(draft) + 1):
-        tok, rec = seq.next(rows[i])
+        tok, rec = seq.next(rows[i], None if full is None else (lambda allowed, i=i: full(i, allowed)))
         yield tok, rec
         if rec.finish_reason is not None or i == len(draft) or tok != draft[i]:
             return
@@ -769,12 +806,8 @@ class Runner:
         self.static_slots = past_len if isinstance(past_len, int) else None
         if self.static_slots is not None:
             self.context_length = min(self.context_length, self.static_slots + 1)
-        self._out_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
-        # a pruned head (last position only) scores every position through lm_head.onnx, over the same weight bytes
         self._so = so
-        self._scoring_head = None
-        logits_shape = self.session.get_outputs()[self._out_index["logits"]].shape
-        self.last_position_only = len(logits_shape) == 3 and logits_shape[1] == 1
+        self._init_heads(int(dec["hidden_size"]))
         self._ll_tokenizer = None
         self._kv = None
         self._io = None
@@ -785,6 +818,24 @@ class Runner:
         self.ids: list[int] = []
         # Qwen2.5-VL: an image encoder and an embedding merge before the decoder (which takes inputs_embeds)
         self.vision = VisionPath(self.path, model, so) if "vision" in model else None
+
+    def _init_heads(self, hidden: int) -> None:
+        """Which heads score what. A pruned head (last position only) scores every position through lm_head.onnx,
+        over the same weight bytes. A shortlist head (export/shortlist_head.py): model.onnx's logits are exact for its
+        K candidates only; the same shortlist scores several positions from lm_head.shortlist.onnx, the full head from
+        lm_head.onnx over the step's hidden state."""
+        self._out_index = {o.name: i for i, o in enumerate(self.session.get_outputs())}
+        self._heads: dict[str, object] = {}  # head file -> its session, loaded on first use
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.shortlist_k = int(meta.get(SHORTLIST_META, 0)) if self.decoder_file == "model.onnx" else 0
+        if self.shortlist_k and not (self.path / SHORTLIST_FILE).is_file():
+            raise RunnerError(f"{self.path}: model.onnx has a shortlist head but {SHORTLIST_FILE} is missing; rebuild "
+                              "the artifact with `edgeqwen build`")
+        self._hidden_buf = np.empty((1, 1, hidden), np.float32) if self.shortlist_k else None
+        self._last_hidden = None  # the last step's hidden states, where kept (full_row)
+        self.full_rows = {"rows": 0, "full": 0}  # full_row calls: the allowed tokens' rows, the full head
+        logits_shape = self.session.get_outputs()[self._out_index["logits"]].shape
+        self.last_position_only = len(logits_shape) == 3 and logits_shape[1] == 1
 
     def _open_session(self, file: Path, so, genai: dict, providers):
         """The decoder's session on the providers the artifact names (or on `providers`, asked for explicitly, with no
@@ -874,9 +925,41 @@ class Runner:
         if "position_ids" in self.input_names:
             io.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
 
-    def step(self, token_ids, all_logits: bool = False, prepared=None) -> np.ndarray:
+    def full_head_for(self, s: Sampling) -> bool:
+        """Whether decoding with `s` needs the full head's logits at every step, not the shortlist's K candidates:
+        sampling without a top-k (or with one over K) reads the whole distribution, and kept logits are checked against
+        other engines' full rows. (A constraint reads the full head only at the steps the shortlist cannot decide:
+        `lazy_full_head`.)"""
+        return bool(self.shortlist_k) and (s.keep_logits or (s.temperature > 0 and not 0 < s.top_k <= self.shortlist_k))
+
+    def lazy_full_head(self, s: Sampling) -> bool:
+        """A constrained request on a shortlist head: each step's full row is computed only where the shortlist's own
+        picks are not all allowed (Decoding.next); the step's hidden states are kept for it (`full_row`)."""
+        return bool(self.shortlist_k) and s.constraint is not None and not self.full_head_for(s)
+
+    def full_row(self, i: int = -1, allowed: np.ndarray | None = None, hidden: np.ndarray | None = None) -> np.ndarray:
+        """Logits ([V]) at position i of the last step's fed tokens (a shortlist graph) for every token, or for the
+        `allowed` ones where they are at most ROWS_MAX: their exact rows (lm_head.rows.onnx, the candidates'
+        arithmetic), every other token MASKED; else the full head's row (lm_head.onnx). `hidden`: other hidden states
+        than the last step's (the batch engine's row)."""
+        h = self._last_hidden if hidden is None else hidden
+        i %= h.shape[1]
+        if allowed is not None and 0 < allowed.size <= ROWS_MAX and (self.path / ROWS_FILE).is_file():
+            vals = self._head_session(ROWS_FILE).run(None, {"hidden_states": h[:, i:i + 1],
+                                                              "ids": allowed.astype(np.int64)[None, None]})[0]
+            row = np.full(self.vocab_size, MASKED, np.float32)
+            row[allowed] = vals[0, 0]
+            self.full_rows["rows"] += 1
+            return row
+        self.full_rows["full"] += 1
+        return self._head(h[:, i:i + 1], full=True)[0, 0]
+
+    def step(self, token_ids, all_logits: bool = False, prepared=None, full_head: bool = False,
+             keep_hidden: bool = False) -> np.ndarray:
         """Feed tokens after the current position; return logits of the last one ([V]) or all ([S, V]).
-        `prepared` (vision artifacts): `VisionPath.prepare`'s (features, [3, S] positions) for these tokens."""
+        `prepared` (vision artifacts): `VisionPath.prepare`'s (features, [3, S] positions) for these tokens.
+        `full_head`: with a shortlist head, the full head's logits (lm_head.onnx) instead of the decode head's.
+        `keep_hidden`: with a shortlist head, keep the fed positions' hidden states for `full_row`."""
         if self._kv is None:
             self.reset()
         n = len(token_ids)
@@ -889,11 +972,12 @@ class Runner:
             return np.stack(rows) if all_logits else rows[-1]
         k = self.max_step_tokens
         if k and n > k and prepared is None:  # this provider takes at most k tokens per pass (see ProviderInfo)
-            rows = [self.step(list(token_ids[i:i + k]), all_logits) for i in range(0, n, k)]
+            rows = [self.step(list(token_ids[i:i + k]), all_logits, full_head=full_head, keep_hidden=keep_hidden)
+                    for i in range(0, n, k)]
             return np.concatenate([r.reshape(-1, r.shape[-1]) for r in rows]) if all_logits else rows[-1]
         self.reserve(self.pos + n)
         one_token = n == 1 and not self.growing_kv
-        every = self._logits_output(all_logits and n > 1)
+        every = self._logits_output(all_logits and n > 1, full_head or keep_hidden)
         if one_token:
             io = self._decode_binding()
         elif self.growing_kv:
@@ -919,7 +1003,11 @@ class Runner:
             self._run(io)
             self.pos += 1
             self.ids.append(int(token_ids[0]))
-            logits = self._logits_buf[0].copy()
+            self._last_hidden = self._hidden_buf
+            if full_head and self.shortlist_k:
+                logits = self._head(self._hidden_buf, full=True)[0]
+            else:
+                logits = self._logits_buf[0].copy()
             return logits if all_logits else logits[-1]
         if self.growing_kv:
             # first, so get_outputs()[0] is the logits (or, to score a pruned head, the hidden states lm_head.onnx reads)
@@ -932,8 +1020,9 @@ class Runner:
         self._run(io)
         outs = io.get_outputs()
         logits = outs[0].numpy()
-        if all_logits and n > 1 and self.last_position_only and "logits_all" not in self._out_index:
-            logits = self._head_session().run(None, {"hidden_states": logits})[0]
+        if every == "hidden_states":  # a head file scores them: every position of a pruned head, or the full head
+            self._last_hidden = logits
+            logits = self._head(logits if all_logits and n > 1 else logits[:, -1:], full=full_head)
         logits = logits[0]
         if self.growing_kv:
             self._kv = [(outs[1 + 2 * i].numpy(), outs[2 + 2 * i].numpy()) for i in range(self.num_layers)]
@@ -959,6 +1048,8 @@ class Runner:
             out = self.session.get_outputs()[self._out_index["logits"]]
             self._logits_buf = np.empty((1, 1, self.vocab_size), np.float16 if "float16" in out.type else np.float32)
             io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits_buf))
+            if self._hidden_buf is not None:  # a shortlist head: the full head reads the step's hidden state
+                io.bind_ortvalue_output("hidden_states", ort.OrtValue.ortvalue_from_numpy(self._hidden_buf))
             self._io = io
         return self._io
 
@@ -970,7 +1061,11 @@ class Runner:
             io.bind_ortvalue_output(f"present.{i}.key", k)
             io.bind_ortvalue_output(f"present.{i}.value", v)
 
-    def _logits_output(self, every_position: bool) -> str:
+    def _logits_output(self, every_position: bool, hidden: bool = False) -> str:
+        """The decoder output a step fetches: its logits, or the hidden states a head file scores (every position of
+        a pruned head; `hidden`: a shortlist graph's full head, or its hidden states kept)."""
+        if hidden and self.shortlist_k:
+            return "hidden_states"
         if not every_position or not self.last_position_only:
             return "logits"
         if "logits_all" in self._out_index:  # artifacts built before lm_head.onnx: a second head inside the graph
@@ -983,21 +1078,28 @@ class Runner:
     @property
     def scoring_head_loaded(self) -> bool:
         """Whether lm_head.onnx (the every-position scoring head) has been loaded: only scoring loads it."""
-        return self._scoring_head is not None
+        return self.head_file in self._heads
 
-    def _head_session(self):
-        """lm_head.onnx, loaded on the first scoring call (its weights are the decoder's, read again: scoring only).
+    def _head(self, hidden: np.ndarray, full: bool = False) -> np.ndarray:
+        """Logits [B, S, V] of hidden states [B, S, H]: the decode head's (a shortlist graph's lm_head.shortlist.onnx)
+        or, `full` or without a shortlist, lm_head.onnx's."""
+        file = self.head_file if full or not self.shortlist_k else SHORTLIST_FILE
+        return self._head_session(file).run(None, {"hidden_states": hidden})[0]
+
+    def _head_session(self, file: str | None = None):
+        """A head file (lm_head.onnx unless named), loaded on first use (its weights are the decoder's, read again).
         Its threads do not spin after a run: they would take the cores from the decoder's next run, which follows at
         once in a speculative verify step (0.5B shape, 2 cores: a 2-token verify 48 → 23 ms)."""
-        if self._scoring_head is None:
+        file = file or self.head_file
+        if file not in self._heads:
             so = ort.SessionOptions()
             so.intra_op_num_threads = self._so.intra_op_num_threads
             so.graph_optimization_level = self._so.graph_optimization_level
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             if self._int8_graph:
                 so.add_session_config_entry("session.x64quantprecision", "1")
-            self._scoring_head = ort.InferenceSession(str(self.path / self.head_file), so, providers=self.providers)
-        return self._scoring_head
+            self._heads[file] = ort.InferenceSession(str(self.path / file), so, providers=self.providers)
+        return self._heads[file]
 
     def _static_step(self, token: int) -> np.ndarray:
         """One token through a fixed-shape graph: mask the unfilled KV slots, then store the new KV in slot pos."""
@@ -1019,15 +1121,26 @@ class Runner:
         self.ids.append(token)
         return outs[at["logits"]][0, -1]
 
-    def score(self, token_ids, chunk: int = 512, prepared=None) -> np.ndarray:
+    def score(self, token_ids, chunk: int = 512, prepared=None, full_head: bool = True) -> np.ndarray:
         """Logits [S, V] for a fresh sequence (fed in chunks; with `prepared` image inputs, in one step): used by
-        accuracy evaluation."""
+        accuracy evaluation. `full_head=False`: a shortlist graph's decode head (what decoding picks from)."""
         self.reset()
         if prepared is not None:
             self.reserve(len(token_ids))
-            return self.step(list(token_ids), all_logits=True, prepared=prepared).astype(np.float32)
-        out = [self.step(list(token_ids[i:i + chunk]), all_logits=True) for i in range(0, len(token_ids), chunk)]
+            return self.step(list(token_ids), all_logits=True, prepared=prepared, full_head=full_head).astype(np.float32)
+        out = [self.step(list(token_ids[i:i + chunk]), all_logits=True, full_head=full_head)
+               for i in range(0, len(token_ids), chunk)]
         return np.concatenate(out, axis=0).astype(np.float32)
+
+    def score_heads(self, token_ids, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """A shortlist graph's two heads over one forward pass of a fresh sequence: (the full head's logits [S, V], the
+        decode head's [S, V]) — `score` and `score(full_head=False)` without running the decoder twice."""
+        self.reset()
+        full, short = [], []
+        for i in range(0, len(token_ids), chunk):
+            full.append(self.step(list(token_ids[i:i + chunk]), all_logits=True, full_head=True).reshape(-1, self.vocab_size))
+            short.append(self._head(self._last_hidden)[0])  # the step kept its hidden states
+        return (np.concatenate(full, axis=0).astype(np.float32), np.concatenate(short, axis=0).astype(np.float32))
 
     def default_sampling(self, **given) -> Sampling:
         """A Sampling whose settings the caller left out (None or absent) come from this artifact, as onnxruntime-genai
@@ -1118,19 +1231,21 @@ class Runner:
                 raise RunnerError("this artifact's graph takes one token per step (static NPU shapes): speculative "
                                   "decoding has nothing to verify in one pass; run without --speculate")
             speculate.start(self, len(prompt_ids) + budget)
-        logits = self.step(list(prompt_ids), prepared=pending)
+        full, lazy = self.full_head_for(s), self.lazy_full_head(s)
+        logits = self.step(list(prompt_ids), prepared=pending, full_head=full, keep_hidden=lazy)
         seq = Decoding(self, prompt_ids, s, budget, thinking_open, ttft=time.perf_counter() - t0)
         if speculate is not None:
-            yield from self._speculative(seq, logits, speculate)
+            yield from self._speculative(seq, logits, speculate, full, lazy)
             return
         while True:
-            tok, rec = seq.next(logits)
+            tok, rec = seq.next(logits, (lambda allowed: self.full_row(-1, allowed)) if lazy else None)
             yield rec
             if rec.finish_reason is not None:
                 return
-            logits = self.step([tok])
+            logits = self.step([tok], full_head=full)
 
-    def _speculative(self, seq: "Decoding", logits: np.ndarray, drafter: Drafter):
+    def _speculative(self, seq: "Decoding", logits: np.ndarray, drafter: Drafter, full_head: bool = False,
+                     lazy: bool = False):
         """Draft, then verify the fed token and the draft in one step (`verify_draft`): the draft is kept while it
         agrees with plain decoding's picks and the first pick that differs is the step's own token. Greedy output
         equals plain decoding's; sampled output is drawn from the same distribution (for a drafter that proposes one
@@ -1138,16 +1253,16 @@ class Runner:
         tokens for a seed. The rejected positions are rolled back."""
         stats = drafter.stats = SpeculationStats()
         k = drafter.first_k
-        tok, rec = seq.next(logits)  # the prefill's token: not a verify step's
+        tok, rec = seq.next(logits, (lambda allowed: self.full_row(-1, allowed)) if lazy else None)  # the prefill's
         yield rec
         if rec.finish_reason is not None:
             return
         while True:
             room = min(self.context_length - self.pos - 1, seq.budget - len(seq.generated) - 1, k)
             draft = drafter.propose(seq.history, room) if room > 0 else []
-            rows = self.step([tok, *draft], all_logits=True).reshape(-1, self.vocab_size)
+            rows = self.step([tok, *draft], all_logits=True, full_head=full_head).reshape(-1, self.vocab_size)
             emitted = 0
-            for tok, rec in verify_draft(seq, rows, draft):
+            for tok, rec in verify_draft(seq, rows, draft, self.full_row if lazy else None):
                 emitted += 1
                 yield rec
             stats.count(len(draft), emitted)

@@ -143,3 +143,26 @@ def algo_recipe(recipe_dir: Path, algo: str) -> str:
     path = recipe_dir / f"{algo}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
     path.write_text(text)
     return str(path)
+
+
+SHORTLIST_K = 32  # of the tiny models' 1024-token vocabulary
+SHORTLIST_RECIPE = """\
+version: 1
+model: embedded:{model}
+target: cpu-x86_64
+precision: int4
+context_length: 1024
+quantization: {{algorithm: rtn, symmetric: false, lm_head: int8, block_size: 32, lm_head_shortlist: {k}}}
+accuracy: {{max_ppl_ratio: 1.2, max_kld: 0.2, min_top1: 0.75, max_windows: 3}}
+"""
+
+
+def shortlist_recipe(recipe_dir: Path, model: str, k: int = SHORTLIST_K, extra: str = "") -> str:
+    """A trained tiny model built with a shortlist head of k (RTN: seconds); `extra`: more accuracy keys."""
+    text = SHORTLIST_RECIPE.format(model=model, k=k)
+    if extra:
+        text = text.replace("max_windows: 3", "max_windows: 3, " + extra)
+    path = recipe_dir / f"shortlist-{model}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
+    path.write_text(text)
+    return str(path)
+
