@@ -4,7 +4,8 @@ On a memory-bound CPU, decode speed ≈ bandwidth ÷ these bytes. A file's size 
 carries its tokenizer in metadata; an onnxruntime-genai graph stores rotary cos/sin tables (one row read per
 token) and, untied, an embedding table (one row per token). Counted here: every tensor a decode step reads whole —
 the matrices with their scales and zero points, norms, the head (a tied table is read whole by the head, so it
-counts once). Not counted: tensors read by row (Gather / GatherBlockQuantized tables, GQA's cos/sin caches).
+counts once). Not counted: tensors read by row (Gather / GatherBlockQuantized tables and their scales, also through a
+Reshape view — a shortlist head reads K rows of the int8 head that way —, GQA's cos/sin caches).
 
     python benchmarks/bytes_per_token.py ARTIFACT_DIR_OR_GGUF [--gguf-py DIR]
 """
@@ -15,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-ROW_READ = {"Gather": {0}, "GatherBlockQuantized": {0}, "GroupQueryAttention": {7, 8}}  # op → inputs read by row
+ROW_READ = {"Gather": {0}, "GatherBlockQuantized": {0, 2, 3}, "GroupQueryAttention": {7, 8}}  # op → inputs read by row
+VIEWS = {"Reshape": 0}  # op → the input it only views: read as its output is read (a tied table's [V, H] view)
 
 
 def onnx_bytes_per_token(artifact: Path) -> dict:
@@ -28,6 +30,10 @@ def onnx_bytes_per_token(artifact: Path) -> dict:
     for node in g.node:
         for i, name in enumerate(node.input):
             uses.setdefault(name, []).append((node.op_type, i))
+    for node in g.node:  # a view of a tensor counts as the tensor: Reshape → GatherBlockQuantized reads it by row
+        if node.op_type in VIEWS and node.input[VIEWS[node.op_type]] in uses:
+            name = node.input[VIEWS[node.op_type]]
+            uses[name] = [u for u in uses[name] if u != (node.op_type, VIEWS[node.op_type])] + uses.get(node.output[0], [])
     read = by_row = 0
     for t in g.initializer:
         ext = {e.key: e.value for e in t.external_data}

@@ -52,9 +52,15 @@ def main() -> int:
     runner = Runner(art, threads=args.threads)
     ids = runner.encode(runner.apply_chat_template([{"role": "user", "content": "List some Python keywords as JSON."}]))
     free, n_free = decode_tps(runner, ids, args.gen_len, None, args.repeats)
+    before = dict(runner.full_rows)
     schema, n_schema = decode_tps(runner, ids, args.gen_len, SCHEMA, args.repeats)
     rows = [("free decoding (anchor)", free, n_free, 1.0), ("JSON schema (llguidance mask)", schema, n_schema, schema / free)]
-    text = (f"Constrained decoding, {args.shape} shape ({args.recipe}), {args.threads} threads, best of {args.repeats}\n"
+    reads = {k: (runner.full_rows[k] - before[k]) / (args.repeats * n_schema) for k in before}
+    note = (f"; shortlist head: {1 - sum(reads.values()):.0%} of the constrained steps decided by the shortlist, "
+            f"{reads['rows']:.0%} by the allowed tokens' rows, {reads['full']:.0%} by the full head"
+            if runner.shortlist_k else "")
+    text = (f"Constrained decoding, {args.shape} shape ({args.recipe}), {args.threads} threads, best of {args.repeats}"
+            f"{note}\n"
             "| decoding | decode tok/s | tokens | vs free |\n|---|---|---|---|\n"
             + "\n".join(f"| {name} | {tps:.1f} | {n} | {ratio:.3f}x |" for name, tps, n, ratio in rows))
     write_results(args.out, f"structured-{args.shape}", text, [{"decoding": r[0], "tps": r[1], "tokens": r[2]} for r in rows])
