@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import write_results  # noqa: E402
 
+from edgeqwen.runtime.isa import cpu_isa  # noqa: E402
+
 
 def with_accuracy_level(artifact: Path, level: int, work: Path) -> Path:
     """A copy of the artifact whose decoder graph has every MatMulNBits at `level` (its weights file hard-linked,
@@ -101,7 +103,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     base = got["as built"]
     lines = [f"Decode trials on {artifact.name}: {args.prompt_len}-token prompt, {args.gen} greedy tokens, {args.threads} "
-             f"threads, {args.rounds} interleaved rounds, every run a fresh process; medians, and the median over rounds "
+             f"threads, CPU {cpu_isa()}, {args.rounds} interleaved rounds, every run a fresh process; medians, and the median over rounds "
              "of each run's ratio to the same round's artifact as built",
              "| variant | decode tok/s (median) | range | vs as built |", "|---|---|---|---|"]
     rows = []

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bytes_per_token import gguf_bytes_per_token, onnx_bytes_per_token  # noqa: E402
 from shapes import add_speed_args, ensure_artifact, shape_dir  # noqa: E402
 
+from edgeqwen.runtime.isa import cpu_isa  # noqa: E402
+
 from edgeqwen.bench import bench  # noqa: E402
 
 CONVERT = textwrap.dedent("""
@@ -82,6 +84,7 @@ def main() -> int:
     ap.add_argument("--llama-src", required=True, help="folder holding convert_hf_to_gguf.py and gguf-py")
     add_speed_args(ap)
     ap.add_argument("--also", action="append", default=[], help="more edgeqwen recipes in the same run (repeatable)")
+    ap.add_argument("--name", help="results file stem (default llama-cpp-SHAPE)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of every engine, interleaved; the table has medians")
     args = ap.parse_args()
     ckpt, art = ensure_artifact(args.shape, args.recipe)
@@ -135,7 +138,7 @@ def main() -> int:
     text = "\n".join(lines)
     print(text)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"llama-cpp-{args.shape}.md").write_text(text + "\n")
+    (Path(args.out) / f"{args.name or 'llama-cpp-' + args.shape}.md").write_text(text + "\n")
     return 0
 
 

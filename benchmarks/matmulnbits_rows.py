@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeqwen.runtime.isa import cpu_isa
+
 ROWS = (1, 2, 3, 4, 8)
 
 
@@ -81,15 +83,16 @@ def measure(artifact: Path, threads: int, rounds: int, head: bool) -> dict:
         sess.run(None, feeds[m])
         times[m].append(time.perf_counter() - t0)
     ms = {m: statistics.median(v) * 1000 for m, v in times.items()}
-    return {"artifact": str(artifact), "nodes": count, "weight_mb": nbytes / 1e6, "threads": threads, "ms": ms,
+    return {"artifact": str(artifact), "nodes": count, "weight_mb": nbytes / 1e6, "threads": threads,
+            "cpu_isa": cpu_isa(), "ms": ms,
             "ratio": {m: ms[m] / ms[1] for m in ROWS}, "ceiling": {m: m * ms[1] / ms[m] for m in ROWS},
             "gbs_one_row": nbytes / (ms[1] / 1000) / 1e9}
 
 
 def table(r: dict, name: str) -> str:
     lines = [f"MatMulNBits over M activation rows: {name}'s {r['nodes']} weight matrices ({r['weight_mb']:.0f} MB, random "
-             f"bytes, its bits/blocks/zero points), {r['threads']} threads, medians of shuffled interleaved runs; one row "
-             f"reads {r['gbs_one_row']:.1f} GB/s",
+             f"bytes, its bits/blocks/zero points), {r['threads']} threads, CPU {r['cpu_isa']}, medians of shuffled interleaved runs; "
+             f"one row reads {r['gbs_one_row']:.1f} GB/s",
              "| rows M | ms | vs 1 row | aggregate ceiling (M x 1-row ms / M-row ms) |", "|---|---|---|---|"]
     for m in ROWS:
         lines.append(f"| {m} | {r['ms'][m]:.2f} | {r['ratio'][m]:.2f}x | {r['ceiling'][m]:.2f}x |")
@@ -102,7 +105,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--no-head", action="store_true", help="the decoder layers' matrices only")
-    ap.add_argument("--out", type=Path, help="also keep the table and numbers there (matmulnbits-rows.md/.json)")
+    ap.add_argument("--out", type=Path, help="also keep the table and numbers there (NAME.md/.json)")
+    ap.add_argument("--name", default="matmulnbits-rows")
     a = ap.parse_args()
     r = measure(a.artifact, a.threads, a.rounds, head=not a.no_head)
     text = table(r, Path(a.artifact).resolve().name)
@@ -110,7 +114,7 @@ def main() -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from shapes import write_results
 
-        write_results(a.out, "matmulnbits-rows", text, r)
+        write_results(a.out, a.name, text, r)
     else:
         print(text)
     return 0
