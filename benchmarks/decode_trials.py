@@ -9,7 +9,8 @@ Variants of the same artifact (the weights untouched):
 - `affinity`: the intra-op worker threads pinned to their own cores (`session.intra_op_thread_affinities`);
 - `accuracy_level 1` / `accuracy_level 4`: every MatMulNBits node's `accuracy_level` attribute set to 1 (fp32
   activations) or 4 (activations quantized to int8 per block: VNNI / AVX-512 dot products where the CPU has them)
-  in a copy of the graph that shares the artifact's weights file.
+  in a copy of the graph that shares the artifact's weights file; `accuracy_level 1, 4-bit nodes`: the 4-bit ones
+  only (onnxruntime has no fast fp32-activation kernel for 8-bit weights).
 Other artifacts (`--other block32=DIR`, e.g. the same recipe built with `block_size: 32`) run in the same rounds.
 
 Each round runs every variant once (a fresh process: warm-up, prompt, then `--gen` greedy tokens) in a rotating order;
@@ -32,14 +33,14 @@ from shapes import write_results  # noqa: E402
 from edgeqwen.runtime.isa import cpu_isa  # noqa: E402
 
 
-def with_accuracy_level(artifact: Path, level: int, work: Path) -> Path:
-    """A copy of the artifact whose decoder graph has every MatMulNBits at `level` (its weights file hard-linked,
-    not copied, where the filesystem allows)."""
+def with_accuracy_level(artifact: Path, level: int, work: Path, bits: int | None = None) -> Path:
+    """A copy of the artifact whose decoder graph has every MatMulNBits (with `bits`: every one of that width) at
+    `level` (its weights file hard-linked, not copied, where the filesystem allows)."""
     import json
 
     import onnx
 
-    out = work / f"accuracy-level-{level}"
+    out = work / f"accuracy-level-{level}-{bits or 'all'}"
     out.mkdir()
     for p in artifact.iterdir():  # hard links: onnxruntime refuses external data behind a symlink out of the folder
         if p.is_file():
@@ -53,7 +54,8 @@ def with_accuracy_level(artifact: Path, level: int, work: Path) -> Path:
     model = onnx.load(str(artifact / name), load_external_data=False)
     changed = 0
     for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
+        if node.op_type == "MatMulNBits" and (bits is None or any(a.name == "bits" and a.i == bits
+                                                                       for a in node.attribute)):
             attrs = [a for a in node.attribute if a.name != "accuracy_level"]
             del node.attribute[:]
             node.attribute.extend([*attrs, onnx.helper.make_attribute("accuracy_level", level)])
@@ -85,6 +87,7 @@ def main() -> int:
                     "affinity": (artifact, {"session.intra_op_thread_affinities":
                                             ";".join(str(c + 1) for c in cores[1:args.threads])}),
                     "accuracy_level 1": (with_accuracy_level(artifact, 1, work), {}),
+                    "accuracy_level 1, 4-bit nodes": (with_accuracy_level(artifact, 1, work, bits=4), {}),
                     "accuracy_level 4": (with_accuracy_level(artifact, 4, work), {})}
         for spec in args.other:
             name, _, path = spec.partition("=")

@@ -120,9 +120,9 @@ def main() -> int:
 
     bandwidth = read_bandwidth_gbs(args.threads)
     q40, qkm = rows["llama.cpp Q4_0"], rows["llama.cpp Q4_K_M"]
-    lines = [f"{args.shape} shape, random weights, prompt {args.prompt_len}, generate {args.gen_len}, {args.threads} threads; "
-             f"memory read bandwidth {bandwidth:.1f} GB/s (numpy, {args.threads} threads, same run); median of "
-             f"{args.repeats} interleaved runs; weight MB read per token counted from the tensors "
+    lines = [f"{args.shape} shape, random weights, prompt {args.prompt_len}, generate {args.gen_len}, {args.threads} "
+             f"threads, CPU {cpu_isa()}; memory read bandwidth {bandwidth:.1f} GB/s (numpy, {args.threads} threads, "
+             f"same run); median of {args.repeats} interleaved runs; weight MB read per token counted from the tensors "
              "(benchmarks/bytes_per_token.py)",
              "| engine / artifact | size MB | weight MB read per token | prefill tok/s | decode tok/s (range) "
              "| decode GB/s (% of bandwidth) | peak RSS MB | prefill vs Q4_0 | prefill vs Q4_K_M | decode vs Q4_0 |",

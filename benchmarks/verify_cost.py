@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shapes import ensure_artifact, write_results  # noqa: E402
 
+from edgeqwen.runtime.isa import cpu_isa  # noqa: E402
+
 SIZES = (1, 2, 4, 8, 16)
 
 
@@ -134,7 +136,7 @@ def table(rows: list[dict], acceptance: float) -> str:
             + " | ".join(f"{n} vs 1" for n in SIZES[1:]) + " | " + " | ".join(
                 f"speedup k={n - 1} @ {acceptance:.0%}" for n in SIZES[1:]) + " |")
     lines = [f"Verify-step cost over the in-place KV cache at position {rows[0]['context']}, {rows[0]['threads']} "
-             f"threads, medians (benchmarks/verify_cost.py); implied speedup at acceptance {acceptance:.0%}", head,
+             f"threads, CPU {cpu_isa()}, medians (benchmarks/verify_cost.py); implied speedup at acceptance {acceptance:.0%}", head,
              "|---|" + "---|" * (len(SIZES) + 2 * (len(SIZES) - 1))]
     for r in rows:
         imp = implied(r["ratio"], acceptance)
