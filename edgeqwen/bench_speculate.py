@@ -61,6 +61,7 @@ def run(artifact: str, speculate: str, gen: int, threads: int, prompt_file: str 
             "plain_decode_tps": (len(a) - 1) / plain_dec, "speculative_decode_tps": (len(b) - 1) / spec_dec,
             "speedup": plain_dec / spec_dec, "verify_steps": st.steps, "drafted": st.drafted, "accepted": st.accepted,
             "acceptance": st.acceptance, "tokens_per_step": st.tokens_per_step, "identical": a == b,
+            "cost_limited_steps": drafter.cost.limited, "step_ms": {w: 1000 * t for w, t in sorted(drafter.cost.step_s.items())},
             "parted_at": parted, "margin_at_parting": margin, "repeats": repeats, "text": runner.decode(b)[:200]}
 
 
@@ -88,7 +89,9 @@ def format_report(r: dict) -> str:
         f"{'plain greedy':<22} {r['plain_decode_tps']:>12.1f} {1.0:>8.2f}x",
         f"{'speculative greedy':<22} {r['speculative_decode_tps']:>12.1f} {r['speedup']:>8.2f}x",
         f"acceptance {r['acceptance'] * 100:.0f} % ({r['accepted']} of {r['drafted']} drafted tokens), "
-        f"{r['tokens_per_step']:.2f} tokens per verify step ({r['verify_steps']} steps); text: {same}"])
+        f"{r['tokens_per_step']:.2f} tokens per verify step ({r['verify_steps']} steps); text: {same}",
+        f"draft length cut by the measured step cost in {r.get('cost_limited_steps', 0)} steps; step ms by width: "
+        + ", ".join(f"{w}: {ms:.2f}" for w, ms in r.get("step_ms", {}).items())])
 
 
 if __name__ == "__main__":

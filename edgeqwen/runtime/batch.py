@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .runner import (KV_BLOCK, Decoding, Drafter, DraftModel, PromptLookup, Record, Runner, RunnerError, Sampling,
-                     SpeculationStats, verify_draft)
+from .runner import (KV_BLOCK, Decoding, DraftCost, Drafter, DraftModel, PromptLookup, Record, Runner, RunnerError,
+                     Sampling, SpeculationStats, verify_draft)
 
 _DONE = object()
 
@@ -132,7 +132,7 @@ class BatchEngine:
                                   "a draft model runs one request at a time (`edgeqwen run --speculate draft=...`)")
             else:
                 drafter = PromptLookup()
-            drafter.stats = SpeculationStats()
+            drafter.stats, drafter.cost = SpeculationStats(), DraftCost()
         if self.runner.vision is not None and prepared is None:
             self.runner.vision.check_text_only(prompt_ids)
         seq = _Seq(list(prompt_ids), sampling, thinking_open, budget, owner=owner, drafter=drafter,
@@ -326,7 +326,9 @@ class BatchEngine:
 
     def _decode_step(self) -> None:
         n = len(self.running)
+        t0 = time.perf_counter()
         drafts = self._drafts()
+        t1 = time.perf_counter()
         width_new = 1 + max(map(len, drafts))
         positions = np.array([[s.pos] for s in self.running], dtype=np.int64) + np.arange(width_new)[None]
         width = int(positions.max()) + 1
@@ -339,10 +341,11 @@ class BatchEngine:
                                full=full)
         else:
             logits = self._run(slice(0, n), ids, mask, positions, every=True, full=full)
+        times = (t1 - t0, time.perf_counter() - t1) if n == 1 else None  # a lone sequence's draft and verify costs
         self.steps += 1
         self.batch_tokens += n
         # each row's kept tokens first (every row's KV is written: positions count before any slot moves)
-        results = [self._verify(seq, rows, d, self._full_rows(b) if seq.lazy_full else None)
+        results = [self._verify(seq, rows, d, self._full_rows(b) if seq.lazy_full else None, times)
                    for b, (seq, rows, d) in enumerate(zip(list(self.running), logits, drafts))]
         for seq, (records, error) in zip(list(self.running), results):
             for rec in records:
@@ -363,11 +366,14 @@ class BatchEngine:
         seq = self.running[0]
         d = seq.drafter
         room = min(seq.budget - len(seq.decoding.generated) - 1, self.capacity - seq.pos - 1) if d else 0
-        return [d.propose(seq.decoding.history, min(seq.k, room)) if room > 0 else []]
+        room = min(d.cost.limit(seq.k), room) if d else 0
+        return [d.propose(seq.decoding.history, room) if room > 0 else []]
 
-    def _verify(self, seq: _Seq, rows: np.ndarray, draft: list[int], full=None) -> tuple[list[Record], RunnerError | None]:
+    def _verify(self, seq: _Seq, rows: np.ndarray, draft: list[int], full=None,
+                times: tuple[float, float] | None = None) -> tuple[list[Record], RunnerError | None]:
         """Row i picks the token after position i as plain decoding would; the draft is kept while it agrees (see
-        Runner._speculative). Returns the records to stream; the sequence's position and next token advance."""
+        Runner._speculative). Returns the records to stream; the sequence's position and next token advance. `times`:
+        the step's drafting and forward seconds, where the sequence ran alone (its draft cost, `DraftCost`)."""
         records = []
         try:
             for seq.last, rec in verify_draft(seq.decoding, rows, draft, full):
@@ -381,6 +387,8 @@ class BatchEngine:
         d = seq.drafter
         if d is not None:
             d.stats.count(len(draft), len(records))
+            if times is not None:
+                d.cost.record(len(draft), kept, *times)
             self.drafted += len(draft)
             self.accepted += kept
             seq.k = d.next_k(seq.k, len(draft), kept)

@@ -37,7 +37,7 @@ except ImportError as _missing:  # `python runner.py` under a bare Python: say w
 KV_BLOCK = 256  # the in-place KV cache grows in steps of this many positions
 
 __all__ = ["RunnerError", "Sampling", "Record", "Result", "Runner", "main", "render_chat_template", "EXECUTION_PROVIDERS",
-           "PromptLookup", "DraftModel", "make_drafter"]
+           "PromptLookup", "DraftModel", "DraftCost", "make_drafter"]
 
 
 class RunnerError(Exception):
@@ -550,6 +550,105 @@ class SpeculationStats:
         self.emitted += emitted
 
 
+class DraftCost:
+    """How long a draft pays for itself on this machine: speculative decoding's draft length sized by measured cost.
+
+    A verify step feeds the last token and k draft tokens. Where decoding is bound by reading the weights (AVX-512 with
+    VNNI: a 4-token step of the 0.5B shape costs 2.3x a 1-token step) a long draft is nearly free; where the kernels are
+    bound by their arithmetic (AVX2 without VNNI: 3.2x) it costs nearly k times one step, and a draft
+    the acceptance rule alone would grow to 16 tokens runs slower than plain decoding even when 80 % of it is kept.
+
+    `DraftCost` keeps, per stream, the wall time of verify steps by width and of drafting by draft length (moving
+    averages), and a moving acceptance rate. `limit(k)` is the draft length in [0, k] with the best expected tokens per
+    second — E(j) = (1 - a^(j+1)) / (1 - a) tokens for the time of drafting j and verifying j + 1, against one plain
+    step — and 0 where no length beats plain decoding by `margin`. Widths never timed are read off a line through the
+    timed ones; before a 1-token step has been timed, a draft is allowed (lookup streams time one at every step without
+    a match; a draft model's stream gets one plain step once other widths are timed). After `probe` steps held at 0 it
+    lets one draft through, so a stream whose text turns repetitive is noticed. The output never depends on k: only
+    how many positions a step verifies.
+    """
+
+    def __init__(self, alpha: float = 0.3, margin: float = 1.03, probe: int = 16):
+        self.alpha, self.margin, self.probe = alpha, margin, probe
+        self.step_s: dict[int, float] = {}  # verify width -> seconds (moving average)
+        self.draft_s: dict[int, float] = {}  # draft length -> seconds to propose it
+        self.acceptance: float | None = None  # per draft token, moving average over steps that drafted
+        self.held = 0  # consecutive steps limited to no draft
+        self.limited = 0  # steps whose draft length the cost cut below the acceptance rule's
+
+    def _avg(self, table: dict[int, float], key: int, value: float) -> None:
+        old = table.get(key)
+        table[key] = value if old is None else old + self.alpha * (value - old)
+
+    def record(self, drafted: int, kept: int, draft_s: float, step_s: float) -> None:
+        """One verify step over 1 + `drafted` positions that kept `kept` draft tokens, its drafting and forward times."""
+        self._avg(self.step_s, 1 + drafted, step_s)
+        if drafted:
+            self._avg(self.draft_s, drafted, draft_s)
+            rate = kept / drafted
+            self.acceptance = rate if self.acceptance is None else self.acceptance + self.alpha * (rate - self.acceptance)
+
+    @staticmethod
+    def _line(table: dict[int, float], x: int) -> float | None:
+        """table[x], else interpolated between (or extended from) the nearest timed keys; None without enough."""
+        if x in table:
+            return table[x]
+        keys = sorted(table)
+        if len(keys) < 2:
+            return None
+        lo = max([k for k in keys if k < x], default=None)
+        hi = min([k for k in keys if k > x], default=None)
+        if lo is None:
+            lo, hi = keys[0], keys[1]
+        elif hi is None:
+            lo, hi = keys[-2], keys[-1]
+        slope = (table[hi] - table[lo]) / (hi - lo)
+        return max(table[lo] + slope * (x - lo), 0.0)
+
+    def speedup(self, j: int) -> float | None:
+        """Expected tokens per second with a draft of j tokens, relative to plain decoding; None where not yet known."""
+        one = self.step_s.get(1)
+        wide = self._line(self.step_s, j + 1)
+        if one is None or wide is None or self.acceptance is None:
+            return None
+        a = min(self.acceptance, 0.999)
+        tokens = (1 - a ** (j + 1)) / (1 - a)
+        return tokens * one / (wide + self._draft_time(j))
+
+    def _draft_time(self, j: int) -> float:
+        """Seconds to propose j tokens: timed, on the line through the timed lengths, or in proportion to the one."""
+        t = self._line(self.draft_s, j)
+        if t is None and self.draft_s:
+            key = next(iter(self.draft_s))
+            t = self.draft_s[key] * j / key
+        return t or 0.0
+
+    def limit(self, k: int) -> int:
+        """The draft length to ask for when the acceptance rule allows k."""
+        if k <= 0:
+            return 0
+        if 1 not in self.step_s:
+            if len(self.step_s) >= 2:  # wider steps timed, a plain one never: time one
+                self.held += 1
+                return 0
+            return k
+        gains = {j: self.speedup(j) for j in range(1, k + 1)}
+        if any(g is None for g in gains.values()):
+            return k  # not enough timed yet: draft, and time it
+        best = max(gains, key=lambda j: gains[j])
+        if gains[best] < self.margin:
+            self.held += 1
+            if self.held > self.probe:  # look again now and then: acceptance and costs move with the text
+                self.held = 0
+                return k
+            self.limited += 1
+            return 0
+        self.held = 0
+        if best < k:
+            self.limited += 1
+        return best
+
+
 def verify_draft(seq: "Decoding", rows: np.ndarray, draft: list[int], full=None):
     """A verify step's tokens: row i of its logits picks the token after position i exactly as plain decoding would
     (`Decoding.next`: same penalty, sampler, constraint and random draw). Yields (token, Record) while the picks agree
@@ -565,7 +664,8 @@ def verify_draft(seq: "Decoding", rows: np.ndarray, draft: list[int], full=None)
 class Drafter(abc.ABC):
     """What speculative decoding asks of a drafter: `propose(history, k)` → up to k tokens that may come next (the
     target verifies them all in one forward pass). `k` adapts per stream as Hugging Face's assisted generation does:
-    +2 after a fully accepted draft, -1 after a rejection, within [1, max_k]."""
+    +2 after a fully accepted draft, -1 after a rejection, within [1, max_k]; the draft asked for is then cut to what
+    this machine's measured step costs pay for (`DraftCost`, kept in `cost` for the stream)."""
 
     name = "drafter"
     first_k = 4
@@ -1252,15 +1352,19 @@ class Runner:
         token per position, keeping it when the target's own draw lands on it is the rejection rule), even the same
         tokens for a seed. The rejected positions are rolled back."""
         stats = drafter.stats = SpeculationStats()
+        cost = drafter.cost = DraftCost()
         k = drafter.first_k
         tok, rec = seq.next(logits, (lambda allowed: self.full_row(-1, allowed)) if lazy else None)  # the prefill's
         yield rec
         if rec.finish_reason is not None:
             return
         while True:
-            room = min(self.context_length - self.pos - 1, seq.budget - len(seq.generated) - 1, k)
+            room = min(self.context_length - self.pos - 1, seq.budget - len(seq.generated) - 1, cost.limit(k))
+            t0 = time.perf_counter()
             draft = drafter.propose(seq.history, room) if room > 0 else []
+            t1 = time.perf_counter()
             rows = self.step([tok, *draft], all_logits=True, full_head=full_head).reshape(-1, self.vocab_size)
+            t2 = time.perf_counter()
             emitted = 0
             for tok, rec in verify_draft(seq, rows, draft, self.full_row if lazy else None):
                 emitted += 1
@@ -1269,6 +1373,7 @@ class Runner:
             if rec.finish_reason is not None:
                 return
             kept = emitted - 1
+            cost.record(len(draft), kept, t1 - t0, t2 - t1)
             self.rollback(self.pos - (len(draft) - kept))
             k = drafter.next_k(k, len(draft), kept)
 
@@ -1401,7 +1506,8 @@ def main(argv=None) -> int:
         if drafter is not None:
             st = drafter.stats
             print(f"[speculate {drafter.name}: {st.steps} verify steps, {st.accepted}/{st.drafted} drafted tokens "
-                  f"accepted ({st.acceptance * 100:.0f} %), {st.tokens_per_step:.2f} tokens per step]", file=sys.stderr)
+                  f"accepted ({st.acceptance * 100:.0f} %), {st.tokens_per_step:.2f} tokens per step, draft cut by "
+                  f"its measured cost in {drafter.cost.limited} steps]", file=sys.stderr)
         return 0
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,0 +1,92 @@
+"""Speculative decoding sizes its draft by what verify steps cost on this machine (`runner.DraftCost`): long drafts
+where a k-token step costs little more than one (weight-bound CPUs), none where it costs k steps (arithmetic-bound
+CPUs) unless acceptance is high enough to pay — and the text never depends on it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edgeqwen.runtime import Runner, Sampling
+from edgeqwen.runtime.runner import DraftCost, Drafter
+
+# verify-step ms by width on the 0.5B default, measured by benchmarks/verify_cost.py (results/verify-cost-*.md)
+AVX512 = {1: 10.89, 2: 17.02, 4: 24.54, 8: 43.83, 16: 75.25}
+AVX2 = {1: 36.45, 2: 65.60, 4: 115.31, 8: 185.57, 16: 348.68}
+
+
+def fed(table: dict[int, float], acceptance: float) -> DraftCost:
+    """A DraftCost that has timed these widths (ms) at this acceptance."""
+    cost = DraftCost()
+    for width, ms in table.items():
+        drafted = width - 1
+        cost.record(drafted, round(acceptance * drafted), 2e-5 * drafted, ms / 1000)
+    cost.acceptance = acceptance
+    return cost
+
+
+def test_draft_length_follows_the_measured_step_cost():
+    assert fed(AVX512, 0.8).limit(16) >= 2  # weight-bound: a 3-token draft at 80 % pays (1.3x implied)
+    assert fed(AVX512, 0.8).speedup(fed(AVX512, 0.8).limit(16)) > 1.1
+    assert fed(AVX2, 0.8).limit(16) == 0  # arithmetic-bound: no length beats plain decoding at 80 %
+    high = fed(AVX2, 0.95)
+    assert high.limit(16) >= 3 and high.speedup(high.limit(16)) > 1.2  # ... at 95 % a long one does
+    assert fed(AVX512, 0.8).limit(1) == 1  # never more than the acceptance rule allows
+    assert fed(AVX512, 0.0).limit(8) == 0  # nothing accepted: plain steps
+
+
+def test_untimed_widths_draft_and_a_plain_step_is_timed():
+    cost = DraftCost()
+    assert cost.limit(8) == 8  # nothing timed: draft, and time it
+    cost.record(8, 8, 1e-5, 0.02)
+    assert cost.limit(8) == 8  # one width timed: not enough for a line
+    cost.record(4, 4, 1e-5, 0.012)
+    assert cost.limit(8) == 0  # wide steps timed, a plain one never: the next step is plain, to time it
+    cost.record(0, 0, 0.0, 0.01)
+    assert cost.limit(8) > 0  # all accepted, a 9-token step at 2x one: draft
+
+
+def test_held_at_zero_it_looks_again():
+    cost = fed(AVX2, 0.5)
+    limits = [cost.limit(4) for _ in range(cost.probe + 1)]
+    assert limits[:-1] == [0] * cost.probe and limits[-1] == 4  # one probe after `probe` held steps
+    assert cost.limited == cost.probe
+
+
+class Copy(Drafter):
+    """Drafts the known continuation (every draft token is accepted)."""
+
+    name = "copy"
+
+    def __init__(self, prompt_len: int, continuation: list[int]):
+        self.n, self.cont = prompt_len, continuation
+
+    def propose(self, history, k):
+        return self.cont[len(history) - self.n:][:k]
+
+
+def test_slow_verify_steps_cut_the_draft_and_keep_the_text(artifacts, trained_qwen2):
+    """The same runner with verify steps made to cost 20 ms per fed token (an arithmetic-bound machine, exaggerated)
+    drafts fewer tokens than with its own cost, and emits the same text both ways."""
+    runner = Runner(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2))
+    ids = runner.encode("A for loop iterates over the items of a sequence. A for loop iterates over")
+    s = Sampling(max_new_tokens=32, ignore_eos=True)
+    plain = runner.generate(ids, s).token_ids
+    # a 60 % acceptor: every third draft position is wrong
+    wrongs = [t if i % 3 != 2 else (t + 1) % runner.vocab_size for i, t in enumerate(plain)]
+    fast, slow = Copy(len(ids), wrongs), Copy(len(ids), wrongs)
+    assert runner.generate(ids, s, speculate=fast).token_ids == plain
+    step = runner.step
+
+    def costly(tokens, *args, **kwargs):
+        time.sleep(0.02 * len(tokens))
+        return step(tokens, *args, **kwargs)
+
+    runner.step = costly
+    try:
+        assert runner.generate(ids, s, speculate=slow).token_ids == plain
+    finally:
+        del runner.step
+    assert slow.cost.limited > 0 and slow.stats.drafted < fast.stats.drafted, (slow.stats, fast.stats)
+    assert slow.cost.step_s[1] == pytest.approx(0.02, abs=0.015)
