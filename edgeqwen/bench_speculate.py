@@ -61,7 +61,8 @@ def run(artifact: str, speculate: str, gen: int, threads: int, prompt_file: str 
             "plain_decode_tps": (len(a) - 1) / plain_dec, "speculative_decode_tps": (len(b) - 1) / spec_dec,
             "speedup": plain_dec / spec_dec, "verify_steps": st.steps, "drafted": st.drafted, "accepted": st.accepted,
             "acceptance": st.acceptance, "tokens_per_step": st.tokens_per_step, "identical": a == b,
-            "cost_limited_steps": drafter.cost.limited, "step_ms": {w: 1000 * t for w, t in sorted(drafter.cost.step_s.items())},
+            "cost_limited_steps": drafter.cost.limited,
+            "step_ms": {w: 1000 * t for w, t in sorted(drafter.cost.step_s.items())},
             "parted_at": parted, "margin_at_parting": margin, "repeats": repeats, "text": runner.decode(b)[:200]}
 
 

@@ -84,8 +84,9 @@ def test_speculative_greedy_equals_plain_greedy(kind, fp32, artifacts, trained_q
             assert st.acceptance == 1.0 and st.tokens_per_step > 4, st
         if kind == "wrong":
             assert st.accepted == 0 and st.tokens_per_step == 1.0 and st.drafted > 0, st
-        if kind == "draft":  # the int4 twin of the target agrees with it on most tokens
-            assert st.acceptance > 0.5 and st.tokens_per_step > 1.5, st
+        if kind == "draft":  # the int4 twin of the target agrees with it on most tokens (it costs as much as the
+            # target per token, so how long it keeps drafting is the measured cost's call: DraftCost)
+            assert st.acceptance > 0.5 and st.drafted > 0 and st.tokens_per_step > 1.0, st
     assert identical, "every prompt parted at a near-tie: the comparison checked too little"
 
 

@@ -581,12 +581,14 @@ class DraftCost:
         table[key] = value if old is None else old + self.alpha * (value - old)
 
     def record(self, drafted: int, kept: int, draft_s: float, step_s: float) -> None:
-        """One verify step over 1 + `drafted` positions that kept `kept` draft tokens, its drafting and forward times."""
+        """One verify step over 1 + `drafted` positions that kept `kept` draft tokens: its drafting and forward
+        seconds."""
         self._avg(self.step_s, 1 + drafted, step_s)
         if drafted:
             self._avg(self.draft_s, drafted, draft_s)
             rate = kept / drafted
-            self.acceptance = rate if self.acceptance is None else self.acceptance + self.alpha * (rate - self.acceptance)
+            old = self.acceptance
+            self.acceptance = rate if old is None else old + self.alpha * (rate - old)
 
     @staticmethod
     def _line(table: dict[int, float], x: int) -> float | None:
