@@ -43,11 +43,15 @@ def run_once(artifact: str, threads: int, tokens: int, runs: int = 2, prompt: in
              entries: dict[str, str] | None = None) -> dict:
     """One fresh process: load, warm up, `runs` greedy generations of `tokens` after a `prompt`-token random prompt;
     the best decode tok/s and the last run's tokens."""
-    proc = subprocess.run([sys.executable, "-c", WORKER, artifact, str(threads), str(tokens), str(runs), str(prompt),
-                           json.dumps(entries or {})], capture_output=True, text=True)
+    return run_worker(WORKER, [artifact, threads, tokens, runs, prompt, json.dumps(entries or {})], artifact)
+
+
+def run_worker(code: str, argv: list, what: str) -> dict:
+    """`python -c code *argv` in a fresh process; the JSON of its `RESULT ` line (exits naming `what` on failure)."""
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
-        raise SystemExit(f"{artifact}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        raise SystemExit(f"{what}: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
     return json.loads(line[7:])
 
 

@@ -13,14 +13,13 @@ keeps drafting at a loss and the cost rule stops.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_decode import run_worker  # noqa: E402
 from shapes import write_results  # noqa: E402
 
 from edgeqwen.runtime.isa import cpu_isa  # noqa: E402
@@ -50,12 +49,7 @@ MODES = ("plain", "cost rule (default)", "acceptance rule only")
 
 
 def run_once(artifact: str, threads: int, tokens: int, mode: str, speculate: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", WORKER, artifact, str(threads), str(tokens), mode, speculate],
-                          capture_output=True, text=True)
-    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        raise SystemExit(f"{artifact} ({mode}): {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-    return json.loads(line[7:])
+    return run_worker(WORKER, [artifact, threads, tokens, mode, speculate], f"{artifact} ({mode})")
 
 
 def main() -> int:

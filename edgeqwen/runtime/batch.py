@@ -365,8 +365,8 @@ class BatchEngine:
             return [[] for _ in self.running]
         seq = self.running[0]
         d = seq.drafter
-        room = min(seq.budget - len(seq.decoding.generated) - 1, self.capacity - seq.pos - 1) if d else 0
-        room = min(d.cost.limit(seq.k), room) if d else 0
+        room = min(seq.budget - len(seq.decoding.generated) - 1, self.capacity - seq.pos - 1,
+                   d.cost.limit(seq.k)) if d else 0
         return [d.propose(seq.decoding.history, room) if room > 0 else []]
 
     def _verify(self, seq: _Seq, rows: np.ndarray, draft: list[int], full=None,
