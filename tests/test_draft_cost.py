@@ -90,3 +90,17 @@ def test_slow_verify_steps_cut_the_draft_and_keep_the_text(artifacts, trained_qw
         del runner.step
     assert slow.cost.limited > 0 and slow.stats.drafted < fast.stats.drafted, (slow.stats, fast.stats)
     assert slow.cost.step_s[1] == pytest.approx(0.02, abs=0.015)
+
+
+def test_noisy_timings_and_an_instant_drafter_never_divide_by_zero():
+    # a wider step timed faster than a narrower one puts the line through them below zero further out; with a drafter
+    # that takes no time (CI hit this: ZeroDivisionError in speedup) the step still counts as at least a plain one
+    cost = DraftCost()
+    for width, seconds in {1: 0.010, 2: 0.020, 3: 0.004}.items():
+        cost.record(width - 1, width - 1, 0.0, seconds)
+    assert cost.speedup(7) is not None and cost.speedup(7) > 1  # 8 tokens for one plain step's time
+    assert 0 <= cost.limit(8) <= 8
+    zero = DraftCost()
+    for width in (1, 2):
+        zero.record(width - 1, width - 1, 0.0, 0.0)
+    assert zero.speedup(1) is None and zero.limit(4) == 4  # nothing measurable: draft and time it

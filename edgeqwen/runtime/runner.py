@@ -615,7 +615,10 @@ class DraftCost:
             return None
         a = min(self.acceptance, 0.999)
         tokens = (1 - a ** (j + 1)) / (1 - a)
-        return tokens * one / (wide + self._draft_time(j))
+        # a wider step never costs less than a plain one: timer noise can make a line through two timed widths fall
+        # toward zero, and an instant drafter adds nothing
+        seconds = max(wide, one) + self._draft_time(j)
+        return tokens * one / seconds if seconds > 0 else None
 
     def _draft_time(self, j: int) -> float:
         """Seconds to propose j tokens: timed, on the line through the timed lengths, or in proportion to the one."""
