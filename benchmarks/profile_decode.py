@@ -25,20 +25,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bytes_per_token import ROW_READ  # noqa: E402
 from shapes import write_results  # noqa: E402
 
+from edgeqwen.runtime.isa import cpu_isa  # noqa: E402
 
-def weight_bytes_by_op(model_path: Path) -> dict[str, int]:
-    """Initializer bytes each operator type reads whole per step (bytes_per_token.py's rule: inputs read by row —
-    tables, rotary caches — are not counted)."""
+
+def node_label(node) -> str:
+    """The row a node's time goes to: its operator type, MatMulNBits split by bit width (4-bit and 8-bit nodes run
+    different kernels, and their cost per byte differs by CPU)."""
+    if node.op_type == "MatMulNBits":
+        bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+        return f"MatMulNBits {bits}-bit"
+    return node.op_type
+
+
+def graph_labels(model_path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """(node name -> label, label -> initializer bytes read whole per step). bytes_per_token.py's rule: inputs read by
+    row — tables, rotary caches — are not counted."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
     sizes = {t.name: int(np.prod(t.dims)) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
              for t in model.graph.initializer}
+    labels: dict[str, str] = {}
     out: dict[str, int] = defaultdict(int)
     for node in model.graph.node:
-        out[node.op_type] += sum(sizes.get(name, 0) for i, name in enumerate(node.input)
-                                 if i not in ROW_READ.get(node.op_type, ()))
-    return dict(out)
+        labels[node.name] = node_label(node)
+        out[labels[node.name]] += sum(sizes.get(name, 0) for i, name in enumerate(node.input)
+                                      if i not in ROW_READ.get(node.op_type, ()))
+    return labels, dict(out)
 
 
 def profile(artifact: str, threads: int, prompt_len: int, steps: int) -> dict:
@@ -60,11 +73,12 @@ def profile(artifact: str, threads: int, prompt_len: int, steps: int) -> dict:
     runs = sorted((e for e in trace if e.get("name") == "model_run"), key=lambda e: e["ts"])
     decode = runs[1:]  # the first run is the prefill
     start, total = decode[0]["ts"], sum(e["dur"] for e in decode)
+    labels, weights = graph_labels(Path(artifact) / runner.decoder_file)
     by_op: dict[str, float] = defaultdict(float)
     for e in trace:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= start:
-            by_op[e["args"]["op_name"]] += e["dur"]
-    weights = weight_bytes_by_op(Path(artifact) / "model.onnx")
+            node = e["name"][: -len("_kernel_time")]
+            by_op[labels.get(node, e["args"]["op_name"])] += e["dur"]
     steps_n = len(decode)
     rows = []
     for op, us in sorted(by_op.items(), key=lambda kv: -kv[1]):
@@ -72,13 +86,14 @@ def profile(artifact: str, threads: int, prompt_len: int, steps: int) -> dict:
         gb = weights.get(op, 0) / 1e9
         rows.append({"op": op, "ms_per_step": ms, "share": us / total, "weight_mb": gb * 1e3,
                      "gbs": gb / (ms / 1000) if ms and gb else None})
-    return {"artifact": artifact, "threads": threads, "steps": steps_n, "run_ms_per_step": total / steps_n / 1000,
+    return {"artifact": artifact, "threads": threads, "cpu": cpu_isa(), "steps": steps_n, "run_ms_per_step": total / steps_n / 1000,
             "decode_tps": out.decode_tps, "ops": rows,
             "kernels_share": sum(r["share"] for r in rows)}
 
 
 def table(r: dict) -> str:
-    lines = [f"Decode step profile: {Path(r['artifact']).name}, {r['threads']} threads, {r['steps']} steps "
+    lines = [f"Decode step profile: {Path(r['artifact']).name}, {r['threads']} threads, CPU {r.get('cpu', '?')}, "
+             f"{r['steps']} steps "
              f"(onnxruntime profiler; run time {r['run_ms_per_step']:.2f} ms per step, the kernels "
              f"{r['kernels_share']:.0%} of it; decode {r['decode_tps']:.1f} tok/s with profiling on)",
              "| operator | ms per step | share of the run | weights read MB | GB/s |", "|---|---|---|---|---|"]

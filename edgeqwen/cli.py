@@ -83,12 +83,16 @@ def runtime_here(artifact: Path, provider: str | None = None) -> dict:
 
 
 def _decode_head(artifact: Path, manifest: dict) -> dict:
-    """What decoding reads: the full head, or a shortlist of K candidates (export/shortlist_head.py): the plan's, where
-    its graph file is there (a shortlist that missed its gate left the artifact). From the manifest: no onnx needed."""
+    """What decoding reads: the full head, or a shortlist of K candidates and its ranking copy's bits
+    (export/shortlist_head.py): the plan's, where its graph file is there (a shortlist that missed its gate left the
+    artifact), the bits the accuracy stage kept. From the manifest: no onnx needed."""
     from .runtime.runner import SHORTLIST_FILE
 
-    planned = ((manifest.get("export") or {}).get("plan") or {}).get("head", {}).get("shortlist", 0)
-    return {"shortlist": planned if (artifact / SHORTLIST_FILE).is_file() else 0}
+    head = ((manifest.get("export") or {}).get("plan") or {}).get("head", {})
+    if not (artifact / SHORTLIST_FILE).is_file() or not head.get("shortlist"):
+        return {"shortlist": 0}
+    measured = (manifest.get("accuracy") or {}).get("shortlist") or {}  # the accuracy stage may have raised 2 bits to 4
+    return {"shortlist": head["shortlist"], "ranking_bits": measured.get("ranking_bits", head.get("shortlist_bits", 4))}
 
 
 def cmd_verify(args) -> int:
@@ -104,7 +108,8 @@ def cmd_verify(args) -> int:
         print(f"NOTE: {note}")
     k = runtime["decode_head"]["shortlist"]
     if k:
-        print(f"NOTE: decoding reads a shortlist head: the top {k} of an int4 ranking, scored by the int8 head's rows "
+        bits = runtime["decode_head"]["ranking_bits"]
+        print(f"NOTE: decoding reads a shortlist head: the top {k} of an int{bits} ranking, scored by the int8 head's rows "
               "(edgeqwen's runner and server read the full head where a request needs it; onnxruntime-genai's own "
               "grammar-guided generation sees only the candidates)")
     for problem in runtime["problems"]:

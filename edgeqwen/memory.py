@@ -79,8 +79,9 @@ def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstima
         s = plan.node_setting(node)
         weights += matrix_bytes(k, n, s.bits, s.group_size, s.scheme == Scheme.ASYM, io_bytes,
                                  None if node == HEAD_NODE else zp_bytes, float_bytes)
-    if plan.head.shortlist:  # decoding's shortlist head: a symmetric int4 copy of the head (export/shortlist_head.py)
-        weights += matrix_bytes(h, vocab, 4, plan.head.block_size, False, io_bytes, None, float_bytes)
+    if plan.head.shortlist:  # decoding's shortlist head: a ranking copy of the head (export/shortlist_head.py; 2-bit
+        bits = plan.head.shortlist_bits  # with zero points, 4-bit symmetric)
+        weights += matrix_bytes(h, vocab, bits, plan.head.block_size, bits == 2, io_bytes, None, float_bytes)
     table = plan.table
     tied = bool(config.get("tie_word_embeddings", False))
     if table.mode == TableMode.SEPARATE:

@@ -136,6 +136,8 @@ class Quantization:
     # decoding's lm_head as a shortlist of this many candidates (export/shortlist_head.py): None = the target's
     # lm_head_shortlist, 0 = the full head
     lm_head_shortlist: int | None = None
+    # the bits of its ranking copy (export/ranking_quant.py): 2 or 4; None = the target's lm_head_shortlist_bits
+    lm_head_shortlist_bits: int | None = None
     overrides: dict[str, LayerOverride] = field(default_factory=dict)  # mixed precision by node-name glob
     mixed_precision: MixedPrecision | str = field(default_factory=MixedPrecision)  # `auto` or a mapping
     calibration: Calibration = field(default_factory=Calibration)
@@ -152,6 +154,9 @@ class Quantization:
         if self.lm_head_shortlist is not None and not 0 <= self.lm_head_shortlist <= 4096:
             raise ValueError(f"lm_head_shortlist {self.lm_head_shortlist} must be 0 (the full head) or a candidate count "
                              "in [1, 4096]")
+        if self.lm_head_shortlist_bits not in (None, 2, 4):
+            raise ValueError(f"lm_head_shortlist_bits {self.lm_head_shortlist_bits} must be 2 or 4 (the bits of the "
+                             "shortlist's ranking copy)")
         from .quantize.registry import algorithm_names
 
         if self.algorithm not in algorithm_names():

@@ -85,6 +85,9 @@ class Target:
     # decoding's lm_head as a shortlist of this many candidates where the head is a large share of a token's bytes
     # (export/shortlist_head.py; CPU execution provider only); 0 = the full head. A recipe's quantization.lm_head_shortlist wins
     lm_head_shortlist: int = 0
+    # the bits of the shortlist's ranking copy (export/ranking_quant.py): 2 halves its read again; where its candidates
+    # miss the recall bar the accuracy stage requantizes it to 4. A recipe's quantization.lm_head_shortlist_bits wins
+    lm_head_shortlist_bits: int = 4
     # WebGPU only: true = fp16 activations and KV (the builder's WebGPU layout), which needs adapters with the
     # `shader-f16` feature; false = fp32 activations (the CPU layout), which every WebGPU adapter runs
     shader_f16: bool | None = None
@@ -105,6 +108,8 @@ class Target:
             raise ValueError(f"serve_max_batch {self.serve_max_batch} must be 1-64")
         if not 0 <= self.lm_head_shortlist <= 4096:
             raise ValueError(f"lm_head_shortlist {self.lm_head_shortlist} must be 0-4096")
+        if self.lm_head_shortlist_bits not in (2, 4):
+            raise ValueError(f"lm_head_shortlist_bits {self.lm_head_shortlist_bits} must be 2 or 4")
         if self.lm_head_shortlist and self.execution_provider != ExecutionProvider.CPU:
             raise ValueError("lm_head_shortlist is for the CPU execution provider (its TopK/ScatterElements head is "
                              "measured there only)")

@@ -41,7 +41,8 @@ def test_json_outputs(capsys):
             "quantization": "gptq/b32", "context_length": 1024} in rows
     assert main(["plan", "tiny-qwen3/cpu-x86_64-int4", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["fits"] and plan["plan"]["algorithm"] == "gptq" and plan["plan"]["head"] == {"bits": 8, "block_size": 128, "shortlist": 0}
+    assert plan["fits"] and plan["plan"]["algorithm"] == "gptq"
+    assert plan["plan"]["head"] == {"bits": 8, "block_size": 128, "shortlist": 0, "shortlist_bits": 0}
     assert set(plan["build_time"]["seconds"]) == {"gptq", "export", "evaluate"}  # no mixed precision: no sensitivity
     assert plan["build_time"]["probe_gflops"] > 1
     mem = plan["build_memory_mb"]  # the build machine: the exporter's peak and the accuracy stage's fp32 reference

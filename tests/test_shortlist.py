@@ -21,13 +21,18 @@ from .helpers.planning import codes, config
 K = SHORTLIST_K
 
 
+RANKING = {"tiny-qwen2": 4, "tiny-qwen3": 2}  # the ranking copy's bits each fixture is built with
+
+
 @pytest.fixture(scope="module", params=["tiny-qwen2", "tiny-qwen3"])
 def shortlisted(request, artifacts, recipe_dir) -> Path:
-    """A trained tiny model (qwen2: tied table, qwen3: untied head) built with a shortlist of K (RTN: seconds)."""
-    return artifacts.get(shortlist_recipe(recipe_dir, request.param))
+    """A trained tiny model (qwen2: tied table, 4-bit ranking copy; qwen3: untied head, the target's 2-bit copy) built
+    with a shortlist of K (RTN: seconds)."""
+    bits = RANKING[request.param]
+    return artifacts.get(shortlist_recipe(recipe_dir, request.param, bits=None if bits == 2 else bits))
 
 
-def test_the_graph_ranks_with_an_int4_copy_and_scores_the_int8_rows(shortlisted):
+def test_the_graph_ranks_with_a_low_bit_copy_and_scores_the_int8_rows(shortlisted, request):
     import onnx
 
     from edgeqwen.export.shortlist_head import ROWS_FILE, SHORTLIST_FILE, SHORTLIST_META
@@ -37,7 +42,10 @@ def test_the_graph_ranks_with_an_int4_copy_and_scores_the_int8_rows(shortlisted)
     assert {"TopK", "GatherBlockQuantized", "ScatterElements"} <= set(ops)
     bits = sorted(a.i for n in model.graph.node if n.name.startswith("/lm_head/") and n.op_type == "MatMulNBits"
                   for a in n.attribute if a.name == "bits")
-    assert bits == [4], "the head's only MatMulNBits is the int4 ranking copy"
+    want = RANKING[request.node.callspec.params["shortlisted"]]
+    assert bits == [want], "the head's only MatMulNBits is the ranking copy, as many bits as planned"
+    report = json.loads((shortlisted / "accuracy.json").read_text())["shortlist"]
+    assert report["ranking_bits"] == want and report["tried"] == []  # it met the recall bar as built
     assert {p.key: p.value for p in model.metadata_props}[SHORTLIST_META] == str(K)
     for head in ("lm_head.onnx", SHORTLIST_FILE, ROWS_FILE):  # the heads read the decoder's bytes by offset: no copies
         assert (shortlisted / head).stat().st_size < 8192
@@ -206,16 +214,19 @@ def test_the_accuracy_stage_measures_and_gates_the_shortlist(shortlisted):
 
 
 def test_a_shortlist_that_misses_its_gate_leaves_the_artifact_and_the_build_goes_on(artifacts, recipe_dir):
-    """One candidate and a recall bar of 100 %: the shortlist misses, the full head (which met the gate) decodes; the
-    artifact verifies, has no shortlist left, and onnxruntime-genai and the runner decode it alike."""
+    """One candidate and a recall bar of 100 %: the 2-bit ranking copy misses, is requantized to 4 bits and measured
+    again, misses again; the full head (which met the gate) decodes; the artifact verifies, has no shortlist left, and
+    onnxruntime-genai and the runner decode it alike."""
     import onnx
 
     from edgeqwen.export.shortlist_head import ROWS_FILE, SHORTLIST_FILE
     from edgeqwen.runtime.runner import Runner, Sampling
 
-    art = artifacts.get(shortlist_recipe(recipe_dir, "tiny-qwen2", k=1, extra="min_shortlist_recall: 1.0"))
+    art = artifacts.get(shortlist_recipe(recipe_dir, "tiny-qwen2", k=1, extra="min_shortlist_recall: 1.0", bits=2))
     sl = json.loads((art / "accuracy.json").read_text())["shortlist"]
     assert sl["status"] == "dropped" and sl["recall"] < 1.0 and "shortlist recall" in sl["missed"][0]
+    assert sl["ranking_bits"] == 4 and [t["ranking_bits"] for t in sl["tried"]] == [2]  # the 4-bit copy measured last
+    assert sl["tried"][0]["recall"] < sl["recall"] and any("shortlist recall" in m for m in sl["tried"][0]["missed"])
     assert not (art / SHORTLIST_FILE).exists() and not (art / ROWS_FILE).exists()
     model = onnx.load(str(art / "model.onnx"), load_external_data=False)
     assert "TopK" not in {n.op_type for n in model.graph.node} and not model.metadata_props
@@ -235,16 +246,19 @@ QWEN25 = dict(vocab=151936, tied=True)
 
 
 def test_the_target_default_applies_where_the_head_is_a_large_share_of_a_tokens_bytes():
-    """cpu-x86_64's default shortlist of 64: the 0.5B and 1.5B shapes (the int8 head 41 % and 24 % of a token's
-    bytes) get it, the 3B shape (18 %) keeps the full head and says why; other targets and exporters never get it."""
+    """cpu-x86_64's default shortlist of 256 ranked by a 2-bit copy: the 0.5B and 1.5B shapes (the int8 head 41 % and
+    24 % of a token's bytes) get it, the 3B shape (18 %) keeps the full head and says why; other targets and exporters
+    never get it."""
     shapes = {"0.5b": config(hidden=896, inter=4864, layers=24, heads=14, kv=2, **QWEN25),
               "1.5b": config(hidden=1536, inter=8960, layers=28, heads=12, kv=2, **QWEN25),
               "3b": config(hidden=2048, inter=11008, layers=36, heads=16, kv=2, **QWEN25)}
     made = {n: plan(load_recipe(f"qwen2.5-{n}-instruct/cpu-x86_64-int4"), c) for n, c in shapes.items()}
-    assert made["0.5b"].head.shortlist == made["1.5b"].head.shortlist == 64
+    assert made["0.5b"].head.shortlist == made["1.5b"].head.shortlist == 256
+    assert made["0.5b"].head.shortlist_bits == made["1.5b"].head.shortlist_bits == 2
+    assert "requantized to 4 bits" in next(d.message for d in made["0.5b"].decisions if d.code == "head.shortlist")
     assert made["3b"].head.shortlist == 0 and "head.shortlist_off" in codes(made["3b"])
     assert "18%" in next(d.message for d in made["3b"].decisions if d.code == "head.shortlist_off")
-    qwen3 = {"0.6b": (1024, 3072, 28, 16, 64), "1.7b": (2048, 6144, 28, 16, 64), "4b": (2560, 9728, 36, 32, 0)}
+    qwen3 = {"0.6b": (1024, 3072, 28, 16, 256), "1.7b": (2048, 6144, 28, 16, 256), "4b": (2560, 9728, 36, 32, 0)}
     for size, (hidden, inter, layers, heads, want) in qwen3.items():
         cfg = config("qwen3", hidden=hidden, inter=inter, layers=layers, heads=heads, kv=8, head_dim=128, vocab=151936,
                      tied=True)
@@ -326,7 +340,7 @@ def test_serve_answers_free_json_and_tool_requests_from_a_shortlist_artifact(art
         jsonschema.validate(json.loads(args), tool["function"]["parameters"])
 
 
-def test_verify_says_the_artifact_decodes_from_a_shortlist(shortlisted, artifacts, trained_qwen2):
+def test_verify_says_the_artifact_decodes_from_a_shortlist(shortlisted, artifacts, trained_qwen2, request):
     """`edgeqwen verify` names the decode head (text and --json); a full-head artifact says nothing of it."""
     import subprocess
     import sys
@@ -337,8 +351,9 @@ def test_verify_says_the_artifact_decodes_from_a_shortlist(shortlisted, artifact
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
 
-    assert f"shortlist head: the top {K} of an int4 ranking" in verify(shortlisted)
-    assert json.loads(verify(shortlisted, "--json"))["runtime"]["decode_head"] == {"shortlist": K}
+    bits = RANKING[request.node.callspec.params["shortlisted"]]
+    assert f"shortlist head: the top {K} of an int{bits} ranking" in verify(shortlisted)
+    assert json.loads(verify(shortlisted, "--json"))["runtime"]["decode_head"] == {"shortlist": K, "ranking_bits": bits}
     full = artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2)
     assert "shortlist" not in verify(full) and json.loads(verify(full, "--json"))["runtime"]["decode_head"] == {
         "shortlist": 0}

@@ -195,9 +195,14 @@ def _score_artifact(runner, chunks: list, half: int) -> tuple[list, list]:
     return cand_all, short_all
 
 
-def _shortlist_summary(stats: list, k: int) -> dict:
+def _shortlist_summary(stats: list, k: int, artifact: Path) -> dict:
+    import onnx
+
+    from ..export.shortlist_head import ranking_bits
+
     t = {name: np.concatenate([s[name] for s in stats]) for name in stats[0]}
-    return {"k": k, "top1": float(t["top1"].mean()), "recall": float(t["recall"].mean()),
+    bits = ranking_bits(onnx.load(str(artifact / "model.onnx"), load_external_data=False))
+    return {"k": k, "ranking_bits": bits, "top1": float(t["top1"].mean()), "recall": float(t["recall"].mean()),
             "mass_mean": float(t["mass"].mean()), "mass_p1": float(np.percentile(t["mass"], 1))}
 
 
@@ -262,7 +267,7 @@ def evaluate(artifact: Path, reference: Path, cfg: EvalConfig, graphs: dict[str,
         matches.append(metrics.greedy_match(want, got))
         parted.append(margins[matches[-1]] if matches[-1] < GREEDY_TOKENS else None)
     if shortlist:
-        summary["shortlist"] = _shortlist_summary(short_stats, shortlist)
+        summary["shortlist"] = _shortlist_summary(short_stats, shortlist, artifact)
     if others:
         summary["graphs"] = {g: _graph_summary(st, wanted, others[g][1], graphs[g]) for g, st in other_stats.items()}
     summary.update(

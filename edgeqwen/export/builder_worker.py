@@ -118,7 +118,8 @@ def main(argv: list[str]) -> int:
     if plan.quantized:  # one read and one write; before lm_head.onnx, which reads model.onnx.data by offset
         from edgeqwen.export.post_export import post_export
 
-        notes.extend(post_export(Path(job.output), Path(job.input), plan.head.shortlist))
+        notes.extend(post_export(Path(job.output), Path(job.input), plan.head.shortlist,
+                                 plan.head.shortlist_bits))
     if plan.prune_head:  # lm_head.onnx (every position, for accuracy checks); a shortlist graph's lm_head.shortlist.onnx
         from edgeqwen.export.shortlist_head import write_heads
 

@@ -12,9 +12,10 @@ from .head_sym import symmetric_int8_head
 from .shortlist_head import add_shortlist
 
 
-def post_export(artifact: Path, checkpoint: Path, shortlist: int = 0) -> list[str]:
-    """Notes for the manifest. Before lm_head.onnx is written: it reads model.onnx.data by offset."""
+def post_export(artifact: Path, checkpoint: Path, shortlist: int = 0, ranking_bits: int = 4) -> list[str]:
+    """Notes for the manifest. Before lm_head.onnx is written: it reads model.onnx.data by offset. `shortlist`: K
+    candidates ranked by a `ranking_bits` copy of the head."""
     edits = [lambda model: symmetric_int8_head(model, checkpoint), fuse_gate_up]
     if shortlist:
-        edits.append(lambda model: add_shortlist(model, checkpoint, shortlist))
+        edits.append(lambda model: add_shortlist(model, checkpoint, shortlist, ranking_bits))
     return edit_graph(artifact, edits)

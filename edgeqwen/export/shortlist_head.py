@@ -1,12 +1,14 @@
-"""A shortlist lm_head for decoding: a 4-bit copy of the head ranks the vocabulary, the K best candidates are scored
+"""A shortlist lm_head for decoding: a low-bit copy of the head ranks the vocabulary, the K best candidates are scored
 exactly from the int8 head's own rows, every other logit is FILL.
 
 On the CPU a decoded token of the Qwen2.5-0.5B shape reads 342 MB of weights, 140 MB of them the int8 head (151,936 ×
-896). Ranking needs far less precision than the logits a sampler reads: a symmetric int4 copy of the head (quantized
-from the checkpoint's own weights) costs half the bytes, onnxruntime's TopK keeps K candidates, and their rows of the
-int8 table (GatherBlockQuantized — the same bytes the head and a tied embedding table already share) give their exact
-logits, in fp32 against the hidden state. Decode then reads 274 MB per token; 1.13× decode on that shape (2 cores, AVX-512
-VNNI, fresh processes: benchmarks/ab_decode.py); the int4 copy adds about half the int8 head to the file and RAM.
+896). Ranking needs far less precision than the logits a sampler reads: a 2- or 4-bit copy of the head (quantized
+from the checkpoint's own weights, ranking_quant.py) costs a quarter or half the bytes, onnxruntime's TopK keeps K
+candidates, and their rows of the int8 table (GatherBlockQuantized — the same bytes the head and a tied embedding table
+already share) give their exact logits, in fp32 against the hidden state. With a 4-bit copy and K = 64 decode reads
+274 MB per token (1.13× decode on that shape, 2 cores, AVX-512 VNNI, fresh processes: benchmarks/ab_decode.py); a
+2-bit copy with K = 256 (cpu-x86_64's default) 240 MB, 1.05× the 4-bit copy's decode on a first-generation Zen
+(AVX2), where the kernel's arithmetic, not memory, bounds a step. The copy adds that many bytes to the file and RAM.
 
 What changes for a decoder, and who reads what:
 - model.onnx (decode; onnxruntime-genai and Foundry Local load it): logits are exact for the K candidates, FILL (finite,
@@ -20,7 +22,9 @@ What changes for a decoder, and who reads what:
   that needs the whole distribution (edgeqwen's runner: sampling without a top-k or with one over K; a constrained step
   whose grammar allows many tokens but not the shortlist's pick) run the decoder's hidden state through it.
 The accuracy stage measures the shortlist on the evaluation text: how often the int8 head's argmax is among the K
-candidates (recall) and the decode head's top-1 agreement with the reference; both are gated.
+candidates (recall) and the decode head's top-1 agreement with the reference; both are gated. A 2-bit copy that
+misses is requantized to 4 bits (`set_ranking_bits`) and measured again; a 4-bit one that misses leaves the artifact
+(`drop_shortlist`).
 
 The graph's metadata records K (SHORTLIST_META), so a runner sees it without the package.
 """
@@ -33,6 +37,7 @@ import numpy as np
 
 from .graph_edit import node_attrs
 from .head_sym import HEAD_PREFIX, checkpoint_head
+from .ranking_quant import ranking_copy
 from .scoring_head import HIDDEN_OUTPUT, LOGITS_OUTPUT, write_scoring_head
 
 SHORTLIST_FILE = "lm_head.shortlist.onnx"
@@ -40,7 +45,8 @@ ROWS_FILE = "lm_head.rows.onnx"
 SHORTLIST_META = "edgeqwen.shortlist_k"
 FILL = -1.0e30  # the logit of a token outside the shortlist (exp() of it is exactly 0; x 10 penalties stays finite)
 PREFIX = "/lm_head/shortlist/"
-W4, S4 = "lm_head.shortlist.weight_Q4", "lm_head.shortlist.weight_scale"
+W4, S4 = "lm_head.shortlist.weight_Q4", "lm_head.shortlist.weight_scale"  # the ranking copy (2 or 4 bits: its node's)
+Z4 = "lm_head.shortlist.weight_zp"  # a 2-bit ranking copy's zero points (ranking_quant.py)
 K_NAME, AXIS_NAME, FILL_NAME = "lm_head.shortlist.k", "lm_head.shortlist.axis", "lm_head.shortlist.fill"
 TABLE_SHAPE = "lm_head.shortlist.table_shape"
 CUT = ("lm_head.shortlist.cut_start", "lm_head.shortlist.cut_end")  # a padded row's first H columns
@@ -84,15 +90,24 @@ def row_nodes(hidden: str, ids: str, out: str, table: str, scales: str, a: dict)
     ]
 
 
-def shortlist_nodes(hidden: str, logits: str, table: str, scales: str, a: dict) -> list:
-    """hidden [B, S, H] → logits [B, S, V]: the int4 copy's scores, TopK K, the candidates' exact logits (`row_nodes`),
-    scattered into FILL."""
+def ranking_node(hidden: str, a: dict, bits: int):
+    """The ranking copy's MatMulNBits: hidden [B, S, H] → coarse scores [B, S, V] (`a`: the head's K, N, block size,
+    accuracy level); a 2-bit copy reads its zero points."""
+    from onnx import helper
+
+    return helper.make_node("MatMulNBits", [hidden, W4, S4] + ([Z4] if bits == 2 else []), [PREFIX + "coarse"],
+                            name=PREFIX + "MatMul_Q4", domain="com.microsoft", K=a["K"], N=a["N"], bits=bits,
+                            block_size=a["block_size"], accuracy_level=a.get("accuracy_level", 0))
+
+
+def shortlist_nodes(hidden: str, logits: str, table: str, scales: str, a: dict, bits: int = 4) -> list:
+    """hidden [B, S, H] → logits [B, S, V]: the ranking copy's scores, TopK K, the candidates' exact logits
+    (`row_nodes`), scattered into FILL."""
     from onnx import helper
 
     p = PREFIX
     return [
-        helper.make_node("MatMulNBits", [hidden, W4, S4], [p + "coarse"], name=p + "MatMul_Q4", domain="com.microsoft",
-                         K=a["K"], N=a["N"], bits=4, block_size=a["block_size"], accuracy_level=a.get("accuracy_level", 0)),
+        ranking_node(hidden, a, bits),
         helper.make_node("TopK", [p + "coarse", K_NAME], [p + "values", p + "ids"], name=p + "TopK", axis=-1, sorted=0),
         *row_nodes(hidden, p + "ids", p + "exact", table, scales, a),
         helper.make_node("Shape", [p + "coarse"], [p + "shape"], name=p + "Shape"),
@@ -101,13 +116,40 @@ def shortlist_nodes(hidden: str, logits: str, table: str, scales: str, a: dict) 
     ]
 
 
-def add_shortlist(model, checkpoint: Path, k: int) -> str | None:
-    """Replace `model`'s symmetric int8 lm_head (weights in memory; graph_edit.edit_graph) by a K-candidate shortlist
-    head: a note, or None where there is no such head (then nothing changes)."""
-    from onnx import helper, numpy_helper
-
+def _head_weights(checkpoint: Path, a: dict) -> tuple[str, np.ndarray]:
+    """The checkpoint's own head weights [N, K] (not the int8 head's): the ranking copy is quantized from them."""
     from ..quantize.gptq_stream import Shards
-    from ..quantize.graph_quant import ort_block_quant
+
+    shards = Shards(checkpoint)
+    name = checkpoint_head(shards)
+    if name is None:
+        raise RuntimeError(f"{checkpoint}: no lm_head or embedding weights to quantize the shortlist's ranking copy from")
+    w = shards.get(name).float().numpy()
+    if w.shape != (a["N"], a["K"]):
+        raise RuntimeError(f"{checkpoint}: {name} is {tuple(w.shape)}, the graph's head is ({a['N']}, {a['K']})")
+    return name, w
+
+
+def _ranking_tensors(w: np.ndarray, bits: int, block: int) -> list:
+    """The ranking copy's initializers (W4, S4 and, 2-bit, Z4)."""
+    from onnx import numpy_helper
+
+    packed, scales, zeros = ranking_copy(w, bits, block)
+    return [numpy_helper.from_array(packed, W4), numpy_helper.from_array(scales.reshape(-1), S4)] + \
+        ([] if zeros is None else [numpy_helper.from_array(zeros, Z4)])
+
+
+def _ranking_note(name: str, tensors: list, bits: int, block: int) -> str:
+    mb = sum(int(np.prod(t.dims)) * (4 if t.name == S4 else 1) for t in tensors) / 1e6
+    return (f"an int{bits} copy of {name} ({mb:.0f} MB, {'symmetric' if bits == 4 else 'zero points'}, blocks of "
+            f"{block}) ranks the vocabulary")
+
+
+def add_shortlist(model, checkpoint: Path, k: int, bits: int = 4) -> str | None:
+    """Replace `model`'s symmetric int8 lm_head (weights in memory; graph_edit.edit_graph) by a K-candidate shortlist
+    head whose ranking copy has `bits` (ranking_quant.py): a note, or None where there is no such head (then nothing
+    changes)."""
+    from onnx import helper, numpy_helper
 
     g = model.graph
     head = _head(model)
@@ -120,36 +162,61 @@ def add_shortlist(model, checkpoint: Path, k: int) -> str | None:
                            f"{' with zero points' if len(head.input) > 3 and head.input[3] else ''}")
     if not 1 <= k < a["N"]:
         raise RuntimeError(f"shortlist of {k} candidates for a vocabulary of {a['N']}: k must be in [1, {a['N']})")
-    shards = Shards(checkpoint)
-    name = checkpoint_head(shards)
-    if name is None:
-        raise RuntimeError(f"{checkpoint}: no lm_head or embedding weights to quantize the shortlist's int4 copy from")
-    w = shards.get(name).float().numpy()  # [N, K]: the original weights, not the int8 head's
-    if w.shape != (a["N"], a["K"]):
-        raise RuntimeError(f"{checkpoint}: {name} is {tuple(w.shape)}, the graph's head is ({a['N']}, {a['K']})")
-    packed, scales, _ = ort_block_quant(np.ascontiguousarray(w.T), 4, a["block_size"], True)
+    name, w = _head_weights(checkpoint, a)
+    ranking = _ranking_tensors(w, bits, a["block_size"])
     del w
     weight, scale = head.input[1], head.input[2]
     table = _table_of(model, weight)
     if table is None:  # untied: the head's bytes viewed as a [V, H] table, as the builder does for a tied one
         table = PREFIX + "table"
         g.node.append(helper.make_node("Reshape", [weight, TABLE_SHAPE], [table], name=PREFIX + "Reshape"))
-    g.initializer.extend([numpy_helper.from_array(packed, W4), numpy_helper.from_array(scales.reshape(-1), S4),
-                          numpy_helper.from_array(np.array([k], np.int64), K_NAME),
+    g.initializer.extend(ranking + [numpy_helper.from_array(np.array([k], np.int64), K_NAME),
                           numpy_helper.from_array(np.array([-1], np.int64), AXIS_NAME),
                           numpy_helper.from_array(np.array([FILL], np.float32), FILL_NAME)])
     at = list(g.node).index(head)
     g.node.remove(head)
-    nodes = shortlist_nodes(head.input[0], LOGITS_OUTPUT, table, scale, a)
+    nodes = shortlist_nodes(head.input[0], LOGITS_OUTPUT, table, scale, a, bits)
     for i, n in enumerate(nodes):
         g.node.insert(at + i, n)
     read = {i for n in g.node for i in n.input}
     g.initializer.extend(t for t in shape_constants(a) if t.name in read)
     _topological(g)
     helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, SHORTLIST_META: str(k)})
-    return (f"lm_head shortlist for decoding: an int4 copy of {name} ({(packed.nbytes + scales.nbytes) / 1e6:.0f} MB, "
-            f"symmetric, blocks of {a['block_size']}) ranks the vocabulary, the top {k} are scored with the int8 head's "
-            f"rows; {SHORTLIST_FILE} scores verify steps the same way, lm_head.onnx keeps the full head")
+    return (f"lm_head shortlist for decoding: {_ranking_note(name, ranking, bits, a['block_size'])}, the top {k} are "
+            f"scored with the int8 head's rows; {SHORTLIST_FILE} scores verify steps the same way, lm_head.onnx keeps "
+            f"the full head")
+
+
+def ranking_bits(model) -> int:
+    """The bits of a shortlist graph's ranking copy (0: no shortlist)."""
+    node = next((n for n in model.graph.node if n.name == PREFIX + "MatMul_Q4"), None)
+    return node_attrs(node)["bits"] if node is not None else 0
+
+
+def set_ranking_bits(artifact: Path, checkpoint: Path, bits: int) -> str | None:
+    """Requantize a shortlist artifact's ranking copy to `bits` from the checkpoint (the accuracy stage's fallback: a
+    2-bit copy whose candidates missed the recall bar gets a 4-bit one): model.onnx and its data file written again,
+    then the head files over the new offsets. A note, or None where the copy already has `bits`."""
+    from .graph_edit import edit_graph
+
+    def edit(model):
+        node = next(n for n in model.graph.node if n.name == PREFIX + "MatMul_Q4")
+        a = node_attrs(node)
+        if a["bits"] == bits:
+            return None
+        name, w = _head_weights(checkpoint, a)
+        ranking = _ranking_tensors(w, bits, a["block_size"])
+        g = model.graph
+        kept = [t for t in g.initializer if t.name not in (W4, S4, Z4)]
+        del g.initializer[:]
+        g.initializer.extend(kept + ranking)
+        node.CopyFrom(ranking_node(node.input[0], a, bits))
+        return _ranking_note(name, ranking, bits, a["block_size"])
+
+    notes = edit_graph(artifact, [edit])
+    if notes:
+        write_heads(artifact)
+    return notes[0] if notes else None
 
 
 def _table_of(model, weight: str) -> str | None:
@@ -183,7 +250,7 @@ def _parts(model) -> tuple[str, str, dict]:
     by_output = {o: n for n in g.node for o in n.output}
     gather = next(n for n in g.node if n.name == PREFIX + "GatherBlockQuantized")
     a = node_attrs(next(n for n in g.node if n.name == PREFIX + "MatMul_Q4"))
-    return by_output[gather.input[0]].input[0], gather.input[2], a
+    return by_output[gather.input[0]].input[0], gather.input[2], a  # a["bits"]: the ranking copy's
 
 
 def full_head(model):
@@ -229,7 +296,8 @@ def write_shortlist_head(artifact: Path, decoder: str = "model.onnx") -> str | N
     elem, vocab = logits.type.tensor_type.elem_type, logits.type.tensor_type.shape.dim[-1]
     ids = helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch_size", "sequence_length", "tokens"])
     graphs = {
-        SHORTLIST_FILE: ([view, *shortlist_nodes(HIDDEN_OUTPUT, LOGITS_OUTPUT, PREFIX + "table", scales, a)], [hidden],
+        SHORTLIST_FILE: ([view, *shortlist_nodes(HIDDEN_OUTPUT, LOGITS_OUTPUT, PREFIX + "table", scales, a, a["bits"])],
+                         [hidden],
                          vocab.dim_value or vocab.dim_param),
         ROWS_FILE: ([view, *row_nodes(HIDDEN_OUTPUT, "ids", LOGITS_OUTPUT, PREFIX + "table", scales, a)],
                     [hidden, ids], "tokens"),
@@ -264,7 +332,7 @@ def drop_shortlist(artifact: Path) -> str:
         keep = [n for n in g.node if not n.name.startswith(PREFIX)]
         del g.node[:]
         g.node.extend(keep[:at] + [head] + keep[at:])
-        ours = {W4, S4, K_NAME, AXIS_NAME, FILL_NAME, TABLE_SHAPE, *CUT}
+        ours = {W4, S4, Z4, K_NAME, AXIS_NAME, FILL_NAME, TABLE_SHAPE, *CUT}
         kept = [t for t in g.initializer if t.name not in ours]
         del g.initializer[:]
         g.initializer.extend(kept)

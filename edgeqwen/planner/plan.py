@@ -33,7 +33,8 @@ class Decision:
 class HeadPlan:
     bits: int | None  # None: float lm_head
     block_size: int
-    shortlist: int = 0  # decoding's head: an int4 copy ranks, this many int8 rows score (export/shortlist_head.py)
+    shortlist: int = 0  # decoding's head: a ranking copy ranks, this many int8 rows score (export/shortlist_head.py)
+    shortlist_bits: int = 0  # its ranking copy's bits, 2 or 4 (export/ranking_quant.py; the accuracy stage may raise 2)
 
 
 class TableMode(str, enum.Enum):

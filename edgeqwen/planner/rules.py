@@ -100,9 +100,10 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     elif prune:
         log("head.prune", "prefill computes the lm_head for the last position only (the builder's prune_lm_head); "
             "accuracy checks score every position through lm_head.onnx, the head alone over the same stored weights")
-    shortlist = _shortlist(resolved, prune and head_bits == 8 and not vision, shapes, settings, bits, head_block, log)
+    shortlist, ranking = _shortlist(resolved, prune and head_bits == 8 and not vision, shapes, settings, bits, head_block,
+                                    log)
     return ExportPlan(prune_head=prune, algorithm=spec.name, matmul_bits=bits, block_size=block, symmetric=symmetric,
-                      head=HeadPlan(head_bits, head_block, shortlist), table=table,
+                      head=HeadPlan(head_bits, head_block, shortlist, ranking), table=table,
                       node_settings={n: NodeSetting.from_entry(v) for n, v in settings.items()},
                       exclude_nodes=(HEAD_NODE,) if head_bits is None else (), low_memory=low_memory,
                       calibration_samples=samples, mixed=mixed, decisions=tuple(log.items), **common)
@@ -112,19 +113,23 @@ SHORTLIST_MIN_HEAD_SHARE = 0.2  # a target's default shortlist: where the int8 h
 SHORTLIST_MIN_HEAD_MB = 32  # ... and larger than a CPU's caches (a head read from cache each token costs little)
 
 
-def _shortlist(resolved: Resolved, fits: bool, shapes: dict, settings: dict, bits: int, block: int, log: _Log) -> int:
-    """Decoding's lm_head as a shortlist of K candidates (export/shortlist_head.py): the recipe's
-    quantization.lm_head_shortlist, or the target's default where the int8 head is larger than a CPU's caches and at
-    least SHORTLIST_MIN_HEAD_SHARE of the weight bytes a decoded token reads (its int4 copy then saves at least half
-    that share, for half the head's bytes more in the file). `fits`: a pruned int8 head on the CPU graph (what the
-    shortlist is built from)."""
-    asked, target = resolved.recipe.quantization.lm_head_shortlist, resolved.target
+def _shortlist(resolved: Resolved, fits: bool, shapes: dict, settings: dict, bits: int, block: int,
+               log: _Log) -> tuple[int, int]:
+    """Decoding's lm_head as a shortlist of K candidates (export/shortlist_head.py) and the bits of its ranking copy:
+    the recipe's quantization.lm_head_shortlist(_bits), or the target's default where the int8 head is larger than a
+    CPU's caches and at least SHORTLIST_MIN_HEAD_SHARE of the weight bytes a decoded token reads (a 4-bit copy then
+    saves at least half that share, a 2-bit one three quarters, for that much of the head's bytes more in the file).
+    `fits`: a pruned int8 head on the CPU graph (what the shortlist is built from). (0, 0): the full head."""
+    quant, target = resolved.recipe.quantization, resolved.target
+    asked = quant.lm_head_shortlist
     k = target.lm_head_shortlist if asked is None else asked
+    ranking = target.lm_head_shortlist_bits if quant.lm_head_shortlist_bits is None else quant.lm_head_shortlist_bits
     if not k:
-        return 0
+        return 0, 0
     hidden, vocab = shapes[HEAD_NODE]
     head = hidden * vocab  # int8: a byte per weight
-    copy_mb = matrix_bytes(hidden, vocab, 4, block, False, 4, None, 4) / 1e6  # the int4 copy (the head's blocks)
+    # the ranking copy (the head's blocks; a 2-bit one has zero points)
+    copy_mb = matrix_bytes(hidden, vocab, ranking, block, ranking == 2, 4, None, 4) / 1e6
     layers = sum(i * o * settings.get(n, {}).get("bits", bits) / 8 for n, (i, o) in shapes.items() if n != HEAD_NODE)
     share = head / (head + layers)
     why = None
@@ -139,20 +144,21 @@ def _shortlist(resolved: Resolved, fits: bool, shapes: dict, settings: dict, bit
                "decoding does not read it from memory each token")
     elif asked is None and share < SHORTLIST_MIN_HEAD_SHARE:
         why = (f"the int8 lm_head is {share:.0%} of the weight bytes a decoded token reads (under "
-               f"{SHORTLIST_MIN_HEAD_SHARE:.0%}): its int4 copy would add {copy_mb:.0f} MB to the file to save under "
-               f"{SHORTLIST_MIN_HEAD_SHARE / 2:.0%} of them")
+               f"{SHORTLIST_MIN_HEAD_SHARE:.0%}): its int{ranking} ranking copy would add {copy_mb:.0f} MB to the file "
+               f"to save under {SHORTLIST_MIN_HEAD_SHARE * (1 - ranking / 8):.0%} of them")
     if why:
         if asked:
             raise EdgeQwenError(f"quantization.lm_head_shortlist: {asked} cannot be built here: {why}",
                                 where=f"recipe {resolved.recipe.name}", hint="set lm_head_shortlist: 0 (the full head)")
         log("head.shortlist_off", f"full lm_head for decoding (the target's shortlist of {k} not built: {why})")
-        return 0
-    log("head.shortlist", f"decoding's lm_head is a shortlist: an int4 copy of the head ranks the {vocab}-token "
+        return 0, 0
+    fallback = " (a 2-bit copy whose candidates miss it is requantized to 4 bits and measured again)" if ranking == 2 else ""
+    log("head.shortlist", f"decoding's lm_head is a shortlist: an int{ranking} copy of the head ranks the {vocab}-token "
         f"vocabulary, the top {k} are scored exactly with the int8 head's rows (the head is {share:.0%} of a token's "
         f"weight bytes; the copy adds {copy_mb:.0f} MB). Sampling without a top-k <= {k} reads the full head "
         "(lm_head.onnx); a constrained step reads it, or the allowed tokens' rows, only where the grammar refuses the "
-        "shortlist's pick; the accuracy stage gates the shortlist's recall")
-    return k
+        f"shortlist's pick; the accuracy stage gates the shortlist's recall{fallback}")
+    return k, ranking
 
 
 def _calibration_samples(recipe, spec, cfg: dict, log: _Log) -> int | None:

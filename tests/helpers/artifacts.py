@@ -157,9 +157,12 @@ accuracy: {{max_ppl_ratio: 1.2, max_kld: 0.2, min_top1: 0.75, max_windows: 3}}
 """
 
 
-def shortlist_recipe(recipe_dir: Path, model: str, k: int = SHORTLIST_K, extra: str = "") -> str:
-    """A trained tiny model built with a shortlist head of k (RTN: seconds); `extra`: more accuracy keys."""
+def shortlist_recipe(recipe_dir: Path, model: str, k: int = SHORTLIST_K, extra: str = "", bits: int | None = None) -> str:
+    """A trained tiny model built with a shortlist head of k (RTN: seconds); `extra`: more accuracy keys; `bits`: its
+    ranking copy's (None: the target's)."""
     text = SHORTLIST_RECIPE.format(model=model, k=k)
+    if bits is not None:
+        text = text.replace(f"lm_head_shortlist: {k}}}", f"lm_head_shortlist: {k}, lm_head_shortlist_bits: {bits}}}")
     if extra:
         text = text.replace("max_windows: 3", "max_windows: 3, " + extra)
     path = recipe_dir / f"shortlist-{model}-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
