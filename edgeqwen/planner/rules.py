@@ -137,8 +137,6 @@ def _shortlist(resolved: Resolved, fits: bool, shapes: dict, settings: dict, bit
         why = f"the {target.name} target runs {target.execution_provider.value}: the shortlist head is for the CPU"
     elif not fits:
         why = "it is built from a pruned int8 lm_head (builder exporter, CPU graph, text-only, lm_head int8)"
-    elif 16 * k > vocab:
-        why = f"{k} candidates of a {vocab}-token vocabulary would not be a shortlist (at most vocab / 16)"
     elif asked is None and head < SHORTLIST_MIN_HEAD_MB * 1e6:
         why = (f"the int8 lm_head is {head / 1e6:.1f} MB, within a CPU's caches (under {SHORTLIST_MIN_HEAD_MB} MB): "
                "decoding does not read it from memory each token")
@@ -146,6 +144,8 @@ def _shortlist(resolved: Resolved, fits: bool, shapes: dict, settings: dict, bit
         why = (f"the int8 lm_head is {share:.0%} of the weight bytes a decoded token reads (under "
                f"{SHORTLIST_MIN_HEAD_SHARE:.0%}): its int{ranking} ranking copy would add {copy_mb:.0f} MB to the file "
                f"to save under {SHORTLIST_MIN_HEAD_SHARE * (1 - ranking / 8):.0%} of them")
+    elif 16 * k > vocab:
+        why = f"{k} candidates of a {vocab}-token vocabulary would not be a shortlist (at most vocab / 16)"
     if why:
         if asked:
             raise EdgeQwenError(f"quantization.lm_head_shortlist: {asked} cannot be built here: {why}",
