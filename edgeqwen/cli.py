@@ -109,7 +109,7 @@ def cmd_verify(args) -> int:
     k = runtime["decode_head"]["shortlist"]
     if k:
         bits = runtime["decode_head"]["ranking_bits"]
-        print(f"NOTE: decoding reads a shortlist head: the top {k} of an int{bits} ranking, scored by the int8 head's rows "
+        print(f"NOTE: decoding reads a shortlist head: the top {k} of a {bits}-bit ranking, scored by the int8 head's rows "
               "(edgeqwen's runner and server read the full head where a request needs it; onnxruntime-genai's own "
               "grammar-guided generation sees only the candidates)")
     for problem in runtime["problems"]:

@@ -352,7 +352,7 @@ def test_verify_says_the_artifact_decodes_from_a_shortlist(shortlisted, artifact
         return proc.stdout
 
     bits = RANKING[request.node.callspec.params["shortlisted"]]
-    assert f"shortlist head: the top {K} of an int{bits} ranking" in verify(shortlisted)
+    assert f"shortlist head: the top {K} of a {bits}-bit ranking" in verify(shortlisted)
     assert json.loads(verify(shortlisted, "--json"))["runtime"]["decode_head"] == {"shortlist": K, "ranking_bits": bits}
     full = artifacts.get("tiny-qwen2/cpu-x86_64-int4", trained_qwen2)
     assert "shortlist" not in verify(full) and json.loads(verify(full, "--json"))["runtime"]["decode_head"] == {

@@ -334,7 +334,8 @@ def format_table(summary: dict) -> str:
     ]
     sl = summary.get("shortlist")
     if sl:
-        rows += [(f"shortlist head ({sl['k']} candidates) top-1", f"{sl['top1'] * 100:.2f} %"),
+        ranked = f"{sl['k']} candidates, {sl.get('ranking_bits', 4)}-bit ranking"
+        rows += [(f"shortlist head ({ranked}) top-1", f"{sl['top1'] * 100:.2f} %"),
                  ("shortlist recall", f"{sl['recall'] * 100:.2f} % (full head's top-1 among the candidates)"),
                  ("shortlist mass", f"{sl['mass_mean'] * 100:.2f} % mean, {sl['mass_p1'] * 100:.1f} % at p1 "
                   "(reference probability on the candidates)")]

@@ -89,7 +89,7 @@ def _gate_shortlist(artifact: Path, summary: dict, gate: Accuracy, checkpoint: P
         if not sl:
             return summary
         missed = check_shortlist(summary, gate)
-        head = (f"        shortlist head ({sl['k']} candidates, int{sl.get('ranking_bits', 4)} ranking): top-1 "
+        head = (f"        shortlist head ({sl['k']} candidates, {sl.get('ranking_bits', 4)}-bit ranking): top-1 "
                 f"{sl['top1']:.1%}, recall {sl['recall']:.2%}: ")
         if not missed or sl.get("ranking_bits") != 2:
             break

@@ -141,7 +141,7 @@ def _ranking_tensors(w: np.ndarray, bits: int, block: int) -> list:
 
 def _ranking_note(name: str, tensors: list, bits: int, block: int) -> str:
     mb = sum(int(np.prod(t.dims)) * (4 if t.name == S4 else 1) for t in tensors) / 1e6
-    return (f"an int{bits} copy of {name} ({mb:.0f} MB, {'symmetric' if bits == 4 else 'zero points'}, blocks of "
+    return (f"a {bits}-bit copy of {name} ({mb:.0f} MB, {'symmetric' if bits == 4 else 'zero points'}, blocks of "
             f"{block}) ranks the vocabulary")
 
 

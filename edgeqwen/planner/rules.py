@@ -142,7 +142,7 @@ def _shortlist(resolved: Resolved, fits: bool, shapes: dict, settings: dict, bit
                "decoding does not read it from memory each token")
     elif asked is None and share < SHORTLIST_MIN_HEAD_SHARE:
         why = (f"the int8 lm_head is {share:.0%} of the weight bytes a decoded token reads (under "
-               f"{SHORTLIST_MIN_HEAD_SHARE:.0%}): its int{ranking} ranking copy would add {copy_mb:.0f} MB to the file "
+               f"{SHORTLIST_MIN_HEAD_SHARE:.0%}): its {ranking}-bit ranking copy would add {copy_mb:.0f} MB to the file "
                f"to save under {SHORTLIST_MIN_HEAD_SHARE * (1 - ranking / 8):.0%} of them")
     elif 16 * k > vocab:
         why = f"{k} candidates of a {vocab}-token vocabulary would not be a shortlist (at most vocab / 16)"
@@ -153,7 +153,7 @@ def _shortlist(resolved: Resolved, fits: bool, shapes: dict, settings: dict, bit
         log("head.shortlist_off", f"full lm_head for decoding (the target's shortlist of {k} not built: {why})")
         return 0, 0
     fallback = " (a 2-bit copy whose candidates miss it is requantized to 4 bits and measured again)" if ranking == 2 else ""
-    log("head.shortlist", f"decoding's lm_head is a shortlist: an int{ranking} copy of the head ranks the {vocab}-token "
+    log("head.shortlist", f"decoding's lm_head is a shortlist: a {ranking}-bit copy of the head ranks the {vocab}-token "
         f"vocabulary, the top {k} are scored exactly with the int8 head's rows (the head is {share:.0%} of a token's "
         f"weight bytes; the copy adds {copy_mb:.0f} MB). Sampling without a top-k <= {k} reads the full head "
         "(lm_head.onnx); a constrained step reads it, or the allowed tokens' rows, only where the grammar refuses the "
