@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 WORKER = textwrap.dedent("""
     import json, sys, numpy as np
@@ -61,6 +62,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--name", help="also write the table to benchmarks/results/NAME.md (and the runs to NAME.json)")
     a = ap.parse_args()
     arts = dict(x.split("=", 1) for x in a.artifacts)
     if len(arts) < 2:
@@ -74,15 +76,25 @@ def main() -> int:
             tps[n].append(r["decode_tps"])
             tokens[n] = r["tokens"]
         print(f"round {rnd + 1}/{a.rounds}: " + ", ".join(f"{n} {tps[n][-1]:.1f}" for n in names), file=sys.stderr)
+    from edgeqwen.runtime.isa import cpu_isa
+
     base = names[0]
-    print(f"decode tok/s, {a.rounds} rounds, each run a fresh process (best of 2 x {a.tokens} greedy tokens after a "
-          f"warm-up), {a.threads} threads, order alternated per round; paired ratio = median over rounds of run / {base}")
-    print(f"| artifact | decode tok/s median (range) | paired ratio vs {base} | same greedy tokens as {base} |")
-    print("|---|---|---|---|")
+    lines = [f"decode tok/s, {a.rounds} rounds, each run a fresh process (best of 2 x {a.tokens} greedy tokens after a "
+             f"warm-up), {a.threads} threads, CPU {cpu_isa()}, order alternated per round; paired ratio = median over "
+             f"rounds of run / {base}",
+             f"| artifact | decode tok/s median (range) | paired ratio vs {base} | same greedy tokens as {base} |",
+             "|---|---|---|---|"]
     for n in names:
         ratio = statistics.median(x / y for x, y in zip(tps[n], tps[base]))
-        print(f"| {n} | {statistics.median(tps[n]):.1f} ({min(tps[n]):.1f}–{max(tps[n]):.1f}) | {ratio:.3f}x | "
-              f"{'yes' if tokens[n] == tokens[base] else 'no'} |")
+        lines.append(f"| {n} | {statistics.median(tps[n]):.1f} ({min(tps[n]):.1f}–{max(tps[n]):.1f}) | {ratio:.3f}x | "
+                     f"{'yes' if tokens[n] == tokens[base] else 'no'} |")
+    print("\n".join(lines))
+    if a.name:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from shapes import write_results
+
+        write_results(Path(__file__).resolve().parent / "results", a.name, "\n".join(lines),
+                      {"artifacts": arts, "threads": a.threads, "tokens": a.tokens, "cpu": cpu_isa(), "decode_tps": tps})
     return 0
 
 
