@@ -108,6 +108,7 @@ def _gate_shortlist(artifact: Path, summary: dict, gate: Accuracy, checkpoint: P
 
 def evaluate_stage(artifact: Path, ckpt: Checkpoint, resolved: Resolved, eval_text: Path | None) -> dict:
     gate = resolved.recipe.accuracy
+
     def measure() -> dict:
         return evaluate(artifact, ckpt.path, EvalConfig(window=gate.window, max_windows=gate.max_windows,
                                                         eval_text=eval_text), graphs=_other_graphs(artifact))

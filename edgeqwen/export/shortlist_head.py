@@ -7,8 +7,9 @@ from the checkpoint's own weights, ranking_quant.py) costs a quarter or half the
 candidates, and their rows of the int8 table (GatherBlockQuantized — the same bytes the head and a tied embedding table
 already share) give their exact logits, in fp32 against the hidden state. With a 4-bit copy and K = 64 decode reads
 274 MB per token (1.13× decode on that shape, 2 cores, AVX-512 VNNI, fresh processes: benchmarks/ab_decode.py); a
-2-bit copy with K = 256 (cpu-x86_64's default) 240 MB, 1.05× the 4-bit copy's decode on a first-generation Zen
+2-bit copy with K = 256 (cpu-x86_64's default) 240 MB, 1.06× the 4-bit copy's decode on a first-generation Zen
 (AVX2), where the kernel's arithmetic, not memory, bounds a step. The copy adds that many bytes to the file and RAM.
+(The copy's names, `weight_Q4` and `MatMul_Q4`, predate the 2-bit copy and stay: artifacts built before carry them.)
 
 What changes for a decoder, and who reads what:
 - model.onnx (decode; onnxruntime-genai and Foundry Local load it): logits are exact for the K candidates, FILL (finite,
@@ -297,8 +298,7 @@ def write_shortlist_head(artifact: Path, decoder: str = "model.onnx") -> str | N
     ids = helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch_size", "sequence_length", "tokens"])
     graphs = {
         SHORTLIST_FILE: ([view, *shortlist_nodes(HIDDEN_OUTPUT, LOGITS_OUTPUT, PREFIX + "table", scales, a, a["bits"])],
-                         [hidden],
-                         vocab.dim_value or vocab.dim_param),
+                         [hidden], vocab.dim_value or vocab.dim_param),
         ROWS_FILE: ([view, *row_nodes(HIDDEN_OUTPUT, "ids", LOGITS_OUTPUT, PREFIX + "table", scales, a)],
                     [hidden, ids], "tokens"),
     }
