@@ -23,6 +23,7 @@ def fed(table: dict[int, float], acceptance: float) -> DraftCost:
         drafted = width - 1
         cost.record(drafted, round(acceptance * drafted), 2e-5 * drafted, ms / 1000)
     cost.acceptance = acceptance
+    cost.accept_at = dict.fromkeys(range(1, 17), acceptance)  # every position alike: tokens kept independently
     return cost
 
 
@@ -104,3 +105,16 @@ def test_noisy_timings_and_an_instant_drafter_never_divide_by_zero():
     for width in (1, 2):
         zero.record(width - 1, width - 1, 0.0, 0.0)
     assert zero.speedup(1) is None and zero.limit(4) == 4  # nothing measurable: draft and time it
+
+
+def test_acceptance_in_runs_pays_for_longer_drafts_than_a_per_token_rate():
+    """Copying a passage: drafts are kept whole or rejected at their first token. Half the steps keep all 8, half none:
+    a per-token rate of 50 % would say a draft of 8 yields 2 tokens; the positions' own rates say 1 + 0.5 * 8 = 5."""
+    cost = DraftCost()
+    for _ in range(12):
+        cost.record(8, 8, 0.0, 0.012)
+        cost.record(8, 0, 0.0, 0.012)
+        cost.record(0, 0, 0.0, 0.010)
+    assert 0.3 < cost.acceptance < 0.7 and cost.accept_at[1] < 0.7 and min(cost.accept_at[m] for m in range(2, 9)) > 0.99
+    assert cost.expected_tokens(8) > 4 and cost.speedup(8) > 3  # 9-token step timed at 1.2x a plain one
+    assert cost.limit(8) == 8

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import argparse
+import bisect
 import hashlib
 import json
 import math
@@ -559,9 +560,11 @@ class DraftCost:
     the acceptance rule alone would grow to 16 tokens runs slower than plain decoding even when 80 % of it is kept.
 
     `DraftCost` keeps, per stream, the wall time of verify steps by width and of drafting by draft length (moving
-    averages), and a moving acceptance rate. `limit(k)` is the draft length in [0, k] with the best expected tokens per
-    second — E(j) = (1 - a^(j+1)) / (1 - a) tokens for the time of drafting j and verifying j + 1, against one plain
-    step — and 0 where no length beats plain decoding by `margin`. Widths never timed are read off a line through the
+    averages), and moving acceptance rates: per draft token, and per position among the steps that reached it.
+    `limit(k)` is the draft length in [0, k] with the best expected tokens per second — E(j) = 1 + the sum over i <= j
+    of the product of the first i positions' rates (the per-token rate a where a position was never tried: then
+    (1 - a^(j+1)) / (1 - a)) for the time of drafting j and verifying j + 1, against one plain step — and 0 where no
+    length beats plain decoding by `margin`. Widths never timed are read off a line through the
     timed ones; before a 1-token step has been timed, a draft is allowed (lookup streams time one at every step without
     a match; a draft model's stream gets one plain step once other widths are timed). After `probe` steps held at 0 it
     lets one draft through, so a stream whose text turns repetitive is noticed. The output never depends on k: only
@@ -573,6 +576,10 @@ class DraftCost:
         self.step_s: dict[int, float] = {}  # verify width -> seconds (moving average)
         self.draft_s: dict[int, float] = {}  # draft length -> seconds to propose it
         self.acceptance: float | None = None  # per draft token, moving average over steps that drafted
+        # position m -> moving average of "the m-th draft token was kept", over steps that reached it (all before it
+        # kept): acceptance comes in runs (a copied passage is kept whole, a new sentence not at all), which a single
+        # per-token rate raised to the j-th power undercounts for long drafts
+        self.accept_at: dict[int, float] = {}
         self.held = 0  # consecutive steps limited to no draft
         self.limited = 0  # steps whose draft length the cost cut below the acceptance rule's
 
@@ -586,47 +593,67 @@ class DraftCost:
         self._avg(self.step_s, 1 + drafted, step_s)
         if drafted:
             self._avg(self.draft_s, drafted, draft_s)
+            for m in range(1, min(kept + 1, drafted) + 1):  # the positions this step tried: up to the first rejected
+                self._avg(self.accept_at, m, 1.0 if m <= kept else 0.0)
             rate = kept / drafted
             old = self.acceptance
             self.acceptance = rate if old is None else old + self.alpha * (rate - old)
 
     @staticmethod
-    def _line(table: dict[int, float], x: int) -> float | None:
-        """table[x], else interpolated between (or extended from) the nearest timed keys; None without enough."""
-        if x in table:
-            return table[x]
+    def _line(table: dict[int, float], xs: range) -> list[float] | None:
+        """table[x] for each x, else read off the line between (or extended from) the nearest timed keys; None where
+        one is needed and fewer than two keys are timed."""
         keys = sorted(table)
-        if len(keys) < 2:
+        out = []
+        for x in xs:
+            if x in table:
+                out.append(table[x])
+                continue
+            if len(keys) < 2:
+                return None
+            i = bisect.bisect_left(keys, x)  # keys[i - 1] < x < keys[i]
+            lo, hi = (keys[0], keys[1]) if i == 0 else (keys[-2], keys[-1]) if i == len(keys) else (keys[i - 1], keys[i])
+            out.append(max(table[lo] + (table[hi] - table[lo]) / (hi - lo) * (x - lo), 0.0))
+        return out
+
+    def gains(self, k: int) -> list[float] | None:
+        """Expected tokens per second with a draft of j = 1..k tokens, relative to plain decoding (one pass: this runs
+        every step, and a tiny model's step is well under a millisecond); None where not yet known."""
+        one = self.step_s.get(1)
+        wide = self._line(self.step_s, range(2, k + 2))
+        if one is None or wide is None or self.acceptance is None:
             return None
-        lo = max([k for k in keys if k < x], default=None)
-        hi = min([k for k in keys if k > x], default=None)
-        if lo is None:
-            lo, hi = keys[0], keys[1]
-        elif hi is None:
-            lo, hi = keys[-2], keys[-1]
-        slope = (table[hi] - table[lo]) / (hi - lo)
-        return max(table[lo] + slope * (x - lo), 0.0)
+        draft = self._line(self.draft_s, range(1, k + 1))
+        if draft is None:  # one length timed: in proportion to it; none: free
+            key, t = next(iter(self.draft_s.items()), (1, 0.0))
+            draft = [t * j / key for j in range(1, k + 1)]
+        a = min(self.acceptance, 0.999)
+        out, tokens, run = [], 1.0, 1.0
+        for j in range(1, k + 1):
+            run *= min(self.accept_at.get(j, a), 0.999)
+            tokens += run
+            # a wider step never costs less than a plain one: timer noise can make a line through two timed widths
+            # fall toward zero, and an instant drafter adds nothing
+            seconds = max(wide[j - 1], one) + draft[j - 1]
+            if seconds <= 0:
+                return None
+            out.append(tokens * one / seconds)
+        return out
 
     def speedup(self, j: int) -> float | None:
         """Expected tokens per second with a draft of j tokens, relative to plain decoding; None where not yet known."""
-        one = self.step_s.get(1)
-        wide = self._line(self.step_s, j + 1)
-        if one is None or wide is None or self.acceptance is None:
-            return None
-        a = min(self.acceptance, 0.999)
-        tokens = (1 - a ** (j + 1)) / (1 - a)
-        # a wider step never costs less than a plain one: timer noise can make a line through two timed widths fall
-        # toward zero, and an instant drafter adds nothing
-        seconds = max(wide, one) + self._draft_time(j)
-        return tokens * one / seconds if seconds > 0 else None
+        g = self.gains(j)
+        return None if g is None else g[-1]
 
-    def _draft_time(self, j: int) -> float:
-        """Seconds to propose j tokens: timed, on the line through the timed lengths, or in proportion to the one."""
-        t = self._line(self.draft_s, j)
-        if t is None and self.draft_s:
-            key = next(iter(self.draft_s))
-            t = self.draft_s[key] * j / key
-        return t or 0.0
+    def expected_tokens(self, j: int) -> float:
+        """Tokens a step drafting j yields: 1 + the sum over i <= j of P(the first i draft tokens are all kept), from
+        each position's own rate where it has been tried, the per-token rate beyond."""
+        a = min(self.acceptance or 0.0, 0.999)
+        tokens, run = 1.0, 1.0
+        for m in range(1, j + 1):
+            run *= min(self.accept_at.get(m, a), 0.999)
+            tokens += run
+        return tokens
 
     def limit(self, k: int) -> int:
         """The draft length to ask for when the acceptance rule allows k."""
@@ -637,9 +664,10 @@ class DraftCost:
                 self.held += 1
                 return 0
             return k
-        gains = {j: self.speedup(j) for j in range(1, k + 1)}
-        if any(g is None for g in gains.values()):
+        g = self.gains(k)
+        if g is None:
             return k  # not enough timed yet: draft, and time it
+        gains = dict(enumerate(g, start=1))
         best = max(gains, key=lambda j: gains[j])
         if gains[best] < self.margin:
             self.held += 1
