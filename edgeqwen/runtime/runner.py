@@ -627,11 +627,8 @@ class DraftCost:
         if draft is None:  # one length timed: in proportion to it; none: free
             key, t = next(iter(self.draft_s.items()), (1, 0.0))
             draft = [t * j / key for j in range(1, k + 1)]
-        a = min(self.acceptance, 0.999)
-        out, tokens, run = [], 1.0, 1.0
-        for j in range(1, k + 1):
-            run *= min(self.accept_at.get(j, a), 0.999)
-            tokens += run
+        out = []
+        for j, tokens in enumerate(self._expected(k), start=1):
             # a wider step never costs less than a plain one: timer noise can make a line through two timed widths
             # fall toward zero, and an instant drafter adds nothing
             seconds = max(wide[j - 1], one) + draft[j - 1]
@@ -648,12 +645,17 @@ class DraftCost:
     def expected_tokens(self, j: int) -> float:
         """Tokens a step drafting j yields: 1 + the sum over i <= j of P(the first i draft tokens are all kept), from
         each position's own rate where it has been tried, the per-token rate beyond."""
+        return self._expected(j)[-1] if j > 0 else 1.0
+
+    def _expected(self, k: int) -> list[float]:
+        """expected_tokens(j) for j = 1..k, in one pass."""
         a = min(self.acceptance or 0.0, 0.999)
-        tokens, run = 1.0, 1.0
-        for m in range(1, j + 1):
+        out, tokens, run = [], 1.0, 1.0
+        for m in range(1, k + 1):
             run *= min(self.accept_at.get(m, a), 0.999)
             tokens += run
-        return tokens
+            out.append(tokens)
+        return out
 
     def limit(self, k: int) -> int:
         """The draft length to ask for when the acceptance rule allows k."""
