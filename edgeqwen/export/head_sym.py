@@ -28,24 +28,32 @@ def checkpoint_head(shards) -> str | None:
     return next((n for n in HEAD_TENSORS if n in shards.where), None)
 
 
+def checkpoint_head_weights(checkpoint: Path, shape: tuple[int, int]) -> tuple[str | None, np.ndarray | None]:
+    """(name, float32 [N, K] weights) of a checkpoint's lm_head (`checkpoint_head`); the weights None where they are
+    not `shape`, both None where the checkpoint has no head."""
+    from ..quantize.gptq_stream import Shards
+
+    shards = Shards(checkpoint)
+    name = checkpoint_head(shards)
+    if name is None:
+        return None, None
+    w = shards.get(name).float().numpy()
+    return name, (w if w.shape == tuple(shape) else None)
+
+
 def symmetric_int8_head(model, checkpoint: Path) -> str | None:
     """Rewrite `model`'s 8-bit lm_head with zero points (its weights in memory; graph_edit.edit_graph) as symmetric
     int8 from `checkpoint`'s head weights: a note, or None where there is no such head."""
     from onnx import numpy_helper
 
-    from ..quantize.gptq_stream import Shards
     from ..quantize.graph_quant import ort_block_quant
 
     head = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.name.startswith(HEAD_PREFIX)), None)
     if head is None or len(head.input) < 4 or not head.input[3] or node_attrs(head)["bits"] != 8:
         return None
     a = node_attrs(head)
-    shards = Shards(checkpoint)
-    name = checkpoint_head(shards)
-    if name is None:
-        return None
-    w = shards.get(name).float().numpy()  # [N, K]
-    if w.shape != (a["N"], a["K"]):
+    name, w = checkpoint_head_weights(checkpoint, (a["N"], a["K"]))
+    if w is None:
         return None
     packed, scales, _ = ort_block_quant(np.ascontiguousarray(w.T), 8, a["block_size"], True)
     del w

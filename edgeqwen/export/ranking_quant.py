@@ -38,9 +38,9 @@ def ranking_copy(w: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.n
         if blocks * block != k:
             x = np.pad(x, ((0, 0), (0, blocks * block - k)))
         q, s, z = _search_2bit(x.reshape(len(x), blocks, block))
-        packed[r:r + len(x)] = _pack(q, 2)
+        packed[r:r + len(x)] = _pack(q.reshape(-1, block)).reshape(len(x), blocks, -1)
         scales[r:r + len(x)] = s
-        zeros[r:r + len(x)] = _pack(np.pad(z, ((0, 0), (0, -blocks % 4))), 2)
+        zeros[r:r + len(x)] = _pack(z)
     return packed, scales, zeros
 
 
@@ -65,24 +65,18 @@ def _search_2bit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q, best_s, best_z.astype(np.uint8)
 
 
-def _pack(q: np.ndarray, bits: int) -> np.ndarray:
-    """Values along the last axis, `8 // bits` per byte, the first in the low bits (MatMulNBits' order)."""
-    per = 8 // bits
-    q = q.reshape(*q.shape[:-1], q.shape[-1] // per, per).astype(np.uint8)
-    out = np.zeros(q.shape[:-1], np.uint8)
-    for i in range(per):
-        out |= q[..., i] << (bits * i)
-    return out
+def _pack(levels: np.ndarray) -> np.ndarray:
+    """[R, C] 2-bit levels → [R, ceil(C / 4)] bytes in MatMulNBits' order (gptq_math.pack_uint8)."""
+    import torch
+
+    from ..quantize.gptq_math import pack_uint8
+
+    return pack_uint8(torch.from_numpy(np.ascontiguousarray(levels)), 2).numpy()
 
 
 def dequantize(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, k: int) -> np.ndarray:
-    """The [N, K] weights a ranking copy scores with (what MatMulNBits computes from it)."""
-    per = 8 // bits
-    mask = (1 << bits) - 1
-    q = np.stack([(packed >> (bits * i)) & mask for i in range(per)], -1).reshape(*packed.shape[:2], -1)
-    if zeros is None:
-        z = np.full(scales.shape, 1 << (bits - 1), np.float32)
-    else:
-        z = np.stack([(zeros >> (bits * i)) & mask for i in range(per)], -1).reshape(len(zeros), -1)[:, :scales.shape[1]]
-    w = (q.astype(np.float32) - z[..., None]) * scales[..., None]
-    return w.reshape(len(w), -1)[:, :k]
+    """The [N, K] weights a ranking copy scores with (what MatMulNBits computes from it: graph_quant's dequantizer)."""
+    from ..quantize.graph_quant import ort_block_dequant
+
+    block = packed.shape[2] * 8 // bits
+    return ort_block_dequant(packed, scales, zeros, bits, block, zeros is None, k).T

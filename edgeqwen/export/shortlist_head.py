@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .graph_edit import node_attrs
-from .head_sym import HEAD_PREFIX, checkpoint_head
+from .head_sym import HEAD_PREFIX, checkpoint_head_weights
 from .ranking_quant import ranking_copy
 from .scoring_head import HIDDEN_OUTPUT, LOGITS_OUTPUT, write_scoring_head
 
@@ -119,15 +119,11 @@ def shortlist_nodes(hidden: str, logits: str, table: str, scales: str, a: dict, 
 
 def _head_weights(checkpoint: Path, a: dict) -> tuple[str, np.ndarray]:
     """The checkpoint's own head weights [N, K] (not the int8 head's): the ranking copy is quantized from them."""
-    from ..quantize.gptq_stream import Shards
-
-    shards = Shards(checkpoint)
-    name = checkpoint_head(shards)
+    name, w = checkpoint_head_weights(checkpoint, (a["N"], a["K"]))
     if name is None:
         raise RuntimeError(f"{checkpoint}: no lm_head or embedding weights to quantize the shortlist's ranking copy from")
-    w = shards.get(name).float().numpy()
-    if w.shape != (a["N"], a["K"]):
-        raise RuntimeError(f"{checkpoint}: {name} is {tuple(w.shape)}, the graph's head is ({a['N']}, {a['K']})")
+    if w is None:
+        raise RuntimeError(f"{checkpoint}: {name} is not the graph's head's shape ({a['N']}, {a['K']})")
     return name, w
 
 

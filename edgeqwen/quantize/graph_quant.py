@@ -58,18 +58,21 @@ def ort_block_dequant(packed: np.ndarray, scales: np.ndarray, zero_points: np.nd
                       symmetric: bool, rows: int) -> np.ndarray:
     """What MatMulNBits computes with: the [K, N] float weights of `ort_block_quant`'s output (K = rows)."""
     cols, k_blocks, _ = packed.shape
-    if bits == 4:
-        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(cols, k_blocks, -1)[:, :, :block]
-    else:
-        q = packed[:, :, :block]
+    q = _unpack(packed, bits).reshape(cols, k_blocks, -1)[:, :, :block]
     if symmetric:
         zp = np.full((cols, k_blocks), 1 << (bits - 1), dtype=np.float32)
-    elif bits == 4:
-        zp = np.stack([zero_points & 0x0F, zero_points >> 4], axis=-1).reshape(cols, -1)[:, :k_blocks].astype(np.float32)
     else:
-        zp = zero_points[:, :k_blocks].astype(np.float32)
+        zp = _unpack(zero_points, bits).reshape(cols, -1)[:, :k_blocks].astype(np.float32)
     w = (q.astype(np.float32) - zp[:, :, None]) * scales[:, :, None]
     return np.ascontiguousarray(w.reshape(cols, k_blocks * block)[:, :rows].T)
+
+
+def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 bytes → their `8 // bits` values each along a new last axis, the first in the lowest bits."""
+    if bits == 8:
+        return packed[..., None]
+    mask = (1 << bits) - 1
+    return np.stack([(packed >> (bits * i)) & mask for i in range(8 // bits)], axis=-1)
 
 
 def quantize_in_place(model, request: QuantRequest, *, exclude: set[str], shared_lm_head: bool,
