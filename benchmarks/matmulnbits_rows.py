@@ -29,8 +29,10 @@ from edgeqwen.runtime.isa import cpu_isa
 ROWS = (1, 2, 3, 4, 8)
 
 
-def weight_graph(artifact: Path, head: bool):
-    """A graph of the artifact's MatMulNBits nodes (same attributes, random weights), one input per distinct K."""
+def weight_graph(artifact: Path, head: bool, zero_points: bool | None = None, bits_only: int | None = None):
+    """A graph of the artifact's MatMulNBits nodes (same attributes, random weights), one input per distinct K.
+    `zero_points`: every node with (True) or without (False) zero points, else as the artifact has them; `bits_only`:
+    only the nodes of that bit width."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -41,7 +43,7 @@ def weight_graph(artifact: Path, head: bool):
     nodes, inits, outs, inputs, nbytes = [], [], [], {}, 0
     for i, node in enumerate(n for n in model.graph.node if n.op_type == "MatMulNBits"):
         a = node_attrs(node)
-        if "lm_head" in node.name and not head:
+        if ("lm_head" in node.name and not head) or (bits_only and a["bits"] != bits_only):
             continue
         k, n, bits, block = a["K"], a["N"], a["bits"], a["block_size"]
         blocks = -(-k // block)
@@ -50,7 +52,7 @@ def weight_graph(artifact: Path, head: bool):
         names = [inputs.setdefault(k, f"x{k}"), f"w{i}", f"s{i}"]
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(s, f"s{i}")]
         nbytes += w.nbytes + s.nbytes
-        if len(node.input) > 3 and node.input[3]:
+        if zero_points if zero_points is not None else len(node.input) > 3 and node.input[3]:
             z = rng.integers(0, 256, n * (-(-blocks * bits // 8)), dtype=np.uint8)
             inits.append(numpy_helper.from_array(z, f"z{i}"))
             names.append(f"z{i}")

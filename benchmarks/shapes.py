@@ -71,6 +71,8 @@ def ensure_artifact(shape: str, recipe: str) -> tuple[Path, Path]:
     pkg = Path(__file__).resolve().parents[1] / "edgeqwen"
     for src in sorted(p for room in ("export", "planner", "quantize") for p in (pkg / room).rglob("*.py")):
         h.update(src.read_bytes())  # the code that shapes the graph: a changed exporter or quantizer is rebuilt too
+    for target in sorted((pkg.parent / "targets").glob("*.yaml")):
+        h.update(target.read_bytes())  # and a target's settings (block size, shortlist, zero-point cost)
     digest = h.hexdigest()[:8]  # a changed recipe is rebuilt
     art = shape_dir(shape).with_name(f"{shape}-{Path(recipe).stem if recipe.endswith('.yaml') else recipe.replace('/', '-')}-{digest}")
     if not (art / "manifest.json").exists():

@@ -86,6 +86,12 @@ class MixedMode(str, enum.Enum):
     AUTO = "auto"  # bits/block per decoder-layer MatMul from measured sensitivity (edgeqwen/planner/mixed.py)
 
 
+class ZeroPoints(str, enum.Enum):
+    ALWAYS = "always"  # every matrix in the recipe's own scheme (quantization.symmetric)
+    AUTO = "auto"  # symmetric unless a matrix's zero points buy more accuracy than their kernel time costs (the
+    # target's int4_zero_point_cost, priced as that share of the matrix's bytes; planner/mixed.py)
+
+
 class Objective(str, enum.Enum):
     FEWEST_BYTES = "fewest_bytes"  # stop upgrading once the planned KLD meets its target
     BEST_ACCURACY = "best_accuracy"  # spend the whole max_bits_per_weight budget
@@ -103,6 +109,7 @@ class MixedPrecision:
     strict_cap: bool = False  # False: exceed the cap (recorded) where the plan within it is predicted to miss the gate's
     # max_kld (or, without a KLD gate, the target); True: never
     objective: Objective = Objective.FEWEST_BYTES
+    zero_points: ZeroPoints = ZeroPoints.ALWAYS
     formats: tuple[LayerOverride, ...] = (LayerOverride(bits=4, block_size=64), LayerOverride(bits=4, block_size=32),
                                           LayerOverride(bits=8, block_size=128))  # upgrades; costlier than the base
     samples: int = 4  # calibration sequences for the measurement

@@ -88,6 +88,10 @@ class Target:
     # the bits of the shortlist's ranking copy (export/ranking_quant.py): 2 halves its read again; where its candidates
     # miss the recall bar the accuracy stage requantizes it to 4. A recipe's quantization.lm_head_shortlist_bits wins
     lm_head_shortlist_bits: int = 4
+    # what zero points cost this target's MatMulNBits kernel: the extra time of a matrix with a zero point per block over
+    # the same matrix symmetric, as a share (0.05 = 5 % slower; benchmarks/zero_point_cost.py measures it). A recipe's
+    # `mixed_precision.zero_points: auto` prices them with it; None: not measured, zero points are kept
+    int4_zero_point_cost: float | None = None
     # WebGPU only: true = fp16 activations and KV (the builder's WebGPU layout), which needs adapters with the
     # `shader-f16` feature; false = fp32 activations (the CPU layout), which every WebGPU adapter runs
     shader_f16: bool | None = None
@@ -113,6 +117,9 @@ class Target:
         if self.lm_head_shortlist and self.execution_provider != ExecutionProvider.CPU:
             raise ValueError("lm_head_shortlist is for the CPU execution provider (its TopK/ScatterElements head is "
                              "measured there only)")
+        if self.int4_zero_point_cost is not None and not 0 <= self.int4_zero_point_cost < 1:
+            raise ValueError(f"int4_zero_point_cost {self.int4_zero_point_cost} must be in [0, 1) (a matrix's extra "
+                             "time with zero points, as a share)")
         if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"int4_accuracy_level {self.int4_accuracy_level} must be 0-4")
         if self.ort_target_platform not in ("arm", "amd64"):

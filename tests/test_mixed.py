@@ -107,6 +107,78 @@ def test_the_build_keeps_a_soft_cap_inside_the_gate_and_gives_it_up_after_a_meas
     assert after_miss.cap_exceeded and after_miss.met and after_miss.bits_per_weight > 4.6
 
 
+def with_zero_points(sens: dict, helps) -> dict:
+    """A record measured over a symmetric base with each format's "+zp" error: `helps(layer, kind)` is the share of
+    the symmetric error left with zero points (skewed weights: far below 1; centred ones: near 1)."""
+    for g in sens["groups"]:
+        g["err"] = {**g["err"], **{f"{k}+zp": v * helps(g["layer"], g["kind"]) for k, v in g["err"].items()}}
+    return {**sens, "symmetric": True, "zero_points": True}
+
+
+def test_zero_points_are_kept_only_where_the_accuracy_they_buy_is_worth_their_time():
+    """Over a symmetric base, zero points are an upgrade priced at the target's measured kernel cost: a matrix whose
+    weights are skewed (zero points cut its error to a tenth) keeps them; one whose weights are centred (3 %) goes
+    to a smaller block or stays symmetric; at a high enough price nothing keeps them; without a price the "+zp"
+    formats are never offered. The cap counts real bytes."""
+    skewed = {(0, "mlp/down_proj")}
+    sens = with_zero_points(record(4, lambda i, k: 0.002), lambda i, k: 0.1 if (i, k) in skewed else 0.97)
+
+    def zp(cost, **kw):
+        return choose(sens, nodes_for=NODES, base_bits=4, base_block=128, symmetric=True, formats=FORMATS,
+                      whole_groups=True, scale_bytes=4, target_kld=kw.get("target", 0.0315), max_bits_per_weight=None,
+                      objective="fewest_bytes", zero_point_cost=cost)
+
+    c = zp(0.08)
+    asym = {n for n, s in c.node_settings.items() if s.get("scheme") == "asym"}
+    assert asym == {"/model/layers.0/mlp/down_proj/MatMul"}, c.node_settings
+    assert c.summary["met"] and c.summary["zero_point_cost"] == 0.08
+    assert c.summary["upgraded"]["int4/b128+zp"] == ["layers.0/mlp/down_proj"]
+    assert any(code == "mixed.zero_points" and "1 of 20" in text for code, text in c.decisions)
+    dear = zp(0.9)  # zero points priced at 90 % of the bytes: a smaller block buys the accuracy for less
+    assert not any(s.get("scheme") == "asym" for s in dear.node_settings.values()) and dear.summary["met"]
+    unpriced = zp(None)
+    assert unpriced.summary["zero_point_cost"] is None and "+zp" not in json.dumps(unpriced.summary)
+    # zero points add real bytes: with their price near zero they are taken everywhere they help, within the cap
+    cheap = choose(sens, nodes_for=NODES, base_bits=4, base_block=128, symmetric=True, formats=FORMATS,
+                   whole_groups=True, scale_bytes=4, target_kld=0.0, max_bits_per_weight=4.3,
+                   objective="best_accuracy", zero_point_cost=0.001)
+    assert cheap.summary["bits_per_weight"] <= 4.3
+    assert sum(s.get("scheme") == "asym" for s in cheap.node_settings.values()) > 1
+
+
+def test_the_plan_prices_zero_points_only_on_a_target_that_measured_them(tmp_path):
+    """`zero_points: auto` on cpu-x86_64 (its int4_zero_point_cost measured): a symmetric base, the price in the plan,
+    the "+zp" formats asked of the measurement. On a target without a measured price (cpu-arm64): zero points kept
+    as the recipe says, and the plan says why."""
+    from edgeqwen.checkpoint import resolve_checkpoint
+    from edgeqwen.planner import plan as make_plan
+    from edgeqwen.recipe import load_recipe
+    from edgeqwen.targets import load_target
+
+    text = CAPPED_RECIPE.replace("algorithm: rtn", "algorithm: gptq").replace(
+        "max_bits_per_weight: 4.6}", "max_bits_per_weight: 4.6, zero_points: auto}")
+    ckpt = resolve_checkpoint("embedded:tiny-qwen2")
+    layers = ckpt.config["num_hidden_layers"]
+    for target in ("cpu-x86_64", "cpu-arm64"):
+        path = tmp_path / f"{target}.yaml"
+        path.write_text(text.replace("target: cpu-x86_64", f"target: {target}"))
+        resolved = load_recipe(str(path))
+        pending = make_plan(resolved, ckpt)
+        cost = load_target(target).int4_zero_point_cost
+        if target == "cpu-x86_64":
+            assert cost is not None and pending.symmetric and pending.mixed.zero_point_cost == cost
+            assert any(d.code == "zero_points.auto" for d in pending.decisions)
+            sens = with_zero_points({**record(layers, lambda i, k: 0.02 / (5 * layers)), "head": {"int8/b128": 0.0}},
+                                    lambda i, k: 0.1 if (i, k) == (1, "mlp/down_proj") else 0.97)
+            planned = make_plan(resolved, ckpt, sensitivity=sens)
+            assert planned.symmetric and planned.mixed.zero_point_cost == cost
+            asym = [n for n, s in planned.node_settings.items() if s.scheme is not None and s.scheme.value == "asym"]
+            assert asym == ["/model/layers.1/mlp/down_proj/MatMul"], planned.node_settings
+        else:
+            assert cost is None and not pending.symmetric and pending.mixed.zero_point_cost is None
+            assert any(d.code == "zero_points.kept" and "int4_zero_point_cost" in d.message for d in pending.decisions)
+
+
 def test_scaled_predictions_plan_more_bytes():
     sens = record(4, lambda i, k: 0.003 * (1 + i))
     once = pick(sens, target=0.03)
@@ -129,8 +201,9 @@ def test_measurement_on_a_trained_model(trained_qwen2, tmp_path):
     from edgeqwen.planner.sensitivity import measure
 
     cfg = {"model": str(trained_qwen2), "calib_text": str(trained_qwen2.parent.parent / "calib.txt"), "samples": 2,
-           "seq_len": 64, "base_bits": 4, "base_block": 128, "symmetric": False, "grid": grid_for((4, 128), FORMATS),
-           "nodes_for": NODES, "head_formats": [(8, 128), (4, 32)], "table_formats": [], "threads": 1}
+           "seq_len": 64, "base_bits": 4, "base_block": 128, "symmetric": True, "zero_points": True,
+           "grid": grid_for((4, 128), FORMATS), "nodes_for": NODES, "head_formats": [(8, 128), (4, 32)],
+           "table_formats": [], "threads": 1}
     rec = measure(cfg)
     json.dumps(rec)  # what the child process writes
     assert len(rec["groups"]) == 4 * 5 and rec["tied"] and rec["table"] == {}
@@ -138,6 +211,8 @@ def test_measurement_on_a_trained_model(trained_qwen2, tmp_path):
     for g in rec["groups"]:
         assert g["kld"] > rec["noise_floor_kld"]
         assert g["err"]["int8/b128"] < g["err"]["int4/b32"] < g["err"]["int4/b128"]
+        assert g["err"]["int4/b128+zp"] < g["err"]["int4/b128"]  # a zero point per block fits the range better
+    assert rec["symmetric"] and rec["zero_points"]
     assert rec["head"]["int8/b128"] < rec["head"]["int4/b32"]
     c = pick(rec, target=0.5 * min(g["kld"] for g in rec["groups"]) * len(rec["groups"]))
     assert c.node_settings and all(n.startswith("/model/layers.") for n in c.node_settings)

@@ -61,7 +61,7 @@ def test_override_that_matches_nothing_names_the_glob_and_layers(tmp_path):
     ("k_quant", True, "rtn", 4, True, "algorithm.fallback"),  # the low-memory path runs rtn: the plan says so
     ("hqq", False, "hqq", 4, False, "algorithm.hqq"),
     ("hqq", True, "rtn", 4, True, "algorithm.fallback"),
-    ("gptq", False, "gptq", 4, False, "symmetric.off"),
+    ("gptq", False, "gptq", 4, True, None),  # zero points written for the builder, dropped after (zero_points.py)
     ("autoround", False, "autoround", 4, False, "symmetric.off"),
     ("rtn_clip", True, "rtn_clip", 4, True, "low_memory"),
 ])
@@ -96,8 +96,6 @@ def test_shapes_that_need_fallbacks(tmp_path):
 @pytest.mark.parametrize("quant, precision, target, exporter, match", [
     ("  algorithm: autoround\n  overrides: {'/model/layers.0/*': {bits: 8}}\n", "int4", "cpu-x86_64", "builder",
      "autoround does not take per-layer overrides"),
-    ("  algorithm: gptq\n  overrides: {'/model/layers.0/*': {symmetric: true}}\n", "int4", "cpu-x86_64", "builder",
-     "asks for symmetric weights"),
     ("  algorithm: gptq\n", "int4", "cpu-x86_64", "portable", "portable exporter quantizes with rtn, rtn_clip only"),
     ("", "int8", "qnn-npu", "builder", "needs static shapes / QDQ weights"),
     ("  embeddings: int8\n  lm_head: float\n", "int4", "cpu-x86_64", "builder", "cannot share the tied table"),

@@ -85,6 +85,8 @@ class MixedPlan:
     capped_kld: float | None = None  # predicted KLD of the best plan within the cap (a soft cap gives way above the gate)
     gate_kld: float | None = None  # the accuracy gate's max_kld the soft cap is held against
     kld_scale: float = 1.0  # > 1 after a measured miss
+    # `zero_points: auto`: the base is symmetric and "+zp" formats keep zero points, priced at this share more bytes
+    zero_point_cost: float | None = None
     upgraded: dict[str, tuple[str, ...]] = field(default_factory=dict)  # format → "layers.N/kind" upgraded to it
     choice: dict[str, str] = field(default_factory=dict)  # "layers.N/kind" → format
 

@@ -8,7 +8,7 @@ from ..checkpoint import Checkpoint
 from ..errors import EdgeQwenError
 from ..quantize.registry import AlgorithmSpec, get_algorithm
 from ..quantize.request import NodeSetting
-from ..recipe import EmbeddingMode, Exporter, HeadMode, Resolved
+from ..recipe import EmbeddingMode, Exporter, HeadMode, Resolved, ZeroPoints
 from ..schema import from_dict
 from ..targets import ArtifactFormat, ExecutionProvider, Precision, WeightEncoding
 from .overrides import expand_overrides
@@ -73,8 +73,11 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     spec, fitted = _algorithm_that_runs(spec, shapes, block, low_memory, log)
     head_bits = _head_bits(resolved, spec, bits, ckpt.tied_embeddings and want_table, log)
     symmetric = _symmetry(resolved, spec, log)
+    zero_point_cost = _zero_point_pricing(resolved, spec, log)
+    symmetric = symmetric or zero_point_cost is not None
     auto, mixed, auto_table_bits = _auto_mixed(resolved, ckpt, spec, bits, block, symmetric, head_bits,
-                                               want_table and not ckpt.tied_embeddings, sensitivity, log)
+                                               want_table and not ckpt.tied_embeddings, sensitivity, log,
+                                               zero_point_cost)
     settings, head_bits, head_block = _node_settings(resolved, spec, shapes, layers, bits, block, head_bits,
                                                      {**fitted, **auto}, log)
     if head_bits is not None and want_table and ckpt.tied_embeddings and cfg["hidden_size"] % head_block:
@@ -290,24 +293,39 @@ def _symmetry(resolved: Resolved, spec: AlgorithmSpec, log: _Log) -> bool:
         raise EdgeQwenError(f"algorithm {spec.name} does not take per-layer overrides here (the GPTQ layout it is "
                             "saved in has one bit width for the whole model)", where=where,
                             hint="drop the overrides, or use algorithm: gptq for mixed precision")
-    if spec.stage == "checkpoint" and spec.asym_reason:
-        for pattern, o in q.overrides.items():
-            if o.symmetric:
-                raise EdgeQwenError(
-                    f"override {pattern!r} asks for symmetric weights, which {spec.name} artifacts cannot hold here",
-                    where=where, hint=f"drop `symmetric: true` from the override ({spec.asym_reason}), or use algorithm: rtn")
     if spec.asym_reason and q.symmetric:
         log("symmetric.off", f"symmetric -> false: {spec.asym_reason}")
         return False
     return q.symmetric
 
 
+def _zero_point_pricing(resolved: Resolved, spec: AlgorithmSpec, log: _Log) -> float | None:
+    """`mixed_precision.zero_points: auto` → the target's measured zero-point cost (the plan's base goes symmetric
+    and each matrix's zero points become an upgrade priced by it), or None: zero points as the recipe says."""
+    q, target = resolved.recipe.quantization, resolved.target
+    mp = q.mixed_precision
+    if not mp.auto or mp.zero_points != ZeroPoints.AUTO:
+        return None
+    if spec.asym_reason:
+        log("zero_points.kept", f"zero_points auto: kept everywhere: {spec.asym_reason}")
+        return None
+    cost = target.int4_zero_point_cost
+    if cost is None:
+        log("zero_points.kept", f"zero_points auto: kept everywhere: target {target.name} has no measured "
+            "int4_zero_point_cost (benchmarks/zero_point_cost.py measures it)")
+        return None
+    log("zero_points.auto", f"zero_points auto: symmetric base; a matrix keeps zero points only where the accuracy "
+        f"they buy is worth their time, priced at {cost:.0%} of its bytes (target {target.name}'s measured "
+        "int4_zero_point_cost)")
+    return cost
+
+
 TABLE_SHARE = 0.1  # an int4 embedding table may cost at most this share of the KLD target, else it is int8
 
 
 def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits: int, block: int, symmetric: bool,
-                head_bits: int | None, separate_table: bool, sensitivity: dict | None, log: _Log
-                ) -> tuple[dict, MixedPlan, int | None]:
+                head_bits: int | None, separate_table: bool, sensitivity: dict | None, log: _Log,
+                zero_point_cost: float | None = None) -> tuple[dict, MixedPlan, int | None]:
     """`mixed_precision: auto` → per-node {bits, group_size} from the measured sensitivity (planner/mixed.py), the
     summary the plan carries, and the bits of an untied embedding table (`embeddings: quantized`: int4 where its
     measured KLD is small, else int8). The lm_head's and the table's measured KLD are taken off the target before the
@@ -329,7 +347,7 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
     if sensitivity is None:
         log("mixed.pending", f"mixed precision auto: per-matrix bits from a sensitivity measurement on calibration "
             f"text (made by `edgeqwen build`; planned KLD target {target:.4f})")
-        return {}, MixedPlan(pending=True, target_kld=target), None
+        return {}, MixedPlan(pending=True, target_kld=target, zero_point_cost=zero_point_cost), None
     from .mixed import choose
 
     scale = float(sensitivity.get("kld_scale", 1.0))
@@ -356,7 +374,8 @@ def _auto_mixed(resolved: Resolved, ckpt: Checkpoint, spec: AlgorithmSpec, bits:
                     formats=[(f.bits, f.block_size) for f in mp.formats], whole_groups=spec.whole_groups,
                     scale_bytes=4 if resolved.target.fp32_graph else 2, target_kld=layer_target,
                     max_bits_per_weight=mp.max_bits_per_weight, objective=mp.objective.value, strict_cap=mp.strict_cap,
-                    gate_kld=layer_gate)
+                    gate_kld=layer_gate,
+                    zero_point_cost=zero_point_cost if sensitivity.get("zero_points") else None)
     for code, message in choice.decisions:
         log(code, message)
     summary = {**choice.summary, "target_kld": target, "layer_target_kld": round(layer_target, 6),

@@ -101,9 +101,11 @@ def _forward_with_square_sums(layer, i: int, h, kwargs, sq: dict):
             hk.remove()
 
 
-def _format_errors(i: int, originals: dict, by_node: dict, grid: list, sq: dict, sym: bool) -> dict[str, dict]:
+def _format_errors(i: int, originals: dict, by_node: dict, grid: list, sq: dict, sym: bool,
+                   zero_points: bool = False) -> dict[str, dict]:
     """Per node kind of layer i, each format's activation-weighted weight error Σ_k E[x_k²]·Σ_n (W−Q(W))²: the formats
-    asked for, and the blocks a whole-group quantizer fits to K."""
+    asked for, and the blocks a whole-group quantizer fits to K. `zero_points` (a symmetric base): each format with a
+    zero point per block too, as "int4/b128+zp"."""
     from .sizes import fit_block
 
     err: dict[str, dict[str, float]] = {}
@@ -111,16 +113,17 @@ def _format_errors(i: int, originals: dict, by_node: dict, grid: list, sq: dict,
         err[kind] = {}
         k = originals[modules[0]].shape[1]
         for bits, block in sorted({(b, f) for b, blk in grid for f in (blk, fit_block(k, blk, True) or 16)}):
-            total = 0.0
-            for module in modules:
-                s, count = sq[f"{i}.{module}"]
-                w = originals[module]
-                stride = max(1, w.shape[0] // SAMPLED_ROWS)  # blocks run along K, so every stride-th row is a fair sample
-                sample = w[::stride]
-                diff = sample - _fake_quant(sample, bits, block, sym)  # [n, K]; E[x_k²] weighs column k
-                scale = w.shape[0] / sample.shape[0]
-                total += scale * float(((diff * diff).sum(0).double() * (s / max(count, 1)).double()).sum())
-            err[kind][f"int{bits}/b{block}"] = total
+            for zp in (False, True) if zero_points and sym else (False,):
+                total = 0.0
+                for module in modules:
+                    s, count = sq[f"{i}.{module}"]
+                    w = originals[module]
+                    stride = max(1, w.shape[0] // SAMPLED_ROWS)  # blocks run along K: every stride-th row is a fair sample
+                    sample = w[::stride]
+                    diff = sample - _fake_quant(sample, bits, block, sym and not zp)  # [n, K]; E[x_k²] weighs column k
+                    scale = w.shape[0] / sample.shape[0]
+                    total += scale * float(((diff * diff).sum(0).double() * (s / max(count, 1)).double()).sum())
+                err[kind][f"int{bits}/b{block}{'+zp' if zp else ''}"] = total
     return err
 
 
@@ -221,7 +224,7 @@ def measure(cfg: dict) -> dict:
     print("sensitivity: lm_head and embedding table measured", flush=True)
     groups, proxy = run.groups(kld)
     return {"version": 1, "resolution": run.resolution, "base_bits": run.base[0], "base_block": run.base[1],
-            "symmetric": run.sym, "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
+            "symmetric": run.sym, **({"zero_points": True} if run.zero_points and run.sym else {}), "samples": int(x.shape[0]), "seq_len": int(x.shape[1]), "threads": int(cfg["threads"]),
             "noise_floor_kld": kld[("floor",)], "groups": groups, "tied": tied, "head": head,
             "table": {name[1]: v for name, v in kld.items() if name[0] == "table"},
             **({"proxy": proxy} if proxy else {}), "timing": timing, "wall_s": round(time.perf_counter() - t0, 2)}
@@ -233,6 +236,7 @@ class _Pass:
 
     def __init__(self, cfg: dict, config, n: int, batch: int, seq: int):
         self.base, self.sym = (int(cfg["base_bits"]), int(cfg["base_block"])), bool(cfg["symmetric"])
+        self.zero_points = bool(cfg.get("zero_points"))  # the "+zp" formats too (mixed_precision.zero_points: auto)
         self.grid = [(int(b), int(s)) for b, s in cfg["grid"]]
         self.nodes_for = cfg["nodes_for"]  # HF module in a layer → the node that holds it (q/k/v share one)
         self.by_node: dict[str, list[str]] = {}
@@ -269,7 +273,7 @@ class _Pass:
         originals = {m: layer.get_submodule(m).weight.data for m in self.nodes_for}
         quantized = {m: _fake_quant(w, *self.base, self.sym) for m, w in originals.items()}
         h_in, h = h, _forward_with_square_sums(layer, i, h, kwargs, self.sq)
-        self.errors.append(_format_errors(i, originals, self.by_node, self.grid, self.sq, self.sym))
+        self.errors.append(_format_errors(i, originals, self.by_node, self.grid, self.sq, self.sym, self.zero_points))
         self.local_errors.append(_local_errors(layer, *_subset(h_in, kwargs, self.sequences), self.by_node, originals,
                                                quantized, "layer" if self.resolution == "proxy" else self.resolution))
         self.shapes.append({kind: [list(originals[m].T.shape) for m in self.by_node[kind]] for kind in self.kinds})
@@ -337,6 +341,8 @@ def sensitivity_for(plan, resolved, ckpt, work: Path, calib_path: Path | None) -
                 "nodes_for": get_architecture(plan.architecture).module_nodes["builder"],
                 "head_formats": sorted({(8, fit_block(hidden, 128, True) or 16), (4, base[1])}),
                 "table_formats": [(8, table_block), (4, table_block)], "threads": int(threads)}
+    if plan.mixed.zero_point_cost is not None:  # each format with zero points too (mixed_precision.zero_points: auto)
+        settings["zero_points"] = True
     key = cache_key(ckpt.path, Path(source), settings, "onnxruntime")
 
     def run() -> dict:

@@ -24,20 +24,22 @@ class GroupFormat:
 
 
 def find_qparams(w: torch.Tensor, fmt: GroupFormat) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of `w` [N, g]: (scale [N], zero point [N] int) of Olive's WeightQuantizer (unsigned levels 0..maxq, the
-    range always holding 0; symmetric: zero point at the middle level)."""
+    """Per row of `w` [N, g]: (scale [N], zero point [N] int). Asymmetric: Olive's WeightQuantizer (unsigned levels
+    0..maxq over a range always holding 0). Symmetric: onnxruntime's own block quantizer's (MLAS) — zero point at
+    the middle level m = 2^(bits-1) and scale = the row's largest-magnitude weight / -m, signed, so that weight lands
+    exactly on level 0 and all 2^bits levels are used (Olive's symmetric scale, 2·max|w| / maxq, leaves half a level
+    unused at each end: on a 256-wide matrix its GPTQ loss is 1.19x this one's, tests/test_quantize.py)."""
+    if fmt.symmetric:
+        mid = (fmt.maxq + 1) // 2
+        extreme = w.gather(1, w.abs().argmax(1, keepdim=True)).squeeze(1)
+        scale = torch.where(extreme == 0, 1.0, extreme / -mid)
+        return scale, torch.full_like(scale, mid, dtype=torch.int32)
     zero = torch.zeros(w.shape[0], dtype=w.dtype)
     lo, hi = torch.minimum(w.min(1).values, zero), torch.maximum(w.max(1).values, zero)
-    if fmt.symmetric:
-        hi = torch.maximum(lo.abs(), hi)
-        lo = torch.where(lo < 0, -hi, lo)
     empty = (lo == 0) & (hi == 0)
     lo, hi = torch.where(empty, -1.0, lo), torch.where(empty, 1.0, hi)
     scale = (hi - lo) / fmt.maxq
-    if fmt.symmetric:
-        zp = torch.full_like(scale, (fmt.maxq + 1) // 2)
-    else:
-        zp = torch.round(-lo / scale)
+    zp = torch.round(-lo / scale)
     return scale, zp.clamp(0, fmt.maxq).to(torch.int32)
 
 

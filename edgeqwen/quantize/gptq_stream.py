@@ -176,8 +176,9 @@ def quantize_layer(layer, prefix: str, hs, kws, formats: dict, damp: float) -> t
         mod.weight.data = r.dequantize(fmt.group_size)
         saved[f"{prefix}{name}.qweight"] = pack_uint8(r.q, fmt.bits)
         saved[f"{prefix}{name}.scales"] = r.scales.contiguous()
-        if not fmt.symmetric:
-            saved[f"{prefix}{name}.qzeros"] = pack_uint8(r.zeros, fmt.bits)
+        # symmetric too (every zero point the middle level): onnxruntime-genai 0.14.1's builder packs q/k/v by
+        # concatenating their zero points; post-export drops zero points that are all the default (zero_points.py)
+        saved[f"{prefix}{name}.qzeros"] = pack_uint8(r.zeros, fmt.bits)
         if mod.bias is not None:
             saved[f"{prefix}{name}.bias"] = mod.bias.data.float().clone()
         losses[name] = r.loss

@@ -7,8 +7,8 @@ SPEC = register(AlgorithmSpec(
     name="gptq",
     summary="GPTQ (layer-streamed) on the PyTorch checkpoint, local calibration text",
     stage="checkpoint", extra="gptq", precisions=("int4",),
-    # onnxruntime-genai 0.14.1 packs pre-quantized q/k/v by concatenating their zero points: symmetric weights crash it
-    asym_reason="onnxruntime-genai 0.14.1 cannot import symmetric gptq weights (its q/k/v packer needs zero points)",
+    # symmetric weights go to the builder with their zero points spelled out (the middle level: onnxruntime-genai
+    # 0.14.1 packs pre-quantized q/k/v by concatenating zero points); post-export drops them (export/zero_points.py)
     whole_groups=True,  # Olive's GPTQ asserts in_features % group_size == 0
     low_memory="gptq", calibration=True, cache_package="olive-ai",
     checkpoint_quantizer="edgeqwen.quantize.gptq_stream:quantize_checkpoint",
