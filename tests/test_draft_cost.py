@@ -55,6 +55,26 @@ def test_held_at_zero_it_looks_again():
     assert cost.limited == cost.probe
 
 
+def test_probes_that_fail_look_again_less_often_and_a_good_one_resets():
+    """A drafter that rarely agrees: each probe rejected doubles the held steps before the next (16, 32, 64, then
+    128 at most); once acceptance makes a draft worth it, drafting resumes and a later hold starts from 16 again."""
+    cost = fed(AVX2, 0.1)
+    gaps, held = [], 0
+    while len(gaps) < 5:
+        k = cost.limit(4)
+        if k:
+            gaps.append(held)
+            held = 0
+            cost.record(k, 0, 1e-4, AVX2[4] / 1000)  # the probe's draft is rejected
+        else:
+            held += 1
+            cost.record(0, 0, 0.0, AVX2[1] / 1000)
+    assert gaps == [16, 32, 64, 128, 128], gaps
+    for _ in range(40):  # the text turns repetitive: every draft kept
+        cost.record(4, 4, 1e-4, AVX2[4] / 1000)
+    assert cost.limit(4) > 0 and cost.wait == cost.probe
+
+
 class Copy(Drafter):
     """Drafts the known continuation (every draft token is accepted)."""
 

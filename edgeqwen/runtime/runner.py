@@ -567,12 +567,16 @@ class DraftCost:
     length beats plain decoding by `margin`. Widths never timed are read off a line through the
     timed ones; before a 1-token step has been timed, a draft is allowed (lookup streams time one at every step without
     a match; a draft model's stream gets one plain step once other widths are timed). After `probe` steps held at 0 it
-    lets one draft through, so a stream whose text turns repetitive is noticed. The output never depends on k: only
-    how many positions a step verifies.
+    lets one draft through, so a stream whose text turns repetitive is noticed; each probe that leaves the draft still
+    not worth it doubles the wait before the next (up to `max_probe`: a drafter that rarely agrees — a draft model at
+    11 % acceptance — stops paying a wide step and a catch-up every 16 tokens), and a draft worth taking resets it.
+    The output never depends on k: only how many positions a step verifies.
     """
 
-    def __init__(self, alpha: float = 0.3, margin: float = 1.03, probe: int = 16):
-        self.alpha, self.margin, self.probe = alpha, margin, probe
+    def __init__(self, alpha: float = 0.3, margin: float = 1.03, probe: int = 16, max_probe: int = 128):
+        self.alpha, self.margin, self.probe, self.max_probe = alpha, margin, probe, max_probe
+        self.wait = probe  # held steps before the next probe
+        self.probed = False  # the last draft allowed was a probe
         self.step_s: dict[int, float] = {}  # verify width -> seconds (moving average)
         self.draft_s: dict[int, float] = {}  # draft length -> seconds to propose it
         self.acceptance: float | None = None  # per draft token, moving average over steps that drafted
@@ -672,13 +676,15 @@ class DraftCost:
         gains = dict(enumerate(g, start=1))
         best = max(gains, key=lambda j: gains[j])
         if gains[best] < self.margin:
+            if self.probed:  # the probe did not make drafting worth it: look again less often
+                self.wait, self.probed = min(2 * self.wait, self.max_probe), False
             self.held += 1
-            if self.held > self.probe:  # look again now and then: acceptance and costs move with the text
-                self.held = 0
+            if self.held > self.wait:  # look again now and then: acceptance and costs move with the text
+                self.held, self.probed = 0, True
                 return k
             self.limited += 1
             return 0
-        self.held = 0
+        self.held, self.wait, self.probed = 0, self.probe, False
         if best < k:
             self.limited += 1
         return best
