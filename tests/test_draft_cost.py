@@ -110,7 +110,7 @@ def test_slow_verify_steps_cut_the_draft_and_keep_the_text(artifacts, trained_qw
     finally:
         del runner.step
     assert slow.cost.limited > 0 and slow.stats.drafted < fast.stats.drafted, (slow.stats, fast.stats)
-    assert slow.cost.step_s[1] == pytest.approx(0.02, abs=0.015)
+    assert slow.cost.step_s[1] >= 0.02  # a plain step was timed, sleep included (a loaded machine only adds to it)
 
 
 def test_noisy_timings_and_an_instant_drafter_never_divide_by_zero():

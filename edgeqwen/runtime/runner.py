@@ -665,9 +665,12 @@ class DraftCost:
         """The draft length to ask for when the acceptance rule allows k."""
         if k <= 0:
             return 0
+        if 0 < self.held < self.wait:  # inside a hold nothing that decided it moves but the plain step's time: skip the
+            self.held += 1  # arithmetic (on a model whose step is 0.5 ms it is a tenth of the step)
+            self.limited += 1
+            return 0
         if 1 not in self.step_s:
             if len(self.step_s) >= 2:  # wider steps timed, a plain one never: time one
-                self.held += 1
                 return 0
             return k
         g = self.gains(k)
