@@ -72,12 +72,9 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
             f"images capped at {vision.max_pixels} pixels")
     spec, fitted = _algorithm_that_runs(spec, shapes, block, low_memory, log)
     head_bits = _head_bits(resolved, spec, bits, ckpt.tied_embeddings and want_table, log)
-    symmetric = _symmetry(resolved, spec, log)
-    zero_point_cost = _zero_point_pricing(resolved, spec, log)
-    symmetric = symmetric or zero_point_cost is not None
-    auto, mixed, auto_table_bits = _auto_mixed(resolved, ckpt, spec, bits, block, symmetric, head_bits,
-                                               want_table and not ckpt.tied_embeddings, sensitivity, log,
-                                               zero_point_cost)
+    symmetric, zero_point_cost = _symmetry(resolved, spec, log)
+    auto, mixed, auto_table_bits = _auto_mixed(resolved, ckpt, spec, bits, block, symmetric, head_bits, want_table
+                                               and not ckpt.tied_embeddings, sensitivity, log, zero_point_cost)
     settings, head_bits, head_block = _node_settings(resolved, spec, shapes, layers, bits, block, head_bits,
                                                      {**fitted, **auto}, log)
     if head_bits is not None and want_table and ckpt.tied_embeddings and cfg["hidden_size"] % head_block:
@@ -286,17 +283,21 @@ def _head_bits(resolved: Resolved, spec: AlgorithmSpec, bits: int, shares_table:
     return head_bits
 
 
-def _symmetry(resolved: Resolved, spec: AlgorithmSpec, log: _Log) -> bool:
+def _symmetry(resolved: Resolved, spec: AlgorithmSpec, log: _Log) -> tuple[bool, float | None]:
+    """(the base scheme is symmetric, the price of zero points where the plan weighs them per matrix)."""
     q = resolved.recipe.quantization
     where = f"recipe {resolved.recipe.name}: quantization.overrides"
     if q.overrides and not spec.takes_overrides:
         raise EdgeQwenError(f"algorithm {spec.name} does not take per-layer overrides here (the GPTQ layout it is "
                             "saved in has one bit width for the whole model)", where=where,
                             hint="drop the overrides, or use algorithm: gptq for mixed precision")
+    cost = _zero_point_pricing(resolved, spec, log)
+    if cost is not None:
+        return True, cost
     if spec.asym_reason and q.symmetric:
         log("symmetric.off", f"symmetric -> false: {spec.asym_reason}")
-        return False
-    return q.symmetric
+        return False, None
+    return q.symmetric, None
 
 
 def _zero_point_pricing(resolved: Resolved, spec: AlgorithmSpec, log: _Log) -> float | None:
