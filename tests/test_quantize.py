@@ -219,6 +219,11 @@ def test_gptq_hqq_are_refused_for_int8_and_unknown_algorithms_list_known(tmp_pat
     with pytest.raises(EdgeQwenError, match="does not write hqq workflows") as info:
         olive_workflow(recipe(tmp_path, "hq", algo="hqq"), None, str(tmp_path / "o"))
     assert "OnnxHqqQuantization" in info.value.hint
+    # a symmetric GPTQ plan (zero points priced) goes to Olive asymmetric: Olive's symmetric output has no zero points,
+    # which ModelBuilder cannot pack for q/k/v
+    cfg, notes = olive_workflow("qwen2.5-0.5b-instruct/cpu-x86_64-int4", "embedded:tiny-qwen2", str(tmp_path / "o"),
+                                calib_out=tmp_path / "calib.jsonl")
+    assert cfg["passes"]["gptq"]["sym"] is False and any("GPTQ asymmetric in Olive" in n for n in notes), cfg["passes"]
 
 
 @pytest.mark.slow
