@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph_edit import node_attrs
+from .graph_edit import node_attrs, replace_nodes
 
 GATE, UP, GATE_UP = "mlp/gate_proj", "mlp/up_proj", "mlp/gate_up_proj"
 FUSED = {GATE_UP: (GATE, UP)}  # a fused node in a layer -> the nodes (and HF modules' nodes) it holds, in order
@@ -67,11 +67,6 @@ def fuse_gate_up(model) -> str | None:
         if n.name in drop:
             continue
         nodes.extend(replace.get(n.name, (n,)))
-    used = {i for n in nodes for i in n.input}
-    kept = [t for t in model.graph.initializer if t.name in used] + added
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    replace_nodes(model.graph, nodes, added)
     return (f"gate and up projections fused into one MatMulNBits + Split in {len(pairs)} layer(s) (same settings; "
             "one kernel pass over the layer's input)")

@@ -14,6 +14,18 @@ def node_attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+def replace_nodes(graph, nodes=None, added=()) -> None:
+    """`graph`'s nodes become `nodes` (None: kept as they are); its initializers, those a node still reads plus
+    `added`."""
+    if nodes is not None:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used] + list(added)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def load_with_weights(path: Path):
     """(the model at `path` with every external tensor read into memory, the external data files it read)."""
     import onnx

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from .graph_edit import node_attrs
+from .graph_edit import node_attrs, replace_nodes
 
 
 def default_levels(packed: np.ndarray, bits: int, blocks: int, n: int) -> bool:
     """Whether every block's zero point in `packed` (uint8, any shape: MatMulNBits stores [N * bytes per column];
     one run of bytes per output column, 8 // bits zero points per byte, low bits first) is 2^(bits-1); the padding
     of a column's last byte is not a block and is not read."""
-    per = 8 // bits
-    rows = packed.reshape(n, -1)
-    levels = np.stack([(rows >> (bits * i)) & ((1 << bits) - 1) for i in range(per)], axis=-1)
-    levels = levels.reshape(rows.shape[0], -1)[:, :blocks]
+    from ..quantize.graph_quant import unpack_levels
+
+    levels = unpack_levels(packed.reshape(n, -1), bits).reshape(n, -1)[:, :blocks]
     return bool(np.all(levels == 1 << (bits - 1)))
 
 
@@ -50,9 +49,6 @@ def drop_default_zero_points(model) -> str | None:
         dropped += 1
     if not dropped:
         return None
-    used = {i for n in model.graph.node for i in n.input}
-    kept = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    replace_nodes(model.graph)  # the dropped zero points' initializers go
     return (f"zero points dropped from {dropped} MatMulNBits node(s): all at the default level (symmetric weights), "
             "so onnxruntime runs its symmetric kernel")

@@ -73,19 +73,17 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     system = {"device": provider.device, "execution_provider": provider.ort_name}
     pre: dict = {}
     overrides = module_overrides(plan.quant_request()) if quantized else {}
-    symmetric = plan.symmetric
-    if spec is not None and spec.olive.pre_pass == "Gptq" and symmetric:
-        symmetric = False  # Olive saves symmetric GPTQ without zero points, which ModelBuilder cannot pack for q/k/v
-        notes.append("GPTQ asymmetric in Olive: its symmetric result has no zero points, which onnxruntime-genai "
-                     "0.14.1's ModelBuilder cannot import for q/k/v (edgeqwen's build writes the middle level and "
-                     "drops it after export)")
     if spec is not None and spec.olive.pre_pass == "Gptq":
+        if plan.symmetric:  # Olive saves symmetric GPTQ without zero points, which ModelBuilder cannot pack for q/k/v
+            notes.append("GPTQ asymmetric in Olive: its symmetric result has no zero points, which onnxruntime-genai "
+                         "0.14.1's ModelBuilder cannot import for q/k/v (edgeqwen's build writes the middle level and "
+                         "drops it after export)")
         cal = q.calibration
         calib_out = calib_out or out / "calibration.jsonl"
         cset = prepare_calibration(calib, ckpt.path, calib_out, cal.samples, cal.seq_len)
         notes.append(f"calibration: {cset.samples} × {cset.seq_len} tokens from {cset.source} written to {calib_out}")
         cfg = workflow_config(str(ckpt.path), str(calib_out), bits=plan.matmul_bits, group_size=plan.block_size,
-                              symmetric=symmetric, samples=cset.samples, seq_len=cset.seq_len,
+                              symmetric=False, samples=cset.samples, seq_len=cset.seq_len,
                               damp_percent=cal.damp_percent, overrides=overrides, output_dir=output_dir,
                               cache_dir=str(out / "cache"), extra_passes={"model_builder": mb}, **system)
     else:

@@ -58,16 +58,16 @@ def ort_block_dequant(packed: np.ndarray, scales: np.ndarray, zero_points: np.nd
                       symmetric: bool, rows: int) -> np.ndarray:
     """What MatMulNBits computes with: the [K, N] float weights of `ort_block_quant`'s output (K = rows)."""
     cols, k_blocks, _ = packed.shape
-    q = _unpack(packed, bits).reshape(cols, k_blocks, -1)[:, :, :block]
+    q = unpack_levels(packed, bits).reshape(cols, k_blocks, -1)[:, :, :block]
     if symmetric:
         zp = np.full((cols, k_blocks), 1 << (bits - 1), dtype=np.float32)
     else:
-        zp = _unpack(zero_points, bits).reshape(cols, -1)[:, :k_blocks].astype(np.float32)
+        zp = unpack_levels(zero_points, bits).reshape(cols, -1)[:, :k_blocks].astype(np.float32)
     w = (q.astype(np.float32) - zp[:, :, None]) * scales[:, :, None]
     return np.ascontiguousarray(w.reshape(cols, k_blocks * block)[:, :rows].T)
 
 
-def _unpack(packed: np.ndarray, bits: int) -> np.ndarray:
+def unpack_levels(packed: np.ndarray, bits: int) -> np.ndarray:
     """uint8 bytes → their `8 // bits` values each along a new last axis, the first in the lowest bits."""
     if bits == 8:
         return packed[..., None]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeQwenError
-from ..export.graph_edit import load_with_weights, node_attrs, save_with_weights
+from ..export.graph_edit import load_with_weights, node_attrs, replace_nodes, save_with_weights
 
 WASM_GRAPH = "model.wasm.onnx"
 # One pass's activations share one int8 scale (DynamicQuantizeMatMul quantizes its whole input), so the page feeds this
@@ -137,12 +137,7 @@ def write_wasm_graph(artifact: Path, decoder: str, weights_of=None) -> dict:
     if not replaced:
         raise EdgeQwenError(f"{decoder} has no MatMulNBits node: nothing for the WebAssembly graph to replace",
                             where=str(src), hint="the web target's graphs are int4; check the recipe's precision")
-    used = {i for n in nodes for i in n.input}
-    kept = [t for t in graph.initializer if t.name in used]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
+    replace_nodes(graph, nodes, new_inits)
     data = WASM_GRAPH + ".data"
     save_with_weights(model, artifact / WASM_GRAPH, data)
     note = None
