@@ -9,7 +9,7 @@ import time
 import pytest
 
 from edgeqwen.runtime import Runner, Sampling
-from edgeqwen.runtime.runner import DraftCost, Drafter
+from edgeqwen.runtime.runner import DraftCost, Drafter, PromptLookup
 
 # verify-step ms by width on the 0.5B default, measured by benchmarks/verify_cost.py (results/verify-cost-*.md)
 AVX512 = {1: 10.89, 2: 17.02, 4: 24.54, 8: 43.83, 16: 75.25}
@@ -141,3 +141,39 @@ def test_acceptance_in_runs_pays_for_longer_drafts_than_a_per_token_rate():
     assert 0.3 < cost.acceptance < 0.7 and cost.accept_at[1] < 0.7 and min(cost.accept_at[m] for m in range(2, 9)) > 0.99
     assert cost.expected_tokens(8) > 4 and cost.speedup(8) > 3  # 9-token step timed at 1.2x a plain one
     assert cost.limit(8) == 8
+
+
+class _Sized(DraftCost):
+    """Records the lengths it is asked to size and allows at most 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked = []
+
+    def limit(self, k):
+        self.asked.append(k)
+        return min(k, 2)
+
+
+class _Model(Drafter):
+    """A drafter whose proposals would cost a model's runs: records the lengths it is asked for."""
+
+    def __init__(self):
+        self.asked = []
+
+    def propose(self, history, k):
+        self.asked.append(k)
+        return [7] * k
+
+
+def test_a_free_drafter_is_sized_on_the_draft_it_found_and_a_model_before_it_runs():
+    look = PromptLookup()
+    look.cost = _Sized()
+    assert look.draft([1, 2, 3], 8, room=10) == [] and look.cost.asked == []  # no match: nothing to size
+    assert look.draft([1, 2, 3, 4, 1, 2], 8, room=10) == [3, 4] and look.cost.asked == [4]  # found 4, sized to 2
+    assert look.draft([1, 2, 3, 4, 1, 2], 8, room=1) == [3] and look.cost.asked == [4, 1]  # the room first
+    model = _Model()
+    model.cost = _Sized()
+    assert model.draft([1, 2], 8, room=10) == [7, 7] and model.asked == [2] and model.cost.asked == [8]
+    assert model.draft([1, 2], 8, room=1) == [7] and model.asked == [2, 1]
+    assert model.draft([1, 2], 8, room=0) == [] and model.asked == [2, 1]  # no room: the model does not run

@@ -59,6 +59,31 @@ def test_prompt_lookup_proposes_what_followed_the_latest_match():
         PromptLookup(max_ngram=1, min_ngram=2)
 
 
+def test_prompt_lookup_index_grows_with_the_stream_and_proposes_what_a_scan_would():
+    """The n-gram index is built as the history grows (one stream's list, appended to); each proposal equals a scan of
+    the whole history for the latest earlier match (longest n first); a list it has not seen is indexed afresh."""
+    import random
+
+    def scan(h, k, big, small):
+        for n in range(min(big, len(h) - 1), small - 1, -1):
+            starts = [i for i in range(len(h) - n) if h[i:i + n] == h[len(h) - n:]]
+            if starts:
+                return h[starts[-1] + n:starts[-1] + n + k]
+        return []
+
+    rng = random.Random(0)
+    for _ in range(60):
+        big = rng.randint(1, 4)
+        small = rng.randint(1, big)
+        look, history = PromptLookup(big, small), []
+        for _ in range(rng.randint(1, 40)):
+            history.extend(rng.randrange(4) for _ in range(rng.randint(1, 4)))
+            if rng.random() < 0.1:
+                history = history[:rng.randint(0, len(history))]  # another stream's list: shorter, then longer
+            k = rng.randint(1, 9)
+            assert look.propose(history, k) == scan(history, k, big, small), (history, k, big, small)
+
+
 @pytest.mark.parametrize("kind", ["lookup", "right", "wrong", "draft"])
 def test_speculative_greedy_equals_plain_greedy(kind, fp32, artifacts, trained_qwen2):
     """Every drafter, good or useless: the tokens and every step's logits of plain greedy decoding. The right

@@ -365,9 +365,10 @@ class BatchEngine:
             return [[] for _ in self.running]
         seq = self.running[0]
         d = seq.drafter
-        room = min(seq.budget - len(seq.decoding.generated) - 1, self.capacity - seq.pos - 1,
-                   d.cost.limit(seq.k)) if d else 0
-        return [d.propose(seq.decoding.history, room) if room > 0 else []]
+        if d is None:
+            return [[]]
+        return [d.draft(seq.decoding.history, seq.k, min(seq.budget - len(seq.decoding.generated) - 1,
+                                                         self.capacity - seq.pos - 1))]
 
     def _verify(self, seq: _Seq, rows: np.ndarray, draft: list[int], full=None,
                 times: tuple[float, float] | None = None) -> tuple[list[Record], RunnerError | None]:
