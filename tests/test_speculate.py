@@ -178,6 +178,8 @@ def test_draft_model_must_share_the_tokenizer(fp32, artifacts, trained_qwen3, tm
     drafter = DraftModel(Runner(other, verify=False))
     with pytest.raises(RunnerError, match="does not share the target's tokenizer"):
         fp32.generate(fp32.encode("x"), Sampling(max_new_tokens=4), speculate=drafter)
+    spinning = "session.intra_op.allow_spinning"  # a draft model's threads sleep after its runs (Runner(spin=False))
+    assert make_drafter(f"draft={other}").runner.session.get_session_options().get_session_config_entry(spinning) == "0"
     with pytest.raises(RunnerError, match="unknown --speculate 'ngram'"):
         make_drafter("ngram")
     with pytest.raises(RunnerError, match="needs an artifact folder"):
