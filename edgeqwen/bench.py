@@ -247,7 +247,7 @@ def _check_bench_args(args) -> None:
 
     most_threads = max(64, 4 * (os.cpu_count() or 1))
     for flag, value, lo, hi in (("--threads", args.threads, 0, most_threads), ("--prompt-len", args.prompt_len, 1, 1 << 20),
-                                ("--gen-len", args.gen_len, 1, 1 << 20)):
+                                ("--gen-len", args.gen_len, 1, 1 << 20), ("--repeats", args.repeats, 1, 1000)):
         if not lo <= value <= hi:
             raise EdgeQwenError(f"{flag} {value} must be in {lo}-{hi}", where=flag,
                                 hint="--threads 0 is the library default" if flag == "--threads" else None)
@@ -268,7 +268,8 @@ def cmd_bench(args) -> int:
 
             raise EdgeQwenError(f"prompt file not found: {args.prompt_file}", where="--prompt-file",
                                 hint="a UTF-8 text file whose answer repeats much of it (an edit, a summary)")
-        report = bench_speculate.bench(Path(args.artifact), args.speculate, args.gen_len, args.threads, args.prompt_file)
+        report = bench_speculate.bench(Path(args.artifact), args.speculate, args.gen_len, args.threads, args.prompt_file,
+                                       args.repeats)
         print(json.dumps(report, indent=2) if args.json else bench_speculate.format_report(report))
         return 0
     report = bench(Path(args.artifact), args.prompt_len, args.gen_len, args.threads, args.reference, args.provider)
@@ -288,6 +289,8 @@ def add_bench_parser(sub) -> None:
                    "process and prompt: speedup, acceptance, tokens per verify step, identical text")
     p.add_argument("--prompt-file", help="with --speculate: the prompt (default: an edit-style prompt from the "
                    "packaged eval text)")
+    p.add_argument("--repeats", type=int, default=3, help="with --speculate: interleaved plain/speculative runs (the "
+                   "speedup is the median of each run's ratio to the plain run beside it; more on a noisy machine)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_bench)
 

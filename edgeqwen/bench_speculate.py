@@ -56,20 +56,21 @@ def run(artifact: str, speculate: str, gen: int, threads: int, prompt_file: str 
         keep = Sampling(max_new_tokens=parted + 1, ignore_eos=True, keep_logits=True)
         margin = top2_margin(list(runner.stream(prompt, keep))[parted].logits)
     plain_dec, spec_dec = statistics.median(plain_s), statistics.median(spec_s)
+    paired = [p / q for p, q in zip(plain_s, spec_s)]  # each run against the plain run beside it: the machine's drift
     return {"artifact": artifact, "speculate": speculate, "prompt_tokens": len(prompt), "generated": len(b),
             "prompt": "file " + prompt_file if prompt_file else "edit-style (eval-text passage, then its start again)",
             "plain_decode_tps": (len(a) - 1) / plain_dec, "speculative_decode_tps": (len(b) - 1) / spec_dec,
-            "speedup": plain_dec / spec_dec, "verify_steps": st.steps, "drafted": st.drafted, "accepted": st.accepted,
+            "speedup": statistics.median(paired), "speedups": paired, "verify_steps": st.steps, "drafted": st.drafted, "accepted": st.accepted,
             "acceptance": st.acceptance, "tokens_per_step": st.tokens_per_step, "identical": a == b,
             "cost_limited_steps": drafter.cost.limited,
             "step_ms": {w: 1000 * t for w, t in sorted(drafter.cost.step_s.items())},
             "parted_at": parted, "margin_at_parting": margin, "repeats": repeats, "text": runner.decode(b)[:200]}
 
 
-def bench(artifact: Path, speculate: str, gen: int, threads: int, prompt_file: str | None) -> dict:
+def bench(artifact: Path, speculate: str, gen: int, threads: int, prompt_file: str | None, repeats: int = 3) -> dict:
     """In a worker process, as the other bench rows are (its own peak RSS, no state shared with the caller)."""
     proc = subprocess.run([sys.executable, "-m", "edgeqwen.bench_speculate", str(artifact), speculate, str(gen),
-                           str(threads), prompt_file or ""], capture_output=True, text=True)
+                           str(threads), prompt_file or "", str(repeats)], capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         from .errors import EdgeQwenError
@@ -85,7 +86,8 @@ def format_report(r: dict) -> str:
         "verify step's kernels tipped)" if r["parted_at"] is not None else "lengths differ")
     return "\n".join([
         f"{r['artifact']}  (speculate {r['speculate']}, prompt {r['prompt_tokens']} tokens: {r['prompt']}, "
-        f"generate {r['generated']}, median of {r['repeats']} interleaved runs)",
+        f"generate {r['generated']}, {r['repeats']} interleaved runs: medians, the speedup the median of each run's "
+        "ratio to the plain run beside it)",
         f"{'decoding':<22} {'decode tok/s':>12} {'vs plain':>9}",
         f"{'plain greedy':<22} {r['plain_decode_tps']:>12.1f} {1.0:>8.2f}x",
         f"{'speculative greedy':<22} {r['speculative_decode_tps']:>12.1f} {r['speedup']:>8.2f}x",
@@ -96,5 +98,5 @@ def format_report(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    art, spec, n, th, pf = sys.argv[1:6]
-    print("RESULT " + json.dumps(run(art, spec, int(n), int(th), pf or None)))
+    art, spec, n, th, pf, reps = sys.argv[1:7]
+    print("RESULT " + json.dumps(run(art, spec, int(n), int(th), pf or None, int(reps))))

@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -201,13 +202,17 @@ def test_run_speculate_prints_acceptance(artifacts, trained_qwen2):
 def test_bench_speculate_reports_speedup_and_acceptance(artifacts, trained_qwen2):
     art = artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2)
     proc = subprocess.run([sys.executable, "-m", "edgeqwen", "bench", str(art), "--speculate", "lookup",
-                           "--gen-len", "24", "--threads", "1", "--json"], capture_output=True, text=True, timeout=600)
+                           "--gen-len", "24", "--threads", "1", "--repeats", "4", "--json"], capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r["generated"] == 24 and r["verify_steps"] > 0 and 0 <= r["acceptance"] <= 1
     assert r["identical"] or r["margin_at_parting"] < 2 * FP32_TOL, r
-    assert r["plain_decode_tps"] > 0 and r["speedup"] == pytest.approx(
-        r["speculative_decode_tps"] / r["plain_decode_tps"], rel=1e-6)
+    assert r["repeats"] == 4 and len(r["speedups"]) == 4 and r["plain_decode_tps"] > 0
+    assert r["speedup"] == pytest.approx(statistics.median(r["speedups"]), rel=1e-9)  # paired: each run by its own plain
+    bad = subprocess.run([sys.executable, "-m", "edgeqwen", "bench", str(art), "--speculate", "lookup", "--repeats", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--repeats 0 must be in 1-1000" in bad.stderr
 
 
 @pytest.mark.parametrize("kind,sampled", [("lookup", False), ("right", False), ("right", True), ("wrong", True)])
