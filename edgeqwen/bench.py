@@ -46,10 +46,14 @@ def run_edgeqwen(artifact: str, ids: list[int], gen: int, threads: int, sampling
     from .runtime.runner import Runner, Sampling
 
     runner = Runner(artifact, threads=threads, verify=False, providers=os.environ.get(PROVIDER_ENV) or None)
-    runner.generate(ids, Sampling(max_new_tokens=4, ignore_eos=True))  # warm-up at full size: kernels, arenas
+    def settings(n: int) -> Sampling:
+        return Sampling(max_new_tokens=n, ignore_eos=True) if sampling is None else runner.default_sampling(
+            max_new_tokens=n, ignore_eos=True, temperature=runner.generation["temperature"] or 0.7, **sampling)
+
+    # warm-up at full size with the measured settings: kernels, arenas, and what only sampling loads (a head file)
+    runner.generate(ids, settings(4))
     last = None
-    s = Sampling(max_new_tokens=gen, ignore_eos=True) if sampling is None else runner.default_sampling(
-        max_new_tokens=gen, ignore_eos=True, temperature=runner.generation["temperature"] or 0.7, **sampling)
+    s = settings(gen)
     for last in runner.stream(ids, s):
         pass
     return {"ttft_s": last.ttft_s, "prefill_tps": last.prefill_tps, "decode_tps": last.decode_tps,
@@ -242,6 +246,7 @@ def format_bench(report: dict) -> str:
 def _check_bench_args(args) -> None:
     """Numbers in range and a verified artifact, before any worker starts (was: a hang at --threads 99999, raw worker
     errors and exit 0 at --prompt-len -5, a traceback on a non-artifact folder, a tampered artifact benchmarked)."""
+    from .checkpoint import _looks_like_hub_id
     from .errors import EdgeQwenError
     from .runtime.runner import RunnerError, check_artifact
 
@@ -251,11 +256,33 @@ def _check_bench_args(args) -> None:
         if not lo <= value <= hi:
             raise EdgeQwenError(f"{flag} {value} must be in {lo}-{hi}", where=flag,
                                 hint="--threads 0 is the library default" if flag == "--threads" else None)
+    if not args.speculate:
+        for flag, value, default in (("--repeats", args.repeats, 3), ("--prompt-file", args.prompt_file, None)):
+            if value != default:
+                raise EdgeQwenError(f"{flag} is for --speculate runs", where=flag,
+                                    hint="add --speculate lookup (or draft=ARTIFACT), or drop " + flag)
+    ref = Path(args.reference).expanduser() if args.reference else None
+    hub_id = ref is not None and _looks_like_hub_id(args.reference) and not ref.exists()  # the PyTorch row downloads it
+    if ref is not None and not hub_id and not (ref / "config.json").is_file():
+        raise EdgeQwenError(f"no checkpoint at {args.reference} (no config.json)", where="--reference",
+                            hint="the Hugging Face checkpoint folder the artifact was built from")
     try:
         check_artifact(Path(args.artifact), full_hash=True)
     except RunnerError as exc:
         raise EdgeQwenError(f"cannot benchmark {args.artifact}: {exc}", where=str(args.artifact),
                             hint="benchmark an artifact folder made by `edgeqwen build`, as built") from None
+    context = _context_length(Path(args.artifact))
+    if not args.speculate and context and args.prompt_len + args.gen_len > context:  # every row would fail on it
+        raise EdgeQwenError(f"--prompt-len {args.prompt_len} + --gen-len {args.gen_len} = "
+                            f"{args.prompt_len + args.gen_len} positions, over the artifact's context of {context}",
+                            where="--prompt-len", hint=f"keep the two within {context} (the recipe's context_length)")
+
+
+def _context_length(artifact: Path) -> int | None:
+    try:
+        return int(json.loads((artifact / "genai_config.json").read_text())["model"]["context_length"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def cmd_bench(args) -> int:
@@ -274,6 +301,11 @@ def cmd_bench(args) -> int:
         return 0
     report = bench(Path(args.artifact), args.prompt_len, args.gen_len, args.threads, args.reference, args.provider)
     print(json.dumps(report, indent=2) if args.json else format_bench(report))
+    failed = [engine for engine, r in report["results"].items() if "error" in r]
+    if failed:  # a row asked for and not measured is a failed benchmark, not a result
+        print(f"error: {len(failed)} of {len(report['results'])} rows failed ({', '.join(failed)}): see their lines "
+              "above", file=sys.stderr)
+        return 1
     return 0
 
 

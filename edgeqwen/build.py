@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -44,6 +45,18 @@ class BuildOptions:
     keep_failed: bool = False
     low_memory: bool = False
     calib: Path | None = None  # calibration text for gptq (default: the packaged one)
+    name: str | None = None  # the served name (inference_model.json Name; default: the recipe's name with - for /)
+
+
+SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def _check_name(name: str | None) -> None:
+    """--name: the model id clients send (`model=` in the OpenAI API, Foundry Local's alias), so one URL-safe word."""
+    if name is not None and not SERVED_NAME.fullmatch(name):
+        raise EdgeQwenError(f"--name {name!r} is not a model name clients can send", where="--name",
+                            hint="letters, digits and . _ : - (up to 128, starting with a letter or digit), e.g. "
+                            "qwen2.5-0.5b-int4-kitchen")
 
 
 def _check_output(output: Path, force: bool) -> None:
@@ -168,6 +181,7 @@ def build(opts: BuildOptions) -> Path:
     if output.is_symlink():  # -o LINK: replace the folder it points to; the link stays
         output = output.resolve()
     stage_log(f"[1/{STAGES}] resolve: recipe {opts.recipe}")
+    _check_name(opts.name)
     resolved = load_recipe(opts.recipe)
     _check_output(output, opts.force)
     requested = resolved.recipe.quantization.spec
@@ -337,7 +351,7 @@ def _make_artifact(plan, resolved, ckpt, opts: BuildOptions, work: Path, staging
     stage_log(f"[3/{STAGES}] package: genai_config, chat template, inference_model.json, runner")
     finalize_genai_config(staging, resolved, ckpt)
     template = write_chat_template(staging, ckpt)
-    write_inference_model(staging, resolved.recipe.name.replace("/", "-"), template, ckpt.architecture)
+    write_inference_model(staging, opts.name or resolved.recipe.name.replace("/", "-"), template, ckpt.architecture)
     copy_runner(staging)
     if resolved.target.web_max_file_mb is not None:
         _package_web(staging, resolved, ckpt, extra)

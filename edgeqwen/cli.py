@@ -56,7 +56,7 @@ def cmd_build(args) -> int:
     out = build(BuildOptions(recipe=args.recipe, output=Path(args.output), model=args.model, force=args.force,
                              evaluate=not args.no_eval, eval_text=Path(args.eval_text) if args.eval_text else None,
                              keep_failed=args.keep_failed, low_memory=args.low_memory,
-                             calib=Path(args.calib) if args.calib else None))
+                             calib=Path(args.calib) if args.calib else None, name=args.name))
     print(out)
     return 0
 
@@ -131,10 +131,9 @@ def cmd_run(args) -> int:
     from .runtime.runner import main as runner_main
 
     argv = [args.artifact, "--max-new-tokens", str(args.max_new_tokens)]
-    if args.temperature is not None:
-        argv += ["--temperature", str(args.temperature)]
-    if args.prompt is not None:
-        argv += ["--prompt", args.prompt]
+    for flag in ("temperature", "top_k", "top_p", "repetition_penalty", "threads", "prompt", "suffix"):
+        if getattr(args, flag) is not None:
+            argv += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
     if args.chat:
         argv.append("--chat")
     if args.raw:
@@ -151,7 +150,7 @@ def cmd_run(args) -> int:
         argv += ["--provider", args.provider]
     if args.speculate:
         argv += ["--speculate", args.speculate]
-    return runner_main(argv)
+    return runner_main(argv, prog="edgeqwen run")
 
 
 def cmd_plan(args) -> int:
@@ -212,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"edgeqwen {__version__}")
     ap.add_argument("-q", "--quiet", action="store_true", help="progress off (warnings and errors only)")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug lines too")
-    ap.add_argument("--recipes", metavar="DIR", action="append", default=[],
+    # dest: not "recipes", which `build-all` takes as its positional recipe names (they were searched as folders)
+    ap.add_argument("--recipes", metavar="DIR", action="append", default=[], dest="recipe_dirs",
                     help="a folder of your own recipes (<model>/<name>.yaml), searched before the shipped ones")
-    ap.add_argument("--targets", metavar="DIR", action="append", default=[],
+    ap.add_argument("--targets", metavar="DIR", action="append", default=[], dest="target_dirs",
                     help="a folder of your own targets (*.yaml), searched before the shipped ones")
     sub = ap.add_subparsers(dest="verb", required=True)
 
@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="local checkpoint folder or hub id (default: the recipe's model)")
     p.add_argument("-o", "--output", required=True, help="artifact folder to create")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--name", help="the name `serve` and Foundry Local list the model under (default: the recipe's, "
+                   "e.g. tiny-qwen2-cpu-x86_64-int4): two builds of one recipe served together need their own")
     p.add_argument("--no-eval", action="store_true", help="skip the accuracy stage (artifact is marked not evaluated)")
     p.add_argument("--eval-text", help="text file for the accuracy stage (default: the packaged eval text)")
     p.add_argument("--keep-failed", action="store_true", help="keep the work folder of a failed build for inspection")
@@ -251,7 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-think", action="store_true")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, help="default: the artifact's (greedy unless its recipe samples)")
+    p.add_argument("--top-k", type=int, help="default: the artifact's")
+    p.add_argument("--top-p", type=float, help="default: the artifact's")
+    p.add_argument("--repetition-penalty", type=float, help="default: the artifact's")
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the artifact's, else the library's)")
+    p.add_argument("--suffix", help="fill in the middle (Qwen2.5-Coder): --prompt is the code before, this after")
     p.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema")
     p.add_argument("--image", action="append", metavar="FILE", help="Qwen2.5-VL artifacts: an image the prompt asks "
                    "about (repeat for several; they come before the prompt's text)")
@@ -323,8 +330,8 @@ def main(argv=None) -> int:
     setup(-1 if args.quiet else 1 if args.verbose else None)
     if argv is None:  # the real command line, not a caller's own process (tests, notebooks)
         _interrupt_on_termination()
-    for kind in ("recipes", "targets"):
-        for folder in reversed(getattr(args, kind)):
+    for kind, folders in (("recipes", args.recipe_dirs), ("targets", args.target_dirs)):
+        for folder in reversed(folders):
             add_user_dir(kind, folder)
     try:
         return args.fn(args)

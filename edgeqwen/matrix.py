@@ -78,8 +78,30 @@ def run_jobs(jobs: list[Job], executor: str = "local", workers: int = 2, ray_add
             ray.shutdown()
 
 
+def check_workers(workers: int) -> None:
+    """--workers before any work (a pool of 0 was a ValueError traceback after the first log lines)."""
+    if workers < 1:
+        raise EdgeQwenError(f"--workers {workers} must be at least 1", where="--workers",
+                            hint="the number of builds at once: 1 on a small machine, up to its cores")
+
+
+def preflight(recipes: list[str], models: list[str | None]) -> None:
+    """Every recipe and local model folder resolved before the first job starts: a typo is the usual error (exit 2),
+    not one failed job among builds that went on, and nothing is written."""
+    from .checkpoint import _looks_like_hub_id, resolve_checkpoint
+    from .recipe import load_recipe
+
+    for recipe in dict.fromkeys(recipes):
+        load_recipe(recipe)
+    for model in dict.fromkeys(m for m in models if m):
+        if not _looks_like_hub_id(model) or Path(model).expanduser().exists():
+            resolve_checkpoint(model)
+
+
 def cmd_build_all(args) -> int:
+    check_workers(args.workers)
     models = args.model or [None]
+    preflight(args.recipes, models)
     jobs = []
     for recipe in args.recipes:
         for model in models:

@@ -51,7 +51,12 @@ def parse_budget(text: str) -> Accuracy:
             raise EdgeQwenError(f"budget {key} needs a number, got {value!r}", where="--budget") from None
     if not values:
         raise EdgeQwenError("empty budget", where="--budget", hint="e.g. --budget kld=0.02,top1=0.9")
-    return Accuracy(**values)
+    try:
+        return Accuracy(**values)
+    except ValueError as exc:  # the recipe gate's own range checks (a negative KLD, top-1 given in percent)
+        raise EdgeQwenError(f"budget: {exc}", where="--budget",
+                            hint="kld, kld_p99 and ppl_ratio are numbers >= 0; top1 is a share in [0, 1] (top1=0.9, "
+                            "not 90)") from None
 
 
 @dataclass
@@ -195,6 +200,9 @@ def write_frontier(cands: list[Candidate], path: Path, title: str, budget: dict)
 
 
 def cmd_tune(args) -> int:
+    from .matrix import check_workers
+
+    check_workers(args.workers)
     chosen, cands = tune(args.recipe, args.model, parse_budget(args.budget), Path(args.output).absolute(),
                          objective=args.objective, force=args.force, executor=args.executor, workers=args.workers,
                          ray_address=args.ray_address)

@@ -100,15 +100,32 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     return cfg, notes
 
 
+def _check_output(out: Path) -> None:
+    """-o before any work (it was an IsADirectoryError / FileNotFoundError traceback after the calibration set)."""
+    if out.is_dir():
+        raise EdgeQwenError(f"-o {out} is a folder; the workflow is one JSON file", where="-o",
+                            hint=f"e.g. -o {out / 'workflow.json'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeQwenError(f"cannot create {out.parent}: {exc.strerror}", where="-o",
+                            hint="a path in a folder you can write") from None
+
+
 def cmd_olive_config(args) -> int:
     out = Path(args.output) if args.output else None
+    if out:
+        _check_output(out)
     cfg, notes = olive_workflow(args.recipe, args.model, args.olive_output,
                                 calib=Path(args.calib) if args.calib else None,
                                 calib_out=(out.parent / "calibration.jsonl") if out else None)
     text = json.dumps(cfg, indent=2)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        try:
+            out.write_text(text + "\n")
+        except OSError as exc:
+            raise EdgeQwenError(f"cannot write {out}: {exc.strerror}", where="-o",
+                                hint="a path in a folder you can write") from None
         print(f"wrote {out}; run it with: OLIVE_DISABLE_TELEMETRY=1 olive run --config {out}")
     else:
         print(text)

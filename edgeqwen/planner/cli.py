@@ -17,6 +17,13 @@ def cmd_sensitivity(args) -> int:
     from .sensitivity import sensitivity_for
 
     require("build", "measuring sensitivity")
+    if args.output:  # before the measurement, which takes minutes on a real model
+        out = Path(args.output)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EdgeQwenError(f"cannot use {out} as the output folder: {exc.strerror}", where="-o",
+                                hint="a folder (new or existing) for sensitivity.json and sensitivity.png") from None
     resolved = load_recipe(args.recipe)
     if not resolved.recipe.quantization.mixed_precision.auto:
         raise EdgeQwenError(f"recipe {resolved.recipe.name} does not use mixed_precision: auto",
@@ -29,8 +36,6 @@ def cmd_sensitivity(args) -> int:
     plan = make_plan(resolved, ckpt, sensitivity=record)
     section = manifest_section(record, plan)
     if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
         (out / "sensitivity.json").write_text(json.dumps(section, indent=2) + "\n")
         plot(section, out / "sensitivity.png", resolved.recipe.name)
     if args.json:

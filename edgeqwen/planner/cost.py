@@ -19,8 +19,13 @@ from functools import lru_cache
 # probe on the three shapes). Another CPU of this kind (a Xeon, probe ~310) ran GPTQ at 0.45 of its probe: the
 # single-thread numpy probe follows torch's two-thread GEMM only roughly across CPUs.
 EFFICIENCY = {"sensitivity": 0.60, "gptq": 0.68, "export": 1.0, "evaluate": 0.82}
-EXPORT_FIXED_S = 15.0  # the builder's export at the probe's reference rate: a fixed part (loading, writing) ...
-EXPORT_S_PER_BPARAM = 6.0  # ... and seconds per billion parameters (measured 19, 27 and 33 s on 0.5B, 1.5B and 3B)
+# the builder's export at the probe's reference rate (measured 19, 27 and 33 s on 0.5B, 1.5B and 3B; 4-8 s on the
+# embedded tiny models on a machine probing ~70 GFLOP/s): the worker's start (imports) ...
+EXPORT_START_S = 3.0
+EXPORT_FIXED_S = 12.0  # ... a part that grows to its full size by ~0.5B parameters (loading, the 152k-word tables) ...
+EXPORT_S_PER_BPARAM = 6.0  # ... and seconds per billion parameters
+GPTQ_START_S = 5.0  # calibration text, the torch model, per-layer set-up: 15-18 s on a tiny model at ~70 GFLOP/s
+EVALUATE_START_S = 3.0  # the accuracy stage's start (torch, the reference model, the session): 8 s on a tiny model
 REFERENCE_GFLOPS = 211.0  # the probe's rate on the machine the export constants were measured on
 GPTQ_TOKEN_BUDGET_TFLOP = 70  # per-token GPTQ work allowed (forward passes + Gram matrices): 8192 tokens up to the
 # 1.5B shape, 4096 on the 3B shape (whose fixed factorization work is another ~50 TFLOP)
@@ -141,6 +146,7 @@ def estimate(plan, resolved, config: dict, evaluate: bool = True, gflops: float 
     from .budget import BUDGET_TFLOP
 
     rate = (gflops or probe_gflops()) * 1e9 / 1e12  # TFLOP per second
+    scale = REFERENCE_GFLOPS / (rate * 1e3)  # the fixed parts (starts, loading) run slower on a slower machine too
     recipe = resolved.recipe
     out: dict[str, float] = {}
     if plan.needs_sensitivity:
@@ -150,12 +156,15 @@ def estimate(plan, resolved, config: dict, evaluate: bool = True, gflops: float 
     if spec is not None and spec.name == "gptq":
         cal = recipe.quantization.calibration
         samples = plan.calibration_samples or cal.samples
-        out["gptq"] = gptq_tflop(config, samples * cal.seq_len) / (rate * EFFICIENCY["gptq"])
+        out["gptq"] = (gptq_tflop(config, samples * cal.seq_len) / (rate * EFFICIENCY["gptq"])
+                       + GPTQ_START_S * scale)
     params = config["num_hidden_layers"] * layer_params(config) + config["hidden_size"] * config["vocab_size"]
-    out["export"] = (EXPORT_FIXED_S + EXPORT_S_PER_BPARAM * params / 1e9) * REFERENCE_GFLOPS / (rate * 1e3)
+    out["export"] = (EXPORT_START_S + EXPORT_FIXED_S * min(1.0, params / 0.5e9)
+                     + EXPORT_S_PER_BPARAM * params / 1e9) * scale
     if evaluate:
         gate = recipe.accuracy
-        out["evaluate"] = evaluate_tflop(config, gate.window * gate.max_windows) / (rate * EFFICIENCY["evaluate"])
+        out["evaluate"] = (evaluate_tflop(config, gate.window * gate.max_windows) / (rate * EFFICIENCY["evaluate"])
+                           + EVALUATE_START_S * scale)
     return TimeEstimate(out, rate * 1e3)
 
 

@@ -1509,9 +1509,9 @@ def _chat_loop(runner: "Runner", s: "Sampling", think, drafter: "Drafter | None"
         history.append({"role": "assistant", "content": "".join(answer)})
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     here = Path(__file__).resolve().parent
-    ap = argparse.ArgumentParser(description="Run an edgeqwen artifact with onnxruntime only.")
+    ap = argparse.ArgumentParser(prog=prog, description="Run an edgeqwen artifact with onnxruntime only.")
     ap.add_argument("artifact", nargs="?", default=str(here), help="artifact folder (default: this file's folder)")
     ap.add_argument("-p", "--prompt", help="prompt text (chat-formatted unless --raw)")
     ap.add_argument("--chat", action="store_true", help="interactive chat loop")
@@ -1538,8 +1538,9 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> int:
-    ap = _parser()
+def main(argv=None, prog: str | None = None) -> int:
+    """`prog`: the command the usage and errors name (`edgeqwen run`, which takes the same flags)."""
+    ap = _parser(prog)
     args = ap.parse_args(argv)
     try:
         runner = Runner(args.artifact, threads=args.threads, providers=args.provider)
@@ -1587,6 +1588,11 @@ def main(argv=None) -> int:
             print(f"[speculate {drafter.name}: {st.steps} verify steps, {st.accepted}/{st.drafted} drafted tokens "
                   f"accepted ({st.acceptance * 100:.0f} %), {st.tokens_per_step:.2f} tokens per step, draft cut by "
                   f"its measured cost in {drafter.cost.limited} steps]", file=sys.stderr)
+        if s.constraint is not None and last.finish_reason == "length":  # the schema's JSON never closed
+            print(f"error: the answer was cut at --max-new-tokens {args.max_new_tokens} before its JSON closed: it is "
+                  "not valid JSON. Raise --max-new-tokens, or bound the schema (additionalProperties: false, "
+                  "maxItems, maxLength)", file=sys.stderr)
+            return 1
         return 0
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
