@@ -98,6 +98,9 @@ def _decode_head(artifact: Path, manifest: dict) -> dict:
 def cmd_verify(args) -> int:
     from .package import verify_artifact
 
+    if not Path(args.artifact).is_dir():
+        raise EdgeQwenError(f"no artifact folder at {args.artifact}", where=str(args.artifact),
+                            hint="pass the folder `edgeqwen build -o` wrote")
     problems = verify_artifact(Path(args.artifact))
     runtime = runtime_here(Path(args.artifact), args.provider)
     bad = {k: v for k, v in problems.items() if v}

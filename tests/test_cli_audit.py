@@ -112,3 +112,5 @@ def test_build_name_sets_the_served_name(trained_qwen2, tmp_path, capsys):
                  "--name", "kitchen-1"]) == 0
     assert json.loads((tmp_path / "a" / "inference_model.json").read_text())["Name"] == "kitchen-1"
     assert main(["verify", str(tmp_path / "a")]) == 0
+    assert main(["verify", str(tmp_path / "nope")]) == 2
+    assert "no artifact folder at" in capsys.readouterr().err
