@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EdgeQwenError
-from .schema import from_dict, read_yaml, to_dict
+from .schema import read_yaml, to_dict
 from .resources import search_dirs, shipped_dir
-from .targets import Precision, Target, load_target
+from .targets import Precision, Target, file_key, load_file_schema, load_target
 
 SCHEMA_VERSION = 1
 MAX_CONTEXT = 1 << 20  # tokens: above every Qwen model's own maximum (Qwen2.5-1M: 1,010,000)
@@ -320,18 +320,27 @@ def read_recipe_data(path: Path, _seen: tuple = ()) -> dict:
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise EdgeQwenError(f"extends must be a file name, got {parent!r}", where=f"{path}.extends")
+        raise EdgeQwenError(f"extends must be a file name, got {parent!r}", where=file_key(path, "extends"),
+                            hint="a path relative to the recipe file, e.g. extends: _model.yaml")
     base_path = (path.parent / parent).resolve()
     if base_path in _seen or base_path == path.resolve():
-        raise EdgeQwenError(f"extends loops back to {base_path}", where=f"{path}.extends")
+        raise EdgeQwenError(f"extends loops back to {base_path}", where=file_key(path, "extends"),
+                            hint="a base file must not extend the recipe (or a file that does)")
     if not base_path.is_file():
-        raise EdgeQwenError(f"extends names a file that does not exist: {base_path}", where=f"{path}.extends",
+        raise EdgeQwenError(f"extends names a file that does not exist: {base_path}", where=file_key(path, "extends"),
                             hint="a path relative to the recipe file, e.g. extends: _model.yaml")
     return _merge(read_recipe_data(base_path, _seen + (path.resolve(),)), data)
 
 
+def _looks_like_path(name: str) -> bool:
+    """A recipe file rather than a name: names are `<model>/<name>` (one `/`, no suffix)."""
+    p = Path(name)
+    return (p.suffix in (".yaml", ".yml") or p.is_absolute() or name.startswith((".", "~")) or "\\" in name
+            or len(p.parts) > 2)
+
+
 def recipe_path(name_or_path: str) -> Path:
-    p = Path(name_or_path)
+    p = Path(name_or_path).expanduser()
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
     if p.suffix in (".yaml", ".yml") and p.exists():
@@ -339,6 +348,13 @@ def recipe_path(name_or_path: str) -> Path:
     hit = _recipe_files().get(name_or_path)
     if hit is not None:
         return hit[0]
+    if _looks_like_path(name_or_path) or p.is_file():
+        if p.is_file():
+            raise EdgeQwenError(f"recipe file is not a .yaml file: {name_or_path}", where=str(p),
+                                hint="recipes are YAML files ending in .yaml or .yml")
+        folder = "" if p.parent.is_dir() else f" (nor is its folder {p.parent})"
+        raise EdgeQwenError(f"recipe file not found: {name_or_path}{folder}", where=str(p.absolute()),
+                            hint="check the path; `edgeqwen recipes` lists the recipes you can name instead")
     close = difflib.get_close_matches(name_or_path, list(_recipe_files()), n=3, cutoff=0.6)
     raise EdgeQwenError(
         f"unknown recipe {name_or_path!r}" + (f"; did you mean {' or '.join(close)}?" if close else ""),
@@ -351,7 +367,7 @@ def recipe_path(name_or_path: str) -> Path:
 def load_recipe(name_or_path: str) -> Resolved:
     path = recipe_path(name_or_path)
     data = read_recipe_data(path)
-    recipe = from_dict(Recipe, data, where=str(path))
+    recipe = load_file_schema(Recipe, data, path)
     name = path.stem
     for root in search_dirs("recipes"):
         try:
@@ -363,11 +379,13 @@ def load_recipe(name_or_path: str) -> Resolved:
     try:
         target = load_target(recipe.target)
     except EdgeQwenError as exc:
-        raise EdgeQwenError(exc.what, where=f"{path}.target", hint=exc.hint) from None
+        if not exc.what.startswith("unknown target"):
+            raise  # the target file's own error (naming that file), or a bad --targets folder (naming the flag)
+        raise EdgeQwenError(exc.what, where=file_key(path, "target"), hint=exc.hint) from None
     if recipe.precision not in target.precisions:
         raise EdgeQwenError(
             f"precision {recipe.precision.value!r} is not supported by target {target.name!r}",
-            where=f"{path}.precision",
+            where=file_key(path, "precision"),
             hint=f"{target.name} supports: {', '.join(p.value for p in target.precisions)}",
         )
     q = recipe.quantization

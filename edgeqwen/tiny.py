@@ -10,10 +10,12 @@ in the same files a real Qwen checkpoint has, so every downstream tool reads it 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from .architectures import DEFAULT_FAMILY, by_family
+from .errors import EdgeQwenError
 
 _TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
 
@@ -49,6 +51,53 @@ class TinySpec:
     seed: int = 0
     tied: bool | None = None  # tie_word_embeddings; None: the family's default (qwen2 tied, qwen3 untied)
     fim: bool = False  # Qwen2.5-Coder's fill-in-the-middle tokens in the tokenizer
+
+    def __post_init__(self):
+        """Shapes a checkpoint can be made of and run with, each error naming the `edgeqwen tiny` flag."""
+        try:
+            arch = by_family(self.family)
+        except KeyError as exc:
+            raise EdgeQwenError(exc.args[0], where="--family") from None
+
+        def bad(field: str, what: str, hint: str):
+            raise EdgeQwenError(what, where=f"{_FLAGS[field]} ({field})" if field in _FLAGS else field, hint=hint)
+
+        for field, example in (("num_hidden_layers", 4), ("hidden_size", 128), ("intermediate_size", 352),
+                               ("num_attention_heads", 4), ("num_key_value_heads", 2),
+                               ("max_position_embeddings", 2048)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                bad(field, f"{_FLAGS.get(field, field)} must be a whole number >= 1, got {value!r}",
+                    f"e.g. {_FLAGS[field]} {example}" if field in _FLAGS else f"e.g. {field}={example}")
+        hidden, heads, kv = self.hidden_size, self.num_attention_heads, self.num_key_value_heads
+        specials = len(SPECIAL_TOKENS) + (len(FIM_TOKENS) if self.fim else 0) + len(arch.extra_tokens)
+        vocab = self.vocab_size
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 256 + specials:
+            bad("vocab_size", f"vocab_size must be at least {256 + specials} (the tokenizer's 256 byte tokens and "
+                f"{specials} special tokens), got {self.vocab_size!r}", "e.g. vocab_size=1024")
+        if self.head_dim is not None and not arch.explicit_head_dim:
+            bad("head_dim", f"head_dim is set but a {self.family} config has none (its head size is hidden_size / "
+                "heads)", "leave head_dim out, or use a family whose config carries it (qwen3)")
+        if self.head_dim is None and hidden % heads:
+            ok = [h for h in range(1, hidden + 1) if hidden % h == 0 and (hidden // h) % 2 == 0]
+            bad("num_attention_heads", f"--heads {heads} does not divide --hidden-size {hidden}",
+                f"--heads must divide --hidden-size into an even head size: one of {', '.join(map(str, ok[:12]))}")
+        head_dim = self.head_dim if self.head_dim is not None else hidden // heads
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
+            bad("head_dim" if self.head_dim is not None else "num_attention_heads",
+                f"the head size ({'head_dim' if self.head_dim is not None else '--hidden-size / --heads'}) is "
+                f"{head_dim!r}; rotary position embeddings need an even head size", "e.g. --hidden-size 128 --heads 4")
+        if arch.vision and head_dim < 8:
+            bad("num_attention_heads", f"the head size (--hidden-size / --heads) is {head_dim}; a {self.family} "
+                "model's M-RoPE needs at least 8", "e.g. --hidden-size 128 --heads 4")
+        if heads % kv:
+            ok = [k for k in range(1, heads + 1) if heads % k == 0]
+            bad("num_key_value_heads", f"--kv-heads {kv} does not divide --heads {heads} (each key/value head serves "
+                "a whole group of query heads)", f"--kv-heads must be one of {', '.join(map(str, ok))}")
+
+
+_FLAGS = {"num_hidden_layers": "--layers", "hidden_size": "--hidden-size", "intermediate_size": "--intermediate-size",
+          "num_attention_heads": "--heads", "num_key_value_heads": "--kv-heads", "family": "--family"}
 
 
 def fixture_spec(family: str, **overrides) -> TinySpec:
@@ -162,16 +211,65 @@ def make_config(spec: TinySpec, ids: dict[str, int]):
                         architectures=[arch.hf_class], **extra, **common)
 
 
-def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=None, dtype: str = "float32") -> Path:
+def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=None, dtype: str = "float32",
+                     force: bool = False) -> Path:
     """Write a complete HF checkpoint folder (config, safetensors, tokenizer, generation config).
 
     dtype "bfloat16" mirrors how Qwen checkpoints are published (weights initialised directly in bf16).
+    `out` must be new or empty unless `force` (`edgeqwen tiny --force`): then the checkpoint's files in it are replaced
+    and the user's other files are kept. A failed write removes only what it created.
     """
+    out = Path(out)
+    _check_output(out, force)
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)  # the top folder made here
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_checkpoint(out, spec, state_dict, dtype)
+    except BaseException as exc:  # Ctrl-C too: no half-written checkpoint is left behind
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        elif not force:  # it was empty: nothing in it is the user's
+            _empty(out)
+        if isinstance(exc, OSError):
+            path = exc.filename or out
+            raise EdgeQwenError(f"cannot write the checkpoint to {out}: {exc.strerror or exc}", where=str(path),
+                                hint="choose a folder you can write to, on a disk with free space") from None
+        raise
+    return out
+
+
+def _check_output(out: Path, force: bool) -> None:
+    """Refuse to write into a file, or into a folder holding anything, unless forced (like `edgeqwen build`)."""
+    if out.exists() and not out.is_dir():
+        raise EdgeQwenError(f"output path exists and is not a folder: {out}", where=str(out),
+                            hint="choose a new or empty folder")
+    try:
+        held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    except OSError as exc:
+        raise EdgeQwenError(f"cannot read the output folder {out}: {exc.strerror or exc}", where=str(out),
+                            hint="choose a folder you can read and write") from None
+    if held and not force:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise EdgeQwenError(f"output folder already exists and is not empty: {out} (holds {shown})", where=str(out),
+                            hint="choose a new or empty folder, or pass --force to write the checkpoint into this one "
+                                 "(its checkpoint files are replaced, other files kept)")
+
+
+def _empty(folder: Path) -> None:
+    try:
+        for p in folder.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    except OSError:
+        pass  # best effort: the error being reported is the one that matters
+
+
+def _write_checkpoint(out: Path, spec: TinySpec, state_dict, dtype: str) -> None:
     import torch
     from transformers import GenerationConfig
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ids = save_tokenizer(out, spec.family, spec.vocab_size, spec.fim)
     config = make_config(spec, ids)
     torch.manual_seed(spec.seed)
@@ -191,4 +289,3 @@ def create_tiny_qwen(out: str | Path, spec: TinySpec = TinySpec(), state_dict=No
         pad_token_id=ids["<|endoftext|>"],
         do_sample=False,
     ).save_pretrained(out)
-    return out

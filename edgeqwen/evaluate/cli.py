@@ -15,6 +15,10 @@ def cmd_eval(args) -> int:
     from ..recipe import Accuracy
 
     artifact = Path(args.artifact)
+    if not artifact.is_dir():
+        raise EdgeQwenError(f"artifact folder {'is a file, not a folder' if artifact.exists() else 'does not exist'}: "
+                            f"{artifact}", where=str(artifact.absolute()),
+                            hint="pass a folder made by `edgeqwen build` or any onnxruntime-genai model folder")
     if (artifact / "manifest.json").exists():
         manifest = read_manifest(artifact)
     elif (artifact / "genai_config.json").exists():
@@ -24,13 +28,23 @@ def cmd_eval(args) -> int:
                                 where=str(artifact), hint="pass --reference CHECKPOINT_FOLDER")
         manifest = {"recipe": {}, "name": artifact.name}
     else:
-        manifest = read_manifest(artifact)  # the usual "not an artifact" error
+        raise EdgeQwenError(f"{artifact} has neither manifest.json (an edgeqwen artifact) nor genai_config.json (an "
+                            "onnxruntime-genai model folder)", where=str(artifact.absolute()),
+                            hint="pass a folder made by `edgeqwen build` or any onnxruntime-genai model folder")
     out = Path(args.output) if args.output else Path(".")
     if (out.resolve() == artifact.resolve() and (artifact / "manifest.json").exists()):
         raise EdgeQwenError("eval would write accuracy.json/accuracy.png into the artifact and overwrite its own "
                             "report (then `verify` and `run` reject it)", where=str(artifact),
                             hint="run it from another folder, or pass -o REPORT_FOLDER")
-    ref = resolve_checkpoint(args.reference or manifest["source"]["model"])
+    try:
+        ref = resolve_checkpoint(args.reference or manifest["source"]["model"])
+    except EdgeQwenError as exc:
+        if exc.where != "--model":  # checkpoint.py names build's flag; name where eval's model came from
+            raise
+        if args.reference:
+            raise EdgeQwenError(f"reference {exc.what}", where="--reference", hint=exc.hint) from None
+        raise EdgeQwenError(exc.what, where=f"{artifact / 'manifest.json'}: source.model",
+                            hint="pass --reference CHECKPOINT_FOLDER (the model the artifact was built from)") from None
     summary = evaluate(artifact, ref.path, EvalConfig(window=args.window, max_windows=args.max_windows,
                                                       eval_text=Path(args.eval_text) if args.eval_text else None))
     gate = Accuracy(**manifest["recipe"].get("accuracy", {}))

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from ..errors import EdgeQwenError
+from ..runtime.runner import RunnerError
 from .errors import ApiError, bad
 
 LOG = logging.getLogger("edgeqwen.serve")
@@ -91,7 +93,15 @@ class Ctx:
             return served
         try:
             return await asyncio.to_thread(cache.load, name)
-        except Exception:  # noqa: BLE001 - a listed model whose files are broken or gone; the path stays in the log
+        except (RunnerError, EdgeQwenError) as exc:  # an artifact broken or gone: its reason, no traceback
+            LOG.error("request %s: model %r failed to load: %s; run `edgeqwen verify %s`", self.rid, name,
+                      _one_line(exc), served.path)
+        except Exception:  # noqa: BLE001 - anything else is a bug: the traceback goes to the log
             LOG.exception("request %s: model %r failed to load", self.rid, name)
-            raise ApiError(500, f"model {name!r} is listed but failed to load (request id {self.rid}; the server log "
-                           "has the details)", "server_error", code="model_load_failed") from None
+        raise ApiError(500, f"model {name!r} is listed but failed to load (request id {self.rid}; the server log "
+                       "has the details)", "server_error", code="model_load_failed")
+
+
+def _one_line(exc: Exception) -> str:
+    """An expected error's message for one log line (EdgeQwenError spreads what/where/fix over lines)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,8 +12,10 @@ from pathlib import Path
 from ..errors import EdgeQwenError
 from ..runtime.batch import BatchEngine
 from ..runtime.runner import Runner
+from .integrity import ArtifactBroken, quick_check
 
 DEFAULT_MAX_BATCH = 4
+LOG = logging.getLogger("edgeqwen.serve")
 
 
 @dataclass
@@ -24,6 +27,7 @@ class ServedModel:
     loaded_at: float | None = None
     engine: BatchEngine | None = None  # continuous batching (in-place KV graphs), else one request at a time
     speculate: str | None = None  # the server's --speculate: requests that do not say otherwise
+    problem: str | None = None  # what the start-up check found broken (integrity.quick_check); None: nothing
 
     def max_batch(self, override: int | None) -> int:
         """--max-batch, else the artifact's target's serve_max_batch (manifest), else DEFAULT_MAX_BATCH."""
@@ -55,6 +59,47 @@ def _model_name(p: Path) -> str:
         return p.name
 
 
+def _same_name(name: str, first: Path, second: Path) -> EdgeQwenError:
+    """Two artifacts answer to one model name. Renaming one by hand cannot work (manifest.json hashes
+    inference_model.json, so the edited artifact no longer loads): serve them apart, or rebuild one under a new name."""
+    recipe = _recipe(second)
+    return EdgeQwenError(
+        f"two artifacts are named {name!r}", where=f"{first} and {second}",
+        hint=f"serve the folders separately, one server each on its own port (`edgeqwen serve {first}` and "
+             f"`edgeqwen serve {second} --port PORT`), or rebuild one under another name "
+             f"(`edgeqwen build {recipe} -o {second} --force --name NEW`); do not edit inference_model.json: "
+             "manifest.json hashes it, and the edited artifact no longer loads")
+
+
+def _recipe(p: Path) -> str:
+    """The recipe an artifact was built from (manifest.json), for the rebuild command a message suggests."""
+    try:
+        name = json.loads((p / "manifest.json").read_text(encoding="utf-8"))["name"]
+        return name if isinstance(name, str) and name else "RECIPE"
+    except (KeyError, TypeError, ValueError, OSError):
+        return "RECIPE"
+
+
+def _startup_problem(name: str, path: Path) -> str | None:
+    """The cheap start-up check (integrity.quick_check), reported in one log line: the model stays listed, as one
+    that breaks while serving does, and its requests fail until the files are repaired (no restart needed)."""
+    try:
+        quick_check(path)
+    except ArtifactBroken as exc:
+        LOG.warning("model %r (%s) is broken: %s; its requests will fail until it is rebuilt or re-copied: "
+                    "run `edgeqwen verify %s`", name, path, exc, path)
+        return str(exc)
+    return None
+
+
+def _still_broken(model: ServedModel) -> None:
+    """A model found broken at start is looked at again (cheaply) before loading: repaired files load, and broken ones
+    are refused at once instead of hashing its weights for every request."""
+    if model.problem is not None:
+        quick_check(model.path)  # raises ArtifactBroken while a listed file is still missing, resized or modified
+        model.problem = None
+
+
 class ModelCache:
     """One artifact folder, or a Foundry Local-style cache folder holding many."""
 
@@ -74,9 +119,8 @@ class ModelCache:
         for f in folders:
             name = _model_name(f)
             if name in self.models:
-                raise EdgeQwenError(f"two artifacts are named {name!r}", where=f"{self.models[name].path} and {f}",
-                                    hint="rename one (inference_model.json Name)")
-            self.models[name] = ServedModel(name, f, speculate=speculate)
+                raise _same_name(name, self.models[name].path, f)
+            self.models[name] = ServedModel(name, f, speculate=speculate, problem=_startup_problem(name, f))
         self.threads = threads
         self.provider = provider  # None: each artifact's own execution provider (CPU as its declared fallback)
         self.max_batch_override = max_batch
@@ -92,6 +136,7 @@ class ModelCache:
         model = self.get(name)
         with self._load_lock:
             if model.runner is None:
+                _still_broken(model)
                 runner = Runner(model.path, threads=self.threads, providers=self.provider)
                 batch = model.max_batch(self.max_batch_override)
                 if batch > 1 and not runner.growing_kv and runner.static_slots is None:

@@ -55,6 +55,7 @@ UNSUPPORTED = {
 # OpenAI's roles → the chat template's: "developer" is OpenAI's newer name for the system message
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+SPECULATE = ("lookup", "none")  # a request's "speculate": prompt-lookup drafting, or none despite serve --speculate
 
 
 def _fields(body: dict, known: set[str]) -> tuple[str, ...]:
@@ -70,7 +71,10 @@ def _fields(body: dict, known: set[str]) -> tuple[str, ...]:
     return tuple(named + ([f"{odd} more with unusual names"] if odd else []))
 
 
-def _get(body: dict, key: str, types, default=None, check=None):
+def _get(body: dict, key: str, types, default=None, check=None, allowed: str | None = None):
+    """`body[key]` of the given type(s), else a 400 naming the field. `check` is the tuple of the field's allowed
+    values, or a predicate with `allowed` saying in words what passes: every refusal says what would be accepted, so a
+    client can fix its request without the docs (was: "'speculate' is out of range: 'lokup'")."""
     value = body.get(key, default)
     if value is None:
         return default
@@ -78,9 +82,19 @@ def _get(body: dict, key: str, types, default=None, check=None):
         raise ApiError(400, f"'{key}' must be {getattr(types, '__name__', types)}, got a boolean", "invalid_request_error", param=key)
     if not isinstance(value, types):
         raise ApiError(400, f"'{key}' has the wrong type: got {type(value).__name__}", "invalid_request_error", param=key)
-    if check and not check(value):
-        raise ApiError(400, f"'{key}' is out of range: {value!r}", "invalid_request_error", param=key)
+    if isinstance(check, tuple) and value not in check:
+        raise ApiError(400, f"'{key}' must be one of {', '.join(map(repr, check))}; got {_shown(value)}",
+                       "invalid_request_error", param=key)
+    if callable(check) and not check(value):
+        raise ApiError(400, f"'{key}' is out of range: {_shown(value)} (allowed: {allowed})", "invalid_request_error",
+                       param=key)
     return value
+
+
+def _shown(value) -> str:
+    """A refused value as the error quotes it: bounded, so a megabyte string does not come back in the answer."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _float(value):
@@ -102,13 +116,14 @@ def _common(body: dict) -> dict:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     return dict(
         model=_get(body, "model", str, ""),
-        max_tokens=_get({"max_tokens": max_tokens}, "max_tokens", int, 256, lambda v: v >= 1),
-        temperature=_float(_get(body, "temperature", (int, float), None, lambda v: 0 <= v <= 2)),
-        top_p=_float(_get(body, "top_p", (int, float), None, lambda v: 0 < v <= 1)),
-        top_k=_get(body, "top_k", int, None, lambda v: 0 <= v <= 1000),
-        repetition_penalty=_float(_get(body, "repetition_penalty", (int, float), None, lambda v: 0 < v <= 2)),
-        seed=_get(body, "seed", int, None, lambda v: 0 <= v < 2**63),
-        speculate=_get(body, "speculate", str, None, lambda v: v in ("lookup", "none")),
+        max_tokens=_get({"max_tokens": max_tokens}, "max_tokens", int, 256, lambda v: v >= 1, "1 or more"),
+        temperature=_float(_get(body, "temperature", (int, float), None, lambda v: 0 <= v <= 2, "0 to 2")),
+        top_p=_float(_get(body, "top_p", (int, float), None, lambda v: 0 < v <= 1, "above 0, up to 1")),
+        top_k=_get(body, "top_k", int, None, lambda v: 0 <= v <= 1000, "0 to 1000"),
+        repetition_penalty=_float(_get(body, "repetition_penalty", (int, float), None, lambda v: 0 < v <= 2,
+                                        "above 0, up to 2")),
+        seed=_get(body, "seed", int, None, lambda v: 0 <= v < 2**63, "0 to 2**63 - 1"),
+        speculate=_get(body, "speculate", str, None, SPECULATE),
         stop=stop or [],
         stream=_get(body, "stream", bool, False),
         include_usage=_get({"stream_options.include_usage": opts.get("include_usage")}, "stream_options.include_usage",
