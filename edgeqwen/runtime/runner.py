@@ -149,8 +149,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_artifact(path: Path, full_hash: bool = True) -> dict:
-    """Check the manifest: every listed file present, same size (and same sha256 when full_hash)."""
+def check_artifact(path: Path, full_hash: bool = True, hash_limit: int | None = None) -> dict:
+    """Check the manifest: every listed file present, same size (and same sha256 when full_hash; with `hash_limit`,
+    only files up to that many bytes: the cheap look `serve` takes at start, the weights hashed when they load)."""
     mpath = path / "manifest.json"
     if not mpath.exists():
         raise RunnerError(f"{path}: no manifest.json; this is not an edgeqwen artifact (build one with `edgeqwen build`)")
@@ -169,7 +170,12 @@ def check_artifact(path: Path, full_hash: bool = True) -> dict:
         p = path / rel
         if not p.is_file():
             raise RunnerError(f"{path}: artifact file {rel} is missing; rebuild or re-copy the artifact")
-        if p.stat().st_size != info["size"] or (full_hash and rel != "runner.py" and sha256_file(p) != info["sha256"]):
+        size = p.stat().st_size
+        if size != info["size"]:
+            raise RunnerError(f"{path}: artifact file {rel} is {size} bytes, manifest.json records {info['size']}; "
+                              "rebuild or re-copy the artifact")
+        hashed = full_hash and rel != "runner.py" and (hash_limit is None or size <= hash_limit)
+        if hashed and sha256_file(p) != info["sha256"]:
             raise RunnerError(f"{path}: artifact file {rel} was modified (sha256 differs from manifest.json); "
                               "rebuild or re-copy the artifact")
     return manifest

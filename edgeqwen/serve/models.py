@@ -94,7 +94,7 @@ def _startup_problem(name: str, path: Path) -> str | None:
 
 def _still_broken(model: ServedModel) -> None:
     """A model found broken at start is looked at again (cheaply) before loading: repaired files load, and broken ones
-    are refused at once instead of hashing its weights for every request."""
+    are refused at once instead of having their weights hashed for every request."""
     if model.problem is not None:
         quick_check(model.path)  # raises ArtifactBroken while a listed file is still missing, resized or modified
         model.problem = None
