@@ -203,7 +203,7 @@ def cmd_tiny(args) -> int:
 
     spec = TinySpec(family=args.family, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
                     num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads)
-    print(create_tiny_qwen(args.output, spec))
+    print(create_tiny_qwen(args.output, spec, force=args.force))
     return 0
 
 
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty output folder (its checkpoint files are replaced, other files kept)")
     p.set_defaults(fn=cmd_tiny)
 
     for extra in _extra_verbs():
@@ -337,6 +339,9 @@ def main(argv=None) -> int:
         for folder in reversed(folders):
             add_user_dir(kind, folder)
     try:
+        from .resources import search_dirs
+
+        search_dirs("recipes"), search_dirs("targets")  # a --recipes/--targets folder that is not there: said now
         return args.fn(args)
     except CheckFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

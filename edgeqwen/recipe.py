@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EdgeQwenError
-from .schema import read_yaml, to_dict
+from .schema import file_key, load_file_schema, read_yaml, to_dict
 from .resources import search_dirs, shipped_dir
-from .targets import Precision, Target, file_key, load_file_schema, load_target
+from .targets import Precision, Target, load_target
 
 SCHEMA_VERSION = 1
 MAX_CONTEXT = 1 << 20  # tokens: above every Qwen model's own maximum (Qwen2.5-1M: 1,010,000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from pathlib import Path
@@ -151,3 +152,60 @@ def to_dict(obj) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def file_key(path: Path, key: str = "") -> str:
+    """Where in a recipe/target file a key is: `FILE: quantization.block_size` (not `FILE.quantization.block_size`,
+    which reads as one file name)."""
+    return f"{path}: {key}" if key else str(path)
+
+
+_EXPECTED = {"an integer": "32", "a number": "0.5", "true/false": "true", "a string": "text", "a list": "[...]",
+             "a mapping": "{...}"}
+
+
+def _field_default(cls, key: str):
+    """The dataclass default at a dotted key path (e.g. quantization.block_size), or None."""
+    default = None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        f = {f.name: f for f in dataclasses.fields(cls)}.get(part)
+        if f is None:
+            return None
+        cls = typing.get_type_hints(cls).get(part)
+        default = f.default if f.default is not dataclasses.MISSING else None
+    return default.value if isinstance(default, enum.Enum) else default
+
+
+def load_file_schema(cls, data: dict, path: Path):
+    """schema.from_dict for a recipe/target file, with errors that say `FILE: key` and, where the schema gave none,
+    what to write instead (the known values to pick from, the type expected with an example)."""
+    try:
+        return from_dict(cls, data, where=str(path))
+    except EdgeQwenError as exc:
+        key = None
+        if exc.where and (exc.where == str(path) or exc.where.startswith(f"{path}.")):
+            key = exc.where[len(str(path)):].lstrip(".")
+        named = re.match(r"([a-z_][a-z0-9_.]*): unknown value", exc.what)  # a __post_init__ naming its own key
+        if named and key is not None:
+            key = named.group(1) if not key or named.group(1).startswith(f"{key}.") else f"{key}.{named.group(1)}"
+        hint = exc.hint
+        leaf = (key or "").rsplit(".", 1)[-1]
+        known = re.search(r"unknown value (.+?); known: (.+)$", exc.what)
+        expected = re.match(r"expected (an integer|a number|true/false|a string|a list|a mapping), got", exc.what)
+        if hint is None and known and key:
+            default = _field_default(cls, key)
+            values = known.group(2).split(", ")
+            example = default if isinstance(default, str) and default in values else values[0]
+            hint = f"pick one of the known values, e.g. `{leaf}: {example}`"
+        elif hint is None and expected and key:
+            default = _field_default(cls, key)
+            example = _EXPECTED[expected.group(1)]
+            if default is not None and not isinstance(default, (list, tuple, dict)):
+                example = str(default).lower() if isinstance(default, bool) else str(default)
+            hint = f"{key} takes {expected.group(1)}, e.g. `{leaf}: {example}`"
+        elif hint is None and exc.what.startswith("missing required key") and key:
+            hint = f"add `{leaf}:` to the file"
+        raise EdgeQwenError(exc.what, where=file_key(path, key) if key is not None else exc.where,
+                            hint=hint) from None

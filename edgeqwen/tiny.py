@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .architectures import DEFAULT_FAMILY, by_family
+from .architectures import DEFAULT_FAMILY, architectures, by_family
 from .errors import EdgeQwenError
 
 _TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
@@ -76,8 +76,9 @@ class TinySpec:
             bad("vocab_size", f"vocab_size must be at least {256 + specials} (the tokenizer's 256 byte tokens and "
                 f"{specials} special tokens), got {self.vocab_size!r}", "e.g. vocab_size=1024")
         if self.head_dim is not None and not arch.explicit_head_dim:
+            carry = ", ".join(a.family for a in architectures() if a.explicit_head_dim)
             bad("head_dim", f"head_dim is set but a {self.family} config has none (its head size is hidden_size / "
-                "heads)", "leave head_dim out, or use a family whose config carries it (qwen3)")
+                "heads)", f"leave head_dim out, or use a family whose config carries it ({carry})")
         if self.head_dim is None and hidden % heads:
             ok = [h for h in range(1, hidden + 1) if hidden % h == 0 and (hidden // h) % 2 == 0]
             bad("num_attention_heads", f"--heads {heads} does not divide --hidden-size {hidden}",
