@@ -207,6 +207,32 @@ def cmd_tiny(args) -> int:
     return 0
 
 
+def _add_run_parser(sub) -> None:
+    """`run`: the artifact runner's own flags (runtime/runner.py's parser), forwarded by cmd_run."""
+    p = sub.add_parser("run", help="generate text with the minimal onnxruntime runner")
+    p.add_argument("artifact")
+    p.add_argument("-p", "--prompt")
+    p.add_argument("--chat", action="store_true")
+    p.add_argument("--raw", action="store_true")
+    p.add_argument("--no-think", action="store_true")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, help="default: the artifact's (greedy unless its recipe samples)")
+    p.add_argument("--top-k", type=int, help="default: the artifact's")
+    p.add_argument("--top-p", type=float, help="default: the artifact's")
+    p.add_argument("--repetition-penalty", type=float, help="default: the artifact's")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the artifact's, else the library's)")
+    p.add_argument("--suffix", help="fill in the middle (Qwen2.5-Coder): --prompt is the code before, this after")
+    p.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema")
+    p.add_argument("--image", action="append", metavar="FILE", help="Qwen2.5-VL artifacts: an image the prompt asks "
+                   "about (repeat for several; they come before the prompt's text)")
+    p.add_argument("--provider", help="execution provider (default: the artifact's own, CPU as its declared fallback)")
+    p.add_argument("--speculate", metavar="lookup|draft=ARTIFACT", help="speculative decoding: drafts verified several "
+                   "tokens per forward pass, output unchanged (lookup: n-grams of the prompt and output; draft=ARTIFACT: "
+                   "a smaller artifact with the same tokenizer)")
+    p.set_defaults(fn=cmd_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edgeqwen", description="Small Qwen models → accuracy-checked ONNX artifacts for "
                                  "edge devices.", epilog="exit codes: 0 ok, 1 a check failed (accuracy gate, verify, "
@@ -248,28 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", help="check this execution provider instead of the artifact's own")
     p.set_defaults(fn=cmd_verify)
 
-    p = sub.add_parser("run", help="generate text with the minimal onnxruntime runner")
-    p.add_argument("artifact")
-    p.add_argument("-p", "--prompt")
-    p.add_argument("--chat", action="store_true")
-    p.add_argument("--raw", action="store_true")
-    p.add_argument("--no-think", action="store_true")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, help="default: the artifact's (greedy unless its recipe samples)")
-    p.add_argument("--top-k", type=int, help="default: the artifact's")
-    p.add_argument("--top-p", type=float, help="default: the artifact's")
-    p.add_argument("--repetition-penalty", type=float, help="default: the artifact's")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="intra-op threads (default: the artifact's, else the library's)")
-    p.add_argument("--suffix", help="fill in the middle (Qwen2.5-Coder): --prompt is the code before, this after")
-    p.add_argument("--json-schema", metavar="FILE", help="constrain the answer to JSON valid against this schema")
-    p.add_argument("--image", action="append", metavar="FILE", help="Qwen2.5-VL artifacts: an image the prompt asks "
-                   "about (repeat for several; they come before the prompt's text)")
-    p.add_argument("--provider", help="execution provider (default: the artifact's own, CPU as its declared fallback)")
-    p.add_argument("--speculate", metavar="lookup|draft=ARTIFACT", help="speculative decoding: drafts verified several "
-                   "tokens per forward pass, output unchanged (lookup: n-grams of the prompt and output; draft=ARTIFACT: "
-                   "a smaller artifact with the same tokenizer)")
-    p.set_defaults(fn=cmd_run)
+    _add_run_parser(sub)
 
     p = sub.add_parser("plan", help="memory estimate and quantization plan of a recipe on a model, before building")
     p.add_argument("recipe")
