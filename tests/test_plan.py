@@ -247,13 +247,13 @@ def test_time_estimate_predicts_the_recorded_quiet_builds(shape, dims):
 
 def test_time_estimate_of_the_embedded_default_build_counts_its_fixed_costs():
     """The tiny default build's stages are mostly start-up (imports, the torch model, the session), not arithmetic:
-    measured on a machine probing 70-73 GFLOP/s, GPTQ 15-18 s, export 4-9 s, evaluation 8-10 s (the estimate said 1 s,
-    45 s and 0 s before it counted them). Each stage within 2x of those."""
+    measured on a machine probing 70-73 GFLOP/s, GPTQ 15-18 s (calibration included), export 4-9 s, evaluation
+    2.7 s quiet to 10 s busy (the estimate said 1 s, 45 s and 0 s before it counted them). Each stage within 2x."""
     from edgeqwen.checkpoint import embedded_dir, inspect_checkpoint
     from edgeqwen.planner.cost import estimate as estimate_time
 
     resolved = load_recipe("tiny-qwen2/cpu-x86_64-int4")
     ckpt = inspect_checkpoint(embedded_dir() / "tiny-qwen2")
     est = estimate_time(plan(resolved, ckpt), resolved, ckpt.config, gflops=71.0).seconds
-    for stage, (low, high) in {"gptq": (15, 18), "export": (4, 9), "evaluate": (8, 10)}.items():
+    for stage, (low, high) in {"gptq": (15, 18), "export": (4, 9), "evaluate": (2.7, 10)}.items():
         assert low / 2 <= est[stage] <= 2 * high, (stage, est)

@@ -25,7 +25,7 @@ EXPORT_START_S = 3.0
 EXPORT_FIXED_S = 12.0  # ... a part that grows to its full size by ~0.5B parameters (loading, the 152k-word tables) ...
 EXPORT_S_PER_BPARAM = 6.0  # ... and seconds per billion parameters
 GPTQ_START_S = 5.0  # calibration text, the torch model, per-layer set-up: 15-18 s on a tiny model at ~70 GFLOP/s
-EVALUATE_START_S = 3.0  # the accuracy stage's start (torch, the reference model, the session): 8 s on a tiny model
+EVALUATE_START_S = 1.0  # the accuracy stage's start (torch, the reference model, the session): 3-10 s on a tiny model
 REFERENCE_GFLOPS = 211.0  # the probe's rate on the machine the export constants were measured on
 GPTQ_TOKEN_BUDGET_TFLOP = 70  # per-token GPTQ work allowed (forward passes + Gram matrices): 8192 tokens up to the
 # 1.5B shape, 4096 on the 3B shape (whose fixed factorization work is another ~50 TFLOP)
