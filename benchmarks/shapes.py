@@ -32,7 +32,7 @@ def ensure_shape(name: str, out: Path | None = None) -> Path:
     out = out or shape_dir(name)
     if not (out / "model.safetensors").exists() and not list(out.glob("model-*.safetensors")):
         print(f"creating random-weight {name} checkpoint in {out} ...", flush=True)
-        create_tiny_qwen(out, SHAPES[base], dtype="bfloat16" if bf16 else "float32")
+        create_tiny_qwen(out, SHAPES[base], dtype="bfloat16" if bf16 else "float32", force=True)  # a partial one: redo
     return out
 
 
