@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -232,9 +233,13 @@ def read_manifest(artifact: Path) -> dict:
     return data
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def verify_artifact(artifact: Path) -> dict[str, list[str]]:
     """Re-hash every file. Returns {'missing', 'modified', 'extra', 'malformed', 'unsafe'}: lists of paths; manifest
-    entries without size/sha256 are 'malformed', and paths leading outside the artifact 'unsafe' (never read)."""
+    entries without a size and a sha256 (64 hex digits) are 'malformed', and paths leading outside the artifact
+    'unsafe' (never read)."""
     artifact = Path(artifact)
     manifest = read_manifest(artifact)
     problems: dict[str, list[str]] = {"missing": [], "modified": [], "extra": [], "malformed": [], "unsafe": []}
@@ -246,7 +251,8 @@ def verify_artifact(artifact: Path) -> dict[str, list[str]]:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             problems["unsafe"].append(rel)
             continue
-        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str) or not isinstance(info.get("size"), int):
+        if (not isinstance(info, dict) or not isinstance(info.get("size"), int)
+                or not isinstance(info.get("sha256"), str) or not SHA256.fullmatch(info["sha256"])):
             problems["malformed"].append(rel)
             continue
         p = artifact / rel

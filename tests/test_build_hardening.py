@@ -62,10 +62,12 @@ def test_verify_refuses_paths_outside_and_malformed_entries(artifacts, random_qw
     manifest["files"]["../secret"] = {"sha256": "0" * 64, "size": 7}
     manifest["files"]["/etc/hostname"] = {"sha256": "0" * 64, "size": 1}
     manifest["files"]["vocab.json"] = {"size": 1}  # no sha256
+    manifest["files"]["merges.txt"]["sha256"] = "zz"  # not a sha256 at all: malformed, not "modified"
     (art / "manifest.json").write_text(json.dumps(manifest))
     assert main(["verify", str(art)]) == 1
     out = capsys.readouterr().out
     assert "UNSAFE: ../secret" in out and "UNSAFE: /etc/hostname" in out and "MALFORMED: vocab.json" in out
+    assert "MALFORMED: merges.txt" in out and "MODIFIED: merges.txt" not in out
     with pytest.raises(RunnerError, match="has no size/sha256"):
         Runner(art)
     (art / "manifest.json").write_text("{not json")

@@ -163,7 +163,8 @@ def check_artifact(path: Path, full_hash: bool = True, hash_limit: int | None = 
         raise RunnerError(f"{mpath}: not a valid edgeqwen manifest (JSON object with a 'files' mapping); "
                           "rebuild or re-copy the artifact") from None
     for rel, info in files.items():
-        if not isinstance(info, dict) or not isinstance(info.get("size"), int) or not isinstance(info.get("sha256"), str):
+        if (not isinstance(info, dict) or not isinstance(info.get("size"), int) or not isinstance(info.get("sha256"), str)
+                or len(info["sha256"]) != 64 or info["sha256"].strip("0123456789abcdef")):
             raise RunnerError(f"{mpath}: entry {rel!r} has no size/sha256; rebuild or re-copy the artifact")
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise RunnerError(f"{mpath}: entry {rel!r} points outside the artifact; refusing to read it")
