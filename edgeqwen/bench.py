@@ -246,7 +246,7 @@ def format_bench(report: dict) -> str:
 def _check_bench_args(args) -> None:
     """Numbers in range and a verified artifact, before any worker starts (was: a hang at --threads 99999, raw worker
     errors and exit 0 at --prompt-len -5, a traceback on a non-artifact folder, a tampered artifact benchmarked)."""
-    from .checkpoint import _looks_like_hub_id
+    from .checkpoint import looks_like_hub_id
     from .errors import EdgeQwenError
     from .runtime.runner import RunnerError, check_artifact
 
@@ -262,7 +262,7 @@ def _check_bench_args(args) -> None:
                 raise EdgeQwenError(f"{flag} is for --speculate runs", where=flag,
                                     hint="add --speculate lookup (or draft=ARTIFACT), or drop " + flag)
     ref = Path(args.reference).expanduser() if args.reference else None
-    hub_id = ref is not None and _looks_like_hub_id(args.reference) and not ref.exists()  # the PyTorch row downloads it
+    hub_id = ref is not None and looks_like_hub_id(args.reference) and not ref.exists()  # the PyTorch row downloads it
     if ref is not None and not hub_id and not (ref / "config.json").is_file():
         raise EdgeQwenError(f"no checkpoint at {args.reference} (no config.json)", where="--reference",
                             hint="the Hugging Face checkpoint folder the artifact was built from")

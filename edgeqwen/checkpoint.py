@@ -38,7 +38,7 @@ def embedded_models() -> list[str]:
     return sorted(p.name for p in embedded_dir().iterdir() if (p / "config.json").exists()) if embedded_dir().exists() else []
 
 
-def _looks_like_hub_id(s: str) -> bool:
+def looks_like_hub_id(s: str) -> bool:
     parts = s.split("/")
     return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
 
@@ -69,7 +69,7 @@ def resolve_checkpoint(source: str) -> Checkpoint:
                 hint=f"embedded models: {', '.join(embedded_models()) or 'none'}; "
                 "recreate them with `python -m edgeqwen.train`",
             )
-    elif _looks_like_hub_id(source) and not Path(source).expanduser().exists():
+    elif looks_like_hub_id(source) and not Path(source).expanduser().exists():
         path = _download(source)
     else:
         path = Path(source).expanduser()

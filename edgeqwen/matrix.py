@@ -88,13 +88,13 @@ def check_workers(workers: int) -> None:
 def preflight(recipes: list[str], models: list[str | None]) -> None:
     """Every recipe and local model folder resolved before the first job starts: a typo is the usual error (exit 2),
     not one failed job among builds that went on, and nothing is written."""
-    from .checkpoint import _looks_like_hub_id, resolve_checkpoint
+    from .checkpoint import looks_like_hub_id, resolve_checkpoint
     from .recipe import load_recipe
 
     for recipe in dict.fromkeys(recipes):
         load_recipe(recipe)
     for model in dict.fromkeys(m for m in models if m):
-        if not _looks_like_hub_id(model) or Path(model).expanduser().exists():
+        if not looks_like_hub_id(model) or Path(model).expanduser().exists():
             resolve_checkpoint(model)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 import shutil
 from importlib import metadata
 from pathlib import Path
@@ -13,7 +12,7 @@ from .architectures import get_architecture
 from .checkpoint import Checkpoint
 from .errors import EdgeQwenError
 from .recipe import Resolved
-from .runtime.runner import sha256_file  # one hashing routine for build, verify and the shipped runner
+from .runtime.runner import entry_ok, sha256_file  # one hashing routine for build, verify and the shipped runner
 from .schema import to_dict
 
 MANIFEST = "manifest.json"
@@ -233,9 +232,6 @@ def read_manifest(artifact: Path) -> dict:
     return data
 
 
-SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
 def verify_artifact(artifact: Path) -> dict[str, list[str]]:
     """Re-hash every file. Returns {'missing', 'modified', 'extra', 'malformed', 'unsafe'}: lists of paths; manifest
     entries without a size and a sha256 (64 hex digits) are 'malformed', and paths leading outside the artifact
@@ -251,8 +247,7 @@ def verify_artifact(artifact: Path) -> dict[str, list[str]]:
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             problems["unsafe"].append(rel)
             continue
-        if (not isinstance(info, dict) or not isinstance(info.get("size"), int)
-                or not isinstance(info.get("sha256"), str) or not SHA256.fullmatch(info["sha256"])):
+        if not entry_ok(info):
             problems["malformed"].append(rel)
             continue
         p = artifact / rel

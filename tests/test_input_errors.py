@@ -16,14 +16,10 @@ from edgeqwen.errors import EdgeQwenError
 from edgeqwen.recipe import load_recipe
 from edgeqwen.tiny import TinySpec, create_tiny_qwen
 
+from .helpers.recipes import GOOD_RECIPE
+
 CLI = [sys.executable, "-m", "edgeqwen"]
-GOOD = """\
-version: 1
-model: embedded:tiny-qwen2
-target: cpu-x86_64
-precision: int4
-quantization: {algorithm: rtn, block_size: 32}
-"""
+GOOD = GOOD_RECIPE
 
 
 def run(*args, cwd=None, env=None):

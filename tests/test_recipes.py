@@ -10,14 +10,9 @@ from edgeqwen.errors import EdgeQwenError
 from edgeqwen.recipe import known_recipes, load_recipe
 from edgeqwen.targets import known_targets, load_target
 
-GOOD = """\
-version: 1
-model: embedded:tiny-qwen2
-target: cpu-x86_64
-precision: int4
-quantization: {algorithm: rtn, block_size: 32}
-accuracy: {max_kld: 0.05}
-"""
+from .helpers.recipes import GOOD_RECIPE
+
+GOOD = GOOD_RECIPE
 
 
 def write(tmp_path, text, name="r.yaml"):

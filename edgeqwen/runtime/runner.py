@@ -149,6 +149,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def entry_ok(info) -> bool:
+    """A manifest entry `{"size": int, "sha256": 64 hex digits}` (verify reports any other as malformed)."""
+    return (isinstance(info, dict) and isinstance(info.get("size"), int) and isinstance(info.get("sha256"), str)
+            and len(info["sha256"]) == 64 and not info["sha256"].strip("0123456789abcdef"))
+
+
 def check_artifact(path: Path, full_hash: bool = True, hash_limit: int | None = None) -> dict:
     """Check the manifest: every listed file present, same size (and same sha256 when full_hash; with `hash_limit`,
     only files up to that many bytes: the cheap look `serve` takes at start, the weights hashed when they load)."""
@@ -163,8 +169,7 @@ def check_artifact(path: Path, full_hash: bool = True, hash_limit: int | None = 
         raise RunnerError(f"{mpath}: not a valid edgeqwen manifest (JSON object with a 'files' mapping); "
                           "rebuild or re-copy the artifact") from None
     for rel, info in files.items():
-        if (not isinstance(info, dict) or not isinstance(info.get("size"), int) or not isinstance(info.get("sha256"), str)
-                or len(info["sha256"]) != 64 or info["sha256"].strip("0123456789abcdef")):
+        if not entry_ok(info):
             raise RunnerError(f"{mpath}: entry {rel!r} has no size/sha256; rebuild or re-copy the artifact")
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise RunnerError(f"{mpath}: entry {rel!r} points outside the artifact; refusing to read it")
