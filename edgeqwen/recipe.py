@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import EdgeQwenError
-from .schema import file_key, load_file_schema, read_yaml, to_dict
+from .schema import UnknownValue, file_key, load_file_schema, read_yaml, to_dict
 from .resources import search_dirs, shipped_dir
 from .targets import Precision, Target, load_target
 
@@ -154,8 +154,8 @@ class Quantization:
             try:
                 object.__setattr__(self, "mixed_precision", MixedPrecision(mode=MixedMode(self.mixed_precision)))
             except ValueError:
-                raise ValueError(f"mixed_precision: unknown value {self.mixed_precision!r}; known: off, auto, or a "
-                                 "mapping {mode: auto, target_kld: ..., max_bits_per_weight: ...}") from None
+                raise UnknownValue("mixed_precision", self.mixed_precision, ("off", "auto"),
+                                   more=", or a mapping {mode: auto, target_kld: ..., max_bits_per_weight: ...}") from None
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size {self.block_size} must be one of 16, 32, 64, 128, 256")
         if self.lm_head_shortlist is not None and not 0 <= self.lm_head_shortlist <= 4096:
@@ -167,7 +167,7 @@ class Quantization:
         from .quantize.registry import algorithm_names
 
         if self.algorithm not in algorithm_names():
-            raise ValueError(f"quantization.algorithm: unknown value {self.algorithm!r}; known: {', '.join(algorithm_names())}")
+            raise UnknownValue("algorithm", self.algorithm, algorithm_names())
 
     @property
     def spec(self):

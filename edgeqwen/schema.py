@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import re
 import types
 import typing
 from pathlib import Path
@@ -57,6 +56,24 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+class SchemaError(EdgeQwenError):
+    """A value the schema refused, with what the field takes: `expected` (a type, "an integer") or `known` (the
+    values to pick from). `from_dict` turns those into the fix line, with the field's default as the example."""
+
+    def __init__(self, what: str, *, where: str | None = None, hint: str | None = None, expected: str | None = None,
+                 known: tuple[str, ...] | None = None):
+        super().__init__(what, where=where, hint=hint)
+        self.expected, self.known = expected, known
+
+
+class UnknownValue(ValueError):
+    """A dataclass's `__post_init__` refusing `field`'s value: not one of `known` (`more`: what else it takes)."""
+
+    def __init__(self, field: str, value: Any, known, more: str = ""):
+        self.field, self.known = field, tuple(known)
+        super().__init__(f"unknown value {value!r}; known: {', '.join(self.known)}{more}")
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -75,16 +92,18 @@ def coerce(value: Any, tp, where: str) -> Any:
             try:
                 return coerce(value, arg, where)
             except EdgeQwenError as exc:
-                errors.append(exc.what)
-        raise EdgeQwenError(errors[0] if errors else f"bad value {value!r}", where=where)
+                errors.append(exc)
+        if not errors:
+            raise SchemaError(f"bad value {value!r}", where=where)
+        raise errors[0]
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise EdgeQwenError(f"expected a list, got {type(value).__name__} {value!r}", where=where)
+            raise SchemaError(f"expected a list, got {type(value).__name__} {value!r}", where=where, expected="a list")
         (arg,) = typing.get_args(tp)[:1]
         return tuple(coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise EdgeQwenError(f"expected a mapping, got {value!r}", where=where)
+            raise SchemaError(f"expected a mapping, got {value!r}", where=where, expected="a mapping")
         _, vt = typing.get_args(tp)
         return {str(k): coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
@@ -93,23 +112,23 @@ def coerce(value: Any, tp, where: str) -> Any:
         try:
             return tp(value)
         except ValueError:
-            known = ", ".join(m.value for m in tp)
-            raise EdgeQwenError(f"unknown value {value!r}; known: {known}", where=where) from None
+            known = tuple(m.value for m in tp)
+            raise SchemaError(f"unknown value {value!r}; known: {', '.join(known)}", where=where, known=known) from None
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise EdgeQwenError(f"expected a number, got {value!r}", where=where)
+            raise SchemaError(f"expected a number, got {value!r}", where=where, expected="a number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise EdgeQwenError(f"expected an integer, got {value!r}", where=where)
+            raise SchemaError(f"expected an integer, got {value!r}", where=where, expected="an integer")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise EdgeQwenError(f"expected true/false, got {value!r}", where=where)
+            raise SchemaError(f"expected true/false, got {value!r}", where=where, expected="true/false")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise EdgeQwenError(f"expected a string, got {value!r}", where=where)
+            raise SchemaError(f"expected a string, got {value!r}", where=where, expected="a string")
         return value
     if tp is Any:
         return value
@@ -119,7 +138,7 @@ def coerce(value: Any, tp, where: str) -> Any:
 def from_dict(cls, data: Any, where: str):
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and missing required ones."""
     if not isinstance(data, dict):
-        raise EdgeQwenError(f"expected a mapping, got {data!r}", where=where)
+        raise SchemaError(f"expected a mapping, got {data!r}", where=where, expected="a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -131,14 +150,43 @@ def from_dict(cls, data: Any, where: str):
         )
     kwargs = {}
     for name, f in fields.items():
+        at = f"{where}.{name}"
         if name in data:
-            kwargs[name] = coerce(data[name], hints[name], f"{where}.{name}")
+            try:
+                kwargs[name] = coerce(data[name], hints[name], at)
+            except SchemaError as exc:
+                if exc.where != at or exc.hint is not None:  # deeper down: its own dataclass said it
+                    raise
+                raise _with_fix(exc, name, f) from None
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise EdgeQwenError(f"missing required key {name!r}", where=f"{where}.{name}")
+            raise SchemaError(f"missing required key {name!r}", where=at, hint=f"add `{name}:`")
     try:
         return cls(**kwargs)
+    except UnknownValue as exc:
+        err = SchemaError(str(exc), where=f"{where}.{exc.field}", known=exc.known)
+        raise _with_fix(err, exc.field, fields.get(exc.field)) from None
     except ValueError as exc:
         raise EdgeQwenError(str(exc), where=where) from None
+
+
+_EXAMPLE = {"true/false": "true", "a string": "text", "a list": "[...]", "a mapping": "{...}"}
+
+
+def _with_fix(exc: SchemaError, name: str, f) -> SchemaError:
+    """`exc` with what to write instead: a known value or the type expected, the field's default as the example."""
+    default = f.default if f is not None and f.default is not dataclasses.MISSING else None
+    default = default.value if isinstance(default, enum.Enum) else default
+    if exc.known:
+        example = default if isinstance(default, str) and default in exc.known else exc.known[0]
+        hint = f"pick one of the known values, e.g. `{name}: {example}`"
+    elif exc.expected:
+        example = _EXAMPLE.get(exc.expected)  # no made-up number: `bits: 32` would mislead
+        if default is not None and not isinstance(default, (list, tuple, dict)):
+            example = str(default).lower() if isinstance(default, bool) else str(default)
+        hint = f"{name} takes {exc.expected}" + (f", e.g. `{name}: {example}`" if example else "")
+    else:
+        return exc
+    return SchemaError(exc.what, where=exc.where, hint=hint, expected=exc.expected, known=exc.known)
 
 
 def to_dict(obj) -> Any:
@@ -160,52 +208,12 @@ def file_key(path: Path, key: str = "") -> str:
     return f"{path}: {key}" if key else str(path)
 
 
-_EXPECTED = {"an integer": "32", "a number": "0.5", "true/false": "true", "a string": "text", "a list": "[...]",
-             "a mapping": "{...}"}
-
-
-def _field_default(cls, key: str):
-    """The dataclass default at a dotted key path (e.g. quantization.block_size), or None."""
-    default = None
-    for part in key.split("."):
-        if not dataclasses.is_dataclass(cls):
-            return None
-        f = {f.name: f for f in dataclasses.fields(cls)}.get(part)
-        if f is None:
-            return None
-        cls = typing.get_type_hints(cls).get(part)
-        default = f.default if f.default is not dataclasses.MISSING else None
-    return default.value if isinstance(default, enum.Enum) else default
-
-
 def load_file_schema(cls, data: dict, path: Path):
-    """schema.from_dict for a recipe/target file, with errors that say `FILE: key` and, where the schema gave none,
-    what to write instead (the known values to pick from, the type expected with an example)."""
+    """schema.from_dict for a recipe/target file, its errors saying where as `FILE: key`."""
     try:
         return from_dict(cls, data, where=str(path))
     except EdgeQwenError as exc:
-        key = None
-        if exc.where and (exc.where == str(path) or exc.where.startswith(f"{path}.")):
-            key = exc.where[len(str(path)):].lstrip(".")
-        named = re.match(r"([a-z_][a-z0-9_.]*): unknown value", exc.what)  # a __post_init__ naming its own key
-        if named and key is not None:
-            key = named.group(1) if not key or named.group(1).startswith(f"{key}.") else f"{key}.{named.group(1)}"
-        hint = exc.hint
-        leaf = (key or "").rsplit(".", 1)[-1]
-        known = re.search(r"unknown value (.+?); known: (.+)$", exc.what)
-        expected = re.match(r"expected (an integer|a number|true/false|a string|a list|a mapping), got", exc.what)
-        if hint is None and known and key:
-            default = _field_default(cls, key)
-            values = known.group(2).split(", ")
-            example = default if isinstance(default, str) and default in values else values[0]
-            hint = f"pick one of the known values, e.g. `{leaf}: {example}`"
-        elif hint is None and expected and key:
-            default = _field_default(cls, key)
-            example = _EXPECTED[expected.group(1)]
-            if default is not None and not isinstance(default, (list, tuple, dict)):
-                example = str(default).lower() if isinstance(default, bool) else str(default)
-            hint = f"{key} takes {expected.group(1)}, e.g. `{leaf}: {example}`"
-        elif hint is None and exc.what.startswith("missing required key") and key:
-            hint = f"add `{leaf}:` to the file"
-        raise EdgeQwenError(exc.what, where=file_key(path, key) if key is not None else exc.where,
-                            hint=hint) from None
+        if not exc.where or not (exc.where == str(path) or exc.where.startswith(f"{path}.")):
+            raise
+        key = exc.where[len(str(path)):].lstrip(".")
+        raise type(exc)(exc.what, where=file_key(path, key), hint=exc.hint) from None  # EdgeQwenError or SchemaError
