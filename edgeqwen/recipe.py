@@ -368,7 +368,9 @@ def load_recipe(name_or_path: str) -> Resolved:
     path = recipe_path(name_or_path)
     data = read_recipe_data(path)
     recipe = load_file_schema(Recipe, data, path)
-    name = path.stem
+    # a file outside the recipe folders: its model folder's name too where it is laid out as one (a _model.yaml
+    # beside it), so `build ./mine/qwen2.5-0.5b-instruct/cpu.yaml` is not named just "cpu"
+    name = f"{path.parent.name}/{path.stem}" if (path.parent / "_model.yaml").is_file() else path.stem
     for root in search_dirs("recipes"):
         try:
             name = path.resolve().relative_to(root.resolve()).with_suffix("").as_posix()

@@ -78,6 +78,16 @@ def test_unknown_recipe_name_lists_how_to_find_them():
         load_recipe("nope/x")
 
 
+def test_a_recipe_file_outside_the_recipe_folders_keeps_its_model_folder_in_its_name(tmp_path):
+    """The name becomes the artifact's and the served model's: "cpu" alone says nothing of the model."""
+    model = tmp_path / "mine" / "qwen2.5-0.5b-instruct"
+    model.mkdir(parents=True)
+    (model / "_model.yaml").write_text("model: embedded:tiny-qwen2\n")
+    (model / "cpu.yaml").write_text("version: 1\nextends: _model.yaml\ntarget: cpu-x86_64\nprecision: int4\n")
+    assert load_recipe(str(model / "cpu.yaml")).recipe.name == "qwen2.5-0.5b-instruct/cpu"
+    assert load_recipe(str(write(tmp_path, GOOD, "loose.yaml"))).recipe.name == "loose"  # no model folder: its stem
+
+
 def test_extends_shares_defaults_and_the_recipe_wins(tmp_path):
     (tmp_path / "_model.yaml").write_text("model: embedded:tiny-qwen3\ngeneration: {temperature: 0.6, top_k: 20}\n")
     child = write(tmp_path, "version: 1\nextends: _model.yaml\ntarget: cpu-x86_64\nprecision: int8\n"
