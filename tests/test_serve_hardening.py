@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgeqwen.package import add_to_manifest, verify_artifact
 from edgeqwen.serve.errors import ApiError
 from edgeqwen.serve.limits import RateLimiter
 from edgeqwen.serve.protocol import parse_chat, parse_completion
@@ -68,6 +69,8 @@ def test_broken_and_vanished_artifacts(tmp_path, artifacts, trained_qwen2):
         shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), root / name)
         info = json.loads((root / name / "inference_model.json").read_text())
         (root / name / "inference_model.json").write_text(json.dumps({**info, "Name": name}))
+        add_to_manifest(root / name, ["inference_model.json"])  # renamed, and intact: only what the test breaks is
+        assert not any(verify_artifact(root / name).values())
     with serving(root) as s:  # the hidden work folder is not served (was: "two artifacts are named ...")
         assert sorted(m["id"] for m in json.loads(raw(s, "GET", "/v1/models")[1])["data"]) == ["a", "b"]
         (root / "a" / "genai_config.json").write_text("{broken")
