@@ -154,8 +154,8 @@ class Quantization:
             try:
                 object.__setattr__(self, "mixed_precision", MixedPrecision(mode=MixedMode(self.mixed_precision)))
             except ValueError:
-                raise UnknownValue("mixed_precision", self.mixed_precision, ("off", "auto"),
-                                   more=", or a mapping {mode: auto, target_kld: ..., max_bits_per_weight: ...}") from None
+                more = ", or a mapping {mode: auto, target_kld: ..., max_bits_per_weight: ...}"
+                raise UnknownValue("mixed_precision", self.mixed_precision, ("off", "auto"), more=more) from None
         if self.block_size is not None and self.block_size not in (16, 32, 64, 128, 256):
             raise ValueError(f"block_size {self.block_size} must be one of 16, 32, 64, 128, 256")
         if self.lm_head_shortlist is not None and not 0 <= self.lm_head_shortlist <= 4096:

@@ -152,7 +152,6 @@ def test_unknown_algorithm_and_wrong_type_have_a_fix(tmp_path):
     assert exc.hint and "integer" in exc.hint and "context_length: 4096" in exc.hint
 
 
-
 def test_fixes_reach_nested_keys_and_post_init_checks(tmp_path):
     """The fix line comes from the schema itself (the field's type or known values, its default as the example), so
     keys under a mapping of overrides and values a dataclass refuses in __post_init__ get one too."""
@@ -162,10 +161,12 @@ def test_fixes_reach_nested_keys_and_post_init_checks(tmp_path):
     assert exc.where == f"{tmp_path / 'r.yaml'}: quantization.overrides.*/down_proj/*.bits"
     assert exc.hint == "bits takes an integer"  # no default to show, and no made-up number
     exc = _error(tmp_path, GOOD.replace(quant, "quantization: {mixed_precision: banana}"))
-    assert exc.where == f"{tmp_path / 'r.yaml'}: quantization.mixed_precision" and "known: off, auto, or a mapping" in exc.what
+    assert exc.where == f"{tmp_path / 'r.yaml'}: quantization.mixed_precision"
+    assert "known: off, auto, or a mapping" in exc.what
     assert exc.hint == "pick one of the known values, e.g. `mixed_precision: off`"
     exc = _error(tmp_path, GOOD.replace(quant, "quantization: {symmetric: maybe}"))
     assert exc.what == "expected true/false, got 'maybe'" and exc.hint.endswith("`symmetric: true`")
+
 
 # ---- 7. eval names its own flag, and a missing folder as missing --------------------------------------------------
 def test_eval_names_reference_and_a_missing_folder(tmp_path):

@@ -69,7 +69,7 @@ def test_broken_and_vanished_artifacts(tmp_path, artifacts, trained_qwen2):
         shutil.copytree(artifacts.get("tiny-qwen2/cpu-x86_64-fp32", trained_qwen2), root / name)
         info = json.loads((root / name / "inference_model.json").read_text())
         (root / name / "inference_model.json").write_text(json.dumps({**info, "Name": name}))
-        add_to_manifest(root / name, ["inference_model.json"])  # renamed, and intact: only what the test breaks is
+        add_to_manifest(root / name, ["inference_model.json"])  # renamed and intact: the test breaks them below
         assert not any(verify_artifact(root / name).values())
     with serving(root) as s:  # the hidden work folder is not served (was: "two artifacts are named ...")
         assert sorted(m["id"] for m in json.loads(raw(s, "GET", "/v1/models")[1])["data"]) == ["a", "b"]
