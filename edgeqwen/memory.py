@@ -97,7 +97,7 @@ def estimate(plan: ExportPlan, resolved: Resolved, config: dict) -> MemoryEstima
     if target.execution_provider == ExecutionProvider.CPU:
         weights *= CPU_WEIGHT_RESIDENCY
     ctx = plan.context_length
-    kv = 2 * layers * kvh * hd * ctx * io_bytes
+    kv = 2 * layers * kvh * hd * ctx * (2 if plan.kv_fp16 else io_bytes)
     acts = max(PREFILL_TOKENS * vocab * 4 + PREFILL_TOKENS * (4 * h + 3 * inter) * 4 * 2, vision_acts)
     mb = 1024 * 1024
     return MemoryEstimate(weights / mb, kv / mb, acts / mb, RUNTIME_BASELINE_MB, ctx, target.memory_budget_mb)

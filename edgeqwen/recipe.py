@@ -12,7 +12,7 @@ from pathlib import Path
 from .errors import EdgeQwenError
 from .schema import UnknownValue, file_key, load_file_schema, read_yaml, to_dict
 from .resources import search_dirs, shipped_dir
-from .targets import Precision, Target, load_target
+from .targets import ExecutionProvider, KvCache, Precision, Target, load_target
 
 SCHEMA_VERSION = 1
 MAX_CONTEXT = 1 << 20  # tokens: above every Qwen model's own maximum (Qwen2.5-1M: 1,010,000)
@@ -251,6 +251,7 @@ class Recipe:
     description: str = ""
     exporter: Exporter = Exporter.BUILDER
     context_length: int = 4096
+    kv_cache: KvCache | None = None  # fp32 or fp16 (half the cache's memory: export/kv_fp16.py); None = the target's
     quantization: Quantization = field(default_factory=Quantization)
     generation: Generation = field(default_factory=Generation)
     accuracy: Accuracy = field(default_factory=Accuracy)
@@ -277,12 +278,14 @@ class Resolved:
     target: Target
     block_size: int
     accuracy_level: int
+    kv_cache: KvCache = KvCache.FP32
 
     def as_dict(self) -> dict:
         return {
             "recipe": to_dict(self.recipe),
             "target": to_dict(self.target),
-            "resolved": {"block_size": self.block_size, "accuracy_level": self.accuracy_level},
+            "resolved": {"block_size": self.block_size, "accuracy_level": self.accuracy_level,
+                         "kv_cache": self.kv_cache.value},
         }
 
 
@@ -391,9 +394,19 @@ def load_recipe(name_or_path: str) -> Resolved:
             hint=f"{target.name} supports: {', '.join(p.value for p in target.precisions)}",
         )
     q = recipe.quantization
+    kv_cache = recipe.kv_cache or target.kv_cache
+    if kv_cache == KvCache.FP16 and (target.execution_provider != ExecutionProvider.CPU or recipe.exporter != Exporter.BUILDER
+                                     or target.static_shapes):
+        raise EdgeQwenError(
+            f"kv_cache fp16 is for the CPU execution provider's builder graphs (target {target.name}, exporter "
+            f"{recipe.exporter.value}): it casts around their GroupQueryAttention nodes",
+            where=file_key(path, "kv_cache"),
+            hint="drop kv_cache (GPU and WebGPU fp16 graphs keep their KV in fp16 already), or use a cpu-* target "
+                 "with the builder exporter")
     return Resolved(
         recipe=recipe,
         target=target,
         block_size=q.block_size or target.int4_block_size,
         accuracy_level=target.int4_accuracy_level if q.accuracy_level is None else q.accuracy_level,
+        kv_cache=kv_cache,
     )

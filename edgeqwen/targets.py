@@ -60,6 +60,14 @@ class WeightEncoding(str, enum.Enum):
     QDQ = "qdq"  # standard DequantizeLinear(int8 weight, per-channel scale) → MatMul/Gather, as NPU compilers take
 
 
+class KvCache(str, enum.Enum):
+    """The KV cache's element type on an fp32 (CPU-layout) graph: fp32, or fp16 — half the cache's memory, attention
+    computed in fp16 (export/kv_fp16.py)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
 class ArtifactFormat(str, enum.Enum):
     ONNX = "onnx"  # model.onnx + model.onnx.data (onnxruntime, onnxruntime-genai, Foundry Local)
     ORT = "ort"  # model.ort flatbuffer + required_operators.config for a minimal onnxruntime build
@@ -99,6 +107,9 @@ class Target:
     # place, the native runner's default); false = the present comes back one position longer each step and is fed
     # as the next past (what onnxruntime-web runs; genai_config's past_present_share_buffer says which)
     kv_in_place: bool = True
+    # the KV cache's type on this target's fp32 graphs (export/kv_fp16.py): fp16 halves its memory, at a speed cost
+    # where the CPU has no fp16 arithmetic (x86: attention 1.5-1.8x slower). A recipe's `kv_cache` wins
+    kv_cache: KvCache = KvCache.FP32
     # browser artifacts: the artifact carries web/ (page + onnxruntime-web + transformers.js) and no file the page
     # fetches may exceed this many MB (browsers cap one ArrayBuffer/fetch; CDNs cap one file). None: no web page
     web_max_file_mb: int | None = None

@@ -115,11 +115,11 @@ def main(argv: list[str]) -> int:
 
     create_model(model_name=None, input_path=job.input, output_dir=job.output, precision=plan.builder_precision,
                  execution_provider=plan.builder_ep, cache_dir=job.cache_dir, **plan.builder_options())
-    if plan.quantized:  # one read and one write; before lm_head.onnx, which reads model.onnx.data by offset
+    if plan.quantized or plan.kv_fp16:  # one read and one write; before lm_head.onnx (reads model.onnx.data by offset)
         from edgeqwen.export.post_export import post_export
 
         notes.extend(post_export(Path(job.output), Path(job.input), plan.head.shortlist,
-                                 plan.head.shortlist_bits))
+                                 plan.head.shortlist_bits, plan.quantized, plan.kv_fp16))
     if plan.prune_head:  # lm_head.onnx (every position, for accuracy checks); a shortlist graph's lm_head.shortlist.onnx
         from edgeqwen.export.shortlist_head import write_heads
 

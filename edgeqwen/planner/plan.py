@@ -123,6 +123,7 @@ class ExportPlan:
     graph_ep: str = ""  # the layout the exporter writes (the builder's -e); "" = execution_provider's own
     shader_f16: bool | None = None  # WebGPU: the graph needs adapters with shader-f16 (None: not a WebGPU target)
     kv_in_place: bool = True  # false: present KV comes back one position longer and is fed as the next past
+    kv_fp16: bool = False  # an fp32 graph's KV cache in fp16 (export/kv_fp16.py)
     web_max_file_mb: int | None = None  # a web artifact (web/ page): the largest file the page may fetch
     decisions: tuple[Decision, ...] = ()
 

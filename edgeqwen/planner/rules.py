@@ -10,7 +10,7 @@ from ..quantize.registry import AlgorithmSpec, get_algorithm
 from ..quantize.request import NodeSetting
 from ..recipe import EmbeddingMode, Exporter, HeadMode, Resolved, ZeroPoints
 from ..schema import from_dict
-from ..targets import ArtifactFormat, ExecutionProvider, Precision, WeightEncoding
+from ..targets import ArtifactFormat, ExecutionProvider, KvCache, Precision, WeightEncoding
 from .overrides import expand_overrides
 from .plan import Decision, ExportPlan, HeadPlan, MixedPlan, TableMode, TablePlan, VisionPlan
 from .sizes import fit_block, matrix_bytes
@@ -50,8 +50,12 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
                   graph_ep=target.graph_ep, shader_f16=target.shader_f16,
                   accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding,
                   static_shapes=target.static_shapes, num_layers=layers, kv_in_place=target.kv_in_place,
+                  kv_fp16=resolved.kv_cache == KvCache.FP16 and target.fp32_graph,
                   web_max_file_mb=target.web_max_file_mb,
                   context_length=min(recipe.context_length, model_max), vision=vision)
+    if common["kv_fp16"]:
+        log("kv.fp16", "KV cache in fp16: half its memory; attention runs in fp16 between casts (slower where the CPU has "
+            "no fp16 arithmetic: x86 1.5-1.8x per attention node, benchmarks/kv_fp16_cost.py)")
     if recipe.precision not in (Precision.INT4, Precision.INT8):
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
                           head=HeadPlan(None, resolved.block_size), table=TablePlan(TableMode.FLOAT),
