@@ -14,6 +14,7 @@ import pytest
 from edgeqwen.runtime import Runner, Sampling
 from edgeqwen.runtime.agreement import INT8_ACTIVATION_TOL, compare_runs, compare_text, step_logits
 
+from .helpers.artifacts import kv16_recipe
 from .helpers.devices import ARM64_ORT, aarch64_env, aarch64_python, greedy_dump
 
 pytestmark = [pytest.mark.device, pytest.mark.arm64]
@@ -42,6 +43,18 @@ def test_artifact_runs_on_arm64_kernels_as_on_x86(arm64, artifact, tmp_path, req
     agreement = compare_runs(ref_logits[0], ref_toks[0], logits[0], toks[0], INT8_ACTIVATION_TOL)
     print(f"{request.node.callspec.id} on arm64 (qemu, onnxruntime {meta['onnxruntime']}, {meta['generate_s']:.1f} s) "
           f"vs x86: {agreement.summary()}; same text: {meta['texts'] == ref_meta['texts']}")
+    assert agreement.ok, agreement.summary()
+
+
+def test_fp16_kv_cache_runs_on_arm64_kernels_as_on_x86(arm64, artifacts, trained_qwen2, recipe_dir, tmp_path):
+    """`kv_cache: fp16` on cpu-arm64 (phones, where the cache's memory counts most): onnxruntime's aarch64 attention in
+    fp16 against x86's."""
+    artifact = artifacts.get(kv16_recipe(recipe_dir, "cpu-arm64"), trained_qwen2)
+    toks, logits, meta, _ = greedy_dump(arm64, artifact, tmp_path / "arm.npz", *ARGS, env=aarch64_env())
+    assert meta["machine"] == "aarch64"
+    ref_toks, ref_logits, _, _ = greedy_dump([sys.executable], artifact, tmp_path / "x86.npz", *ARGS)
+    agreement = compare_runs(ref_logits[0], ref_toks[0], logits[0], toks[0], INT8_ACTIVATION_TOL)
+    print(f"fp16 KV cache on arm64 (qemu, {meta['generate_s']:.1f} s) vs x86: {agreement.summary()}")
     assert agreement.ok, agreement.summary()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -13,27 +12,14 @@ from edgeqwen.errors import EdgeQwenError
 from edgeqwen.recipe import load_recipe
 from edgeqwen.runtime import Runner, Sampling
 
+from .helpers.artifacts import kv16_recipe
 from .helpers.devices import batch_comparison
 from .helpers.genai import genai_generate
 from .helpers.recipes import GOOD_RECIPE
 
-KV16 = """\
-version: 1
-model: embedded:tiny-qwen2
-target: cpu-x86_64
-precision: fp32
-context_length: 1024
-kv_cache: fp16
-accuracy: {max_kld: 0.001}
-"""
-
-
 @pytest.fixture(scope="module")
 def kv16(recipe_dir, artifacts, trained_qwen2):
-    """The trained tiny Qwen2, fp32 weights (so what differs from the fp32 recipe is the cache alone), KV in fp16."""
-    path = recipe_dir / f"kv16-{hashlib.sha256(KV16.encode()).hexdigest()[:8]}.yaml"
-    path.write_text(KV16)
-    return artifacts.get(str(path), trained_qwen2, evaluate=True)
+    return artifacts.get(kv16_recipe(recipe_dir), trained_qwen2, evaluate=True)
 
 
 @pytest.fixture(scope="module")

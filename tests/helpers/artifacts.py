@@ -145,6 +145,26 @@ def algo_recipe(recipe_dir: Path, algo: str) -> str:
     return str(path)
 
 
+KV16_RECIPE = """\
+version: 1
+model: embedded:tiny-qwen2
+target: {target}
+precision: fp32
+context_length: 1024
+kv_cache: fp16
+accuracy: {{max_kld: 0.001}}
+"""
+
+
+def kv16_recipe(recipe_dir: Path, target: str = "cpu-x86_64") -> str:
+    """The trained tiny Qwen2 with fp32 weights and its KV cache in fp16: what differs from the fp32 recipe is the
+    cache alone."""
+    text = KV16_RECIPE.format(target=target)
+    path = recipe_dir / f"kv16-{hashlib.sha256(text.encode()).hexdigest()[:8]}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
 SHORTLIST_K = 32  # of the tiny models' 1024-token vocabulary
 SHORTLIST_RECIPE = """\
 version: 1
