@@ -19,7 +19,7 @@ import pytest
 
 from edgeqwen.runtime import Runner, RunnerError, Sampling
 from edgeqwen.runtime.agreement import FP32_TOL, compare_runs, step_logits
-from edgeqwen.runtime.runner import DraftModel, Drafter, GrammarConstraint, PromptLookup, make_drafter
+from edgeqwen.runtime.runner import DraftCost, DraftModel, Drafter, GrammarConstraint, PromptLookup, make_drafter
 
 from .helpers.serving import one_model  # noqa: F401 - fixture
 
@@ -86,9 +86,12 @@ def test_prompt_lookup_index_grows_with_the_stream_and_proposes_what_a_scan_woul
 
 
 @pytest.mark.parametrize("kind", ["lookup", "right", "wrong", "draft"])
-def test_speculative_greedy_equals_plain_greedy(kind, fp32, artifacts, trained_qwen2):
+def test_speculative_greedy_equals_plain_greedy(kind, fp32, artifacts, trained_qwen2, monkeypatch):
     """Every drafter, good or useless: the tokens and every step's logits of plain greedy decoding. The right
     continuation is all accepted (several tokens per step), a wrong one all rejected (one token per step)."""
+    # drafts sized by the acceptance rule alone: the measured costs (DraftCost) size them by this machine's timings, so
+    # how much a draft model's drafts are accepted would depend on its load (a busy run: 7 of 15, under the bar below)
+    monkeypatch.setattr(DraftCost, "limit", lambda self, k: k)
     s = Sampling(max_new_tokens=32, ignore_eos=True, keep_logits=True)
     identical = 0
     for prompt in PROMPTS:
@@ -110,8 +113,7 @@ def test_speculative_greedy_equals_plain_greedy(kind, fp32, artifacts, trained_q
             assert st.acceptance == 1.0 and st.tokens_per_step > 4, st
         if kind == "wrong":
             assert st.accepted == 0 and st.tokens_per_step == 1.0 and st.drafted > 0, st
-        if kind == "draft":  # the int4 twin of the target agrees with it on most tokens (it costs as much as the
-            # target per token, so how long it keeps drafting is the measured cost's call: DraftCost)
+        if kind == "draft":  # the int4 twin of the target agrees with it on most tokens
             assert st.acceptance > 0.5 and st.drafted > 0 and st.tokens_per_step > 1.0, st
     assert identical, "every prompt parted at a near-tie: the comparison checked too little"
 
