@@ -51,12 +51,14 @@ LLAMA = textwrap.dedent("""
     llm = llama_cpp.Llama(path, n_ctx=n_prompt + n_gen + 8, n_batch=512, n_ubatch=512, n_threads=threads,
                           n_threads_batch=threads, verbose=False)
     prompt = np.random.default_rng(0).integers(10, 1000, n_prompt).tolist()
+    def last():  # the last position's logits (llm.scores holds n_batch rows: a longer prompt's last is not there)
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
     def once(p, n):
         llm.reset()
         t0 = time.perf_counter(); llm.eval(p); t1 = time.perf_counter()
-        tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        tok = int(np.argmax(last()))
         for _ in range(n - 1):
-            llm.eval([tok]); tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            llm.eval([tok]); tok = int(np.argmax(last()))
         return t1 - t0, time.perf_counter() - t1
     once(prompt, 4)
     pre, dec = once(prompt, n_gen)
