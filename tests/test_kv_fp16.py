@@ -88,3 +88,10 @@ def test_refused_where_there_is_no_fp32_attention_to_cast(tmp_path, change):
     with pytest.raises(EdgeQwenError) as info:
         load_recipe(str(path))
     assert info.value.where == f"{path}: kv_cache" and "CPU execution provider's builder graphs" in info.value.what
+
+
+def test_olive_config_says_it_leaves_the_fp16_cache_out(recipe_dir, tmp_path):
+    from edgeqwen.interop.olive_config import olive_workflow
+
+    _, notes = olive_workflow(kv16_recipe(recipe_dir), None, str(tmp_path / "olive"))
+    assert any("kv_cache fp16 left out" in n for n in notes)

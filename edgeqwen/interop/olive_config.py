@@ -61,6 +61,9 @@ def olive_workflow(recipe: str, model: str | None, output_dir: str, calib: Path 
     if plan.head.shortlist:
         notes.append(f"lm_head shortlist ({plan.head.shortlist} candidates) left out: it is edgeqwen's own edit of the "
                      "exported graph (export/shortlist_head.py); Olive's artifact decodes with the full head")
+    if plan.kv_fp16:
+        notes.append("kv_cache fp16 left out: it is edgeqwen's own edit of the exported graph (export/kv_fp16.py); "
+                     "Olive's artifact keeps an fp32 KV cache")
     for key in _BUILDER_TOP_LEVEL:
         if key in extra:
             mb[key] = extra.pop(key)
