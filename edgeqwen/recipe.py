@@ -395,8 +395,8 @@ def load_recipe(name_or_path: str) -> Resolved:
         )
     q = recipe.quantization
     kv_cache = recipe.kv_cache or target.kv_cache
-    if kv_cache == KvCache.FP16 and (target.execution_provider != ExecutionProvider.CPU or recipe.exporter != Exporter.BUILDER
-                                     or target.static_shapes):
+    builder_cpu = target.execution_provider == ExecutionProvider.CPU and recipe.exporter == Exporter.BUILDER
+    if kv_cache == KvCache.FP16 and (not builder_cpu or target.static_shapes):
         raise EdgeQwenError(
             f"kv_cache fp16 is for the CPU execution provider's builder graphs (target {target.name}, exporter "
             f"{recipe.exporter.value}): it casts around their GroupQueryAttention nodes",

@@ -108,7 +108,7 @@ class Target:
     # as the next past (what onnxruntime-web runs; genai_config's past_present_share_buffer says which)
     kv_in_place: bool = True
     # the KV cache's type on this target's fp32 graphs (export/kv_fp16.py): fp16 halves its memory, at a speed cost
-    # where the CPU has no fp16 arithmetic (x86: attention 1.5-1.8x slower). A recipe's `kv_cache` wins
+    # where the CPU has no fp16 arithmetic (x86: attention 1.3-2.1x slower). A recipe's `kv_cache` wins
     kv_cache: KvCache = KvCache.FP32
     # browser artifacts: the artifact carries web/ (page + onnxruntime-web + transformers.js) and no file the page
     # fetches may exceed this many MB (browsers cap one ArrayBuffer/fetch; CDNs cap one file). None: no web page

@@ -55,7 +55,7 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
                   context_length=min(recipe.context_length, model_max), vision=vision)
     if common["kv_fp16"]:
         log("kv.fp16", "KV cache in fp16: half its memory; attention runs in fp16 between casts (slower where the CPU has "
-            "no fp16 arithmetic: x86 1.5-1.8x per attention node, benchmarks/kv_fp16_cost.py)")
+            "no fp16 arithmetic: x86 1.3-2.1x per attention node, benchmarks/kv_fp16_cost.py)")
     if recipe.precision not in (Precision.INT4, Precision.INT8):
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
                           head=HeadPlan(None, resolved.block_size), table=TablePlan(TableMode.FLOAT),
