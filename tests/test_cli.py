@@ -49,7 +49,8 @@ def test_json_outputs(capsys):
     assert mem["export_low_memory"] <= mem["export"] and 0 < mem["evaluate_low_memory"] <= mem["evaluate"]
     assert mem["available"] > 0
     assert main(["recipes", "show", "tiny-qwen3/cpu-x86_64-int4", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["resolved"] == {"block_size": 32, "accuracy_level": 4}
+    assert json.loads(capsys.readouterr().out)["resolved"] == {"block_size": 32, "accuracy_level": 4,
+                                                                "kv_cache": "fp32"}
 
 
 def test_exit_codes(tmp_path, capsys, monkeypatch):

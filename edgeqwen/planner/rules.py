@@ -41,21 +41,13 @@ def plan(resolved: Resolved, ckpt: Checkpoint, low_memory: bool = False, sensiti
     cfg = ckpt.config
     layers = cfg["num_hidden_layers"]
     log = _Log()
-    model_max = int(cfg.get("max_position_embeddings") or recipe.context_length)
-    if recipe.context_length > model_max:
-        log("context.clamp", f"context_length {recipe.context_length} -> {model_max}: the model's own "
-            f"max_position_embeddings (positions past it were never trained)")
+    context, kv_fp16 = _context_and_cache(resolved, cfg, log)
     common = dict(recipe=recipe.name, architecture=ckpt.architecture, exporter=recipe.exporter,
                   precision=recipe.precision, execution_provider=target.execution_provider,
                   graph_ep=target.graph_ep, shader_f16=target.shader_f16,
                   accuracy_level=resolved.accuracy_level, weight_encoding=target.weight_encoding,
                   static_shapes=target.static_shapes, num_layers=layers, kv_in_place=target.kv_in_place,
-                  kv_fp16=resolved.kv_cache == KvCache.FP16 and target.fp32_graph,
-                  web_max_file_mb=target.web_max_file_mb,
-                  context_length=min(recipe.context_length, model_max), vision=vision)
-    if common["kv_fp16"]:
-        log("kv.fp16", "KV cache in fp16: half its memory; attention runs in fp16 between casts (slower where the CPU has "
-            "no fp16 arithmetic: x86 1.3-2.1x per attention node, benchmarks/kv_fp16_cost.py)")
+                  kv_fp16=kv_fp16, web_max_file_mb=target.web_max_file_mb, context_length=context, vision=vision)
     if recipe.precision not in (Precision.INT4, Precision.INT8):
         return ExportPlan(algorithm="none", matmul_bits=None, block_size=resolved.block_size, symmetric=q.symmetric,
                           head=HeadPlan(None, resolved.block_size), table=TablePlan(TableMode.FLOAT),
@@ -185,6 +177,21 @@ def _calibration_samples(recipe, spec, cfg: dict, log: _Log) -> int | None:
         f"model's forward passes and Hessians cost {per_token * 1e3:.1f} GFLOP per token, kept under "
         f"{GPTQ_TOKEN_BUDGET_TFLOP} TFLOP (the 0.5B and 1.5B shapes keep every sequence)")
     return fit
+
+
+def _context_and_cache(resolved: Resolved, cfg: dict, log: _Log) -> tuple[int, bool]:
+    """The context the graph is built for (the recipe's, at most the model's own maximum) and whether its KV cache is
+    fp16 (export/kv_fp16.py: the CPU layout's fp32 cache halved)."""
+    recipe = resolved.recipe
+    model_max = int(cfg.get("max_position_embeddings") or recipe.context_length)
+    if recipe.context_length > model_max:
+        log("context.clamp", f"context_length {recipe.context_length} -> {model_max}: the model's own "
+            f"max_position_embeddings (positions past it were never trained)")
+    kv_fp16 = resolved.kv_cache == KvCache.FP16 and resolved.target.fp32_graph
+    if kv_fp16:
+        log("kv.fp16", "KV cache in fp16: half its memory; attention runs in fp16 between casts (slower where the CPU has "
+            "no fp16 arithmetic: x86 1.3-2.1x per attention node, benchmarks/kv_fp16_cost.py)")
+    return min(recipe.context_length, model_max), kv_fp16
 
 
 def _runtime_decisions(target, log: _Log) -> None:
