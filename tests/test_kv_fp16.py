@@ -17,6 +17,7 @@ from .helpers.devices import batch_comparison
 from .helpers.genai import genai_generate
 from .helpers.recipes import GOOD_RECIPE
 
+
 @pytest.fixture(scope="module")
 def kv16(recipe_dir, artifacts, trained_qwen2):
     return artifacts.get(kv16_recipe(recipe_dir), trained_qwen2, evaluate=True)
