@@ -157,7 +157,9 @@ def decode_costs(artifact: Path, threads: int, rounds: int, tokens: int) -> list
 
     import json
 
-    context = json.loads((artifact / "genai_config.json").read_text())["model"]["context_length"]
+    from edgeqwen.runtime.runner import context_of
+
+    context = context_of(json.loads((artifact / "genai_config.json").read_text()))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         half = fp16_copy(artifact, Path(tmp))

@@ -279,8 +279,11 @@ def _check_bench_args(args) -> None:
 
 
 def _context_length(artifact: Path) -> int | None:
+    """The artifact's context as its runner reads it (runner.context_of), or None where its config lacks one."""
+    from .runtime.runner import context_of
+
     try:
-        return int(json.loads((artifact / "genai_config.json").read_text())["model"]["context_length"])
+        return context_of(json.loads((artifact / "genai_config.json").read_text()))
     except (OSError, KeyError, TypeError, ValueError):
         return None
 

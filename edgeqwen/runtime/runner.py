@@ -153,6 +153,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def context_of(genai_config: dict) -> int:
+    """The positions an artifact decodes: its genai_config's search.max_length, else its model's context_length."""
+    return int(genai_config["search"].get("max_length") or genai_config["model"]["context_length"])
+
+
 def entry_ok(info) -> bool:
     """A manifest entry `{"size": int, "sha256": 64 hex digits}` (verify reports any other as malformed)."""
     return (isinstance(info, dict) and isinstance(info.get("size"), int) and isinstance(info.get("sha256"), str)
@@ -952,7 +957,7 @@ class Runner:
         cfg = json.loads((self.path / "genai_config.json").read_text())
         model = cfg["model"]
         dec = model["decoder"]
-        self.context_length = int(cfg["search"].get("max_length") or model["context_length"])
+        self.context_length = context_of(cfg)
         eos = model["eos_token_id"]
         self.eos_ids = set([eos] if isinstance(eos, int) else eos)
         self.num_layers = dec["num_hidden_layers"]
